@@ -1,0 +1,429 @@
+//! The Daytona API client and the preview-token cache in front of it.
+//!
+//! One call per (sandbox, port) however many requests arrive at once: concurrent misses for one
+//! key wait on the same API call (moka's `try_get_with`), and failures are never cached, so the next
+//! request after a failure asks again. Entries live `--cache-ttl`, which bounds how long a token
+//! that Daytona regenerated on a sandbox restart can be served stale.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::host::PreviewTarget;
+
+/// What the preview-url API answers for one sandbox port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preview {
+    /// The secret Daytona's proxy wants in `X-Daytona-Preview-Token`.
+    pub token: String,
+    /// Where Daytona's proxy serves this port.
+    pub upstream: Upstream,
+}
+
+/// The scheme and authority of a Daytona preview URL: what Envoy forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub tls: bool,
+    /// `host` or `host:port`, exactly as in the URL.
+    pub authority: String,
+}
+
+/// A failed look-up, by what the client should be told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DaytonaError {
+    #[error("Daytona does not know this sandbox")]
+    NotFound,
+    #[error("Daytona refused the request as invalid: {0}")]
+    BadRequest(String),
+    #[error("Daytona refused our API key (HTTP {0})")]
+    Unauthorized(u16),
+    #[error("Daytona is rate limiting us")]
+    RateLimited { retry_after: Option<u64> },
+    #[error("Daytona is unavailable: {0}")]
+    Unavailable(String),
+    #[error("Daytona answered something unusable: {0}")]
+    BadAnswer(String),
+}
+
+/// The seam between the authorization service and Daytona; tests substitute their own.
+pub trait PreviewSource: Send + Sync + 'static {
+    fn fetch(
+        &self,
+        target: &PreviewTarget,
+    ) -> impl Future<Output = Result<Preview, DaytonaError>> + Send;
+}
+
+/// Limits on what we read from Daytona.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The Daytona REST API, authenticated with an organization API key.
+#[derive(Clone)]
+pub struct DaytonaApi {
+    http: reqwest::Client,
+    base: url::Url,
+    /// `Bearer <key>`, built once.
+    authorization: reqwest::header::HeaderValue,
+}
+
+impl std::fmt::Debug for DaytonaApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaytonaApi")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DaytonaApi {
+    /// `base` is the API root (e.g. `https://app.daytona.io/api`); `timeout` bounds each call.
+    pub fn new(base: url::Url, api_key: &str, timeout: Duration) -> Result<Self, String> {
+        let mut authorization =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}"))
+                .map_err(|_| "the Daytona API key contains characters not allowed in a header")?;
+        authorization.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("daytona-authz/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(DaytonaApi {
+            http,
+            base,
+            authorization,
+        })
+    }
+
+    fn preview_url(&self, target: &PreviewTarget) -> url::Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("validated as an http(s) URL")
+            .pop_if_empty()
+            .extend([
+                "sandbox",
+                &target.sandbox_id,
+                "ports",
+                &target.port.to_string(),
+                "preview-url",
+            ]);
+        url
+    }
+}
+
+#[derive(Deserialize)]
+struct PreviewUrlAnswer {
+    url: String,
+    token: String,
+}
+
+impl PreviewSource for DaytonaApi {
+    async fn fetch(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
+        let response = self
+            .http
+            .get(self.preview_url(target))
+            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| DaytonaError::Unavailable(describe(&e)))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = read_limited(response).await?;
+        match status {
+            200 => parse_answer(&body, target),
+            400 => Err(DaytonaError::BadRequest(error_message(&body))),
+            401 | 403 => Err(DaytonaError::Unauthorized(status)),
+            404 => Err(DaytonaError::NotFound),
+            429 => Err(DaytonaError::RateLimited { retry_after }),
+            500..=599 => Err(DaytonaError::Unavailable(format!("HTTP {status}"))),
+            other => Err(DaytonaError::BadAnswer(format!("HTTP {other}"))),
+        }
+    }
+}
+
+/// A transport error without the URL (which is harmless, but keeps log lines short).
+fn describe(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timed out".into()
+    } else if error.is_connect() {
+        "connection failed".into()
+    } else {
+        error.without_url_ref().to_string()
+    }
+}
+
+trait WithoutUrl {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_ref(&self) -> String {
+        let mut text = self.to_string();
+        if let Some(url) = self.url() {
+            text = text.replace(url.as_str(), "<daytona api>");
+        }
+        text
+    }
+}
+
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, DaytonaError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| DaytonaError::Unavailable(describe(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(DaytonaError::BadAnswer("answer too large".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Daytona's error bodies are `{"statusCode", "error", "message"}`; `message` is for people.
+fn error_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        message: serde_json::Value,
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody {
+            message: serde_json::Value::String(m),
+        }) => m.chars().take(200).collect(),
+        _ => "bad request".into(),
+    }
+}
+
+fn parse_answer(body: &[u8], target: &PreviewTarget) -> Result<Preview, DaytonaError> {
+    let answer: PreviewUrlAnswer = serde_json::from_slice(body)
+        .map_err(|_| DaytonaError::BadAnswer("not the expected JSON".into()))?;
+    if answer.token.is_empty()
+        || answer.token.len() > 512
+        || !answer.token.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(DaytonaError::BadAnswer("unusable preview token".into()));
+    }
+    let upstream = parse_upstream(&answer.url, target)?;
+    Ok(Preview {
+        token: answer.token,
+        upstream,
+    })
+}
+
+/// Checks the preview URL names the very sandbox port we asked for (`{port}-{id}.` first label),
+/// so a confused or compromised answer cannot send Envoy somewhere else.
+fn parse_upstream(text: &str, target: &PreviewTarget) -> Result<Upstream, DaytonaError> {
+    let bad = |why: &str| DaytonaError::BadAnswer(format!("preview URL {why}"));
+    let url = url::Url::parse(text).map_err(|_| bad("does not parse"))?;
+    let tls = match url.scheme() {
+        "https" => true,
+        "http" => false,
+        _ => return Err(bad("has an unsupported scheme")),
+    };
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return Err(bad("has no domain name"));
+    };
+    let expected = format!("{target}.");
+    if !host.starts_with(&expected) || host.len() == expected.len() {
+        return Err(bad("names another sandbox or port"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("carries credentials"));
+    }
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    Ok(Upstream { tls, authority })
+}
+
+/// The preview-token cache: coalescing, bounded, expiring.
+pub struct PreviewCache<S> {
+    source: Arc<S>,
+    cache: moka::future::Cache<PreviewTarget, Arc<Preview>>,
+}
+
+impl<S: PreviewSource> PreviewCache<S> {
+    pub fn new(source: S, ttl: Duration, max_entries: u64) -> Self {
+        PreviewCache {
+            source: Arc::new(source),
+            cache: moka::future::Cache::builder()
+                .time_to_live(ttl)
+                .max_capacity(max_entries)
+                .support_invalidation_closures()
+                .build(),
+        }
+    }
+
+    /// The preview for `target`, from the cache or (once for all concurrent callers) from Daytona.
+    pub async fn get(&self, target: &PreviewTarget) -> Result<Arc<Preview>, Arc<DaytonaError>> {
+        let source = Arc::clone(&self.source);
+        let key = target.clone();
+        self.cache
+            .try_get_with_by_ref(
+                target,
+                async move { source.fetch(&key).await.map(Arc::new) },
+            )
+            .await
+    }
+
+    /// Forgets one port of a sandbox, or every port of it.
+    pub async fn invalidate(&self, sandbox_id: &str, port: Option<u16>) {
+        match port {
+            Some(port) => {
+                self.cache
+                    .invalidate(&PreviewTarget {
+                        sandbox_id: sandbox_id.to_owned(),
+                        port,
+                    })
+                    .await
+            }
+            None => {
+                let id = sandbox_id.to_owned();
+                // Only fails when invalidation closures are not enabled, which `new` does.
+                let _ = self
+                    .cache
+                    .invalidate_entries_if(move |key, _| key.sandbox_id == id);
+            }
+        }
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
+
+    fn target() -> PreviewTarget {
+        PreviewTarget {
+            sandbox_id: ID.into(),
+            port: 3000,
+        }
+    }
+
+    #[test]
+    fn accepts_the_urls_daytona_gives() {
+        let cloud =
+            parse_upstream(&format!("https://3000-{ID}.proxy.daytona.works"), &target()).unwrap();
+        assert!(cloud.tls);
+        assert_eq!(cloud.authority, format!("3000-{ID}.proxy.daytona.works"));
+        let local = parse_upstream(
+            &format!("http://3000-{ID}.proxy.localhost:4000/"),
+            &target(),
+        )
+        .unwrap();
+        assert!(!local.tls);
+        assert_eq!(local.authority, format!("3000-{ID}.proxy.localhost:4000"));
+    }
+
+    #[test]
+    fn refuses_urls_for_somewhere_else() {
+        for url in [
+            format!("https://3001-{ID}.proxy.daytona.works"),
+            "https://evil.example.com".to_string(),
+            "http://127.0.0.1:4000".to_string(),
+            format!("https://3000-{ID}."),
+            format!("ftp://3000-{ID}.proxy.daytona.works"),
+            format!("https://user:pw@3000-{ID}.proxy.daytona.works"),
+            format!("https://x3000-{ID}.proxy.daytona.works"),
+        ] {
+            assert!(parse_upstream(&url, &target()).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn refuses_empty_or_odd_tokens() {
+        let url = format!("https://3000-{ID}.proxy.daytona.works");
+        for token in ["", "has space", "new\nline"] {
+            let body = serde_json::json!({"sandboxId": ID, "url": url, "token": token});
+            let body = serde_json::to_vec(&body).unwrap();
+            assert!(parse_answer(&body, &target()).is_err(), "{token:?}");
+        }
+        assert!(parse_answer(b"{}", &target()).is_err());
+    }
+
+    struct Counting {
+        calls: AtomicUsize,
+        fail: bool,
+    }
+
+    impl PreviewSource for Counting {
+        async fn fetch(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.fail {
+                return Err(DaytonaError::Unavailable("down".into()));
+            }
+            Ok(Preview {
+                token: format!("token-{n}"),
+                upstream: Upstream {
+                    tls: false,
+                    authority: format!("{target}.proxy.localhost"),
+                },
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_call() {
+        let cache = Arc::new(PreviewCache::new(
+            Counting {
+                calls: AtomicUsize::new(0),
+                fail: false,
+            },
+            Duration::from_secs(60),
+            100,
+        ));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let cache = Arc::clone(&cache);
+                tokio::spawn(async move { cache.get(&target()).await })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap().token, "token-0");
+        }
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn failures_are_not_cached_and_invalidation_refetches() {
+        let failing = PreviewCache::new(
+            Counting {
+                calls: AtomicUsize::new(0),
+                fail: true,
+            },
+            Duration::from_secs(60),
+            100,
+        );
+        assert!(failing.get(&target()).await.is_err());
+        assert!(failing.get(&target()).await.is_err());
+        assert_eq!(failing.source.calls.load(Ordering::SeqCst), 2);
+
+        let cache = PreviewCache::new(
+            Counting {
+                calls: AtomicUsize::new(0),
+                fail: false,
+            },
+            Duration::from_secs(60),
+            100,
+        );
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-0");
+        cache.invalidate(ID, Some(3000)).await;
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-1");
+        cache.invalidate(ID, None).await;
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-2");
+    }
+}

@@ -1,0 +1,290 @@
+//! Envoy's ext_authz `Check`, translated to and from [`crate::decision`].
+//!
+//! A denial is a successful RPC carrying a denied `CheckResponse` (status, headers, JSON body); an
+//! RPC error is reserved for the service itself failing, which Envoy turns into its
+//! `status_on_error` (fail closed: nothing is forwarded).
+
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt};
+use envoy_types::pb::google::rpc;
+use tonic::{Request, Response, Status};
+
+use crate::daytona::{PreviewCache, PreviewSource};
+use crate::decision::{self, Allow, Denial, Policy, RequestView};
+use crate::token;
+
+/// Limits on what a `CheckRequest` may carry before we refuse to look at it. Envoy bounds
+/// headers too (`max_request_headers_kb`); these make the service safe on its own.
+const MAX_HEADERS: usize = 200;
+const MAX_HEADER_BYTES: usize = 96 * 1024;
+
+pub struct AuthzService<S> {
+    policy: Policy,
+    previews: Arc<PreviewCache<S>>,
+}
+
+impl<S: PreviewSource> AuthzService<S> {
+    pub fn new(policy: Policy, previews: Arc<PreviewCache<S>>) -> Self {
+        AuthzService { policy, previews }
+    }
+
+    /// The whole decision for one request, I/O included.
+    pub async fn decide(&self, request: &RequestView) -> Result<Allow, Denial> {
+        let authorized = decision::authorize(request, &self.policy, token::now())?;
+        let preview = self
+            .previews
+            .get(&authorized.target)
+            .await
+            .map_err(|e| Denial::Daytona((*e).clone()))?;
+        Ok(decision::allow(request, &authorized, &preview))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: PreviewSource> Authorization for AuthzService<S> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let check = request.into_inner();
+        let client = check.get_client_address().cloned().unwrap_or_default();
+        let request_id = check
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map(|h| h.id.clone())
+            .unwrap_or_default();
+        let outcome = match view(&check) {
+            Ok(view) => self.decide(&view).await,
+            Err(denial) => Err(denial),
+        };
+        let response = match outcome {
+            Ok(allow) => {
+                tracing::debug!(request_id, client, "allowed");
+                ok_response(allow)
+            }
+            Err(denial) => {
+                let target = check_target(&check, &self.policy.preview_domain);
+                tracing::info!(
+                    request_id,
+                    client,
+                    sandbox.id = target.as_ref().map(|t| t.sandbox_id.as_str()),
+                    port = target.as_ref().map(|t| t.port),
+                    status = denial.status(),
+                    reason = %denial,
+                    "denied"
+                );
+                denied_response(&denial)
+            }
+        };
+        Ok(Response::new(response))
+    }
+}
+
+fn check_target(check: &CheckRequest, domain: &str) -> Option<crate::host::PreviewTarget> {
+    let http = check.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
+    crate::host::parse(&http.host, domain).ok()
+}
+
+/// The request as the decision sees it, from either header encoding Envoy may use
+/// (`header_map` with `encode_raw_headers: true`, which keeps repeated headers apart, or the
+/// joined `headers` map). Refused when the headers are over our limits or Envoy sent no HTTP
+/// attributes (then there is no host to authorize).
+pub fn view(check: &CheckRequest) -> Result<RequestView, Denial> {
+    let http = check
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .ok_or(Denial::BadHost(crate::host::HostError::Malformed))?;
+    let mut headers = Vec::new();
+    let mut bytes = 0usize;
+    let mut push = |name: &str, value: String| -> Result<(), Denial> {
+        bytes += name.len() + value.len();
+        if headers.len() >= MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+            return Err(Denial::HeadersTooLarge);
+        }
+        headers.push((name.to_ascii_lowercase(), value));
+        Ok(())
+    };
+    match &http.header_map {
+        Some(map) if !map.headers.is_empty() => {
+            for header in &map.headers {
+                let value = if header.raw_value.is_empty() {
+                    header.value.clone()
+                } else {
+                    String::from_utf8_lossy(&header.raw_value).into_owned()
+                };
+                push(&header.key, value)?;
+            }
+        }
+        _ => {
+            for (name, value) in &http.headers {
+                push(name, value.clone())?;
+            }
+        }
+    }
+    Ok(RequestView {
+        host: http.host.clone(),
+        path: http.path.clone(),
+        headers,
+    })
+}
+
+fn header(key: &str, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value,
+            raw_value: Vec::new(),
+        }),
+        // Replace whatever the client sent: APPEND would put a second copy next to the client's.
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        ..Default::default()
+    }
+}
+
+pub fn ok_response(allow: Allow) -> CheckResponse {
+    let ok = OkHttpResponse {
+        headers: allow
+            .set_headers
+            .into_iter()
+            .map(|(k, v)| header(k, v))
+            .collect(),
+        headers_to_remove: allow.remove_headers,
+        query_parameters_to_remove: allow
+            .remove_query_parameters
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        ..Default::default()
+    };
+    let mut response = CheckResponse::with_status(Status::ok(""));
+    response.set_http_response(HttpResponse::OkResponse(ok));
+    response
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+pub fn denied_response(denial: &Denial) -> CheckResponse {
+    let mut headers = vec![
+        header("content-type", "application/json".into()),
+        header("cache-control", "no-store".into()),
+    ];
+    if let Some(challenge) = denial.www_authenticate() {
+        headers.push(header("www-authenticate", challenge.into()));
+    }
+    if let Some(seconds) = denial.retry_after() {
+        headers.push(header("retry-after", seconds.to_string()));
+    }
+    let body = serde_json::to_string(&ErrorBody {
+        error: denial.code(),
+        message: denial.message(),
+    })
+    .unwrap_or_default();
+    let denied = DeniedHttpResponse {
+        status: Some(HttpStatus {
+            code: i32::from(denial.status()),
+        }),
+        headers,
+        body,
+    };
+    let mut response = CheckResponse::default();
+    response.status = Some(rpc::Status {
+        code: tonic::Code::PermissionDenied.into(),
+        message: String::new(),
+        details: Vec::new(),
+    });
+    response.set_http_response(HttpResponse::DeniedResponse(denied));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+
+    fn check(host: &str, raw: &[(&str, &str)]) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    http: Some(attribute_context::HttpRequest {
+                        host: host.into(),
+                        path: "/".into(),
+                        header_map: Some(HeaderMap {
+                            headers: raw
+                                .iter()
+                                .map(|(k, v)| HeaderValue {
+                                    key: k.to_string(),
+                                    value: String::new(),
+                                    raw_value: v.as_bytes().to_vec(),
+                                })
+                                .collect(),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn raw_headers_keep_repeats_apart() {
+        let view = view(&check(
+            "h",
+            &[("Authorization", "a"), ("authorization", "b")],
+        ))
+        .unwrap();
+        assert_eq!(
+            view.header_values("authorization").collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn oversized_header_sets_are_refused() {
+        let many: Vec<(String, String)> = (0..MAX_HEADERS + 1)
+            .map(|i| (format!("x-{i}"), "v".to_owned()))
+            .collect();
+        let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            view(&check("h", &refs)).err(),
+            Some(Denial::HeadersTooLarge)
+        );
+        let big = "v".repeat(MAX_HEADER_BYTES + 1);
+        assert_eq!(
+            view(&check("h", &[("x-big", &big)])).err(),
+            Some(Denial::HeadersTooLarge)
+        );
+    }
+
+    #[test]
+    fn a_denial_carries_status_challenge_and_json() {
+        let response = denied_response(&Denial::MissingToken);
+        assert_ne!(response.status.as_ref().unwrap().code, 0);
+        let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+            panic!("not a denial");
+        };
+        assert_eq!(denied.status.unwrap().code, 401);
+        let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+        assert_eq!(body["error"], "invalid_token");
+        assert!(denied.headers.iter().any(|h| {
+            let h = h.header.as_ref().unwrap();
+            h.key == "www-authenticate" && h.value.contains(r#"error="invalid_token""#)
+        }));
+    }
+}

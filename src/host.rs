@@ -1,0 +1,179 @@
+//! Parsing of public preview hosts: `{port}-{sandboxId}.{preview-domain}[:port]`.
+//!
+//! Mirrors how Daytona's own proxy reads its hosts (first DNS label, split at the first `-`), but
+//! strictly: the port is exactly four decimal digits in 3000–9999 (no sign, no leading zero), the id is
+//! a hyphenated UUID, and the rest of the name must be the configured domain, nothing more.
+
+use std::fmt;
+
+/// Ports Daytona exposes for previews (its documented range).
+pub const PORT_RANGE: std::ops::RangeInclusive<u16> = 3000..=9999;
+
+/// A sandbox port named by a public preview host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PreviewTarget {
+    /// Lower-case hyphenated UUID.
+    pub sandbox_id: String,
+    pub port: u16,
+}
+
+impl fmt::Display for PreviewTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.port, self.sandbox_id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("the host is not under the preview domain")]
+    WrongDomain,
+    #[error("the host's first label is not {{port}}-{{sandboxId}}")]
+    Malformed,
+    #[error("the port is outside 3000-9999")]
+    PortOutOfRange,
+}
+
+/// Parses `host` (the `:authority`, optionally with a `:port` suffix) against `domain`, which must
+/// already be lower-case without a trailing dot (the configuration guarantees it).
+pub fn parse(host: &str, domain: &str) -> Result<PreviewTarget, HostError> {
+    let name = strip_port(host).ok_or(HostError::Malformed)?;
+    let name = name.to_ascii_lowercase();
+    let label = name
+        .strip_suffix(domain)
+        .and_then(|rest| rest.strip_suffix('.'))
+        .ok_or(HostError::WrongDomain)?;
+    if label.contains('.') {
+        // `3000-<id>.extra.<domain>`: only one label may precede the domain.
+        return Err(HostError::WrongDomain);
+    }
+    let (port, id) = label.split_once('-').ok_or(HostError::Malformed)?;
+    let port = parse_port(port)?;
+    if !is_uuid(id) {
+        return Err(HostError::Malformed);
+    }
+    Ok(PreviewTarget {
+        sandbox_id: id.to_owned(),
+        port,
+    })
+}
+
+/// Removes a `:port` suffix (digits only). IP literals and other oddities are left for the domain
+/// check to refuse.
+fn strip_port(host: &str) -> Option<&str> {
+    match host.rsplit_once(':') {
+        None => Some(host),
+        Some((name, port))
+            if !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Some(name)
+        }
+        Some(_) => None,
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, HostError> {
+    // Exactly four digits: rejects `+3000`, `03000`, `3e3` and the like before any number parsing.
+    if text.len() != 4 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HostError::Malformed);
+    }
+    let port: u16 = text.parse().map_err(|_| HostError::Malformed)?;
+    if PORT_RANGE.contains(&port) {
+        Ok(port)
+    } else {
+        Err(HostError::PortOutOfRange)
+    }
+}
+
+/// A lower-case hyphenated UUID (8-4-4-4-12 hex digits), the form Daytona gives sandbox ids.
+pub fn is_uuid(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, &b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
+    const DOMAIN: &str = "preview.example.com";
+
+    fn ok(host: &str) -> PreviewTarget {
+        parse(host, DOMAIN).unwrap_or_else(|e| panic!("{host}: {e}"))
+    }
+
+    #[test]
+    fn parses_port_and_sandbox() {
+        let t = ok(&format!("3000-{ID}.{DOMAIN}"));
+        assert_eq!(t.port, 3000);
+        assert_eq!(t.sandbox_id, ID);
+        assert_eq!(t.to_string(), format!("3000-{ID}"));
+    }
+
+    #[test]
+    fn accepts_a_port_suffix_and_upper_case() {
+        assert_eq!(ok(&format!("9999-{ID}.{DOMAIN}:8080")).port, 9999);
+        let upper = format!("3000-{ID}.{DOMAIN}").to_ascii_uppercase();
+        assert_eq!(ok(&upper).sandbox_id, ID);
+    }
+
+    #[test]
+    fn refuses_other_domains() {
+        for host in [
+            format!("3000-{ID}.{DOMAIN}.evil.com"),
+            format!("3000-{ID}.evil.com"),
+            format!("3000-{ID}.x{DOMAIN}"),
+            format!("3000-{ID}.extra.{DOMAIN}"),
+            format!("3000-{ID}"),
+            DOMAIN.to_string(),
+            format!(".{DOMAIN}"),
+            "127.0.0.1:8080".to_string(),
+            "[::1]:8080".to_string(),
+            String::new(),
+        ] {
+            assert!(parse(&host, DOMAIN).is_err(), "{host} was accepted");
+        }
+    }
+
+    #[test]
+    fn refuses_malformed_labels() {
+        for label in [
+            format!("03000-{ID}"),
+            format!("+3000-{ID}"),
+            format!("300-{ID}"),
+            format!("3000-{ID}-x"),
+            format!("3000_{ID}"),
+            format!("-{ID}"),
+            "3000-".to_string(),
+            "3000-not-a-uuid".to_string(),
+            format!("3000-{}", ID.replace('-', "")),
+            format!("3000-{}g", &ID[..35]),
+        ] {
+            let host = format!("{label}.{DOMAIN}");
+            assert_eq!(parse(&host, DOMAIN), Err(HostError::Malformed), "{host}");
+        }
+    }
+
+    #[test]
+    fn refuses_ports_outside_the_range() {
+        for port in ["0000", "2999", "1024"] {
+            let host = format!("{port}-{ID}.{DOMAIN}");
+            assert_eq!(parse(&host, DOMAIN), Err(HostError::PortOutOfRange));
+        }
+        assert_eq!(
+            parse(&format!("10000-{ID}.{DOMAIN}"), DOMAIN),
+            Err(HostError::Malformed)
+        );
+    }
+
+    #[test]
+    fn refuses_a_bad_port_suffix() {
+        for suffix in [":", ":abc", ":123456", ":80:80"] {
+            let host = format!("3000-{ID}.{DOMAIN}{suffix}");
+            assert!(parse(&host, DOMAIN).is_err(), "{host}");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! daytona-authz: the Envoy ext_authz service in front of private Daytona sandboxes.
+//!
+//! Request path: client → Envoy → `Check` here (token → grant → preview token) → Envoy forwards
+//! to Daytona's preview proxy with `X-Daytona-Preview-Token` set and the caller's credentials
+//! removed. Modules by responsibility: [`config`] (flags, validation), [`host`] (public host
+//! parsing), [`token`] (access tokens), [`decision`] (pure verdicts), [`daytona`] (API client and
+//! cache), [`grpc`] (Envoy's API), [`admin`] (our own gRPC API), [`server`] (wiring).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod daytona;
+pub mod decision;
+pub mod grpc;
+pub mod host;
+pub mod mint;
+pub mod server;
+pub mod token;
