@@ -73,8 +73,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let shutdown = shutdown_signal();
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = admin.map(|(listener, token)| {
-        let addr = listener.local_addr().ok();
-        tracing::info!(admin_addr = ?addr, "admin API listening");
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(admin_addr = %addr, "admin API listening");
+        }
         let service = admin::server(AdminService::new(Arc::clone(&previews)), &token);
         tokio::spawn(
             tonic::transport::Server::builder()

@@ -1,0 +1,522 @@
+//! Test support: real processes on 127.0.0.1 (the Daytona double, daytona-authz, Envoy from
+//! `.venv`), readiness by polling, and cleanup on drop. Every integration test builds a
+//! [`Stack`] and talks to Envoy's listener over real HTTP, as curl would.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use daytona_authz::token::{Claims, Signer, now};
+
+pub const API_KEY: &str = "test-organization-api-key";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef-0123456789";
+pub const PREVIEW_DOMAIN: &str = "preview.test";
+/// How long any single start-up step may take before the test fails.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Envoy from `ENVOY_BIN`, else the project's venv (`scripts/install-envoy` creates it).
+pub fn envoy_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("ENVOY_BIN") {
+        return path.into();
+    }
+    let path = repo_root().join(".venv/bin/envoy");
+    assert!(
+        path.exists(),
+        "no Envoy at {}: run scripts/install-envoy (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `probe` until it yields a value, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A child process, killed when dropped; its stdout and stderr are collected.
+pub struct Proc {
+    name: &'static str,
+    child: Child,
+    pub stdout: Arc<Mutex<String>>,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, command: &mut Command) -> Proc {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = collect(child.stdout.take().expect("piped"));
+        let stderr = collect(child.stderr.take().expect("piped"));
+        Proc {
+            name,
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit (it was told to, or is expected to).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let name = self.name;
+        eventually(&format!("{name} to exit"), timeout, || {
+            let status = self.child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Fails the test with the process's output if it died.
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited early ({status}):\n{}\n{}",
+                self.name,
+                self.stdout(),
+                self.stderr()
+            );
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buffer = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&buffer);
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            sink.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+    buffer
+}
+
+/// Waits until `proc` printed a line containing `marker`; returns that line.
+async fn wait_line(proc: &mut Proc, stream: fn(&Proc) -> String, marker: &str) -> String {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(line) = stream(proc).lines().find(|l| l.contains(marker)) {
+            return line.to_owned();
+        }
+        proc.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "{} never printed {marker:?}:\n{}",
+            proc.name,
+            proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of `key=` in a tracing log line.
+fn field(line: &str, key: &str) -> String {
+    let start = line.find(&format!("{key}=")).expect("field present") + key.len() + 1;
+    line[start..].split_whitespace().next().unwrap().to_owned()
+}
+
+/// A sandbox known to the double.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Sandbox {
+    pub id: String,
+    pub token: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DoubleReady {
+    api_url: String,
+    proxy_port: u16,
+    sandboxes: Vec<Sandbox>,
+}
+
+/// The Daytona test double (API + preview proxy).
+pub struct Double {
+    pub proc: Proc,
+    pub api_url: String,
+    pub proxy_port: u16,
+    pub sandbox: Sandbox,
+    http: reqwest::Client,
+}
+
+impl Double {
+    pub async fn start() -> Double {
+        let mut proc = Proc::spawn(
+            "daytona-double",
+            Command::new(env!("CARGO_BIN_EXE_daytona-double"))
+                .args(["--api-addr", "127.0.0.1:0", "--proxy-addr", "127.0.0.1:0"])
+                .args(["--api-key", API_KEY])
+                .env("RUST_LOG", "warn"),
+        );
+        let line = wait_line(&mut proc, Proc::stdout, "api_url").await;
+        let ready: DoubleReady = serde_json::from_str(&line).expect("double's ready line");
+        Double {
+            proc,
+            api_url: ready.api_url,
+            proxy_port: ready.proxy_port,
+            sandbox: ready.sandboxes[0].clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn control(&self, path: &str) -> String {
+        format!("{}/_double/{path}", self.api_url.trim_end_matches("/api"))
+    }
+
+    /// Calls to the preview-url API so far.
+    pub async fn api_calls(&self) -> u64 {
+        let stats: serde_json::Value = self
+            .http
+            .get(self.control("stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["preview_url_calls"].as_u64().unwrap()
+    }
+
+    /// Regenerates a sandbox's preview token, as Daytona does on every sandbox start.
+    pub async fn restart(&self, sandbox_id: &str) -> Sandbox {
+        self.post(&format!("sandboxes/{sandbox_id}/restart"), serde_json::json!({}))
+            .await
+    }
+
+    pub async fn create_sandbox(&self) -> Sandbox {
+        self.post("sandboxes", serde_json::json!({})).await
+    }
+
+    /// Makes the preview-url API answer `status` (None: normal again).
+    pub async fn fault(&self, status: Option<u16>) {
+        let _: serde_json::Value = self
+            .post("fault", serde_json::json!({ "status": status }))
+            .await;
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> T {
+        let response = self
+            .http
+            .post(self.control(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    /// Every request Daytona's proxy received, headers as received.
+    pub async fn proxy_requests(&self) -> Vec<ProxyRequest> {
+        self.http
+            .get(self.control("proxy-requests"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ProxyRequest {
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl ProxyRequest {
+    pub fn values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// How to start daytona-authz.
+#[derive(Debug, Clone, Default)]
+pub struct AuthzOptions {
+    /// Overrides the double's API URL (e.g. a closed port).
+    pub api_url: Option<String>,
+    pub extra_args: Vec<String>,
+}
+
+pub struct Authz {
+    pub proc: Proc,
+    pub grpc_addr: String,
+    pub admin_addr: Option<String>,
+}
+
+impl Authz {
+    pub async fn start(api_url: &str, options: &AuthzOptions) -> Authz {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_daytona-authz"));
+        command
+            .arg("serve")
+            .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(["--daytona-api-url", api_url])
+            .args(["--preview-domain", PREVIEW_DOMAIN])
+            .args(&options.extra_args)
+            .env("DAYTONA_API_KEY", API_KEY)
+            .env("DAYTONA_AUTHZ_JWT_SECRET", JWT_SECRET)
+            .env("DAYTONA_AUTHZ_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "info");
+        let mut proc = Proc::spawn("daytona-authz", &mut command);
+        let line = wait_line(&mut proc, Proc::stderr, "daytona-authz listening").await;
+        let grpc_addr = field(&line, "grpc_addr");
+        let admin_addr = proc
+            .stderr()
+            .lines()
+            .find(|l| l.contains("admin API listening"))
+            .map(|l| field(l, "admin_addr"));
+        Authz {
+            proc,
+            grpc_addr,
+            admin_addr,
+        }
+    }
+}
+
+/// Envoy running `envoy/envoy.yaml`, moved to ephemeral loopback ports.
+pub struct Envoy {
+    pub proc: Proc,
+    pub port: u16,
+    pub admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    pub async fn start(authz_port: u16) -> Envoy {
+        let dir = tempfile::tempdir().unwrap();
+        let config = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
+        let config = replace_once(&config, "address: 0.0.0.0, port_value: 8080", "address: 127.0.0.1, port_value: 0");
+        let config = replace_once(&config, "port_value: 9901", "port_value: 0");
+        let config = replace_once(&config, "port_value: 9191", &format!("port_value: {authz_port}"));
+        let config_path = dir.path().join("envoy.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let admin_path = dir.path().join("admin-address");
+        let mut proc = Proc::spawn(
+            "envoy",
+            Command::new(envoy_bin())
+                .arg("-c")
+                .arg(&config_path)
+                .arg("--admin-address-path")
+                .arg(&admin_path)
+                .args(["--disable-hot-restart", "--log-level", "warn"])
+                .args(["--concurrency", "2"]),
+        );
+        let admin = eventually("Envoy's admin address", READY_TIMEOUT, || {
+            proc.assert_running();
+            let text = std::fs::read_to_string(&admin_path).ok();
+            async move { text.filter(|t| t.contains(':')).map(|t| t.trim().to_owned()) }
+        })
+        .await;
+        let http = reqwest::Client::new();
+        let port = eventually("Envoy's listener", READY_TIMEOUT, || {
+            let http = http.clone();
+            let url = format!("http://{admin}/listeners?format=json");
+            async move { listener_port(&http, &url).await }
+        })
+        .await;
+        Envoy {
+            proc,
+            port,
+            admin,
+            _dir: dir,
+        }
+    }
+
+    /// A counter or gauge from Envoy's admin `/stats`.
+    pub async fn stat(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!("http://{}/stats?filter=^{name}$", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "envoy.yaml must contain {from:?} once");
+    text.replacen(from, to, 1)
+}
+
+async fn listener_port(http: &reqwest::Client, url: &str) -> Option<u16> {
+    let listeners: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+    let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+        .as_u64()?;
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+/// An HTTP answer, as a client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// The double, daytona-authz and Envoy, wired together.
+pub struct Stack {
+    // Field order is drop order: Envoy first, so nothing is forwarded to a dead authz.
+    pub envoy: Envoy,
+    pub authz: Authz,
+    pub double: Double,
+    http: reqwest::Client,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::start_with(AuthzOptions::default()).await
+    }
+
+    pub async fn start_with(options: AuthzOptions) -> Stack {
+        let double = Double::start().await;
+        let api_url = options.api_url.clone().unwrap_or_else(|| double.api_url.clone());
+        let authz = Authz::start(&api_url, &options).await;
+        let authz_port: u16 = authz.grpc_addr.rsplit(':').next().unwrap().parse().unwrap();
+        let envoy = Envoy::start(authz_port).await;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        Stack {
+            envoy,
+            authz,
+            double,
+            http,
+        }
+    }
+
+    pub fn sandbox_id(&self) -> &str {
+        &self.double.sandbox.id
+    }
+
+    /// The public host of a port of the default sandbox.
+    pub fn host(&self, port: u16) -> String {
+        host_for(self.sandbox_id(), port)
+    }
+
+    /// An access token for the default sandbox.
+    pub fn token(&self, ports: Option<Vec<u16>>) -> String {
+        token_for(self.sandbox_id(), ports, now() + 600)
+    }
+
+    /// Sends a request through Envoy's listener with the given Host.
+    pub async fn request(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let url = format!("http://127.0.0.1:{}{path}", self.envoy.port);
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), url)
+            .header("host", host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request through Envoy");
+        Reply {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.text().await.unwrap_or_default(),
+        }
+    }
+
+    pub async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.request("GET", host, path, headers).await
+    }
+}
+
+pub fn host_for(sandbox_id: &str, port: u16) -> String {
+    format!("{port}-{sandbox_id}.{PREVIEW_DOMAIN}")
+}
+
+pub fn token_for(sandbox_id: &str, ports: Option<Vec<u16>>, exp: u64) -> String {
+    sign(&Claims {
+        sandbox_id: sandbox_id.to_owned(),
+        exp,
+        ports,
+        iss: None,
+        aud: None,
+    })
+}
+
+pub fn sign(claims: &Claims) -> String {
+    Signer::hs256(JWT_SECRET.as_bytes()).sign(claims).unwrap()
+}
+
+/// The app's JSON echo: what the sandbox saw.
+pub fn echoed_headers(reply: &Reply) -> BTreeMap<String, Vec<String>> {
+    serde_json::from_value(reply.json()["headers"].clone()).expect("echo has headers")
+}
