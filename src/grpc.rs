@@ -199,14 +199,15 @@ pub fn denied_response(denial: &Denial) -> CheckResponse {
         headers,
         body,
     };
-    let mut response = CheckResponse::default();
-    response.status = Some(rpc::Status {
-        code: tonic::Code::PermissionDenied.into(),
-        message: String::new(),
-        details: Vec::new(),
-    });
-    response.set_http_response(HttpResponse::DeniedResponse(denied));
-    response
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: tonic::Code::PermissionDenied.into(),
+            message: String::new(),
+            details: Vec::new(),
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(denied)),
+        dynamic_metadata: None,
+    }
 }
 
 #[cfg(test)]
@@ -238,7 +239,6 @@ mod tests {
                 }),
                 ..Default::default()
             }),
-            ..Default::default()
         }
     }
 

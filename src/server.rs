@@ -101,10 +101,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         })
         .await;
     let _ = stop_admin.send(());
-    if let Some(task) = admin_task {
-        if let Ok(Err(e)) = task.await {
-            tracing::warn!(error = %e, "admin server failed");
-        }
+    if let Some(task) = admin_task
+        && let Ok(Err(e)) = task.await
+    {
+        tracing::warn!(error = %e, "admin server failed");
     }
     result?;
     tracing::info!("stopped");

@@ -9,7 +9,9 @@ use tonic::Request;
 
 async fn client(stack: &Stack) -> AdminClient<tonic::transport::Channel> {
     let addr = stack.authz.admin_addr.as_deref().expect("admin API on");
-    AdminClient::connect(format!("http://{addr}")).await.unwrap()
+    AdminClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
 }
 
 fn with_credential<T>(message: T, credential: &str) -> Request<T> {

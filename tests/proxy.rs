@@ -46,7 +46,11 @@ async fn a_valid_bearer_token_reaches_the_sandbox_with_the_preview_token() {
     assert!(request.values("x-daytona-authz-upstream-scheme").is_empty());
     assert_eq!(
         request.host,
-        format!("3000-{}.proxy.localhost:{}", stack.sandbox_id(), stack.double.proxy_port)
+        format!(
+            "3000-{}.proxy.localhost:{}",
+            stack.sandbox_id(),
+            stack.double.proxy_port
+        )
     );
     assert_eq!(stack.double.api_calls().await, 1);
 }
@@ -65,7 +69,11 @@ async fn a_query_token_is_accepted_and_removed() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["path"], "/page?a=1&b=2");
     let received = stack.double.proxy_requests().await;
-    assert!(!received[0].path.contains("access_token"), "{:?}", received[0]);
+    assert!(
+        !received[0].path.contains("access_token"),
+        "{:?}",
+        received[0]
+    );
     assert!(!received[0].path.contains(&token));
 }
 
@@ -94,13 +102,31 @@ async fn bad_tokens_get_401_with_a_challenge_and_never_call_daytona() {
     // {"alg":"none","typ":"JWT"}, base64url, with the good token's claims and no signature.
     let alg_none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{body}.");
 
-    let cases: Vec<(&str, Vec<(&str, String)>, String)> = vec![
+    // (case, headers, request target)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, String);
+    let cases: Vec<Case> = vec![
         ("missing", vec![], "/".into()),
-        ("expired", vec![("authorization", format!("Bearer {expired}"))], "/".into()),
-        ("tampered", vec![("authorization", format!("Bearer {tampered}"))], "/".into()),
+        (
+            "expired",
+            vec![("authorization", format!("Bearer {expired}"))],
+            "/".into(),
+        ),
+        (
+            "tampered",
+            vec![("authorization", format!("Bearer {tampered}"))],
+            "/".into(),
+        ),
         ("wrong key", vec![], format!("/?access_token={wrong_key}")),
-        ("alg none", vec![("authorization", format!("Bearer {alg_none}"))], "/".into()),
-        ("garbage", vec![("authorization", "Bearer not-a-jwt".into())], "/".into()),
+        (
+            "alg none",
+            vec![("authorization", format!("Bearer {alg_none}"))],
+            "/".into(),
+        ),
+        (
+            "garbage",
+            vec![("authorization", "Bearer not-a-jwt".into())],
+            "/".into(),
+        ),
     ];
     for (name, headers, path) in &cases {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -111,13 +137,27 @@ async fn bad_tokens_get_401_with_a_challenge_and_never_call_daytona() {
             Some(r#"Bearer realm="daytona-authz", error="invalid_token""#),
             "{name}"
         );
-        assert_eq!(reply.header("content-type"), Some("application/json"), "{name}");
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/json"),
+            "{name}"
+        );
         assert_eq!(reply.json()["error"], "invalid_token", "{name}");
         assert!(reply.json()["message"].is_string(), "{name}");
-        assert_no_secret(&reply.body, &[&expired, &tampered, &wrong_key, &alg_none, &good]);
+        assert_no_secret(
+            &reply.body,
+            &[&expired, &tampered, &wrong_key, &alg_none, &good],
+        );
     }
-    assert_eq!(stack.double.api_calls().await, 0, "a bad token reached Daytona's API");
-    assert!(stack.double.proxy_requests().await.is_empty(), "a bad token reached the sandbox");
+    assert_eq!(
+        stack.double.api_calls().await,
+        0,
+        "a bad token reached Daytona's API"
+    );
+    assert!(
+        stack.double.proxy_requests().await.is_empty(),
+        "a bad token reached the sandbox"
+    );
 }
 
 #[tokio::test]
@@ -125,14 +165,22 @@ async fn tokens_for_another_sandbox_or_port_get_403() {
     let stack = Stack::start().await;
     let other = token_for("11111111-2222-4333-8444-555555555555", None, now() + 600);
     let reply = stack
-        .get(&stack.host(3000), "/", &[("authorization", &format!("Bearer {other}"))])
+        .get(
+            &stack.host(3000),
+            "/",
+            &[("authorization", &format!("Bearer {other}"))],
+        )
         .await;
     assert_eq!(reply.status, 403, "{}", reply.body);
     assert_eq!(reply.json()["error"], "insufficient_scope");
 
     let port_3000 = stack.token(Some(vec![3000]));
     let reply = stack
-        .get(&stack.host(3001), &format!("/?access_token={port_3000}"), &[])
+        .get(
+            &stack.host(3001),
+            &format!("/?access_token={port_3000}"),
+            &[],
+        )
         .await;
     assert_eq!(reply.status, 403, "{}", reply.body);
     assert_eq!(stack.double.api_calls().await, 0);
@@ -149,7 +197,7 @@ async fn malformed_hosts_get_400() {
         "preview.test".to_owned(),
         format!("3000-{id}.preview.test.evil.com"),
         format!("2000-{id}.preview.test"),
-        format!("3000-not-a-sandbox.preview.test"),
+        "3000-not-a-sandbox.preview.test".to_owned(),
         format!("03000-{id}.preview.test"),
         "127.0.0.1".to_owned(),
     ] {
@@ -166,7 +214,11 @@ async fn an_unknown_sandbox_gets_404() {
     let unknown = "99999999-2222-4333-8444-555555555555";
     let token = token_for(unknown, None, now() + 600);
     let reply = stack
-        .get(&host_for(unknown, 3000), "/", &[("authorization", &format!("Bearer {token}"))])
+        .get(
+            &host_for(unknown, 3000),
+            "/",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
         .await;
     assert_eq!(reply.status, 404, "{}", reply.body);
     assert_eq!(reply.json()["error"], "sandbox_not_found");
@@ -206,7 +258,10 @@ async fn spoofed_daytona_headers_never_reach_upstream() {
         "x-daytona-authz-upstream-scheme",
         "x-daytona-anything",
     ] {
-        assert!(request.values(name).is_empty(), "{name} reached upstream: {request:?}");
+        assert!(
+            request.values(name).is_empty(),
+            "{name} reached upstream: {request:?}"
+        );
     }
 }
 
@@ -301,8 +356,7 @@ async fn a_rotated_preview_token_is_picked_up_within_the_cache_ttl() {
     let restarted = stack.double.restart(stack.sandbox_id()).await;
     assert_ne!(restarted.token, stack.double.sandbox.token);
     support::eventually("the new preview token", Duration::from_secs(15), || async {
-        (stack.get(&host, "/", &auth).await.status == 200
-            && stack.double.api_calls().await >= 2)
+        (stack.get(&host, "/", &auth).await.status == 200 && stack.double.api_calls().await >= 2)
             .then_some(())
     })
     .await;

@@ -226,8 +226,11 @@ impl Double {
 
     /// Regenerates a sandbox's preview token, as Daytona does on every sandbox start.
     pub async fn restart(&self, sandbox_id: &str) -> Sandbox {
-        self.post(&format!("sandboxes/{sandbox_id}/restart"), serde_json::json!({}))
-            .await
+        self.post(
+            &format!("sandboxes/{sandbox_id}/restart"),
+            serde_json::json!({}),
+        )
+        .await
     }
 
     pub async fn create_sandbox(&self) -> Sandbox {
@@ -249,7 +252,11 @@ impl Double {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "{path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
         response.json().await.unwrap()
     }
 
@@ -339,9 +346,17 @@ impl Envoy {
     pub async fn start(authz_port: u16) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let config = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
-        let config = replace_once(&config, "address: 0.0.0.0, port_value: 8080", "address: 127.0.0.1, port_value: 0");
+        let config = replace_once(
+            &config,
+            "address: 0.0.0.0, port_value: 8080",
+            "address: 127.0.0.1, port_value: 0",
+        );
         let config = replace_once(&config, "port_value: 9901", "port_value: 0");
-        let config = replace_once(&config, "port_value: 9191", &format!("port_value: {authz_port}"));
+        let config = replace_once(
+            &config,
+            "port_value: 9191",
+            &format!("port_value: {authz_port}"),
+        );
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
         let admin_path = dir.path().join("admin-address");
@@ -358,7 +373,10 @@ impl Envoy {
         let admin = eventually("Envoy's admin address", READY_TIMEOUT, || {
             proc.assert_running();
             let text = std::fs::read_to_string(&admin_path).ok();
-            async move { text.filter(|t| t.contains(':')).map(|t| t.trim().to_owned()) }
+            async move {
+                text.filter(|t| t.contains(':'))
+                    .map(|t| t.trim().to_owned())
+            }
         })
         .await;
         let http = reqwest::Client::new();
@@ -392,7 +410,11 @@ impl Envoy {
 }
 
 fn replace_once(text: &str, from: &str, to: &str) -> String {
-    assert_eq!(text.matches(from).count(), 1, "envoy.yaml must contain {from:?} once");
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "envoy.yaml must contain {from:?} once"
+    );
     text.replacen(from, to, 1)
 }
 
@@ -417,8 +439,7 @@ impl Reply {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
@@ -438,7 +459,10 @@ impl Stack {
 
     pub async fn start_with(options: AuthzOptions) -> Stack {
         let double = Double::start().await;
-        let api_url = options.api_url.clone().unwrap_or_else(|| double.api_url.clone());
+        let api_url = options
+            .api_url
+            .clone()
+            .unwrap_or_else(|| double.api_url.clone());
         let authz = Authz::start(&api_url, &options).await;
         let authz_port: u16 = authz.grpc_addr.rsplit(':').next().unwrap().parse().unwrap();
         let envoy = Envoy::start(authz_port).await;
