@@ -1,0 +1,25 @@
+# syntax=docker/dockerfile:1
+# daytona-authz image: the ext_authz service (entrypoint) plus the Daytona test double
+# (`daytona-double`, used only by docker-compose's `local` profile).
+#   docker build -t daytona-authz .
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# protoc comes vendored (protoc-bin-vendored): no system packages needed to build.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
+COPY src src
+RUN cargo build --release --locked --bins
+
+FROM debian:bookworm-slim
+# The Daytona API client trusts the Mozilla roots compiled in (webpki-roots); ca-certificates
+# is here for operators who mount extra tooling.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/daytona-authz /src/target/release/daytona-double /usr/local/bin/
+# Non-root (the distroless "nonroot" id); nothing is written to disk.
+USER 65532:65532
+# ext_authz gRPC + grpc.health.v1. Keep it reachable from Envoy only (same pod / network namespace).
+EXPOSE 9191
+ENTRYPOINT ["daytona-authz"]
+CMD ["serve"]

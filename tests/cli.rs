@@ -1,0 +1,130 @@
+//! The command line as users script against it: exit codes, one-line errors, help.
+
+use std::process::{Command, Output};
+
+const SECRET: &str = "cli-test-secret-0123456789abcdef-0123";
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_daytona-authz"));
+    command.args(args).env_clear().env("PATH", "/usr/bin:/bin");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("run daytona-authz")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+const GOOD_ENV: [(&str, &str); 3] = [
+    ("DAYTONA_API_KEY", "key"),
+    ("DAYTONA_AUTHZ_PREVIEW_DOMAIN", "preview.example.com"),
+    ("DAYTONA_AUTHZ_JWT_SECRET", SECRET),
+];
+
+#[test]
+fn a_missing_or_invalid_setting_exits_64_with_one_line() {
+    // (extra flags, environment, what the message must name)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec![], GOOD_ENV[..2].to_vec(), "--jwt-secret"),
+        (vec![], vec![GOOD_ENV[0], GOOD_ENV[2]], "--preview-domain"),
+        (vec![], GOOD_ENV[1..].to_vec(), "Daytona API key"),
+        (
+            vec!["--grpc-addr", "nowhere"],
+            GOOD_ENV.to_vec(),
+            "--grpc-addr",
+        ),
+        (
+            vec!["--cache-ttl", "forever"],
+            GOOD_ENV.to_vec(),
+            "--cache-ttl",
+        ),
+        (vec!["--no-such-flag"], GOOD_ENV.to_vec(), "--no-such-flag"),
+        (
+            vec!["--daytona-api-key-file", "/nonexistent/key"],
+            GOOD_ENV[1..].to_vec(),
+            "/nonexistent/key",
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let mut argv = vec!["serve"];
+        argv.extend(&args);
+        let output = run(&argv, &env);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("daytona-authz: "), "{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains(SECRET), "{err}");
+    }
+}
+
+#[test]
+fn env_vars_configure_serve_as_flags_do() {
+    // Same bad value through the environment: named by its flag, still 64.
+    let mut env = GOOD_ENV.to_vec();
+    env.push(("DAYTONA_AUTHZ_CACHE_TTL", "0s"));
+    let output = run(&["serve"], &env);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(stderr(&output).contains("--cache-ttl"));
+}
+
+#[test]
+fn help_lists_every_flag_with_its_env_var_and_hides_secret_values() {
+    let output = run(
+        &["serve", "--help"],
+        &[("DAYTONA_AUTHZ_JWT_SECRET", SECRET)],
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for (flag, env) in [
+        ("--grpc-addr", "DAYTONA_AUTHZ_GRPC_ADDR"),
+        ("--daytona-api-url", "DAYTONA_API_URL"),
+        ("--daytona-api-key", "DAYTONA_API_KEY"),
+        ("--preview-domain", "DAYTONA_AUTHZ_PREVIEW_DOMAIN"),
+        ("--jwt-secret", "DAYTONA_AUTHZ_JWT_SECRET"),
+        ("--jwt-issuer", "DAYTONA_AUTHZ_JWT_ISSUER"),
+        ("--jwt-audience", "DAYTONA_AUTHZ_JWT_AUDIENCE"),
+        ("--cache-ttl", "DAYTONA_AUTHZ_CACHE_TTL"),
+        ("--cache-max-entries", "DAYTONA_AUTHZ_CACHE_MAX_ENTRIES"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+        assert!(help.contains(env), "{env} missing from --help");
+    }
+    assert!(!help.contains(SECRET), "--help shows a secret");
+}
+
+#[test]
+fn mint_prints_a_share_link_and_expiry() {
+    let id = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
+    let output = run(
+        &[
+            "mint",
+            "--sandbox",
+            id,
+            "--port",
+            "3000",
+            "--ttl",
+            "10m",
+            "--base-url",
+            "https://{port}-{id}.preview.example.com",
+        ],
+        &[("DAYTONA_AUTHZ_JWT_SECRET", SECRET)],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let out = String::from_utf8_lossy(&output.stdout);
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with(&format!(
+        "https://3000-{id}.preview.example.com/?access_token=ey"
+    )));
+    assert!(out.contains("expires: "));
+
+    let output = run(
+        &["mint", "--sandbox", id, "--ttl", "48h"],
+        &[("DAYTONA_AUTHZ_JWT_SECRET", SECRET)],
+    );
+    assert_eq!(output.status.code(), Some(64));
+    assert!(stderr(&output).contains("--ttl"));
+}
