@@ -14,7 +14,8 @@
 //!   page unless they skip it; CORS preflights are answered by the proxy itself (before
 //!   authentication) and origins are reflected with credentials unless
 //!   `X-Daytona-Disable-CORS: true`; Daytona's own headers are stripped before the request reaches
-//!   the sandbox;
+//!   the sandbox; with `--proxy-tls-cert`/`--proxy-tls-key` it serves HTTPS (HTTP/1.1 over TLS)
+//!   and the API hands out `https://` preview URLs, as Daytona cloud does;
 //! * a built-in **sandbox app** behind the proxy: JSON echo of the request as the sandbox sees it,
 //!   WebSocket echo, server-sent events, an HTML page, a cookie setter; port 9999 plays "nothing
 //!   listening" (502, empty body).
@@ -22,14 +23,15 @@
 //! Tests steer and observe it through `/_double/*` on the API listener: call counters for the
 //! preview-url endpoint, sandbox creation and restart (which regenerates the preview token, as
 //! every start does in Daytona), fault injection (status and delay), and the log of every request
-//! the proxy received, headers as they arrived.
+//! the proxy received, headers as they arrived (over TLS, with the server name the client sent as
+//! SNI).
 //!
 //! What it does NOT simulate: names (sandboxes are found by id only), organizations, API key
 //! scopes (403), JWT sessions, `Authorization: Bearer` or cookie credentials on the proxy, signed
 //! preview URLs, public sandboxes, stopped sandboxes (400) and auto-start, the newer `401` answer
-//! of the cloud proxy, TLS, HTTP/2. The request log lists headers in order of first appearance of
-//! each name: repeats are kept, but hyper groups the values of one name together, so `a, b, a` is
-//! logged as `a, a, b`.
+//! of the cloud proxy, HTTP/2, TLS client certificates. The request log lists headers in order of
+//! first appearance of each name: repeats are kept, but hyper groups the values of one name
+//! together, so `a, b, a` is logged as `a, a, b`.
 //!
 //! Once both listeners are bound it prints one JSON line to stdout, then logs to stderr only:
 //! `{"api_url":"http://127.0.0.1:3000/api","proxy_port":4000,"proxy_domain":"proxy.localhost",
@@ -41,10 +43,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -52,14 +56,18 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::sse::{Event, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
 use clap::Parser;
 use futures_util::StreamExt as _;
 use rand::Rng as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
 /// Exposable ports, as in Daytona's documentation.
@@ -85,6 +93,8 @@ const SSE_INTERVAL: Duration = Duration::from_millis(20);
 /// How long in-flight requests get to finish after SIGTERM/SIGINT; open WebSockets and event
 /// streams would otherwise hold the process up forever.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// A TLS client of the preview proxy must finish its handshake within this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // -------------------------------------------------------------------------------------------------
 // Command line
@@ -140,6 +150,25 @@ struct Cli {
         value_parser = parse_domain
     )]
     proxy_domain: String,
+
+    /// Serve the preview proxy over TLS with this PEM certificate chain (leaf first); preview
+    /// URLs then are `https://{port}-{sandboxId}.{proxy_domain}:{proxy_port}`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "DAYTONA_DOUBLE_PROXY_TLS_CERT",
+        requires = "proxy_tls_key"
+    )]
+    proxy_tls_cert: Option<PathBuf>,
+
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of `--proxy-tls-cert`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "DAYTONA_DOUBLE_PROXY_TLS_KEY",
+        requires = "proxy_tls_cert"
+    )]
+    proxy_tls_key: Option<PathBuf>,
 }
 
 fn parse_loopback_addr(s: &str) -> Result<SocketAddr, String> {
@@ -213,6 +242,8 @@ fn random_preview_token() -> String {
 /// Everything both listeners share. Fixed settings sit outside the mutex.
 struct Double {
     api_key: String,
+    /// `http`, or `https` when the preview proxy serves TLS.
+    proxy_scheme: &'static str,
     proxy_domain: String,
     proxy_port: u16,
     state: Mutex<MutableState>,
@@ -251,6 +282,8 @@ struct ProxyRequestRecord {
     method: String,
     path: String,
     headers: Vec<(String, String)>,
+    /// The server name (SNI) of the TLS connection; `null` without TLS or without SNI.
+    sni: Option<String>,
 }
 
 #[derive(Clone, Serialize)]
@@ -262,6 +295,7 @@ struct SandboxInfo {
 impl Double {
     fn new(
         api_key: String,
+        proxy_scheme: &'static str,
         proxy_domain: String,
         proxy_port: u16,
         sandboxes: &[SandboxInfo],
@@ -275,6 +309,7 @@ impl Double {
         };
         Self {
             api_key,
+            proxy_scheme,
             proxy_domain,
             proxy_port,
             state: Mutex::new(state),
@@ -449,8 +484,8 @@ async fn preview_url(
         return daytona_error(StatusCode::NOT_FOUND, path, &message);
     };
     let url = format!(
-        "http://{port}-{sandbox_id}.{}:{}",
-        double.proxy_domain, double.proxy_port
+        "{}://{port}-{sandbox_id}.{}:{}",
+        double.proxy_scheme, double.proxy_domain, double.proxy_port
     );
     Json(PreviewUrl {
         sandbox_id,
@@ -667,6 +702,10 @@ fn record_of(req: &Request) -> ProxyRequestRecord {
             .iter()
             .map(|(name, value)| (name.to_string(), lossy(value)))
             .collect(),
+        sni: req
+            .extensions()
+            .get::<ConnectInfo<TlsInfo>>()
+            .and_then(|ConnectInfo(tls)| tls.sni.clone()),
     }
 }
 
@@ -976,6 +1015,120 @@ fn query_param(uri: &Uri, wanted: &str) -> Option<String> {
 }
 
 // -------------------------------------------------------------------------------------------------
+// TLS on the preview proxy
+// -------------------------------------------------------------------------------------------------
+
+/// A rustls server (ring, TLS 1.2 and 1.3, ALPN `http/1.1`) with the given PEM chain and key.
+fn tls_acceptor(cert: &FsPath, key: &FsPath) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("no certificate in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("unusable certificate or key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The preview proxy's listener in TLS mode. Each handshake runs in its own task, so a slow or
+/// broken client holds up nobody; connections whose handshake fails are dropped (and logged).
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+}
+
+impl TlsListener {
+    fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> Self {
+        Self {
+            tcp,
+            acceptor,
+            handshakes: JoinSet::new(),
+        }
+    }
+}
+
+async fn tls_handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some((tls, peer)),
+        Ok(Err(e)) => {
+            info!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            info!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    // Cancel-safe, as `axum::serve` needs: both awaited futures are.
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            tokio::select! {
+                // axum's own accept loop: retries (and logs) accept errors.
+                (tcp, peer) = Listener::accept(&mut self.tcp) => {
+                    self.handshakes
+                        .spawn(tls_handshake(self.acceptor.clone(), tcp, peer));
+                }
+                // `None` (no handshake under way) disables this branch until the next loop.
+                Some(done) = self.handshakes.join_next() => {
+                    if let Ok(Some(connection)) = done {
+                        return connection;
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// What a request on the TLS listener learns about its connection.
+#[derive(Clone)]
+struct TlsInfo {
+    /// The server name the client sent (SNI), if any.
+    sni: Option<String>,
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for TlsInfo {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        let (_, session) = stream.io().get_ref();
+        TlsInfo {
+            sni: session.server_name().map(str::to_owned),
+        }
+    }
+}
+
+/// The preview proxy's listener: plain HTTP, or HTTPS.
+enum ProxyListener {
+    Plain(TcpListener),
+    Tls(TlsListener),
+}
+
+// -------------------------------------------------------------------------------------------------
 // Start-up and shutdown
 // -------------------------------------------------------------------------------------------------
 
@@ -993,14 +1146,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     init_tracing();
 
+    // clap guarantees both or neither.
+    let tls = match (&cli.proxy_tls_cert, &cli.proxy_tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let api_listener = bind(cli.api_addr, "API").await?;
     let proxy_listener = bind(cli.proxy_addr, "preview proxy").await?;
     let api_addr = api_listener.local_addr()?;
     let proxy_addr = proxy_listener.local_addr()?;
+    let (proxy_scheme, proxy_listener) = match tls {
+        Some(acceptor) => (
+            "https",
+            ProxyListener::Tls(TlsListener::new(proxy_listener, acceptor)),
+        ),
+        None => ("http", ProxyListener::Plain(proxy_listener)),
+    };
 
     let sandboxes = initial_sandboxes(&cli.sandboxes);
     let double = Arc::new(Double::new(
         cli.api_key,
+        proxy_scheme,
         cli.proxy_domain.clone(),
         proxy_addr.port(),
         &sandboxes,
@@ -1012,7 +1178,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         proxy_domain: &cli.proxy_domain,
         sandboxes: &sandboxes,
     })?;
-    info!(%api_addr, %proxy_addr, sandboxes = sandboxes.len(), "daytona-double ready");
+    info!(
+        %api_addr,
+        %proxy_addr,
+        proxy_scheme,
+        sandboxes = sandboxes.len(),
+        "daytona-double ready"
+    );
 
     serve_until_signal(
         (api_listener, api_router(double.clone())),
@@ -1063,7 +1235,7 @@ fn announce_ready(line: &ReadyLine<'_>) -> std::io::Result<()> {
 /// Serves both listeners until SIGTERM or SIGINT, then lets in-flight requests finish for a moment.
 async fn serve_until_signal(
     (api_listener, api): (TcpListener, Router),
-    (proxy_listener, proxy): (TcpListener, Router),
+    (proxy_listener, proxy): (ProxyListener, Router),
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (stop, stopped) = watch::channel(false);
     let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
@@ -1075,11 +1247,21 @@ async fn serve_until_signal(
             .with_graceful_shutdown(until_stopped(stopped.clone()))
             .into_future(),
     );
-    let proxy = tokio::spawn(
-        axum::serve(proxy_listener, proxy)
+    let proxy = match proxy_listener {
+        ProxyListener::Plain(listener) => tokio::spawn(
+            axum::serve(listener, proxy)
+                .with_graceful_shutdown(until_stopped(stopped))
+                .into_future(),
+        ),
+        ProxyListener::Tls(listener) => tokio::spawn(
+            axum::serve(
+                listener,
+                proxy.into_make_service_with_connect_info::<TlsInfo>(),
+            )
             .with_graceful_shutdown(until_stopped(stopped))
             .into_future(),
-    );
+        ),
+    };
 
     shutdown_signal().await?;
     info!("shutting down");

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -188,13 +188,24 @@ pub struct Double {
 
 impl Double {
     pub async fn start() -> Double {
-        let mut proc = Proc::spawn(
-            "daytona-double",
-            Command::new(env!("CARGO_BIN_EXE_daytona-double"))
-                .args(["--api-addr", "127.0.0.1:0", "--proxy-addr", "127.0.0.1:0"])
-                .args(["--api-key", API_KEY])
-                .env("RUST_LOG", "warn"),
-        );
+        Double::start_with(None).await
+    }
+
+    /// With `tls`, the preview proxy serves HTTPS and preview URLs are `https://`.
+    pub async fn start_with(tls: Option<&TlsFiles>) -> Double {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_daytona-double"));
+        command
+            .args(["--api-addr", "127.0.0.1:0", "--proxy-addr", "127.0.0.1:0"])
+            .args(["--api-key", API_KEY])
+            .env("RUST_LOG", "warn");
+        if let Some(tls) = tls {
+            command
+                .arg("--proxy-tls-cert")
+                .arg(&tls.cert)
+                .arg("--proxy-tls-key")
+                .arg(&tls.key);
+        }
+        let mut proc = Proc::spawn("daytona-double", &mut command);
         let line = wait_line(&mut proc, Proc::stdout, "api_url").await;
         let ready: DoubleReady = serde_json::from_str(&line).expect("double's ready line");
         Double {
@@ -279,6 +290,8 @@ pub struct ProxyRequest {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// The TLS server name (SNI) the proxy saw; `None` over plain HTTP.
+    pub sni: Option<String>,
 }
 
 impl ProxyRequest {
@@ -297,6 +310,33 @@ pub struct AuthzOptions {
     /// Overrides the double's API URL (e.g. a closed port).
     pub api_url: Option<String>,
     pub extra_args: Vec<String>,
+}
+
+/// A PEM certificate chain and its private key, as files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How to start a whole [`Stack`]; an [`AuthzOptions`] alone converts into one.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    pub authz: AuthzOptions,
+    /// The double's preview proxy serves HTTPS with this certificate (its preview URLs become
+    /// `https://`, so Envoy takes the `daytona_preview_https` cluster).
+    pub double_tls: Option<TlsFiles>,
+    /// The CA bundle Envoy trusts for HTTPS upstreams, in place of the system bundle.
+    pub envoy_trusted_ca: Option<PathBuf>,
+}
+
+impl From<AuthzOptions> for StackOptions {
+    fn from(authz: AuthzOptions) -> Self {
+        StackOptions {
+            authz,
+            ..Default::default()
+        }
+    }
 }
 
 pub struct Authz {
@@ -344,6 +384,12 @@ pub struct Envoy {
 
 impl Envoy {
     pub async fn start(authz_port: u16) -> Envoy {
+        Envoy::start_with(authz_port, None).await
+    }
+
+    /// With `trusted_ca`, HTTPS upstreams are verified against that PEM bundle instead of the
+    /// system one.
+    pub async fn start_with(authz_port: u16, trusted_ca: Option<&Path>) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let config = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
         let config = replace_once(
@@ -357,6 +403,14 @@ impl Envoy {
             "port_value: 9191",
             &format!("port_value: {authz_port}"),
         );
+        let config = match trusted_ca {
+            Some(ca) => replace_once(
+                &config,
+                "/etc/ssl/certs/ca-certificates.crt",
+                &ca.display().to_string(),
+            ),
+            None => config,
+        };
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
         let admin_path = dir.path().join("admin-address");
@@ -457,15 +511,18 @@ impl Stack {
         Stack::start_with(AuthzOptions::default()).await
     }
 
-    pub async fn start_with(options: AuthzOptions) -> Stack {
-        let double = Double::start().await;
+    /// Takes [`StackOptions`], or just [`AuthzOptions`].
+    pub async fn start_with(options: impl Into<StackOptions>) -> Stack {
+        let options: StackOptions = options.into();
+        let double = Double::start_with(options.double_tls.as_ref()).await;
         let api_url = options
+            .authz
             .api_url
             .clone()
             .unwrap_or_else(|| double.api_url.clone());
-        let authz = Authz::start(&api_url, &options).await;
+        let authz = Authz::start(&api_url, &options.authz).await;
         let authz_port: u16 = authz.grpc_addr.rsplit(':').next().unwrap().parse().unwrap();
-        let envoy = Envoy::start(authz_port).await;
+        let envoy = Envoy::start_with(authz_port, options.envoy_trusted_ca.as_deref()).await;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(20))
