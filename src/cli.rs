@@ -48,7 +48,7 @@ pub fn run() -> ExitCode {
                 }
             }
         }
-        Command::Mint(args) => match crate::mint::mint(args) {
+        Command::Mint(args) => match crate::mint::mint(*args) {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS

@@ -29,9 +29,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve Envoy's ext_authz gRPC API (and the admin API when an admin token is set).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Sign an access token and print a share link for a sandbox.
-    Mint(MintArgs),
+    Mint(Box<MintArgs>),
 }
 
 /// How access tokens are signed and checked (shared by `serve` and `mint`).
@@ -54,6 +54,27 @@ pub struct JwtArgs {
     /// Required `aud` claim, when set.
     #[arg(long, env = "DAYTONA_AUTHZ_JWT_AUDIENCE", value_name = "AUDIENCE")]
     pub jwt_audience: Option<String>,
+}
+
+/// The previous access-token key, accepted for verification during a rotation (`serve` only).
+#[derive(Debug, Args)]
+pub struct PreviousSecretArgs {
+    /// The previous HS256 key, still accepted while links signed with it are out there: rotate by
+    /// moving the current key here and setting a new --jwt-secret; drop it once those links expire.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_JWT_PREVIOUS_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub jwt_previous_secret: Option<String>,
+    /// File holding the previous HS256 key.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_JWT_PREVIOUS_SECRET_FILE",
+        value_name = "PATH"
+    )]
+    pub jwt_previous_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +122,21 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub jwt_previous: PreviousSecretArgs,
+
+    /// Name of the cookie a share link opened in a browser turns into (host-only, HttpOnly,
+    /// SameSite=Lax, Secure over https).
+    #[arg(long, env = "DAYTONA_AUTHZ_COOKIE_NAME", default_value = crate::decision::DEFAULT_COOKIE_NAME, value_name = "NAME")]
+    pub cookie_name: String,
+    /// Send browsers without a valid token here to sign in, with `return_to=<the preview URL>`
+    /// (otherwise they get a 401 page).
+    #[arg(long, env = "DAYTONA_AUTHZ_LOGIN_URL", value_name = "URL")]
+    pub login_url: Option<String>,
+    /// Add `X-Daytona-Disable-CORS: true` to forwarded requests, so the app's own CORS headers
+    /// apply instead of Daytona's (preflights are still answered at the edge).
+    #[arg(long, env = "DAYTONA_AUTHZ_DISABLE_CORS")]
+    pub disable_cors: bool,
 
     /// How long a sandbox's preview token is cached; also how long a token Daytona regenerated
     /// (sandbox restart) can be served stale.
@@ -186,6 +222,10 @@ pub struct ServeConfig {
     pub daytona_api_timeout: Duration,
     pub preview_domain: String,
     pub jwt: JwtConfig,
+    pub jwt_previous_secret: Option<Secret>,
+    pub cookie_name: String,
+    pub login_url: Option<url::Url>,
+    pub disable_cors: bool,
     pub cache_ttl: Duration,
     pub cache_max_entries: u64,
     pub admin: Option<AdminConfig>,
@@ -251,6 +291,26 @@ impl ServeArgs {
             }
         };
         let jwt = self.jwt.validate()?;
+        let jwt_previous_secret = one_secret(
+            (
+                "--jwt-previous-secret",
+                self.jwt_previous.jwt_previous_secret,
+            ),
+            (
+                "--jwt-previous-secret-file",
+                self.jwt_previous.jwt_previous_secret_file,
+            ),
+        )?;
+        if jwt_previous_secret
+            .as_ref()
+            .is_some_and(|s| s.0.len() < MIN_SECRET_BYTES)
+        {
+            return err(format!(
+                "the previous JWT secret must be at least {MIN_SECRET_BYTES} bytes"
+            ));
+        }
+        let cookie_name = cookie_name(&self.cookie_name)?;
+        let login_url = self.login_url.as_deref().map(login_url).transpose()?;
         let cache_ttl = duration(
             "--cache-ttl",
             &self.cache_ttl,
@@ -281,6 +341,10 @@ impl ServeArgs {
             daytona_api_timeout,
             preview_domain,
             jwt,
+            jwt_previous_secret,
+            cookie_name,
+            login_url,
+            disable_cors: self.disable_cors,
             cache_ttl,
             cache_max_entries: self.cache_max_entries,
             admin,
@@ -331,6 +395,37 @@ fn api_url(text: &str) -> Result<url::Url, ConfigError> {
     }
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
         return err("--daytona-api-url must not carry a query, fragment or credentials");
+    }
+    Ok(url)
+}
+
+/// A cookie name: an RFC 6265 token of letters, digits, `_` and `-`.
+fn cookie_name(text: &str) -> Result<String, ConfigError> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        return err(format!(
+            "--cookie-name: {text:?} must be 1-64 letters, digits, '_' or '-'"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// An absolute http(s) URL without a fragment; https unless it is on loopback.
+fn login_url(text: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(text)
+        .map_err(|e| ConfigError(format!("--login-url: {text:?} is not a URL ({e})")))?;
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return err(format!("--login-url: {text:?} must be an https URL")),
+    }
+    if url.fragment().is_some() || !url.username().is_empty() {
+        return err("--login-url must not carry a fragment or credentials");
     }
     Ok(url)
 }
@@ -401,6 +496,34 @@ mod tests {
             Command::Serve(args) => args.validate(),
             Command::Mint(_) => unreachable!(),
         }
+    }
+
+    #[test]
+    fn browser_settings_are_checked() {
+        for (extra, needle) in [
+            (["--cookie-name", "bad name"], "--cookie-name"),
+            (["--login-url", "javascript:alert(1)"], "--login-url"),
+            (["--login-url", "http://login.example.com"], "https"),
+            (["--jwt-previous-secret", "short"], "previous JWT secret"),
+        ] {
+            let mut args = GOOD.to_vec();
+            args.extend_from_slice(&extra);
+            let error = serve(&args).unwrap_err().to_string();
+            assert!(error.contains(needle), "{extra:?}: {error}");
+        }
+        let mut args = GOOD.to_vec();
+        args.extend_from_slice(&[
+            "--login-url",
+            "https://login.example.com/in",
+            "--disable-cors",
+        ]);
+        let config = serve(&args).unwrap();
+        assert_eq!(config.cookie_name, "daytona_authz");
+        assert!(config.disable_cors);
+        assert_eq!(
+            config.login_url.unwrap().as_str(),
+            "https://login.example.com/in"
+        );
     }
 
     const GOOD: [&str; 6] = [

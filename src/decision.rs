@@ -4,9 +4,12 @@
 //!
 //! The one step with I/O (asking Daytona for the preview token) sits between [`authorize`] and
 //! [`allow`], so nothing reaches Daytona before the caller is authenticated and authorized.
+//! Everything that is answered without forwarding (a denial, a CORS preflight, the redirect that
+//! turns a share link into a cookie) is a [`LocalReply`].
 
 use crate::daytona::{DaytonaError, Preview};
 use crate::host::{self, HostError, PreviewTarget};
+use crate::pages;
 use crate::token::{self, ExtractError, Grant, TokenError, TokenSource, Verifier};
 
 /// Request headers daytona-authz sets on the way upstream. Daytona's proxy reads the first two;
@@ -15,6 +18,8 @@ pub const PREVIEW_TOKEN_HEADER: &str = "x-daytona-preview-token";
 pub const SKIP_WARNING_HEADER: &str = "x-daytona-skip-preview-warning";
 pub const UPSTREAM_HEADER: &str = "x-daytona-authz-upstream";
 pub const UPSTREAM_SCHEME_HEADER: &str = "x-daytona-authz-upstream-scheme";
+/// Set with `--disable-cors`: Daytona's proxy then leaves CORS to the app.
+pub const DISABLE_CORS_HEADER: &str = "x-daytona-disable-cors";
 
 /// Every client header with this prefix is removed, so no client can speak for daytona-authz or
 /// for Daytona (`x-daytona-preview-token`, `x-daytona-disable-cors`, ...).
@@ -24,6 +29,9 @@ const RESERVED_PREFIX: &str = "x-daytona-";
 /// once per value.
 #[derive(Debug, Clone, Default)]
 pub struct RequestView {
+    pub method: String,
+    /// `http` or `https`, as Envoy saw the client's request.
+    pub scheme: String,
     pub host: String,
     /// The request target with its query string, undecoded.
     pub path: String,
@@ -37,6 +45,87 @@ impl RequestView {
             .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+
+    fn has_header(&self, name: &str) -> bool {
+        self.header_values(name).next().is_some()
+    }
+
+    /// A person's browser asking for a page (not a script's fetch, not an upgrade): it gets HTML
+    /// pages and redirects, everything else JSON.
+    pub fn wants_html(&self) -> bool {
+        if self.has_header("upgrade") {
+            return false;
+        }
+        self.header_values("sec-fetch-mode")
+            .any(|m| m == "navigate")
+            || self
+                .header_values("accept")
+                .any(|a| a.to_ascii_lowercase().contains("text/html"))
+    }
+
+    /// A top-level navigation: where a share link turns into a cookie.
+    fn is_navigation(&self) -> bool {
+        self.method == "GET" && self.wants_html()
+    }
+
+    /// A CORS preflight, which browsers send without credentials.
+    fn is_preflight(&self) -> bool {
+        self.method == "OPTIONS"
+            && self.has_header("origin")
+            && self.has_header("access-control-request-method")
+    }
+
+    /// Whether the client reached us over TLS (directly, or through a proxy Envoy trusts).
+    fn is_https(&self) -> bool {
+        self.scheme.eq_ignore_ascii_case("https")
+            || self
+                .header_values("x-forwarded-proto")
+                .any(|p| p.eq_ignore_ascii_case("https"))
+    }
+
+    fn query(&self) -> Option<&str> {
+        let before_fragment = self
+            .path
+            .split_once('#')
+            .map_or(self.path.as_str(), |(p, _)| p);
+        before_fragment.split_once('?').map(|(_, q)| q)
+    }
+
+    /// The request target without `access_token` (in any spelling), for redirects and
+    /// `return_to`.
+    fn path_without_token(&self) -> String {
+        let path = self.path.split(['?', '#']).next().unwrap_or_default();
+        let kept: Vec<&str> = self
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| !pair.is_empty() && !is_token_parameter(pair))
+            .collect();
+        if kept.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{}", kept.join("&"))
+        }
+    }
+
+    /// `access_token` plus every other spelling of it in this query (`%61ccess_token`).
+    fn token_parameter_names(&self) -> Vec<String> {
+        let mut names = vec![token::QUERY_PARAMETER.to_owned()];
+        for pair in self.query().unwrap_or_default().split('&') {
+            let raw = pair.split_once('=').map_or(pair, |(n, _)| n);
+            if is_token_parameter(pair) && !names.iter().any(|n| n == raw) {
+                names.push(raw.to_owned());
+            }
+        }
+        names
+    }
+}
+
+/// Whether a `name=value` query pair is `access_token`, once percent-decoded.
+fn is_token_parameter(pair: &str) -> bool {
+    form_urlencoded::parse(pair.as_bytes())
+        .next()
+        .is_some_and(|(name, _)| name == token::QUERY_PARAMETER)
 }
 
 /// What the deployment allows.
@@ -45,7 +134,16 @@ pub struct Policy {
     /// Lower-case, no trailing dot.
     pub preview_domain: String,
     pub verifier: Verifier,
+    /// Name of the cookie a share link turns into.
+    pub cookie_name: String,
+    /// Where a browser without a valid token is sent to sign in (with `return_to`).
+    pub login_url: Option<url::Url>,
+    /// Ask Daytona to leave CORS to the app (`X-Daytona-Disable-CORS: true`).
+    pub disable_cors: bool,
 }
+
+/// The default cookie name.
+pub const DEFAULT_COOKIE_NAME: &str = "daytona_authz";
 
 /// An authenticated, authorized request, waiting for its preview token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,19 +259,196 @@ impl Denial {
 
 const DEFAULT_RETRY_AFTER: u64 = 5;
 
+/// What to do with a request before any call to Daytona.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Authorized: fetch the preview token, then [`allow`].
+    Forward(Authorized),
+    /// Answer here, without Daytona: a CORS preflight, or a share link turning into a cookie.
+    Reply(LocalReply),
+}
+
+/// A response Envoy sends itself, in place of the sandbox's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
 /// Authenticates and authorizes a request, before any call to Daytona.
-pub fn authorize(request: &RequestView, policy: &Policy, now: u64) -> Result<Authorized, Denial> {
+pub fn authorize(request: &RequestView, policy: &Policy, now: u64) -> Result<Verdict, Denial> {
     let target = host::parse(&request.host, &policy.preview_domain).map_err(Denial::BadHost)?;
+    if request.is_preflight() {
+        return Ok(Verdict::Reply(preflight(request)));
+    }
     let authorization: Vec<&str> = request.header_values("authorization").collect();
-    let (token, source) = token::extract(&authorization, &request.path)
+    let cookies: Vec<&str> = request.header_values("cookie").collect();
+    let found = token::extract(&authorization, &request.path, &cookies, &policy.cookie_name)
         .map_err(Denial::AmbiguousToken)?
         .ok_or(Denial::MissingToken)?;
-    let grant = policy
-        .verifier
-        .verify(&token)
-        .map_err(Denial::InvalidToken)?;
-    check_grant(&grant, &target, now)?;
-    Ok(Authorized { target, source })
+    // The first candidate that verifies and grants this target wins; otherwise the first
+    // candidate's reason is the answer.
+    let mut first_denial = None;
+    let mut granted = None;
+    for candidate in &found.candidates {
+        let verdict = policy
+            .verifier
+            .verify(candidate)
+            .map_err(Denial::InvalidToken)
+            .and_then(|grant| check_grant(&grant, &target, now).map(|()| grant));
+        match verdict {
+            Ok(grant) => {
+                granted = Some((grant, candidate));
+                break;
+            }
+            Err(denial) => {
+                first_denial.get_or_insert(denial);
+            }
+        }
+    }
+    let Some((grant, token)) = granted else {
+        return Err(first_denial.unwrap_or(Denial::MissingToken));
+    };
+    if found.source == TokenSource::QueryParameter && request.is_navigation() {
+        return Ok(Verdict::Reply(link_to_cookie(
+            request, policy, &grant, token, now,
+        )));
+    }
+    Ok(Verdict::Forward(Authorized {
+        target,
+        source: found.source,
+    }))
+}
+
+/// A share link opened in a browser: set the token as a cookie and send the browser to the same
+/// URL without it, so it leaves the address bar, history and Referer, and the app's relative
+/// requests (fetch, images, WebSockets) carry the cookie.
+fn link_to_cookie(
+    request: &RequestView,
+    policy: &Policy,
+    grant: &Grant,
+    token: &str,
+    now: u64,
+) -> LocalReply {
+    let max_age = grant.expires_at.saturating_sub(now);
+    let mut cookie = format!(
+        "{}={token}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax",
+        policy.cookie_name
+    );
+    if request.is_https() {
+        cookie.push_str("; Secure");
+    }
+    LocalReply {
+        status: 302,
+        headers: vec![
+            ("location", request.path_without_token()),
+            ("set-cookie", cookie),
+            ("cache-control", "no-store".into()),
+            ("referrer-policy", "no-referrer".into()),
+        ],
+        body: String::new(),
+    }
+}
+
+/// Answers a CORS preflight at the edge, as Daytona's proxy does (it reflects the origin with
+/// credentials): preflights carry no credentials, so forwarding them would let unauthenticated
+/// requests reach the sandbox. The actual request still needs a token, and with `--disable-cors`
+/// the browser still applies the app's own CORS headers to the actual response.
+fn preflight(request: &RequestView) -> LocalReply {
+    let first = |name| {
+        request
+            .header_values(name)
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut headers = vec![
+        ("access-control-allow-origin", first("origin")),
+        ("access-control-allow-credentials", "true".into()),
+        (
+            "access-control-allow-methods",
+            first("access-control-request-method"),
+        ),
+        ("access-control-max-age", "600".into()),
+        (
+            "vary",
+            "Origin, Access-Control-Request-Method, Access-Control-Request-Headers".into(),
+        ),
+    ];
+    let requested = first("access-control-request-headers");
+    if !requested.is_empty() {
+        headers.push(("access-control-allow-headers", requested));
+    }
+    LocalReply {
+        status: 204,
+        headers,
+        body: String::new(),
+    }
+}
+
+/// What a denied client sees: a page for a person's browser (or a sign-in redirect, with
+/// `--login-url`), JSON for everything else.
+pub fn render(denial: &Denial, request: &RequestView, policy: &Policy) -> LocalReply {
+    let browser = request.wants_html();
+    let mut headers: Vec<(&'static str, String)> = vec![("cache-control", "no-store".into())];
+    if denial.status() == 401 {
+        // A cookie of ours that did not work: have the browser forget it.
+        let cookies: Vec<&str> = request.header_values("cookie").collect();
+        if token::cookie_values(&cookies, &policy.cookie_name)
+            .next()
+            .is_some()
+        {
+            headers.push((
+                "set-cookie",
+                format!(
+                    "{}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax",
+                    policy.cookie_name
+                ),
+            ));
+        }
+        if browser && let Some(login) = &policy.login_url {
+            let mut location = login.clone();
+            location
+                .query_pairs_mut()
+                .append_pair("return_to", &return_to(request));
+            headers.push(("location", location.into()));
+            return LocalReply {
+                status: 302,
+                headers,
+                body: String::new(),
+            };
+        }
+    }
+    if let Some(challenge) = denial.www_authenticate() {
+        headers.push(("www-authenticate", challenge.into()));
+    }
+    if let Some(seconds) = denial.retry_after() {
+        headers.push(("retry-after", seconds.to_string()));
+    }
+    let body = if browser {
+        headers.push(("content-type", "text/html; charset=utf-8".into()));
+        pages::denial(denial.status(), &denial.message())
+    } else {
+        headers.push(("content-type", "application/json".into()));
+        serde_json::json!({ "error": denial.code(), "message": denial.message() }).to_string()
+    };
+    LocalReply {
+        status: denial.status(),
+        headers,
+        body,
+    }
+}
+
+/// Where a sign-in page sends the browser back: this very preview URL, without any token. Only
+/// ever built for a host that parsed as a preview host of our domain, so it cannot point away.
+fn return_to(request: &RequestView) -> String {
+    let scheme = if request.is_https() { "https" } else { "http" };
+    format!(
+        "{scheme}://{}{}",
+        request.host.to_ascii_lowercase(),
+        request.path_without_token()
+    )
 }
 
 fn check_grant(grant: &Grant, target: &PreviewTarget, now: u64) -> Result<(), Denial> {
@@ -196,11 +471,18 @@ pub struct Allow {
     /// Set, replacing any value the client sent.
     pub set_headers: Vec<(&'static str, String)>,
     pub remove_headers: Vec<String>,
-    pub remove_query_parameters: Vec<&'static str>,
+    /// `access_token` as written (possibly percent-encoded) and decoded, so Envoy removes it
+    /// however it matches names.
+    pub remove_query_parameters: Vec<String>,
 }
 
-pub fn allow(request: &RequestView, authorized: &Authorized, preview: &Preview) -> Allow {
-    let set_headers = vec![
+pub fn allow(
+    request: &RequestView,
+    authorized: &Authorized,
+    preview: &Preview,
+    policy: &Policy,
+) -> Allow {
+    let mut set_headers = vec![
         (PREVIEW_TOKEN_HEADER, preview.token.clone()),
         (SKIP_WARNING_HEADER, "true".to_owned()),
         (UPSTREAM_HEADER, preview.upstream.authority.clone()),
@@ -214,6 +496,9 @@ pub fn allow(request: &RequestView, authorized: &Authorized, preview: &Preview) 
             .to_owned(),
         ),
     ];
+    if policy.disable_cors {
+        set_headers.push((DISABLE_CORS_HEADER, "true".to_owned()));
+    }
     let mut remove_headers: Vec<String> = Vec::new();
     for (name, _) in &request.headers {
         let spoofed = name.starts_with(RESERVED_PREFIX)
@@ -226,10 +511,17 @@ pub fn allow(request: &RequestView, authorized: &Authorized, preview: &Preview) 
     if authorized.source == TokenSource::AuthorizationHeader {
         remove_headers.push("authorization".to_owned());
     }
+    // Our cookie never reaches the sandbox; the app's own cookies pass untouched.
+    let cookies: Vec<&str> = request.header_values("cookie").collect();
+    match token::cookies_without(&cookies, &policy.cookie_name) {
+        Some(rest) if rest.is_empty() => remove_headers.push("cookie".to_owned()),
+        Some(rest) => set_headers.push(("cookie", rest)),
+        None => {}
+    }
     Allow {
         set_headers,
         remove_headers,
-        remove_query_parameters: vec![token::QUERY_PARAMETER],
+        remove_query_parameters: request.token_parameter_names(),
     }
 }
 
@@ -243,11 +535,15 @@ mod tests {
     const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
     const OTHER: &str = "11111111-2222-4333-8444-555555555555";
     const DOMAIN: &str = "preview.example.com";
+    const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
 
     fn policy() -> Policy {
         Policy {
             preview_domain: DOMAIN.into(),
             verifier: Verifier::hs256(SECRET, None, None),
+            cookie_name: DEFAULT_COOKIE_NAME.into(),
+            login_url: None,
+            disable_cors: false,
         }
     }
 
@@ -264,7 +560,18 @@ mod tests {
     }
 
     fn request(host: &str, path: &str, headers: &[(&str, &str)]) -> RequestView {
+        method_request("GET", host, path, headers)
+    }
+
+    fn method_request(
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> RequestView {
         RequestView {
+            method: method.into(),
+            scheme: "http".into(),
             host: host.into(),
             path: path.into(),
             headers: headers
@@ -282,6 +589,35 @@ mod tests {
         format!("Bearer {token}")
     }
 
+    fn target(port: u16) -> PreviewTarget {
+        PreviewTarget {
+            sandbox_id: ID.into(),
+            port,
+        }
+    }
+
+    fn forwarded(verdict: Result<Verdict, Denial>) -> Authorized {
+        match verdict {
+            Ok(Verdict::Forward(authorized)) => authorized,
+            other => panic!("not forwarded: {other:?}"),
+        }
+    }
+
+    fn replied(verdict: Result<Verdict, Denial>) -> LocalReply {
+        match verdict {
+            Ok(Verdict::Reply(reply)) => reply,
+            other => panic!("no local reply: {other:?}"),
+        }
+    }
+
+    fn header<'a>(reply: &'a LocalReply, name: &str) -> Option<&'a str> {
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     #[test]
     fn a_bearer_token_for_the_sandbox_is_authorized() {
         let t = token(ID, None, now() + 60);
@@ -292,26 +628,135 @@ mod tests {
             now(),
         );
         assert_eq!(
-            verdict,
-            Ok(Authorized {
-                target: PreviewTarget {
-                    sandbox_id: ID.into(),
-                    port: 3000
-                },
+            forwarded(verdict),
+            Authorized {
+                target: target(3000),
                 source: TokenSource::AuthorizationHeader
-            })
+            }
         );
     }
 
     #[test]
-    fn a_query_token_is_authorized() {
+    fn a_query_token_from_a_script_is_forwarded() {
         let t = token(ID, Some(vec![8080]), now() + 60);
         let verdict = authorize(
             &request(&host(8080), &format!("/a?x=1&access_token={t}"), &[]),
             &policy(),
             now(),
         );
-        assert_eq!(verdict.unwrap().source, TokenSource::QueryParameter);
+        assert_eq!(forwarded(verdict).source, TokenSource::QueryParameter);
+    }
+
+    #[test]
+    fn a_share_link_in_a_browser_becomes_a_cookie() {
+        let now = now();
+        let t = token(ID, None, now + 600);
+        let req = request(
+            &host(3000),
+            &format!("/a?x=1&access_token={t}&y=2"),
+            &[HTML],
+        );
+        let reply = replied(authorize(&req, &policy(), now));
+        assert_eq!(reply.status, 302);
+        assert_eq!(header(&reply, "location"), Some("/a?x=1&y=2"));
+        assert_eq!(
+            header(&reply, "set-cookie").unwrap(),
+            format!("daytona_authz={t}; Max-Age=600; Path=/; HttpOnly; SameSite=Lax")
+        );
+
+        // https (directly or as Envoy's x-forwarded-proto says) adds Secure.
+        let mut secure = request(&host(3000), &format!("/?access_token={t}"), &[HTML]);
+        secure.scheme = "https".into();
+        let reply = replied(authorize(&secure, &policy(), now));
+        assert!(header(&reply, "set-cookie").unwrap().ends_with("; Secure"));
+        assert_eq!(header(&reply, "location"), Some("/"));
+
+        // Sec-Fetch-Mode: navigate counts as a browser navigation too; an upgrade never does.
+        let nav = request(
+            &host(3000),
+            &format!("/?access_token={t}"),
+            &[("sec-fetch-mode", "navigate")],
+        );
+        assert_eq!(replied(authorize(&nav, &policy(), now)).status, 302);
+        let upgrade = request(
+            &host(3000),
+            &format!("/?access_token={t}"),
+            &[HTML, ("upgrade", "websocket")],
+        );
+        assert!(matches!(
+            authorize(&upgrade, &policy(), now),
+            Ok(Verdict::Forward(_))
+        ));
+    }
+
+    #[test]
+    fn an_invalid_share_link_is_not_turned_into_a_cookie() {
+        let t = token(ID, None, now() - 3600);
+        let req = request(&host(3000), &format!("/?access_token={t}"), &[HTML]);
+        assert_eq!(
+            authorize(&req, &policy(), now()),
+            Err(Denial::InvalidToken(TokenError::Expired))
+        );
+    }
+
+    #[test]
+    fn the_cookie_authenticates_and_a_working_copy_beats_a_tossed_one() {
+        let good = token(ID, None, now() + 60);
+        let tossed = token(OTHER, None, now() + 60);
+        let cookie = format!("app=1; daytona_authz={tossed}; daytona_authz={good}");
+        let req = request(&host(3000), "/", &[("cookie", &cookie)]);
+        assert_eq!(
+            forwarded(authorize(&req, &policy(), now())).source,
+            TokenSource::Cookie
+        );
+        let only_tossed = format!("daytona_authz={tossed}");
+        let req = request(&host(3000), "/", &[("cookie", &only_tossed)]);
+        assert_eq!(authorize(&req, &policy(), now()), Err(Denial::WrongSandbox));
+    }
+
+    #[test]
+    fn preflights_are_answered_without_a_token() {
+        let req = method_request(
+            "OPTIONS",
+            &host(3000),
+            "/api",
+            &[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "PUT"),
+                ("access-control-request-headers", "content-type"),
+            ],
+        );
+        let reply = replied(authorize(&req, &policy(), now()));
+        assert_eq!(reply.status, 204);
+        assert_eq!(
+            header(&reply, "access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            header(&reply, "access-control-allow-credentials"),
+            Some("true")
+        );
+        assert_eq!(header(&reply, "access-control-allow-methods"), Some("PUT"));
+        assert_eq!(
+            header(&reply, "access-control-allow-headers"),
+            Some("content-type")
+        );
+        // A bad host is still refused first; a plain OPTIONS still needs a token.
+        let bad = method_request(
+            "OPTIONS",
+            "x",
+            "/",
+            &[("origin", "o"), ("access-control-request-method", "GET")],
+        );
+        assert!(matches!(
+            authorize(&bad, &policy(), now()),
+            Err(Denial::BadHost(_))
+        ));
+        let plain = method_request("OPTIONS", &host(3000), "/", &[]);
+        assert_eq!(
+            authorize(&plain, &policy(), now()),
+            Err(Denial::MissingToken)
+        );
     }
 
     #[test]
@@ -371,8 +816,9 @@ mod tests {
             let verdict = authorize(&req, &policy(), now());
             assert_eq!(verdict, Err(denial.clone()), "{req:?}");
             assert_eq!(denial.status(), status);
-            let message = denial.message();
-            assert!(!message.contains(&good), "message echoes the token");
+            let reply = render(&denial, &req, &policy());
+            assert_eq!(reply.status, status);
+            assert!(!reply.body.contains(&good), "the reply echoes the token");
         }
     }
 
@@ -429,6 +875,61 @@ mod tests {
         );
     }
 
+    #[test]
+    fn browsers_get_pages_and_scripts_get_json() {
+        let req = request(&host(3000), "/", &[HTML]);
+        let page = render(&Denial::MissingToken, &req, &policy());
+        assert_eq!(page.status, 401);
+        assert_eq!(
+            header(&page, "content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        assert!(page.body.starts_with("<!doctype html>"));
+        assert!(header(&page, "www-authenticate").is_some());
+
+        let req = request(&host(3000), "/", &[("accept", "*/*")]);
+        let json = render(&Denial::Daytona(DaytonaError::NotFound), &req, &policy());
+        assert_eq!(json.status, 404);
+        assert_eq!(header(&json, "content-type"), Some("application/json"));
+        let body: serde_json::Value = serde_json::from_str(&json.body).unwrap();
+        assert_eq!(body["error"], "sandbox_not_found");
+    }
+
+    #[test]
+    fn a_failed_cookie_is_cleared() {
+        let req = request(
+            &host(3000),
+            "/",
+            &[("cookie", "daytona_authz=stale; app=1")],
+        );
+        let reply = render(&Denial::InvalidToken(TokenError::Expired), &req, &policy());
+        assert_eq!(
+            header(&reply, "set-cookie"),
+            Some("daytona_authz=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax")
+        );
+    }
+
+    #[test]
+    fn with_a_login_url_browsers_are_sent_to_sign_in_and_back() {
+        let mut policy = policy();
+        policy.login_url = Some(url::Url::parse("https://login.example.com/signin?app=x").unwrap());
+        let req = request(&host(3000), "/deep/page?q=1&access_token=bad", &[HTML]);
+        let reply = render(&Denial::MissingToken, &req, &policy);
+        assert_eq!(reply.status, 302);
+        let location = url::Url::parse(header(&reply, "location").unwrap()).unwrap();
+        assert_eq!(location.host_str(), Some("login.example.com"));
+        let return_to: Vec<_> = location
+            .query_pairs()
+            .filter(|(k, _)| k == "return_to")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert_eq!(return_to, [format!("http://{}/deep/page?q=1", host(3000))]);
+        // Scripts and 403s are not redirected.
+        let script = request(&host(3000), "/", &[]);
+        assert_eq!(render(&Denial::MissingToken, &script, &policy).status, 401);
+        assert_eq!(render(&Denial::WrongSandbox, &req, &policy).status, 403);
+    }
+
     fn preview() -> Preview {
         Preview {
             token: "preview-token-123".into(),
@@ -454,13 +955,10 @@ mod tests {
             ],
         );
         let authorized = Authorized {
-            target: PreviewTarget {
-                sandbox_id: ID.into(),
-                port: 3000,
-            },
+            target: target(3000),
             source: TokenSource::AuthorizationHeader,
         };
-        let allow = allow(&req, &authorized, &preview());
+        let allow = allow(&req, &authorized, &preview(), &policy());
         assert_eq!(
             allow.set_headers,
             vec![
@@ -481,21 +979,51 @@ mod tests {
     }
 
     #[test]
-    fn allow_keeps_an_authorization_header_that_was_not_ours() {
+    fn allow_keeps_what_is_not_ours() {
         let req = request(
             &host(3000),
-            "/?access_token=t",
-            &[("authorization", "Basic x")],
+            "/?access_token=t&%61ccess_token=u",
+            &[
+                ("authorization", "Basic x"),
+                ("cookie", "app=1; daytona_authz=t; b=2"),
+            ],
         );
         let authorized = Authorized {
-            target: PreviewTarget {
-                sandbox_id: ID.into(),
-                port: 3000,
-            },
+            target: target(3000),
             source: TokenSource::QueryParameter,
         };
-        let allow = allow(&req, &authorized, &preview());
-        assert!(allow.remove_headers.is_empty());
-        assert_eq!(allow.remove_query_parameters, vec!["access_token"]);
+        let allow = allow(&req, &authorized, &preview(), &policy());
+        assert!(
+            allow.remove_headers.is_empty(),
+            "{:?}",
+            allow.remove_headers
+        );
+        assert!(
+            allow
+                .set_headers
+                .contains(&("cookie", "app=1; b=2".to_owned()))
+        );
+        assert_eq!(
+            allow.remove_query_parameters,
+            vec!["access_token", "%61ccess_token"]
+        );
+    }
+
+    #[test]
+    fn allow_removes_a_cookie_header_holding_only_ours_and_can_disable_cors() {
+        let req = request(&host(3000), "/", &[("cookie", "daytona_authz=t")]);
+        let authorized = Authorized {
+            target: target(3000),
+            source: TokenSource::Cookie,
+        };
+        let mut policy = policy();
+        policy.disable_cors = true;
+        let allow = allow(&req, &authorized, &preview(), &policy);
+        assert_eq!(allow.remove_headers, vec!["cookie".to_owned()]);
+        assert!(
+            allow
+                .set_headers
+                .contains(&(DISABLE_CORS_HEADER, "true".to_owned()))
+        );
     }
 }

@@ -15,7 +15,7 @@ use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
 use crate::daytona::{PreviewCache, PreviewSource};
-use crate::decision::{self, Allow, Denial, Policy, RequestView};
+use crate::decision::{self, Allow, Denial, LocalReply, Policy, RequestView, Verdict};
 use crate::token;
 
 /// Limits on what a `CheckRequest` may carry before we refuse to look at it. Envoy bounds
@@ -34,15 +34,30 @@ impl<S: PreviewSource> AuthzService<S> {
     }
 
     /// The whole decision for one request, I/O included.
-    pub async fn decide(&self, request: &RequestView) -> Result<Allow, Denial> {
-        let authorized = decision::authorize(request, &self.policy, token::now())?;
+    pub async fn decide(&self, request: &RequestView) -> Result<Outcome, Denial> {
+        let authorized = match decision::authorize(request, &self.policy, token::now())? {
+            Verdict::Forward(authorized) => authorized,
+            Verdict::Reply(reply) => return Ok(Outcome::Reply(reply)),
+        };
         let preview = self
             .previews
             .get(&authorized.target)
             .await
             .map_err(|e| Denial::Daytona((*e).clone()))?;
-        Ok(decision::allow(request, &authorized, &preview))
+        Ok(Outcome::Forward(decision::allow(
+            request,
+            &authorized,
+            &preview,
+            &self.policy,
+        )))
     }
+}
+
+/// What Envoy is told to do with a request that is not denied.
+#[derive(Debug)]
+pub enum Outcome {
+    Forward(Allow),
+    Reply(LocalReply),
 }
 
 #[tonic::async_trait]
@@ -60,14 +75,24 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
             .and_then(|r| r.http.as_ref())
             .map(|h| h.id.clone())
             .unwrap_or_default();
-        let outcome = match view(&check) {
-            Ok(view) => self.decide(&view).await,
-            Err(denial) => Err(denial),
+        let view = view(&check);
+        let outcome = match &view {
+            Ok(view) => self.decide(view).await,
+            Err(denial) => Err(denial.clone()),
         };
         let response = match outcome {
-            Ok(allow) => {
+            Ok(Outcome::Forward(allow)) => {
                 tracing::debug!(request_id, client, "allowed");
                 ok_response(allow)
+            }
+            Ok(Outcome::Reply(reply)) => {
+                tracing::debug!(
+                    request_id,
+                    client,
+                    status = reply.status,
+                    "answered locally"
+                );
+                local_response(reply)
             }
             Err(denial) => {
                 let target = check_target(&check, &self.policy.preview_domain);
@@ -80,7 +105,9 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                     reason = %denial,
                     "denied"
                 );
-                denied_response(&denial)
+                let empty = RequestView::default();
+                let request = view.as_ref().unwrap_or(&empty);
+                local_response(decision::render(&denial, request, &self.policy))
             }
         };
         Ok(Response::new(response))
@@ -131,6 +158,8 @@ pub fn view(check: &CheckRequest) -> Result<RequestView, Denial> {
         }
     }
     Ok(RequestView {
+        method: http.method.clone(),
+        scheme: http.scheme.clone(),
         host: http.host.clone(),
         path: http.path.clone(),
         headers,
@@ -158,11 +187,7 @@ pub fn ok_response(allow: Allow) -> CheckResponse {
             .map(|(k, v)| header(k, v))
             .collect(),
         headers_to_remove: allow.remove_headers,
-        query_parameters_to_remove: allow
-            .remove_query_parameters
-            .into_iter()
-            .map(str::to_owned)
-            .collect(),
+        query_parameters_to_remove: allow.remove_query_parameters,
         ..Default::default()
     };
     let mut response = CheckResponse::with_status(Status::ok(""));
@@ -170,34 +195,19 @@ pub fn ok_response(allow: Allow) -> CheckResponse {
     response
 }
 
-#[derive(serde::Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    message: String,
-}
-
-pub fn denied_response(denial: &Denial) -> CheckResponse {
-    let mut headers = vec![
-        header("content-type", "application/json".into()),
-        header("cache-control", "no-store".into()),
-    ];
-    if let Some(challenge) = denial.www_authenticate() {
-        headers.push(header("www-authenticate", challenge.into()));
-    }
-    if let Some(seconds) = denial.retry_after() {
-        headers.push(header("retry-after", seconds.to_string()));
-    }
-    let body = serde_json::to_string(&ErrorBody {
-        error: denial.code(),
-        message: denial.message(),
-    })
-    .unwrap_or_default();
+/// A reply Envoy sends itself (a denial, a preflight answer, a redirect). In ext_authz terms
+/// every one of these is a "denied" response: the request is not forwarded.
+pub fn local_response(reply: LocalReply) -> CheckResponse {
     let denied = DeniedHttpResponse {
         status: Some(HttpStatus {
-            code: i32::from(denial.status()),
+            code: i32::from(reply.status),
         }),
-        headers,
-        body,
+        headers: reply
+            .headers
+            .into_iter()
+            .map(|(k, v)| header(k, v))
+            .collect(),
+        body: reply.body,
     };
     CheckResponse {
         status: Some(rpc::Status {
@@ -273,18 +283,22 @@ mod tests {
     }
 
     #[test]
-    fn a_denial_carries_status_challenge_and_json() {
-        let response = denied_response(&Denial::MissingToken);
+    fn a_local_reply_is_a_denied_response_with_its_status_headers_and_body() {
+        let response = local_response(LocalReply {
+            status: 401,
+            headers: vec![("www-authenticate", "Bearer".into())],
+            body: "{}".into(),
+        });
         assert_ne!(response.status.as_ref().unwrap().code, 0);
         let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
             panic!("not a denial");
         };
         assert_eq!(denied.status.unwrap().code, 401);
-        let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
-        assert_eq!(body["error"], "invalid_token");
-        assert!(denied.headers.iter().any(|h| {
-            let h = h.header.as_ref().unwrap();
-            h.key == "www-authenticate" && h.value.contains(r#"error="invalid_token""#)
-        }));
+        assert_eq!(denied.body, "{}");
+        let header = denied.headers[0].header.as_ref().unwrap();
+        assert_eq!(
+            (header.key.as_str(), header.value.as_str()),
+            ("www-authenticate", "Bearer")
+        );
     }
 }

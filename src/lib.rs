@@ -15,5 +15,6 @@ pub mod decision;
 pub mod grpc;
 pub mod host;
 pub mod mint;
+pub mod pages;
 pub mod server;
 pub mod token;

@@ -39,13 +39,20 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         config.cache_ttl,
         config.cache_max_entries,
     ));
+    let mut verifier = Verifier::hs256(
+        config.jwt.secret.expose().as_bytes(),
+        config.jwt.issuer.as_deref(),
+        config.jwt.audience.as_deref(),
+    );
+    if let Some(previous) = &config.jwt_previous_secret {
+        verifier = verifier.with_previous(previous.expose().as_bytes());
+    }
     let policy = Policy {
         preview_domain: config.preview_domain.clone(),
-        verifier: Verifier::hs256(
-            config.jwt.secret.expose().as_bytes(),
-            config.jwt.issuer.as_deref(),
-            config.jwt.audience.as_deref(),
-        ),
+        verifier,
+        cookie_name: config.cookie_name.clone(),
+        login_url: config.login_url.clone(),
+        disable_cors: config.disable_cors,
     };
     let authz = AuthzService::new(policy, Arc::clone(&previews));
 
@@ -67,6 +74,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         cache_max_entries = config.cache_max_entries,
         jwt_issuer = config.jwt.issuer.as_deref(),
         jwt_audience = config.jwt.audience.as_deref(),
+        jwt_previous_secret = config.jwt_previous_secret.is_some(),
+        cookie_name = %config.cookie_name,
+        login_url = config.login_url.as_ref().map(|u| u.as_str()),
+        disable_cors = config.disable_cors,
         "daytona-authz listening"
     );
 

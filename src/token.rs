@@ -62,10 +62,12 @@ pub enum TokenError {
     Malformed,
 }
 
-/// Verifies access tokens against the configured key and expectations.
+/// Verifies access tokens against the configured key (and, during a rotation, the previous one)
+/// and expectations.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
+    /// Current key first.
+    keys: Vec<DecodingKey>,
     validation: Validation,
 }
 
@@ -73,6 +75,7 @@ impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
             .field("algorithms", &self.validation.algorithms)
+            .field("keys", &self.keys.len())
             .finish_non_exhaustive()
     }
 }
@@ -97,18 +100,33 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         Verifier {
-            key: DecodingKey::from_secret(secret),
+            keys: vec![DecodingKey::from_secret(secret)],
             validation,
         }
+    }
+
+    /// Also accepts tokens signed with `secret`: the previous key, while links signed with it
+    /// are still out there (rotation without downtime).
+    pub fn with_previous(mut self, secret: &[u8]) -> Self {
+        self.keys.push(DecodingKey::from_secret(secret));
+        self
     }
 
     pub fn verify(&self, token: &str) -> Result<Grant, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLong);
         }
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(classify)?;
-        let claims = data.claims;
+        let mut result: Result<Claims, TokenError> = Err(TokenError::BadSignature);
+        for key in &self.keys {
+            result = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+                .map(|data| data.claims)
+                .map_err(classify);
+            // Only a signature mismatch is worth another key; anything else is final.
+            if result != Err(TokenError::BadSignature) {
+                break;
+            }
+        }
+        let claims = result?;
         Ok(Grant {
             sandbox_id: claims.sandbox_id.to_ascii_lowercase(),
             ports: claims.ports,
@@ -149,33 +167,69 @@ impl Signer {
 pub enum TokenSource {
     AuthorizationHeader,
     QueryParameter,
+    Cookie,
 }
 
 /// The query parameter of RFC 6750 §2.3.
 pub const QUERY_PARAMETER: &str = "access_token";
 
+/// The token(s) a request carries, from its highest-precedence source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found<'a> {
+    pub source: TokenSource,
+    /// One for a header or query token. For the cookie, every distinct value of it: a browser
+    /// may send two cookies of one name (e.g. one tossed in by a sibling subdomain), and the
+    /// one that verifies must not lose to the one that does not.
+    pub candidates: Vec<std::borrow::Cow<'a, str>>,
+}
+
 /// Finds the access token in a request, in order of precedence: `Authorization: Bearer`, then
-/// the `access_token` query parameter. `authorization` holds every `Authorization` header value.
-/// An `Authorization` header with another scheme (e.g. Basic, for the app itself) is not ours and
-/// is left alone.
+/// the `access_token` query parameter, then our cookie. `authorization` and `cookies` hold every
+/// value of those headers. An `Authorization` header with another scheme (e.g. Basic, for the
+/// app itself) is not ours and is left alone.
 pub fn extract<'a>(
     authorization: &[&'a str],
     path: &'a str,
-) -> Result<Option<(std::borrow::Cow<'a, str>, TokenSource)>, ExtractError> {
+    cookies: &[&'a str],
+    cookie_name: &'a str,
+) -> Result<Option<Found<'a>>, ExtractError> {
     let bearers: Vec<&str> = authorization
         .iter()
         .filter_map(|value| bearer(value))
         .collect();
     match bearers.as_slice() {
         [] => {}
-        [one] => return Ok(Some(((*one).into(), TokenSource::AuthorizationHeader))),
+        [one] => return Ok(Some(found(TokenSource::AuthorizationHeader, (*one).into()))),
         _ => return Err(ExtractError::Ambiguous),
     }
-    let mut found = query_values(path, QUERY_PARAMETER);
-    match (found.next(), found.next()) {
-        (None, _) => Ok(None),
-        (Some(one), None) => Ok(Some((one, TokenSource::QueryParameter))),
-        (Some(_), Some(_)) => Err(ExtractError::Ambiguous),
+    let mut query = query_values(path, QUERY_PARAMETER);
+    match (query.next(), query.next()) {
+        (None, _) => {}
+        (Some(one), None) => return Ok(Some(found(TokenSource::QueryParameter, one))),
+        (Some(_), Some(_)) => return Err(ExtractError::Ambiguous),
+    }
+    let mut candidates: Vec<std::borrow::Cow<'a, str>> = Vec::new();
+    for value in cookie_values(cookies, cookie_name) {
+        if candidates.len() >= MAX_COOKIE_CANDIDATES {
+            return Err(ExtractError::Ambiguous);
+        }
+        if !value.is_empty() && !candidates.iter().any(|c| c == value) {
+            candidates.push(value.into());
+        }
+    }
+    Ok((!candidates.is_empty()).then_some(Found {
+        source: TokenSource::Cookie,
+        candidates,
+    }))
+}
+
+/// More copies of our cookie than this is not a browser being unlucky.
+const MAX_COOKIE_CANDIDATES: usize = 4;
+
+fn found(source: TokenSource, token: std::borrow::Cow<'_, str>) -> Found<'_> {
+    Found {
+        source,
+        candidates: vec![token],
     }
 }
 
@@ -183,6 +237,37 @@ pub fn extract<'a>(
 pub enum ExtractError {
     #[error("the request carries more than one access token")]
     Ambiguous,
+}
+
+/// The values of cookie `name` across `Cookie` header values (`a=1; b=2`, RFC 6265 §5.4).
+pub fn cookie_values<'a>(cookies: &[&'a str], name: &'a str) -> impl Iterator<Item = &'a str> {
+    cookies
+        .iter()
+        .flat_map(|header| header.split(';'))
+        .filter_map(move |pair| {
+            let (n, v) = pair.trim().split_once('=')?;
+            (n.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+/// `Cookie` header values without cookie `name`, joined into one header value; `None` when the
+/// request carried no such cookie (then the header is left exactly as it was).
+pub fn cookies_without(cookies: &[&str], name: &str) -> Option<String> {
+    let mut found = false;
+    let mut kept: Vec<&str> = Vec::new();
+    for pair in cookies.iter().flat_map(|header| header.split(';')) {
+        let pair = pair.trim();
+        if pair.is_empty() {
+            continue;
+        }
+        let pair_name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+        if pair_name == name {
+            found = true;
+        } else {
+            kept.push(pair);
+        }
+    }
+    found.then(|| kept.join("; "))
 }
 
 /// The credentials of `Bearer <token>` (scheme case-insensitive, RFC 7235).
@@ -349,31 +434,99 @@ mod tests {
         }
     }
 
+    fn one(found: Option<Found<'_>>) -> (String, TokenSource) {
+        let found = found.expect("a token");
+        assert_eq!(found.candidates.len(), 1);
+        (found.candidates[0].to_string(), found.source)
+    }
+
     #[test]
     fn extracts_in_order_of_precedence() {
-        let (t, s) = extract(&["Bearer abc"], "/?access_token=q")
-            .unwrap()
-            .unwrap();
-        assert_eq!((t.as_ref(), s), ("abc", TokenSource::AuthorizationHeader));
-        let (t, s) = extract(&["Basic dXNlcjpwdw=="], "/x?a=1&access_token=q%2Bx")
-            .unwrap()
-            .unwrap();
-        assert_eq!((t.as_ref(), s), ("q+x", TokenSource::QueryParameter));
-        let (t, _) = extract(&["bearer  abc "], "/").unwrap().unwrap();
-        assert_eq!(t, "abc");
-        assert_eq!(extract(&[], "/path#access_token=x").unwrap(), None);
-        assert_eq!(extract(&["Bearer "], "/").unwrap(), None);
+        let cookie = ["daytona_authz=c"];
+        let got = one(extract(
+            &["Bearer abc"],
+            "/?access_token=q",
+            &cookie,
+            "daytona_authz",
+        )
+        .unwrap());
+        assert_eq!(got, ("abc".into(), TokenSource::AuthorizationHeader));
+        let got = one(extract(
+            &["Basic dXNlcjpwdw=="],
+            "/x?a=1&access_token=q%2Bx",
+            &cookie,
+            "daytona_authz",
+        )
+        .unwrap());
+        assert_eq!(got, ("q+x".into(), TokenSource::QueryParameter));
+        let got = one(extract(&[], "/", &["app=1; daytona_authz=c"], "daytona_authz").unwrap());
+        assert_eq!(got, ("c".into(), TokenSource::Cookie));
+        let got = one(extract(&["bearer  abc "], "/", &[], "daytona_authz").unwrap());
+        assert_eq!(got.0, "abc");
+        assert_eq!(
+            extract(&[], "/path#access_token=x", &[], "daytona_authz").unwrap(),
+            None
+        );
+        assert_eq!(
+            extract(&["Bearer "], "/", &[], "daytona_authz").unwrap(),
+            None
+        );
+        assert_eq!(
+            extract(&[], "/", &["daytona_authzx=1"], "daytona_authz").unwrap(),
+            None
+        );
     }
 
     #[test]
     fn refuses_two_tokens_of_one_kind() {
         assert_eq!(
-            extract(&["Bearer a", "Bearer b"], "/"),
+            extract(&["Bearer a", "Bearer b"], "/", &[], "c"),
             Err(ExtractError::Ambiguous)
         );
         assert_eq!(
-            extract(&[], "/?access_token=a&access_token=b"),
+            extract(&[], "/?access_token=a&access_token=b", &[], "c"),
             Err(ExtractError::Ambiguous)
         );
+    }
+
+    #[test]
+    fn keeps_every_distinct_cookie_value_as_a_candidate() {
+        let found = extract(&[], "/", &["c=1; c=2", "c=1", "c=\"3\""], "c")
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.candidates, ["1", "2", "3"]);
+        assert!(extract(&[], "/", &["c=1; c=2; c=3; c=4; c=5"], "c").is_err());
+    }
+
+    #[test]
+    fn strips_only_our_cookie() {
+        assert_eq!(
+            cookies_without(&["app=1; daytona_authz=t", "other=x=y"], "daytona_authz"),
+            Some("app=1; other=x=y".into())
+        );
+        assert_eq!(
+            cookies_without(&["daytona_authz=t"], "daytona_authz"),
+            Some(String::new())
+        );
+        assert_eq!(cookies_without(&["app=1"], "daytona_authz"), None);
+    }
+
+    #[test]
+    fn a_previous_key_still_verifies_during_rotation() {
+        let old = Signer::hs256(b"the-previous-secret-0123456789abcdef")
+            .sign(&claims())
+            .unwrap();
+        let current_only = Verifier::hs256(SECRET, None, None);
+        assert_eq!(current_only.verify(&old), Err(TokenError::BadSignature));
+        let rotating = current_only.with_previous(b"the-previous-secret-0123456789abcdef");
+        assert!(rotating.verify(&old).is_ok());
+        assert!(rotating.verify(&sign(&claims())).is_ok());
+        let expired_old = Signer::hs256(b"the-previous-secret-0123456789abcdef")
+            .sign(&Claims {
+                exp: now() - 3600,
+                ..claims()
+            })
+            .unwrap();
+        assert_eq!(rotating.verify(&expired_old), Err(TokenError::Expired));
     }
 }

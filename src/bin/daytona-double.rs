@@ -959,8 +959,8 @@ async fn set_cookie(target: &Target, req: Request) -> Response {
 /// Anything else: the request as the sandbox sees it, as JSON.
 async fn echo(target: &Target, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body_len = match drain_body(body).await {
-        Ok(len) => len,
+    let (body_len, body_hash) = match drain_body(body).await {
+        Ok(drained) => drained,
         Err(status) => return status.into_response(),
     };
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -977,6 +977,7 @@ async fn echo(target: &Target, req: Request) -> Response {
         path: path_and_query(&parts.uri),
         headers,
         body_len,
+        body_fnv1a64: format!("{body_hash:016x}"),
     })
     .into_response()
 }
@@ -992,19 +993,26 @@ struct Echo<'a> {
     /// Header name → values in arrival order.
     headers: BTreeMap<String, Vec<String>>,
     body_len: usize,
+    /// FNV-1a (64-bit) of the body, hex: lets a test check a body arrived intact.
+    body_fnv1a64: String,
 }
 
-/// Reads the body to its end and returns its length; 413 past the limit.
-async fn drain_body(body: Body) -> Result<usize, StatusCode> {
+/// Reads the body to its end and returns its length and FNV-1a hash; 413 past the limit.
+async fn drain_body(body: Body) -> Result<(usize, u64), StatusCode> {
     let mut chunks = body.into_data_stream();
     let mut len = 0;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     while let Some(chunk) = chunks.next().await {
-        len += chunk.map_err(|_| StatusCode::BAD_REQUEST)?.len();
+        let chunk = chunk.map_err(|_| StatusCode::BAD_REQUEST)?;
+        len += chunk.len();
         if len > MAX_BODY_BYTES {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
+        for &byte in chunk.iter() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
-    Ok(len)
+    Ok((len, hash))
 }
 
 fn query_param(uri: &Uri, wanted: &str) -> Option<String> {
