@@ -316,6 +316,28 @@ async fn an_unreachable_daytona_api_gives_503() {
 }
 
 #[tokio::test]
+async fn a_slow_daytona_api_gives_503_once_the_timeout_fires() {
+    let stack = Stack::start_with(AuthzOptions {
+        extra_args: vec!["--daytona-api-timeout".into(), "300ms".into()],
+        ..Default::default()
+    })
+    .await;
+    stack.double.delay(Duration::from_secs(5)).await;
+    let reply = stack
+        .get(
+            &stack.host(3000),
+            "/",
+            &[("authorization", &format!("Bearer {}", stack.token(None)))],
+        )
+        .await;
+    // From daytona-authz (JSON, Retry-After), not Envoy's own 6 s ext_authz timeout.
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "daytona_unavailable");
+    assert_eq!(reply.header("retry-after"), Some("5"));
+    assert!(stack.double.proxy_requests().await.is_empty());
+}
+
+#[tokio::test]
 async fn with_authz_stopped_envoy_forwards_nothing() {
     let mut stack = Stack::start().await;
     let auth = format!("Bearer {}", stack.token(None));

@@ -248,6 +248,16 @@ impl Double {
         self.post("sandboxes", serde_json::json!({})).await
     }
 
+    /// Makes the preview-url API answer only after `delay` (replaces any other fault).
+    pub async fn delay(&self, delay: Duration) {
+        let _: serde_json::Value = self
+            .post(
+                "fault",
+                serde_json::json!({ "delay_ms": delay.as_millis() as u64 }),
+            )
+            .await;
+    }
+
     /// Makes the preview-url API answer `status` (None: normal again).
     pub async fn fault(&self, status: Option<u16>) {
         let _: serde_json::Value = self
