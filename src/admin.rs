@@ -53,20 +53,32 @@ impl<S: PreviewSource> Admin for AdminService<S> {
 /// The admin server with its credential check in front.
 pub fn server<S: PreviewSource>(
     service: AdminService<S>,
-    token: &str,
+    credential: BearerCheck,
 ) -> tonic::service::interceptor::InterceptedService<AdminServer<AdminService<S>>, BearerCheck> {
-    AdminServer::with_interceptor(
-        service,
-        BearerCheck {
-            expected: Arc::from(format!("Bearer {token}").into_bytes()),
-        },
-    )
+    AdminServer::with_interceptor(service, credential)
 }
 
-/// Refuses calls whose `authorization` metadata is not exactly `Bearer <admin token>`.
+/// Refuses calls whose `authorization` metadata is not exactly `Bearer <admin token>`. Clones
+/// share the token, so [`BearerCheck::set_token`] (SIGHUP reload) reaches every connection.
 #[derive(Clone)]
 pub struct BearerCheck {
-    expected: Arc<[u8]>,
+    expected: Arc<arc_swap::ArcSwap<Vec<u8>>>,
+}
+
+impl BearerCheck {
+    pub fn new(token: &str) -> Self {
+        BearerCheck {
+            expected: Arc::new(arc_swap::ArcSwap::from_pointee(expected(token))),
+        }
+    }
+
+    pub fn set_token(&self, token: &str) {
+        self.expected.store(Arc::new(expected(token)));
+    }
+}
+
+fn expected(token: &str) -> Vec<u8> {
+    format!("Bearer {token}").into_bytes()
 }
 
 impl tonic::service::Interceptor for BearerCheck {
@@ -76,7 +88,7 @@ impl tonic::service::Interceptor for BearerCheck {
             .get("authorization")
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if bool::from(given.ct_eq(&self.expected)) {
+        if bool::from(given.ct_eq(self.expected.load().as_slice())) {
             Ok(request)
         } else {
             tracing::info!("admin call refused: missing or wrong credential");

@@ -2,12 +2,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use crate::config::{Cli, Command, EXIT_USAGE};
+use crate::config::{self, Command, ConfigErrors, EXIT_USAGE, LogFormat};
 
 pub fn run() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match config::parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version.
@@ -30,9 +28,9 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => {
             let config = match args.validate() {
                 Ok(config) => config,
-                Err(e) => return usage(&e),
+                Err(errors) => return usage(&errors),
             };
-            init_tracing();
+            init_tracing(config.log_format);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(e) => {
@@ -48,27 +46,76 @@ pub fn run() -> ExitCode {
                 }
             }
         }
+        Command::CheckConfig(args) => match args.validate() {
+            Ok(config) => {
+                println!(
+                    "configuration OK: preview domain {}, Daytona API {}, gRPC {}, HTTP {}",
+                    config.preview_domain,
+                    config.daytona_api_url,
+                    config.grpc_addr,
+                    config.http_addr
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => usage(&errors),
+        },
         Command::Mint(args) => match crate::mint::mint(*args) {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS
             }
-            Err(e) => usage(&e),
+            Err(e) => usage(&ConfigErrors(vec![e])),
         },
+        Command::Healthcheck(args) => healthcheck(&args.http_addr),
     }
 }
 
-fn usage(error: &crate::config::ConfigError) -> ExitCode {
-    eprintln!("daytona-authz: {error}");
+fn usage(errors: &ConfigErrors) -> ExitCode {
+    for error in &errors.0 {
+        eprintln!("daytona-authz: {error}");
+    }
     ExitCode::from(EXIT_USAGE)
 }
 
-fn init_tracing() {
+/// GET http://{addr}/readyz with a short timeout: 0 when ready, 1 otherwise.
+fn healthcheck(addr: &str) -> ExitCode {
+    let ready = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(3))
+                    .build()
+                    .ok()?;
+                let response = client
+                    .get(format!("http://{addr}/readyz"))
+                    .send()
+                    .await
+                    .ok()?;
+                Some(response.status().is_success())
+            })
+        })
+        .unwrap_or(false);
+    if ready {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("daytona-authz: not ready (http://{addr}/readyz)");
+        ExitCode::FAILURE
+    }
+}
+
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }

@@ -1,11 +1,13 @@
-//! Command line and environment: parsed by clap, then validated as a whole into [`ServeConfig`]
-//! before anything binds a socket. Every problem is one line and exit code 64 (EX_USAGE).
+//! Command line, environment and an optional config file: parsed by clap (flags beat
+//! environment variables, which beat the file, which beats the defaults), then validated as a
+//! whole into [`ServeConfig`] before anything binds a socket. Problems are one line each and exit
+//! code 64 (EX_USAGE); `check-config` lists every problem at once.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// EX_USAGE from sysexits.h: the configuration is wrong.
 pub const EXIT_USAGE: u8 = 64;
@@ -17,9 +19,10 @@ pub const EXIT_USAGE: u8 = 64;
     about = "Envoy ext_authz service that puts private Daytona sandboxes on the web behind access tokens",
     long_about = "Envoy ext_authz service that puts private Daytona sandboxes on the web behind access tokens.\n\n\
 Envoy asks `Check` for every request to {port}-{sandboxId}.{preview-domain}; daytona-authz verifies the \
-caller's access token (Authorization: Bearer, or ?access_token= in a share link), fetches the sandbox's \
-preview token from the Daytona API (cached) and lets Envoy forward the request with X-Daytona-Preview-Token \
-set and the caller's credentials removed. Anything else is denied: nothing reaches a sandbox unauthenticated."
+caller's access token (Authorization: Bearer, ?access_token= in a share link, or the cookie a link turned \
+into), fetches the sandbox's preview token from the Daytona API (cached) and lets Envoy forward the request \
+with X-Daytona-Preview-Token set and the caller's credentials removed. Anything else is denied: nothing \
+reaches a sandbox unauthenticated."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -28,10 +31,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve Envoy's ext_authz gRPC API (and the admin API when an admin token is set).
+    /// Serve Envoy's ext_authz gRPC API, health and metrics (and the admin API when an admin
+    /// token is set).
     Serve(Box<ServeArgs>),
+    /// Validate a `serve` configuration (flags, environment, config file, secrets) and exit:
+    /// 0 when it is good, 64 with every problem listed.
+    CheckConfig(Box<ServeArgs>),
     /// Sign an access token and print a share link for a sandbox.
     Mint(Box<MintArgs>),
+    /// Ask a running daytona-authz whether it is ready (GET /readyz); exit 0 if so, 1 if not.
+    /// For container health checks.
+    Healthcheck(HealthcheckArgs),
 }
 
 /// How access tokens are signed and checked (shared by `serve` and `mint`).
@@ -45,7 +55,7 @@ pub struct JwtArgs {
         value_name = "SECRET"
     )]
     pub jwt_secret: Option<String>,
-    /// File holding the HS256 key (a trailing newline is ignored).
+    /// File holding the HS256 key (a trailing newline is ignored); re-read on SIGHUP.
     #[arg(long, env = "DAYTONA_AUTHZ_JWT_SECRET_FILE", value_name = "PATH")]
     pub jwt_secret_file: Option<PathBuf>,
     /// Required `iss` claim, when set.
@@ -56,29 +66,13 @@ pub struct JwtArgs {
     pub jwt_audience: Option<String>,
 }
 
-/// The previous access-token key, accepted for verification during a rotation (`serve` only).
-#[derive(Debug, Args)]
-pub struct PreviousSecretArgs {
-    /// The previous HS256 key, still accepted while links signed with it are out there: rotate by
-    /// moving the current key here and setting a new --jwt-secret; drop it once those links expire.
-    #[arg(
-        long,
-        env = "DAYTONA_AUTHZ_JWT_PREVIOUS_SECRET",
-        hide_env_values = true,
-        value_name = "SECRET"
-    )]
-    pub jwt_previous_secret: Option<String>,
-    /// File holding the previous HS256 key.
-    #[arg(
-        long,
-        env = "DAYTONA_AUTHZ_JWT_PREVIOUS_SECRET_FILE",
-        value_name = "PATH"
-    )]
-    pub jwt_previous_secret_file: Option<PathBuf>,
-}
-
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML file with the same keys as the flags (e.g. `preview-domain = "preview.example.com"`);
+    /// flags and environment variables override it.
+    #[arg(long, env = "DAYTONA_AUTHZ_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Address of the gRPC server Envoy calls (ext_authz Check and grpc.health.v1).
     #[arg(
         long,
@@ -87,6 +81,14 @@ pub struct ServeArgs {
         value_name = "ADDR"
     )]
     pub grpc_addr: String,
+    /// Address of the HTTP server for /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_HTTP_ADDR",
+        default_value = "127.0.0.1:9192",
+        value_name = "ADDR"
+    )]
+    pub http_addr: String,
 
     /// Root of the Daytona API (self-hosted: http://localhost:3000/api).
     #[arg(
@@ -104,7 +106,7 @@ pub struct ServeArgs {
         value_name = "KEY"
     )]
     pub daytona_api_key: Option<String>,
-    /// File holding the Daytona API key (a trailing newline is ignored).
+    /// File holding the Daytona API key (a trailing newline is ignored); re-read on SIGHUP.
     #[arg(long, env = "DAYTONA_API_KEY_FILE", value_name = "PATH")]
     pub daytona_api_key_file: Option<PathBuf>,
     /// Bound on each Daytona API call, connection included (e.g. 5s, 1500ms).
@@ -115,6 +117,15 @@ pub struct ServeArgs {
         value_name = "DURATION"
     )]
     pub daytona_api_timeout: String,
+    /// Most Daytona API calls in flight at once; a Check that cannot get a slot within the API
+    /// timeout is answered 503, so a slow Daytona cannot exhaust memory or sockets.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_MAX_CONCURRENT_API_CALLS",
+        default_value_t = 64,
+        value_name = "N"
+    )]
+    pub max_concurrent_api_calls: usize,
 
     /// Public hosts are {port}-{sandboxId}.{preview-domain}, e.g. preview.example.com.
     #[arg(long, env = "DAYTONA_AUTHZ_PREVIEW_DOMAIN", value_name = "DOMAIN")]
@@ -122,8 +133,22 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub jwt: JwtArgs,
-    #[command(flatten)]
-    pub jwt_previous: PreviousSecretArgs,
+    /// The previous HS256 key, still accepted while links signed with it are out there: rotate by
+    /// moving the current key here and setting a new --jwt-secret; drop it once those links expire.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_JWT_PREVIOUS_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub jwt_previous_secret: Option<String>,
+    /// File holding the previous HS256 key; re-read on SIGHUP.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_JWT_PREVIOUS_SECRET_FILE",
+        value_name = "PATH"
+    )]
+    pub jwt_previous_secret_file: Option<PathBuf>,
 
     /// Name of the cookie a share link opened in a browser turns into (host-only, HttpOnly,
     /// SameSite=Lax, Secure over https).
@@ -156,6 +181,32 @@ pub struct ServeArgs {
     )]
     pub cache_max_entries: u64,
 
+    /// Report ready (gRPC health SERVING, /readyz 200) after this long even if the Daytona API
+    /// has not answered yet; 0s waits for it however long it takes.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_READY_GRACE",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    pub ready_grace: String,
+    /// On SIGTERM/SIGINT, how long in-flight Checks may take to finish before the process exits.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_DRAIN_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub drain_timeout: String,
+    /// Log format: `pretty` (human) or `json` (one object per line). RUST_LOG sets the level.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_LOG_FORMAT",
+        default_value = "pretty",
+        value_name = "FORMAT"
+    )]
+    pub log_format: String,
+
     /// Address of the admin gRPC API (daytona_authz.admin.v1.Admin); served only with an admin token.
     #[arg(
         long,
@@ -172,7 +223,7 @@ pub struct ServeArgs {
         value_name = "TOKEN"
     )]
     pub admin_token: Option<String>,
-    /// File holding the admin token.
+    /// File holding the admin token; re-read on SIGHUP.
     #[arg(long, env = "DAYTONA_AUTHZ_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
 }
@@ -204,44 +255,262 @@ pub struct MintArgs {
     pub jwt: JwtArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The HTTP address daytona-authz serves /readyz on.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_HTTP_ADDR",
+        default_value = "127.0.0.1:9192",
+        value_name = "ADDR"
+    )]
+    pub http_addr: String,
+}
+
+/// Parses the command line, with a `serve`/`check-config` config file as the lowest-precedence
+/// source above the defaults.
+pub fn parse() -> Result<Cli, clap::Error> {
+    parse_from(std::env::args_os())
+}
+
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let matches = Cli::command().try_get_matches_from(&args)?;
+    let file = match matches.subcommand() {
+        Some(("serve" | "check-config", sub)) => sub.get_one::<PathBuf>("config").cloned(),
+        _ => None,
+    };
+    let Some(file) = file else {
+        return Cli::from_arg_matches(&matches);
+    };
+    let defaults = file_defaults(&file)
+        .map_err(|e| Cli::command().error(clap::error::ErrorKind::InvalidValue, e.to_string()))?;
+    // The file's values become the defaults of `serve` and `check-config`, so flags and
+    // environment variables still win.
+    let mut command = Cli::command();
+    for name in ["serve", "check-config"] {
+        command = command.mut_subcommand(name, |mut sub| {
+            for (id, value) in &defaults {
+                sub = sub.mut_arg(id.as_str(), |arg| arg.default_value(value.clone()));
+            }
+            sub
+        });
+    }
+    let matches: ArgMatches = command.try_get_matches_from(&args)?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// Reads a TOML config file into (argument id, value) pairs; unknown keys are errors.
+fn file_defaults(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("--config: cannot read {}: {e}", path.display())))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| ConfigError(format!("--config: {} is not TOML: {e}", path.display())))?;
+    let serve = Cli::command()
+        .find_subcommand("serve")
+        .cloned()
+        .expect("serve exists");
+    let mut defaults = Vec::new();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        if id == "config" || !serve.get_arguments().any(|a| a.get_id() == id.as_str()) {
+            return Err(ConfigError(format!(
+                "--config: unknown key {key:?} in {} (keys are the flag names, e.g. preview-domain)",
+                path.display()
+            )));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(ConfigError(format!(
+                    "--config: {key} must be a string, integer or boolean, not {}",
+                    other.type_str()
+                )));
+            }
+        };
+        defaults.push((id, value));
+    }
+    Ok(defaults)
+}
+
 /// A configuration problem, said in one line.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
 fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(message.into()))
+}
+
+/// Collects problems so validation can report all of them, not just the first.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    fn check<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|e| self.0.push(e)).ok()
+    }
 }
 
 /// A validated `serve` configuration.
 #[derive(Debug)]
 pub struct ServeConfig {
     pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub daytona_api_url: url::Url,
-    pub daytona_api_key: Secret,
     pub daytona_api_timeout: Duration,
+    pub max_concurrent_api_calls: usize,
     pub preview_domain: String,
-    pub jwt: JwtConfig,
-    pub jwt_previous_secret: Option<Secret>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
     pub cookie_name: String,
     pub login_url: Option<url::Url>,
     pub disable_cors: bool,
     pub cache_ttl: Duration,
     pub cache_max_entries: u64,
-    pub admin: Option<AdminConfig>,
+    /// `None`: wait for the Daytona API however long it takes.
+    pub ready_grace: Option<Duration>,
+    pub drain_timeout: Duration,
+    pub log_format: LogFormat,
+    pub admin_addr: SocketAddr,
+    /// Where the secrets come from, to read them again on SIGHUP.
+    pub secret_sources: SecretSources,
+    /// The secrets as read at start-up.
+    pub secrets: Secrets,
 }
 
-#[derive(Debug)]
-pub struct AdminConfig {
-    pub addr: SocketAddr,
-    pub token: Secret,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
 }
 
+/// Where each secret comes from.
+#[derive(Debug, Clone)]
+pub struct SecretSources {
+    pub daytona_api_key: SecretSource,
+    pub jwt_secret: SecretSource,
+    pub jwt_previous_secret: Option<SecretSource>,
+    pub admin_token: Option<SecretSource>,
+}
+
+/// The secrets, read and checked.
 #[derive(Debug)]
-pub struct JwtConfig {
-    pub secret: Secret,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
+pub struct Secrets {
+    pub daytona_api_key: Secret,
+    pub jwt_secret: Secret,
+    pub jwt_previous_secret: Option<Secret>,
+    pub admin_token: Option<Secret>,
+}
+
+/// A secret given inline (flag or environment) or in a file.
+#[derive(Clone)]
+pub enum SecretSource {
+    Inline { flag: &'static str, value: String },
+    File { flag: &'static str, path: PathBuf },
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Inline { flag, .. } => write!(f, "{flag}=<redacted>"),
+            SecretSource::File { flag, path } => write!(f, "{flag}={}", path.display()),
+        }
+    }
+}
+
+impl SecretSource {
+    /// One of an inline value and a file, or neither; both is a mistake.
+    fn one_of(
+        inline: (&'static str, Option<String>),
+        file: (&'static str, Option<PathBuf>),
+    ) -> Result<Option<SecretSource>, ConfigError> {
+        match (inline.1, file.1) {
+            (Some(_), Some(_)) => err(format!("give {} or {}, not both", inline.0, file.0)),
+            (Some(value), None) => Ok(Some(SecretSource::Inline {
+                flag: inline.0,
+                value,
+            })),
+            (None, Some(path)) => Ok(Some(SecretSource::File { flag: file.0, path })),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Reads the secret (again, for a file) and checks its length.
+    pub fn load(&self, min_len: usize, what: &str) -> Result<Secret, ConfigError> {
+        let (flag, value) = match self {
+            SecretSource::Inline { flag, value } => (*flag, value.clone()),
+            SecretSource::File { flag, path } => (
+                *flag,
+                std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("{flag}: cannot read {}: {e}", path.display()))
+                })?,
+            ),
+        };
+        let value = value.trim_end_matches(['\r', '\n']).to_owned();
+        if value.is_empty() {
+            return err(format!("{flag}: {what} is empty"));
+        }
+        if value.len() < min_len {
+            return err(format!("{flag}: {what} must be at least {min_len} bytes"));
+        }
+        Ok(Secret(value))
+    }
+}
+
+impl SecretSources {
+    /// Reads every secret; used at start-up and on SIGHUP.
+    pub fn load(&self) -> Result<Secrets, ConfigErrors> {
+        let mut problems = Problems::default();
+        let daytona_api_key = problems.check(
+            self.daytona_api_key
+                .load(1, "the Daytona API key")
+                .and_then(api_key),
+        );
+        let jwt_secret = problems.check(self.jwt_secret.load(MIN_SECRET_BYTES, "the JWT secret"));
+        let jwt_previous_secret = self.jwt_previous_secret.as_ref().and_then(|source| {
+            problems.check(source.load(MIN_SECRET_BYTES, "the previous JWT secret"))
+        });
+        let admin_token = self
+            .admin_token
+            .as_ref()
+            .and_then(|source| problems.check(source.load(MIN_SECRET_BYTES, "the admin token")));
+        match (daytona_api_key, jwt_secret) {
+            (Some(daytona_api_key), Some(jwt_secret)) if problems.0.is_empty() => Ok(Secrets {
+                daytona_api_key,
+                jwt_secret,
+                jwt_previous_secret,
+                admin_token,
+            }),
+            _ => Err(ConfigErrors(problems.0)),
+        }
+    }
+}
+
+fn api_key(key: Secret) -> Result<Secret, ConfigError> {
+    if key.0.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(key)
+    } else {
+        err("the Daytona API key must be printable ASCII without spaces")
+    }
 }
 
 /// A secret whose `Debug` never shows it.
@@ -262,116 +531,167 @@ impl std::fmt::Debug for Secret {
 const MIN_SECRET_BYTES: usize = 32;
 
 impl ServeArgs {
-    pub fn validate(self) -> Result<ServeConfig, ConfigError> {
-        let grpc_addr = socket_addr("--grpc-addr", &self.grpc_addr)?;
-        let daytona_api_url = api_url(&self.daytona_api_url)?;
-        let daytona_api_key = one_secret(
-            ("--daytona-api-key", self.daytona_api_key),
-            ("--daytona-api-key-file", self.daytona_api_key_file),
-        )?
-        .ok_or_else(|| {
-            ConfigError(
-                "missing Daytona API key: set --daytona-api-key-file, --daytona-api-key or DAYTONA_API_KEY".into(),
-            )
-        })?;
-        if !daytona_api_key.0.bytes().all(|b| b.is_ascii_graphic()) {
-            return err("the Daytona API key must be printable ASCII without spaces");
-        }
-        let daytona_api_timeout = duration(
+    /// Checks everything, reporting every problem.
+    pub fn validate(self) -> Result<ServeConfig, ConfigErrors> {
+        let mut p = Problems::default();
+        let grpc_addr = p.check(socket_addr("--grpc-addr", &self.grpc_addr));
+        let http_addr = p.check(socket_addr("--http-addr", &self.http_addr));
+        let admin_addr = p.check(socket_addr("--admin-addr", &self.admin_addr));
+        let daytona_api_url = p.check(api_url(&self.daytona_api_url));
+        let daytona_api_timeout = p.check(duration(
             "--daytona-api-timeout",
             &self.daytona_api_timeout,
             Duration::from_millis(100)..=Duration::from_secs(60),
-        )?;
-        let preview_domain = match self.preview_domain {
-            Some(domain) => preview_domain(&domain)?,
-            None => {
-                return err(
-                    "missing --preview-domain (or DAYTONA_AUTHZ_PREVIEW_DOMAIN): public hosts are {port}-{sandboxId}.{preview-domain}",
-                );
-            }
-        };
-        let jwt = self.jwt.validate()?;
-        let jwt_previous_secret = one_secret(
-            (
-                "--jwt-previous-secret",
-                self.jwt_previous.jwt_previous_secret,
+        ));
+        let max_concurrent_api_calls = p.check(match self.max_concurrent_api_calls {
+            1..=10_000 => Ok(self.max_concurrent_api_calls),
+            _ => err("--max-concurrent-api-calls must be within 1-10000"),
+        });
+        let preview_domain = p.check(match &self.preview_domain {
+            Some(domain) => preview_domain(domain),
+            None => err(
+                "missing --preview-domain (or DAYTONA_AUTHZ_PREVIEW_DOMAIN): public hosts are {port}-{sandboxId}.{preview-domain}",
             ),
-            (
-                "--jwt-previous-secret-file",
-                self.jwt_previous.jwt_previous_secret_file,
-            ),
-        )?;
-        if jwt_previous_secret
-            .as_ref()
-            .is_some_and(|s| s.0.len() < MIN_SECRET_BYTES)
-        {
-            return err(format!(
-                "the previous JWT secret must be at least {MIN_SECRET_BYTES} bytes"
-            ));
-        }
-        let cookie_name = cookie_name(&self.cookie_name)?;
-        let login_url = self.login_url.as_deref().map(login_url).transpose()?;
-        let cache_ttl = duration(
+        });
+        let jwt_issuer = p.check(nonempty("--jwt-issuer", self.jwt.jwt_issuer));
+        let jwt_audience = p.check(nonempty("--jwt-audience", self.jwt.jwt_audience));
+        let cookie_name = p.check(cookie_name(&self.cookie_name));
+        let login_url = p.check(self.login_url.as_deref().map(login_url).transpose());
+        let cache_ttl = p.check(duration(
             "--cache-ttl",
             &self.cache_ttl,
             Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
-        )?;
+        ));
         if self.cache_max_entries == 0 {
-            return err("--cache-max-entries must be at least 1");
+            p.0.push(ConfigError("--cache-max-entries must be at least 1".into()));
         }
-        let admin = match one_secret(
-            ("--admin-token", self.admin_token),
-            ("--admin-token-file", self.admin_token_file),
-        )? {
-            None => None,
-            Some(token) if token.0.len() < MIN_SECRET_BYTES => {
-                return err(format!(
-                    "the admin token must be at least {MIN_SECRET_BYTES} bytes"
+        let ready_grace = p.check(duration(
+            "--ready-grace",
+            &self.ready_grace,
+            Duration::ZERO..=Duration::from_secs(3600),
+        ));
+        let drain_timeout = p.check(duration(
+            "--drain-timeout",
+            &self.drain_timeout,
+            Duration::ZERO..=Duration::from_secs(600),
+        ));
+        let log_format = p.check(match self.log_format.as_str() {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            other => err(format!("--log-format: {other:?} is not pretty or json")),
+        });
+
+        let daytona_api_key = p.check(SecretSource::one_of(
+            ("--daytona-api-key", self.daytona_api_key),
+            ("--daytona-api-key-file", self.daytona_api_key_file),
+        ));
+        let jwt_secret = p.check(SecretSource::one_of(
+            ("--jwt-secret", self.jwt.jwt_secret),
+            ("--jwt-secret-file", self.jwt.jwt_secret_file),
+        ));
+        let jwt_previous_secret = p
+            .check(SecretSource::one_of(
+                ("--jwt-previous-secret", self.jwt_previous_secret),
+                ("--jwt-previous-secret-file", self.jwt_previous_secret_file),
+            ))
+            .flatten();
+        let admin_token = p
+            .check(SecretSource::one_of(
+                ("--admin-token", self.admin_token),
+                ("--admin-token-file", self.admin_token_file),
+            ))
+            .flatten();
+        let daytona_api_key = match daytona_api_key {
+            Some(None) => {
+                p.0.push(ConfigError(
+                    "missing Daytona API key: set --daytona-api-key-file, --daytona-api-key or DAYTONA_API_KEY".into(),
                 ));
+                None
             }
-            Some(token) => Some(AdminConfig {
-                addr: socket_addr("--admin-addr", &self.admin_addr)?,
-                token,
-            }),
+            other => other.flatten(),
         };
-        Ok(ServeConfig {
-            grpc_addr,
-            daytona_api_url,
-            daytona_api_key,
-            daytona_api_timeout,
-            preview_domain,
-            jwt,
-            jwt_previous_secret,
-            cookie_name,
-            login_url,
-            disable_cors: self.disable_cors,
-            cache_ttl,
-            cache_max_entries: self.cache_max_entries,
-            admin,
-        })
+        let jwt_secret = match jwt_secret {
+            Some(None) => {
+                p.0.push(ConfigError(missing_jwt_secret()));
+                None
+            }
+            other => other.flatten(),
+        };
+        let sources = match (daytona_api_key, jwt_secret) {
+            (Some(daytona_api_key), Some(jwt_secret)) => Some(SecretSources {
+                daytona_api_key,
+                jwt_secret,
+                jwt_previous_secret,
+                admin_token,
+            }),
+            _ => None,
+        };
+        let secrets = sources.as_ref().and_then(|sources| match sources.load() {
+            Ok(secrets) => Some(secrets),
+            Err(errors) => {
+                p.0.extend(errors.0);
+                None
+            }
+        });
+
+        let config = (|| {
+            Some(ServeConfig {
+                grpc_addr: grpc_addr?,
+                http_addr: http_addr?,
+                daytona_api_url: daytona_api_url?,
+                daytona_api_timeout: daytona_api_timeout?,
+                max_concurrent_api_calls: max_concurrent_api_calls?,
+                preview_domain: preview_domain?,
+                jwt_issuer: jwt_issuer?,
+                jwt_audience: jwt_audience?,
+                cookie_name: cookie_name?,
+                login_url: login_url?,
+                disable_cors: self.disable_cors,
+                cache_ttl: cache_ttl?,
+                cache_max_entries: self.cache_max_entries,
+                ready_grace: ready_grace.map(|g| (!g.is_zero()).then_some(g))?,
+                drain_timeout: drain_timeout?,
+                log_format: log_format?,
+                admin_addr: admin_addr?,
+                secret_sources: sources?,
+                secrets: secrets?,
+            })
+        })();
+        match config {
+            Some(config) if p.0.is_empty() => Ok(config),
+            _ => Err(ConfigErrors(p.0)),
+        }
     }
+}
+
+fn missing_jwt_secret() -> String {
+    "missing access-token key: set --jwt-secret-file, --jwt-secret or DAYTONA_AUTHZ_JWT_SECRET"
+        .into()
+}
+
+fn nonempty(flag: &str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    match value {
+        Some(v) if v.trim().is_empty() => err(format!("{flag} must not be empty")),
+        other => Ok(other),
+    }
+}
+
+/// The JWT settings `mint` signs with.
+#[derive(Debug)]
+pub struct JwtConfig {
+    pub secret: Secret,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
 }
 
 impl JwtArgs {
     pub fn validate(self) -> Result<JwtConfig, ConfigError> {
-        let secret = one_secret(
+        let secret = SecretSource::one_of(
             ("--jwt-secret", self.jwt_secret),
             ("--jwt-secret-file", self.jwt_secret_file),
         )?
-        .ok_or_else(|| {
-            ConfigError(
-                "missing access-token key: set --jwt-secret-file, --jwt-secret or DAYTONA_AUTHZ_JWT_SECRET".into(),
-            )
-        })?;
-        if secret.0.len() < MIN_SECRET_BYTES {
-            return err(format!(
-                "the JWT secret must be at least {MIN_SECRET_BYTES} bytes (HS256 needs a 256-bit key)"
-            ));
-        }
-        let nonempty = |flag: &str, value: Option<String>| match value {
-            Some(v) if v.trim().is_empty() => err(format!("{flag} must not be empty")),
-            other => Ok(other),
-        };
+        .ok_or_else(|| ConfigError(missing_jwt_secret()))?
+        .load(MIN_SECRET_BYTES, "the JWT secret")?;
         Ok(JwtConfig {
             secret,
             issuer: nonempty("--jwt-issuer", self.jwt_issuer)?,
@@ -466,36 +786,120 @@ pub fn duration(
     Ok(value)
 }
 
-/// A secret given inline or in a file, not both.
-fn one_secret(
-    inline: (&str, Option<String>),
-    file: (&str, Option<PathBuf>),
-) -> Result<Option<Secret>, ConfigError> {
-    let value = match (inline.1, file.1) {
-        (Some(_), Some(_)) => return err(format!("give {} or {}, not both", inline.0, file.0)),
-        (Some(value), None) => value,
-        (None, Some(path)) => std::fs::read_to_string(&path)
-            .map_err(|e| ConfigError(format!("{}: cannot read {}: {e}", file.0, path.display())))?,
-        (None, None) => return Ok(None),
-    };
-    let value = value.trim_end_matches(['\r', '\n']).to_owned();
-    if value.is_empty() {
-        return err(format!("{} is empty", inline.0));
-    }
-    Ok(Some(Secret(value)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn serve(args: &[&str]) -> Result<ServeConfig, ConfigError> {
+    fn serve(args: &[&str]) -> Result<ServeConfig, ConfigErrors> {
         let mut argv = vec!["daytona-authz", "serve"];
         argv.extend_from_slice(args);
-        match Cli::try_parse_from(argv).expect("clap parses").command {
+        match parse_from(argv).expect("clap parses").command {
             Command::Serve(args) => args.validate(),
-            Command::Mint(_) => unreachable!(),
+            _ => unreachable!(),
         }
+    }
+
+    fn first_error(args: &[&str]) -> String {
+        serve(args).unwrap_err().0[0].to_string()
+    }
+
+    const GOOD: [&str; 6] = [
+        "--daytona-api-key",
+        "key",
+        "--preview-domain",
+        "Preview.Example.com.",
+        "--jwt-secret",
+        "0123456789abcdef0123456789abcdef",
+    ];
+
+    #[test]
+    fn a_minimal_configuration_validates_with_defaults() {
+        let config = serve(&GOOD).unwrap();
+        assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:9191");
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:9192");
+        assert_eq!(config.preview_domain, "preview.example.com");
+        assert_eq!(config.cache_ttl, Duration::from_secs(60));
+        assert_eq!(config.daytona_api_timeout, Duration::from_secs(5));
+        assert_eq!(config.ready_grace, Some(Duration::from_secs(30)));
+        assert_eq!(config.log_format, LogFormat::Pretty);
+        assert_eq!(
+            config.daytona_api_url.as_str(),
+            "https://app.daytona.io/api"
+        );
+        assert!(config.secrets.admin_token.is_none());
+        assert!(!format!("{config:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let cases: [(&[&str], &str); 11] = [
+            (&["--grpc-addr", "localhost"], "--grpc-addr"),
+            (&["--http-addr", "nowhere"], "--http-addr"),
+            (&["--daytona-api-url", "ftp://x"], "--daytona-api-url"),
+            (&["--cache-ttl", "0s"], "--cache-ttl"),
+            (&["--cache-ttl", "soon"], "--cache-ttl"),
+            (&["--daytona-api-timeout", "2h"], "--daytona-api-timeout"),
+            (&["--cache-max-entries", "0"], "--cache-max-entries"),
+            (&["--admin-token", "short"], "admin token"),
+            (&["--jwt-secret-file", "/nonexistent"], "not both"),
+            (&["--log-format", "xml"], "--log-format"),
+            (
+                &["--max-concurrent-api-calls", "0"],
+                "--max-concurrent-api-calls",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let mut args = GOOD.to_vec();
+            args.extend_from_slice(extra);
+            let error = first_error(&args);
+            assert!(error.contains(needle), "{extra:?}: {error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errors = serve(&[
+            "--grpc-addr",
+            "x",
+            "--cache-ttl",
+            "0s",
+            "--preview-domain",
+            "a..b",
+        ])
+        .unwrap_err();
+        let text = errors.to_string();
+        for needle in [
+            "--grpc-addr",
+            "--cache-ttl",
+            "--preview-domain",
+            "Daytona API key",
+            "--jwt-secret",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert_eq!(errors.0.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn missing_required_settings_are_named() {
+        assert!(first_error(&GOOD[2..]).contains("Daytona API key"));
+        assert!(first_error(&[&GOOD[..2], &GOOD[4..]].concat()).contains("--preview-domain"));
+        assert!(first_error(&GOOD[..4]).contains("--jwt-secret"));
+        let mut short = GOOD.to_vec();
+        short[5] = "short";
+        assert!(first_error(&short).contains("32 bytes"));
+    }
+
+    #[test]
+    fn domains_are_checked() {
+        for bad in ["", "-x.com", "a..b", "a_b.com", "x.com/", "*.x.com"] {
+            assert!(preview_domain(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            preview_domain("preview.localhost").unwrap(),
+            "preview.localhost"
+        );
     }
 
     #[test]
@@ -508,7 +912,7 @@ mod tests {
         ] {
             let mut args = GOOD.to_vec();
             args.extend_from_slice(&extra);
-            let error = serve(&args).unwrap_err().to_string();
+            let error = first_error(&args);
             assert!(error.contains(needle), "{extra:?}: {error}");
         }
         let mut args = GOOD.to_vec();
@@ -526,74 +930,31 @@ mod tests {
         );
     }
 
-    const GOOD: [&str; 6] = [
-        "--daytona-api-key",
-        "key",
-        "--preview-domain",
-        "Preview.Example.com.",
-        "--jwt-secret",
-        "0123456789abcdef0123456789abcdef",
-    ];
-
     #[test]
-    fn a_minimal_configuration_validates_with_defaults() {
-        let config = serve(&GOOD).unwrap();
-        assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:9191");
-        assert_eq!(config.preview_domain, "preview.example.com");
-        assert_eq!(config.cache_ttl, Duration::from_secs(60));
-        assert_eq!(config.daytona_api_timeout, Duration::from_secs(5));
-        assert_eq!(
-            config.daytona_api_url.as_str(),
-            "https://app.daytona.io/api"
+    fn a_config_file_sits_between_flags_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("daytona-authz-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("daytona-authz.toml");
+        std::fs::write(
+            &file,
+            "preview-domain = \"from-file.example.com\"\ncache_ttl = \"2m\"\ncache-max-entries = 7\ndisable-cors = true\ndaytona-api-key = \"k\"\njwt-secret = \"0123456789abcdef0123456789abcdef\"\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let config = serve(&["--config", path, "--cache-ttl", "5s"]).unwrap();
+        assert_eq!(config.preview_domain, "from-file.example.com");
+        assert_eq!(config.cache_ttl, Duration::from_secs(5), "the flag wins");
+        assert_eq!(config.cache_max_entries, 7);
+        assert!(config.disable_cors);
+
+        std::fs::write(&file, "no-such-key = 1\n").unwrap();
+        let error = parse_from(["daytona-authz", "serve", "--config", path]).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown key \"no-such-key\""),
+            "{error}"
         );
-        assert!(config.admin.is_none());
-        assert!(!format!("{config:?}").contains("0123456789abcdef"));
-    }
-
-    #[test]
-    fn each_bad_setting_is_named() {
-        let cases: [(&[&str], &str); 8] = [
-            (&["--grpc-addr", "localhost"], "--grpc-addr"),
-            (&["--daytona-api-url", "ftp://x"], "--daytona-api-url"),
-            (&["--cache-ttl", "0s"], "--cache-ttl"),
-            (&["--cache-ttl", "soon"], "--cache-ttl"),
-            (&["--daytona-api-timeout", "2h"], "--daytona-api-timeout"),
-            (&["--cache-max-entries", "0"], "--cache-max-entries"),
-            (&["--admin-token", "short"], "admin token"),
-            (&["--jwt-secret-file", "/nonexistent"], "not both"),
-        ];
-        for (extra, needle) in cases {
-            let mut args = GOOD.to_vec();
-            args.extend_from_slice(extra);
-            let error = serve(&args).unwrap_err().to_string();
-            assert!(error.contains(needle), "{extra:?}: {error}");
-            assert!(!error.contains('\n'), "{error}");
-        }
-    }
-
-    #[test]
-    fn missing_required_settings_are_named() {
-        let error = serve(&GOOD[2..]).unwrap_err().to_string();
-        assert!(error.contains("Daytona API key"), "{error}");
-        let error = serve(&[&GOOD[..2], &GOOD[4..]].concat())
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("--preview-domain"), "{error}");
-        let error = serve(&GOOD[..4]).unwrap_err().to_string();
-        assert!(error.contains("--jwt-secret"), "{error}");
-        let mut short = GOOD.to_vec();
-        short[5] = "short";
-        assert!(serve(&short).unwrap_err().to_string().contains("32 bytes"));
-    }
-
-    #[test]
-    fn domains_are_checked() {
-        for bad in ["", "-x.com", "a..b", "a_b.com", "x.com/", "*.x.com"] {
-            assert!(preview_domain(bad).is_err(), "{bad}");
-        }
-        assert_eq!(
-            preview_domain("preview.localhost").unwrap(),
-            "preview.localhost"
-        );
+        std::fs::write(&file, "cache-ttl = [1]\n").unwrap();
+        assert!(parse_from(["daytona-authz", "serve", "--config", path]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

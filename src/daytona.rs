@@ -8,9 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use serde::Deserialize;
 
 use crate::host::PreviewTarget;
+use crate::metrics::Metrics;
 
 /// What the preview-url API answers for one sandbox port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,12 +60,17 @@ pub trait PreviewSource: Send + Sync + 'static {
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The Daytona REST API, authenticated with an organization API key.
-#[derive(Clone)]
 pub struct DaytonaApi {
     http: reqwest::Client,
     base: url::Url,
-    /// `Bearer <key>`, built once.
-    authorization: reqwest::header::HeaderValue,
+    /// `Bearer <key>`, built once, swapped when the key is reloaded.
+    authorization: ArcSwap<reqwest::header::HeaderValue>,
+    /// Bounds the calls in flight, so a slow Daytona cannot pile up sockets and memory.
+    slots: tokio::sync::Semaphore,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// Set once Daytona has answered a call with our key accepted.
+    answered: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for DaytonaApi {
@@ -75,12 +82,15 @@ impl std::fmt::Debug for DaytonaApi {
 }
 
 impl DaytonaApi {
-    /// `base` is the API root (e.g. `https://app.daytona.io/api`); `timeout` bounds each call.
-    pub fn new(base: url::Url, api_key: &str, timeout: Duration) -> Result<Self, String> {
-        let mut authorization =
-            reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}"))
-                .map_err(|_| "the Daytona API key contains characters not allowed in a header")?;
-        authorization.set_sensitive(true);
+    /// `base` is the API root (e.g. `https://app.daytona.io/api`); `timeout` bounds each call
+    /// (and the wait for one of `max_in_flight` slots).
+    pub fn new(
+        base: url::Url,
+        api_key: &str,
+        timeout: Duration,
+        max_in_flight: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -91,8 +101,36 @@ impl DaytonaApi {
         Ok(DaytonaApi {
             http,
             base,
-            authorization,
+            authorization: ArcSwap::from_pointee(bearer(api_key)?),
+            slots: tokio::sync::Semaphore::new(max_in_flight),
+            timeout,
+            metrics,
+            answered: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Uses `api_key` from the next call on (SIGHUP reload).
+    pub fn set_api_key(&self, api_key: &str) -> Result<(), String> {
+        self.authorization.store(Arc::new(bearer(api_key)?));
+        Ok(())
+    }
+
+    /// Changes to `true` once Daytona has answered with our key accepted.
+    pub fn answered(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.answered.subscribe()
+    }
+
+    /// Asks Daytona about a sandbox that cannot exist: a 404 proves the API is reachable and
+    /// accepts our key, without touching any real sandbox.
+    pub async fn probe(&self) -> Result<(), DaytonaError> {
+        let nobody = PreviewTarget {
+            sandbox_id: "00000000-0000-0000-0000-000000000000".into(),
+            port: 3000,
+        };
+        match self.fetch(&nobody).await {
+            Ok(_) | Err(DaytonaError::NotFound | DaytonaError::BadRequest(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn preview_url(&self, target: &PreviewTarget) -> url::Url {
@@ -109,6 +147,73 @@ impl DaytonaApi {
             ]);
         url
     }
+
+    async fn call(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
+        let started = std::time::Instant::now();
+        let Ok(Ok(_slot)) = tokio::time::timeout(self.timeout, self.slots.acquire()).await else {
+            self.metrics.api_call("overloaded", started.elapsed());
+            return Err(DaytonaError::Unavailable(
+                "too many Daytona API calls in flight".into(),
+            ));
+        };
+        let response = self
+            .http
+            .get(self.preview_url(target))
+            .header(
+                reqwest::header::AUTHORIZATION,
+                (**self.authorization.load()).clone(),
+            )
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => {
+                self.metrics
+                    .api_call(transport_label(&e), started.elapsed());
+                return Err(DaytonaError::Unavailable(describe(&e)));
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = read_limited(response).await;
+        self.metrics
+            .api_call(&status.to_string(), started.elapsed());
+        let body = body?;
+        if matches!(status, 200 | 400 | 404) {
+            self.answered.send_replace(true);
+        }
+        match status {
+            200 => parse_answer(&body, target),
+            400 => Err(DaytonaError::BadRequest(error_message(&body))),
+            401 | 403 => Err(DaytonaError::Unauthorized(status)),
+            404 => Err(DaytonaError::NotFound),
+            429 => Err(DaytonaError::RateLimited { retry_after }),
+            500..=599 => Err(DaytonaError::Unavailable(format!("HTTP {status}"))),
+            other => Err(DaytonaError::BadAnswer(format!("HTTP {other}"))),
+        }
+    }
+}
+
+fn bearer(api_key: &str) -> Result<reqwest::header::HeaderValue, String> {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}"))
+        .map_err(|_| "the Daytona API key contains characters not allowed in a header")?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn transport_label(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connect_error"
+    } else {
+        "error"
+    }
 }
 
 #[derive(Deserialize)]
@@ -119,30 +224,7 @@ struct PreviewUrlAnswer {
 
 impl PreviewSource for DaytonaApi {
     async fn fetch(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
-        let response = self
-            .http
-            .get(self.preview_url(target))
-            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| DaytonaError::Unavailable(describe(&e)))?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let body = read_limited(response).await?;
-        match status {
-            200 => parse_answer(&body, target),
-            400 => Err(DaytonaError::BadRequest(error_message(&body))),
-            401 | 403 => Err(DaytonaError::Unauthorized(status)),
-            404 => Err(DaytonaError::NotFound),
-            429 => Err(DaytonaError::RateLimited { retry_after }),
-            500..=599 => Err(DaytonaError::Unavailable(format!("HTTP {status}"))),
-            other => Err(DaytonaError::BadAnswer(format!("HTTP {other}"))),
-        }
+        self.call(target).await
     }
 }
 
@@ -247,12 +329,14 @@ fn parse_upstream(text: &str, target: &PreviewTarget) -> Result<Upstream, Dayton
 pub struct PreviewCache<S> {
     source: Arc<S>,
     cache: moka::future::Cache<PreviewTarget, Arc<Preview>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: PreviewSource> PreviewCache<S> {
-    pub fn new(source: S, ttl: Duration, max_entries: u64) -> Self {
+    pub fn new(source: Arc<S>, ttl: Duration, max_entries: u64, metrics: Arc<Metrics>) -> Self {
         PreviewCache {
-            source: Arc::new(source),
+            source,
+            metrics,
             cache: moka::future::Cache::builder()
                 .time_to_live(ttl)
                 .max_capacity(max_entries)
@@ -263,6 +347,11 @@ impl<S: PreviewSource> PreviewCache<S> {
 
     /// The preview for `target`, from the cache or (once for all concurrent callers) from Daytona.
     pub async fn get(&self, target: &PreviewTarget) -> Result<Arc<Preview>, Arc<DaytonaError>> {
+        if let Some(hit) = self.cache.get(target).await {
+            self.metrics.cache_hit();
+            return Ok(hit);
+        }
+        self.metrics.cache_miss();
         let source = Arc::clone(&self.source);
         let key = target.clone();
         self.cache
@@ -379,12 +468,13 @@ mod tests {
     #[tokio::test]
     async fn concurrent_misses_make_one_call() {
         let cache = Arc::new(PreviewCache::new(
-            Counting {
+            Arc::new(Counting {
                 calls: AtomicUsize::new(0),
                 fail: false,
-            },
+            }),
             Duration::from_secs(60),
             100,
+            Arc::default(),
         ));
         let tasks: Vec<_> = (0..50)
             .map(|_| {
@@ -401,24 +491,26 @@ mod tests {
     #[tokio::test]
     async fn failures_are_not_cached_and_invalidation_refetches() {
         let failing = PreviewCache::new(
-            Counting {
+            Arc::new(Counting {
                 calls: AtomicUsize::new(0),
                 fail: true,
-            },
+            }),
             Duration::from_secs(60),
             100,
+            Arc::default(),
         );
         assert!(failing.get(&target()).await.is_err());
         assert!(failing.get(&target()).await.is_err());
         assert_eq!(failing.source.calls.load(Ordering::SeqCst), 2);
 
         let cache = PreviewCache::new(
-            Counting {
+            Arc::new(Counting {
                 calls: AtomicUsize::new(0),
                 fail: false,
-            },
+            }),
             Duration::from_secs(60),
             100,
+            Arc::default(),
         );
         assert_eq!(cache.get(&target()).await.unwrap().token, "token-0");
         cache.invalidate(ID, Some(3000)).await;

@@ -271,6 +271,8 @@ pub enum Verdict {
 /// A response Envoy sends itself, in place of the sandbox's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
+    /// Why: a denial code, `preflight` or `link_to_cookie` (for metrics and logs).
+    pub reason: &'static str,
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
@@ -340,6 +342,7 @@ fn link_to_cookie(
         cookie.push_str("; Secure");
     }
     LocalReply {
+        reason: "link_to_cookie",
         status: 302,
         headers: vec![
             ("location", request.path_without_token()),
@@ -381,6 +384,7 @@ fn preflight(request: &RequestView) -> LocalReply {
         headers.push(("access-control-allow-headers", requested));
     }
     LocalReply {
+        reason: "preflight",
         status: 204,
         headers,
         body: String::new(),
@@ -414,6 +418,7 @@ pub fn render(denial: &Denial, request: &RequestView, policy: &Policy) -> LocalR
                 .append_pair("return_to", &return_to(request));
             headers.push(("location", location.into()));
             return LocalReply {
+                reason: denial.code(),
                 status: 302,
                 headers,
                 body: String::new(),
@@ -434,6 +439,7 @@ pub fn render(denial: &Denial, request: &RequestView, policy: &Policy) -> LocalR
         serde_json::json!({ "error": denial.code(), "message": denial.message() }).to_string()
     };
     LocalReply {
+        reason: denial.code(),
         status: denial.status(),
         headers,
         body,

@@ -14,8 +14,11 @@ use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
+use arc_swap::ArcSwap;
+
 use crate::daytona::{PreviewCache, PreviewSource};
 use crate::decision::{self, Allow, Denial, LocalReply, Policy, RequestView, Verdict};
+use crate::metrics::Metrics;
 use crate::token;
 
 /// Limits on what a `CheckRequest` may carry before we refuse to look at it. Envoy bounds
@@ -24,18 +27,28 @@ const MAX_HEADERS: usize = 200;
 const MAX_HEADER_BYTES: usize = 96 * 1024;
 
 pub struct AuthzService<S> {
-    policy: Policy,
+    /// Swapped whole when secrets are reloaded (SIGHUP); each Check uses one snapshot.
+    policy: Arc<ArcSwap<Policy>>,
     previews: Arc<PreviewCache<S>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: PreviewSource> AuthzService<S> {
-    pub fn new(policy: Policy, previews: Arc<PreviewCache<S>>) -> Self {
-        AuthzService { policy, previews }
+    pub fn new(
+        policy: Arc<ArcSwap<Policy>>,
+        previews: Arc<PreviewCache<S>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        AuthzService {
+            policy,
+            previews,
+            metrics,
+        }
     }
 
     /// The whole decision for one request, I/O included.
-    pub async fn decide(&self, request: &RequestView) -> Result<Outcome, Denial> {
-        let authorized = match decision::authorize(request, &self.policy, token::now())? {
+    pub async fn decide(&self, request: &RequestView, policy: &Policy) -> Result<Outcome, Denial> {
+        let authorized = match decision::authorize(request, policy, token::now())? {
             Verdict::Forward(authorized) => authorized,
             Verdict::Reply(reply) => return Ok(Outcome::Reply(reply)),
         };
@@ -48,7 +61,7 @@ impl<S: PreviewSource> AuthzService<S> {
             request,
             &authorized,
             &preview,
-            &self.policy,
+            policy,
         )))
     }
 }
@@ -66,6 +79,8 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let started = std::time::Instant::now();
+        let policy = self.policy.load();
         let check = request.into_inner();
         let client = check.get_client_address().cloned().unwrap_or_default();
         let request_id = check
@@ -77,7 +92,7 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
             .unwrap_or_default();
         let view = view(&check);
         let outcome = match &view {
-            Ok(view) => self.decide(view).await,
+            Ok(view) => self.decide(view, &policy).await,
             Err(denial) => Err(denial.clone()),
         };
         let response = match outcome {
@@ -95,7 +110,7 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                 local_response(reply)
             }
             Err(denial) => {
-                let target = check_target(&check, &self.policy.preview_domain);
+                let target = check_target(&check, &policy.preview_domain);
                 tracing::info!(
                     request_id,
                     client,
@@ -107,7 +122,9 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                 );
                 let empty = RequestView::default();
                 let request = view.as_ref().unwrap_or(&empty);
-                local_response(decision::render(&denial, request, &self.policy))
+                self.metrics
+                    .decision("deny", denial.code(), started.elapsed());
+                local_response(decision::render(&denial, request, &policy))
             }
         };
         Ok(Response::new(response))
@@ -285,6 +302,7 @@ mod tests {
     #[test]
     fn a_local_reply_is_a_denied_response_with_its_status_headers_and_body() {
         let response = local_response(LocalReply {
+            reason: "invalid_token",
             status: 401,
             headers: vec![("www-authenticate", "Bearer".into())],
             body: "{}".into(),

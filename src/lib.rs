@@ -14,6 +14,8 @@ pub mod daytona;
 pub mod decision;
 pub mod grpc;
 pub mod host;
+pub mod http;
+pub mod metrics;
 pub mod mint;
 pub mod pages;
 pub mod server;

@@ -299,6 +299,8 @@ async fn an_unreachable_daytona_api_gives_503() {
     drop(closed);
     let stack = Stack::start_with(AuthzOptions {
         api_url: Some(api_url),
+        // Never answered: ready only once the grace has passed (Envoy health-checks authz).
+        extra_args: vec!["--ready-grace".into(), "200ms".into()],
         ..Default::default()
     })
     .await;

@@ -16,6 +16,8 @@ pub const API_KEY: &str = "test-organization-api-key";
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123456789";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef-0123456789";
 pub const PREVIEW_DOMAIN: &str = "preview.test";
+/// The sandbox daytona-authz's readiness probe asks about.
+pub const PROBE_SANDBOX: &str = "00000000-0000-0000-0000-000000000000";
 /// How long any single start-up step may take before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -222,6 +224,8 @@ impl Double {
     }
 
     /// Calls to the preview-url API so far.
+    /// Calls to the preview-url API for real sandboxes: daytona-authz's readiness probe (which
+    /// asks about the nil UUID, a sandbox that cannot exist) is not counted.
     pub async fn api_calls(&self) -> u64 {
         let stats: serde_json::Value = self
             .http
@@ -232,7 +236,10 @@ impl Double {
             .json()
             .await
             .unwrap();
-        stats["preview_url_calls"].as_u64().unwrap()
+        let probes = stats["per_key"][format!("{PROBE_SANDBOX}:3000")]
+            .as_u64()
+            .unwrap_or(0);
+        stats["preview_url_calls"].as_u64().unwrap() - probes
     }
 
     /// Regenerates a sandbox's preview token, as Daytona does on every sandbox start.
@@ -320,6 +327,10 @@ pub struct AuthzOptions {
     /// Overrides the double's API URL (e.g. a closed port).
     pub api_url: Option<String>,
     pub extra_args: Vec<String>,
+    /// Extra environment (an empty value removes the variable). Naming
+    /// `DAYTONA_AUTHZ_ADMIN_TOKEN` here replaces the default admin token and means "don't wait
+    /// for the admin API".
+    pub env: Vec<(String, String)>,
 }
 
 /// A PEM certificate chain and its private key, as files.
@@ -352,15 +363,25 @@ impl From<AuthzOptions> for StackOptions {
 pub struct Authz {
     pub proc: Proc,
     pub grpc_addr: String,
+    pub http_addr: String,
     pub admin_addr: Option<String>,
 }
 
 impl Authz {
+    /// Starts daytona-authz and waits until it is ready (`/readyz`).
     pub async fn start(api_url: &str, options: &AuthzOptions) -> Authz {
+        let mut authz = Authz::spawn(api_url, options).await;
+        authz.wait_ready().await;
+        authz
+    }
+
+    /// Starts daytona-authz and waits only until it listens.
+    pub async fn spawn(api_url: &str, options: &AuthzOptions) -> Authz {
         let mut command = Command::new(env!("CARGO_BIN_EXE_daytona-authz"));
         command
             .arg("serve")
             .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0"])
             .args(["--daytona-api-url", api_url])
             .args(["--preview-domain", PREVIEW_DOMAIN])
             .args(&options.extra_args)
@@ -368,19 +389,67 @@ impl Authz {
             .env("DAYTONA_AUTHZ_JWT_SECRET", JWT_SECRET)
             .env("DAYTONA_AUTHZ_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info");
+        for (name, value) in &options.env {
+            if value.is_empty() {
+                command.env_remove(name);
+            } else {
+                command.env(name, value);
+            }
+        }
         let mut proc = Proc::spawn("daytona-authz", &mut command);
         let line = wait_line(&mut proc, Proc::stderr, "daytona-authz listening").await;
         let grpc_addr = field(&line, "grpc_addr");
-        let admin_addr = proc
-            .stderr()
-            .lines()
-            .find(|l| l.contains("admin API listening"))
-            .map(|l| field(l, "admin_addr"));
+        let http_addr = field(&line, "http_addr");
+        let admin_addr = if options.env.iter().any(|(k, _)| k == "DAYTONA_AUTHZ_ADMIN_TOKEN") {
+            None
+        } else {
+            let line = wait_line(&mut proc, Proc::stderr, "admin API listening").await;
+            Some(field(&line, "admin_addr"))
+        };
         Authz {
             proc,
             grpc_addr,
+            http_addr,
             admin_addr,
         }
+    }
+
+    /// `GET /readyz` is 200.
+    pub async fn is_ready(&self) -> bool {
+        let url = format!("http://{}/readyz", self.http_addr);
+        matches!(reqwest::get(url).await, Ok(r) if r.status() == 200)
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !self.is_ready().await {
+            self.proc.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "daytona-authz never became ready:\n{}",
+                self.proc.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The Prometheus text at `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Sends a Unix signal (TERM, HUP, ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.proc.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
     }
 }
 
@@ -448,6 +517,17 @@ impl Envoy {
             let http = http.clone();
             let url = format!("http://{admin}/listeners?format=json");
             async move { listener_port(&http, &url).await }
+        })
+        .await;
+        // LIVE once initialisation is over, health checks of the authz cluster included: only
+        // then does the listener accept connections.
+        eventually("Envoy to be LIVE", READY_TIMEOUT, || {
+            let http = http.clone();
+            let url = format!("http://{admin}/ready");
+            async move {
+                let response = http.get(url).send().await.ok()?;
+                (response.status() == 200).then_some(())
+            }
         })
         .await;
         Envoy {

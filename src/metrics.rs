@@ -1,0 +1,213 @@
+//! Prometheus metrics (served at `/metrics` in the text format): decisions by result and reason,
+//! Check latency, Daytona API calls by status and latency, cache hits, misses and size, secret
+//! reloads, readiness and build info. No label ever carries a token, a host or a sandbox id:
+//! label values come from small fixed sets, so cardinality stays bounded.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `allow`, `deny` or `reply` (answered at the edge: preflight, link-to-cookie redirect).
+    pub result: &'static str,
+    /// The denial code (`invalid_token`, ...), or `ok`, `preflight`, `link_to_cookie`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiCallLabels {
+    /// The HTTP status, or `timeout`, `connect_error`, `error`, `overloaded`.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    check_seconds: Histogram,
+    api_calls: Family<ApiCallLabels, Counter>,
+    api_seconds: Histogram,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_entries: Gauge,
+    secret_reloads: Family<ResultLabels, Counter>,
+    ready: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("daytona_authz");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Check decisions by result and reason",
+            decisions.clone(),
+        );
+        // 50 µs .. ~6.5 s: a warm Check is microseconds, a cold one waits on Daytona.
+        let check_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        registry.register(
+            "check_duration_seconds",
+            "Time to answer a Check, Daytona API call included when there was one",
+            check_seconds.clone(),
+        );
+        let api_calls = Family::<ApiCallLabels, Counter>::default();
+        registry.register(
+            "daytona_api_calls",
+            "Calls to the Daytona preview-url API by outcome",
+            api_calls.clone(),
+        );
+        let api_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "daytona_api_duration_seconds",
+            "Latency of Daytona API calls",
+            api_seconds.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "preview_cache_hits",
+            "Preview-token look-ups answered from the cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "preview_cache_misses",
+            "Preview-token look-ups that needed (or waited on) a Daytona API call",
+            cache_misses.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "preview_cache_entries",
+            "Preview tokens in the cache",
+            cache_entries.clone(),
+        );
+        let secret_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "secret_reloads",
+            "Secret reloads on SIGHUP by result",
+            secret_reloads.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when ready to serve (keys loaded, Daytona answered or the grace passed)",
+            ready.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "Build information", build_info);
+        Metrics {
+            registry,
+            decisions,
+            check_seconds,
+            api_calls,
+            api_seconds,
+            cache_hits,
+            cache_misses,
+            cache_entries,
+            secret_reloads,
+            ready,
+        }
+    }
+
+    pub fn decision(&self, result: &'static str, reason: &'static str, elapsed: Duration) {
+        self.decisions
+            .get_or_create(&DecisionLabels { result, reason })
+            .inc();
+        self.check_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn api_call(&self, status: &str, elapsed: Duration) {
+        self.api_calls
+            .get_or_create(&ApiCallLabels {
+                status: status.to_owned(),
+            })
+            .inc();
+        self.api_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
+    pub fn cache_miss(&self) {
+        self.cache_misses.inc();
+    }
+
+    pub fn set_cache_entries(&self, entries: u64) {
+        self.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    pub fn secret_reload(&self, result: &'static str) {
+        self.secret_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_prometheus_text() {
+        let metrics = Metrics::new();
+        metrics.decision("deny", "invalid_token", Duration::from_micros(80));
+        metrics.api_call("200", Duration::from_millis(12));
+        metrics.cache_hit();
+        let text = metrics.encode();
+        for needle in [
+            "daytona_authz_decisions_total{result=\"deny\",reason=\"invalid_token\"} 1",
+            "daytona_authz_daytona_api_calls_total{status=\"200\"} 1",
+            "daytona_authz_preview_cache_hits_total 1",
+            "daytona_authz_check_duration_seconds_bucket",
+            "daytona_authz_build_info{version=",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
+    }
+}
