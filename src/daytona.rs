@@ -354,12 +354,17 @@ impl<S: PreviewSource> PreviewCache<S> {
         self.metrics.cache_miss();
         let source = Arc::clone(&self.source);
         let key = target.clone();
-        self.cache
+        let result = self
+            .cache
             .try_get_with_by_ref(
                 target,
                 async move { source.fetch(&key).await.map(Arc::new) },
             )
-            .await
+            .await;
+        // Only on a miss: entry_count lags until moka's pending housekeeping has run.
+        self.cache.run_pending_tasks().await;
+        self.metrics.set_cache_entries(self.cache.entry_count());
+        result
     }
 
     /// Forgets one port of a sandbox, or every port of it.

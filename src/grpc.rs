@@ -83,14 +83,17 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
         let policy = self.policy.load();
         let check = request.into_inner();
         let client = check.get_client_address().cloned().unwrap_or_default();
-        let request_id = check
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-            .map(|h| h.id.clone())
-            .unwrap_or_default();
         let view = view(&check);
+        // Envoy's x-request-id (the one its access log and the upstream see), else its stream id.
+        let request_id = view
+            .as_ref()
+            .ok()
+            .and_then(|v| v.header_values("x-request-id").next().map(str::to_owned))
+            .or_else(|| {
+                let http = check.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
+                Some(http.id.clone())
+            })
+            .unwrap_or_default();
         let outcome = match &view {
             Ok(view) => self.decide(view, &policy).await,
             Err(denial) => Err(denial.clone()),
@@ -98,6 +101,7 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
         let response = match outcome {
             Ok(Outcome::Forward(allow)) => {
                 tracing::debug!(request_id, client, "allowed");
+                self.metrics.decision("allow", "ok", started.elapsed());
                 ok_response(allow)
             }
             Ok(Outcome::Reply(reply)) => {
@@ -105,8 +109,11 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                     request_id,
                     client,
                     status = reply.status,
-                    "answered locally"
+                    reason = reply.reason,
+                    "answered at the edge"
                 );
+                self.metrics
+                    .decision("reply", reply.reason, started.elapsed());
                 local_response(reply)
             }
             Err(denial) => {

@@ -99,15 +99,17 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         "daytona-authz listening"
     );
 
+    // `stopping`: a signal came, the drain begins. `stopped`: the drain is over.
     let (stopping_tx, stopping) = watch::channel(false);
+    let (stopped_tx, stopped) = watch::channel(false);
 
-    // HTTP: health, readiness, metrics. Stays up through the drain so probes see NOT ready.
+    // HTTP: health, readiness, metrics. Stays up through the drain so probes see "not ready".
     let http_app = http::app(HttpState {
         readiness: Arc::clone(&readiness),
         metrics: Arc::clone(&metrics),
     });
     let http_task = tokio::spawn({
-        let mut stopped = stopping.clone();
+        let mut stopped = stopped.clone();
         async move {
             axum::serve(http_listener, http_app)
                 .with_graceful_shutdown(async move {
@@ -122,7 +124,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let admin_task = admin.map(|(listener, check)| {
         tracing::info!(admin_addr = %local_addr(&listener), "admin API listening");
         let service = admin::server(AdminService::new(Arc::clone(&previews)), check);
-        let mut stopped = stopping.clone();
+        let mut stopped = stopped.clone();
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
@@ -183,6 +185,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         }
     };
     stopping_tx.send_replace(true);
+    stopped_tx.send_replace(true);
     if let Some(task) = admin_task
         && let Ok(Err(e)) = task.await
     {

@@ -128,3 +128,75 @@ fn mint_prints_a_share_link_and_expiry() {
     assert_eq!(output.status.code(), Some(64));
     assert!(stderr(&output).contains("--ttl"));
 }
+
+#[test]
+fn check_config_lists_every_problem_or_says_ok() {
+    let output = run(
+        &[
+            "check-config",
+            "--grpc-addr",
+            "nowhere",
+            "--cache-ttl",
+            "0s",
+            "--login-url",
+            "ftp://x",
+            "--jwt-secret-file",
+            "/nonexistent/secret",
+        ],
+        &GOOD_ENV[..2],
+    );
+    assert_eq!(output.status.code(), Some(64));
+    let err = stderr(&output);
+    for needle in [
+        "--grpc-addr",
+        "--cache-ttl",
+        "--login-url",
+        "/nonexistent/secret",
+    ] {
+        assert!(err.contains(needle), "{needle} missing:\n{err}");
+    }
+    assert_eq!(err.lines().count(), 4, "{err}");
+    assert!(
+        err.lines().all(|l| l.starts_with("daytona-authz: ")),
+        "{err}"
+    );
+
+    let output = run(&["check-config"], &GOOD_ENV);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("configuration OK"));
+}
+
+#[test]
+fn check_config_reads_a_config_file_that_flags_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt-secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let file = dir.path().join("daytona-authz.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "preview-domain = \"from-file.example.com\"\ndaytona-api-key = \"key\"\njwt-secret-file = \"{}\"\ncache-ttl = \"never\"\n",
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+    let output = run(&["check-config", "--config", config], &[]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(stderr(&output).contains("--cache-ttl"));
+    let output = run(
+        &["check-config", "--config", config, "--cache-ttl", "2m"],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("from-file.example.com"));
+}
+
+#[test]
+fn healthcheck_fails_when_nothing_answers() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let output = run(&["healthcheck", "--http-addr", &addr], &[]);
+    assert_eq!(output.status.code(), Some(1));
+}

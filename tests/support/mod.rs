@@ -159,8 +159,12 @@ async fn wait_line(proc: &mut Proc, stream: fn(&Proc) -> String, marker: &str) -
     }
 }
 
-/// The value of `key=` in a tracing log line.
+/// The value of `key` in a tracing log line (`key=value`, or a JSON object's field).
 fn field(line: &str, key: &str) -> String {
+    if line.starts_with('{') {
+        let object: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+        return object[key].as_str().expect("field present").to_owned();
+    }
     let start = line.find(&format!("{key}=")).expect("field present") + key.len() + 1;
     line[start..].split_whitespace().next().unwrap().to_owned()
 }
@@ -195,9 +199,18 @@ impl Double {
 
     /// With `tls`, the preview proxy serves HTTPS and preview URLs are `https://`.
     pub async fn start_with(tls: Option<&TlsFiles>) -> Double {
+        Double::launch("127.0.0.1:0", tls).await
+    }
+
+    /// With its API on a given address (e.g. one daytona-authz was already told about).
+    pub async fn start_at(api_addr: &str) -> Double {
+        Double::launch(api_addr, None).await
+    }
+
+    async fn launch(api_addr: &str, tls: Option<&TlsFiles>) -> Double {
         let mut command = Command::new(env!("CARGO_BIN_EXE_daytona-double"));
         command
-            .args(["--api-addr", "127.0.0.1:0", "--proxy-addr", "127.0.0.1:0"])
+            .args(["--api-addr", api_addr, "--proxy-addr", "127.0.0.1:0"])
             .args(["--api-key", API_KEY])
             .env("RUST_LOG", "warn");
         if let Some(tls) = tls {
@@ -400,7 +413,11 @@ impl Authz {
         let line = wait_line(&mut proc, Proc::stderr, "daytona-authz listening").await;
         let grpc_addr = field(&line, "grpc_addr");
         let http_addr = field(&line, "http_addr");
-        let admin_addr = if options.env.iter().any(|(k, _)| k == "DAYTONA_AUTHZ_ADMIN_TOKEN") {
+        let admin_addr = if options
+            .env
+            .iter()
+            .any(|(k, _)| k == "DAYTONA_AUTHZ_ADMIN_TOKEN")
+        {
             None
         } else {
             let line = wait_line(&mut proc, Proc::stderr, "admin API listening").await;

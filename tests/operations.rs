@@ -1,0 +1,347 @@
+//! Running it in production: readiness, drain, metrics, logs without secrets, secret reloads.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use daytona_authz::token::{Claims, Signer, now};
+use support::{
+    ADMIN_TOKEN, API_KEY, Authz, AuthzOptions, Double, JWT_SECRET, Stack, eventually, token_for,
+};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const HEALTH_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+/// The gRPC health status of the ext_authz service, if the server answers.
+async fn grpc_health(addr: &str) -> Option<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: HEALTH_SERVICE.into(),
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .status;
+    ServingStatus::try_from(status).ok()
+}
+
+#[tokio::test]
+async fn not_ready_until_daytona_answers_then_ready() {
+    let api_addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let mut authz = Authz::spawn(
+        &format!("http://{api_addr}/api"),
+        &AuthzOptions {
+            // 0s: wait for Daytona however long it takes.
+            extra_args: vec!["--ready-grace".into(), "0s".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    // The probe has failed at least once (it says so), and nothing is ready.
+    eventually("a failed probe", Duration::from_secs(10), || {
+        let failed = authz
+            .proc
+            .stderr()
+            .contains("Daytona API not answering yet");
+        async move { failed.then_some(()) }
+    })
+    .await;
+    assert!(!authz.is_ready().await);
+    assert_eq!(healthcheck(&authz.http_addr), Some(1));
+    assert_eq!(
+        grpc_health(&authz.grpc_addr).await,
+        Some(ServingStatus::NotServing)
+    );
+    assert!(authz.metrics().await.contains("daytona_authz_ready 0"));
+
+    // Daytona comes up where it was expected: the next probe makes daytona-authz ready.
+    let _double = Double::start_at(&api_addr).await;
+    authz.wait_ready().await;
+    assert_eq!(
+        grpc_health(&authz.grpc_addr).await,
+        Some(ServingStatus::Serving)
+    );
+    assert!(authz.metrics().await.contains("daytona_authz_ready 1"));
+    assert_eq!(healthcheck(&authz.http_addr), Some(0));
+}
+
+/// The exit code of `daytona-authz healthcheck` (what a container HEALTHCHECK runs).
+fn healthcheck(http_addr: &str) -> Option<i32> {
+    std::process::Command::new(env!("CARGO_BIN_EXE_daytona-authz"))
+        .args(["healthcheck", "--http-addr", http_addr])
+        .output()
+        .unwrap()
+        .status
+        .code()
+}
+
+#[tokio::test]
+async fn sigterm_drains_an_in_flight_check_and_reports_not_ready_meanwhile() {
+    let stack = Stack::start().await;
+    stack.double.delay(Duration::from_millis(1500)).await;
+    let auth = format!("Bearer {}", stack.token(None));
+    let host = stack.host(3000);
+    let headers = [("authorization", auth.as_str())];
+    let in_flight = stack.get(&host, "/", &headers);
+    let observe = async {
+        // Once the Check is waiting on Daytona, ask daytona-authz to stop.
+        eventually(
+            "the Check to reach Daytona",
+            Duration::from_secs(10),
+            || async { (stack.double.api_calls().await >= 1).then_some(()) },
+        )
+        .await;
+        stack.authz.signal("TERM");
+        eventually("readiness to drop", Duration::from_secs(5), || async {
+            (!stack.authz.is_ready().await).then_some(())
+        })
+        .await;
+    };
+    let (reply, ()) = tokio::join!(in_flight, observe);
+    assert_eq!(
+        reply.status, 200,
+        "the in-flight request was cut: {}",
+        reply.body
+    );
+    let mut authz = stack.authz;
+    let status = authz.proc.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", authz.proc.stderr());
+    assert!(authz.proc.stderr().contains("draining in-flight checks"));
+}
+
+/// `name{labels}` → value, from the Prometheus text format; panics on a malformed line.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("malformed line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("malformed value in {line:?}"));
+        let metric = name.split('{').next().unwrap();
+        assert!(
+            metric
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        samples.insert(name.to_owned(), value);
+    }
+    assert!(text.trim_end().ends_with("# EOF"), "no # EOF terminator");
+    samples
+}
+
+#[tokio::test]
+async fn metrics_parse_and_move_with_traffic() {
+    let stack = Stack::start().await;
+    let before = parse_metrics(&stack.authz.metrics().await);
+    let auth = format!("Bearer {}", stack.token(None));
+    for _ in 0..3 {
+        assert_eq!(
+            stack
+                .get(&stack.host(3000), "/", &[("authorization", &auth)])
+                .await
+                .status,
+            200
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(stack.get(&stack.host(3000), "/", &[]).await.status, 401);
+    }
+    let after = parse_metrics(&stack.authz.metrics().await);
+    let moved = |name: &str| {
+        after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0)
+    };
+    assert_eq!(
+        moved(r#"daytona_authz_decisions_total{result="allow",reason="ok"}"#),
+        3.0
+    );
+    assert_eq!(
+        moved(r#"daytona_authz_decisions_total{result="deny",reason="invalid_token"}"#),
+        2.0
+    );
+    assert_eq!(
+        moved(r#"daytona_authz_daytona_api_calls_total{status="200"}"#),
+        1.0
+    );
+    assert_eq!(moved("daytona_authz_preview_cache_misses_total"), 1.0);
+    assert_eq!(moved("daytona_authz_preview_cache_hits_total"), 2.0);
+    assert_eq!(after["daytona_authz_preview_cache_entries"], 1.0);
+    assert_eq!(moved("daytona_authz_check_duration_seconds_count"), 5.0);
+    assert_eq!(after["daytona_authz_ready"], 1.0);
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("daytona_authz_build_info{"))
+    );
+}
+
+#[tokio::test]
+async fn logs_are_json_and_never_contain_a_secret() {
+    let stack = Stack::start_with(AuthzOptions {
+        extra_args: vec!["--log-format".into(), "json".into()],
+        env: vec![("RUST_LOG".into(), "debug".into())],
+        ..Default::default()
+    })
+    .await;
+    let id = stack.sandbox_id().to_owned();
+    let good = stack.token(None);
+    let expired = token_for(&id, None, now() - 3600);
+    let other_key = Signer::hs256(b"an-attackers-secret-0123456789abcdef")
+        .sign(&Claims {
+            sandbox_id: id.clone(),
+            exp: now() + 60,
+            ports: None,
+            iss: None,
+            aud: None,
+        })
+        .unwrap();
+    let host = stack.host(3000);
+    let cookie = format!("daytona_authz={good}; app-session=app-secret-cookie-value");
+    let bearer = format!("Bearer {good}");
+    let requests: Vec<(String, Vec<(&str, &str)>)> = vec![
+        ("/".into(), vec![("authorization", bearer.as_str())]),
+        (format!("/?access_token={good}"), vec![]),
+        (
+            format!("/?access_token={good}"),
+            vec![("accept", "text/html")],
+        ),
+        ("/".into(), vec![("cookie", cookie.as_str())]),
+        (
+            format!("/?access_token={expired}"),
+            vec![("x-request-id", "req-expired-1")],
+        ),
+        (format!("/?access_token={other_key}"), vec![]),
+        (
+            "/".into(),
+            vec![("x-daytona-preview-token", "spoofed-preview-token")],
+        ),
+    ];
+    for (path, headers) in &requests {
+        stack.get(&host, path, headers).await;
+    }
+    let restarted = stack.double.restart(&id).await;
+
+    let logs = stack.authz.proc.stderr();
+    let access_log = stack.envoy.proc.stdout();
+    for secret in [
+        good.as_str(),
+        expired.as_str(),
+        other_key.as_str(),
+        API_KEY,
+        JWT_SECRET,
+        ADMIN_TOKEN,
+        stack.double.sandbox.token.as_str(),
+        restarted.token.as_str(),
+        "app-secret-cookie-value",
+        "spoofed-preview-token",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "daytona-authz logged a secret: {secret}"
+        );
+        assert!(
+            !access_log.contains(secret),
+            "Envoy's access log has a secret: {secret}"
+        );
+    }
+    // Every line is a JSON object; the denial line says why, for whom, and which request.
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let denial = lines
+        .iter()
+        .find(|l| l["message"] == "denied" && l["reason"] == "token has expired")
+        .expect("a denial line for the expired token");
+    // Envoy's x-request-id (Envoy, at the edge, replaces any id the client sent).
+    let request_id = denial["request_id"].as_str().unwrap();
+    assert_eq!(request_id.len(), 36, "{denial}");
+    assert_eq!(denial["level"], "INFO");
+    assert_eq!(denial["message"], "denied");
+    assert_eq!(denial["sandbox.id"], id.as_str());
+    assert_eq!(denial["port"], 3000);
+    assert_eq!(denial["status"], 401);
+    assert!(denial["reason"].as_str().unwrap().contains("expired"));
+    assert!(denial["client"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(
+        lines.iter().any(|l| l["message"] == "allowed"),
+        "allows at debug"
+    );
+}
+
+#[tokio::test]
+async fn sighup_rereads_secret_files_and_a_bad_file_keeps_the_old_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("jwt-secret");
+    std::fs::write(&secret_file, format!("{JWT_SECRET}\n")).unwrap();
+    let stack = Stack::start_with(AuthzOptions {
+        env: vec![
+            ("DAYTONA_AUTHZ_JWT_SECRET".into(), String::new()),
+            (
+                "DAYTONA_AUTHZ_JWT_SECRET_FILE".into(),
+                secret_file.to_str().unwrap().into(),
+            ),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let claims = Claims {
+        sandbox_id: stack.sandbox_id().to_owned(),
+        exp: now() + 600,
+        ports: None,
+        iss: None,
+        aud: None,
+    };
+    const NEW_SECRET: &str = "the-rotated-secret-0123456789abcdef-xyz";
+    let old_token = Signer::hs256(JWT_SECRET.as_bytes()).sign(&claims).unwrap();
+    let new_token = Signer::hs256(NEW_SECRET.as_bytes()).sign(&claims).unwrap();
+    let status = |token: String| {
+        let stack = &stack;
+        async move {
+            stack
+                .get(&stack.host(3000), &format!("/?access_token={token}"), &[])
+                .await
+                .status
+        }
+    };
+    assert_eq!(status(old_token.clone()).await, 200);
+    assert_eq!(status(new_token.clone()).await, 401);
+
+    // A bad file (too short) is refused: the old secret stays.
+    std::fs::write(&secret_file, "short\n").unwrap();
+    stack.authz.signal("HUP");
+    eventually("the failed reload", Duration::from_secs(10), || {
+        let failed = stack.authz.proc.stderr().contains("secret reload failed");
+        async move { failed.then_some(()) }
+    })
+    .await;
+    assert_eq!(status(old_token.clone()).await, 200);
+
+    std::fs::write(&secret_file, format!("{NEW_SECRET}\n")).unwrap();
+    stack.authz.signal("HUP");
+    eventually("the new secret", Duration::from_secs(10), || {
+        let new_token = new_token.clone();
+        async move { (status(new_token).await == 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(status(old_token).await, 401);
+    assert!(stack.authz.proc.stderr().contains("secrets reloaded"));
+    assert!(!stack.authz.proc.stderr().contains(NEW_SECRET));
+}
