@@ -19,7 +19,11 @@ RUN apt-get update \
 COPY --from=build /src/target/release/daytona-authz /src/target/release/daytona-double /usr/local/bin/
 # Non-root (the distroless "nonroot" id); nothing is written to disk.
 USER 65532:65532
-# ext_authz gRPC + grpc.health.v1. Keep it reachable from Envoy only (same pod / network namespace).
-EXPOSE 9191
+# ext_authz gRPC + grpc.health.v1 (9191) and /healthz /readyz /metrics (9192). Both bind
+# 127.0.0.1 by default: run beside Envoy in one pod / network namespace.
+EXPOSE 9191 9192
+# Ready = keys loaded and the Daytona API answered (or --ready-grace passed), not draining.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["daytona-authz", "healthcheck"]
 ENTRYPOINT ["daytona-authz"]
 CMD ["serve"]

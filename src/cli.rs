@@ -66,7 +66,10 @@ pub fn run() -> ExitCode {
             }
             Err(e) => usage(&ConfigErrors(vec![e])),
         },
-        Command::Healthcheck(args) => healthcheck(&args.http_addr),
+        Command::Healthcheck(args) => healthcheck(
+            &args.http_addr,
+            if args.live { "healthz" } else { "readyz" },
+        ),
     }
 }
 
@@ -77,8 +80,8 @@ fn usage(errors: &ConfigErrors) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-/// GET http://{addr}/readyz with a short timeout: 0 when ready, 1 otherwise.
-fn healthcheck(addr: &str) -> ExitCode {
+/// GET http://{addr}/{path} with a short timeout: 0 on success, 1 otherwise.
+fn healthcheck(addr: &str, path: &str) -> ExitCode {
     let ready = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -90,7 +93,7 @@ fn healthcheck(addr: &str) -> ExitCode {
                     .build()
                     .ok()?;
                 let response = client
-                    .get(format!("http://{addr}/readyz"))
+                    .get(format!("http://{addr}/{path}"))
                     .send()
                     .await
                     .ok()?;
@@ -101,7 +104,7 @@ fn healthcheck(addr: &str) -> ExitCode {
     if ready {
         ExitCode::SUCCESS
     } else {
-        eprintln!("daytona-authz: not ready (http://{addr}/readyz)");
+        eprintln!("daytona-authz: unhealthy (http://{addr}/{path})");
         ExitCode::FAILURE
     }
 }

@@ -265,6 +265,9 @@ pub struct HealthcheckArgs {
         value_name = "ADDR"
     )]
     pub http_addr: String,
+    /// Check liveness (/healthz: the process answers) instead of readiness (/readyz).
+    #[arg(long)]
+    pub live: bool,
 }
 
 /// Parses the command line, with a `serve`/`check-config` config file as the lowest-precedence
