@@ -26,6 +26,9 @@
 //! the proxy received, headers as they arrived (over TLS, with the server name the client sent as
 //! SNI).
 //!
+//! Benchmarks run it with `--any-sandbox`: then every lower-case UUID is a sandbox (its preview
+//! token made on first use), so any number of distinct sandboxes can be asked for.
+//!
 //! What it does NOT simulate: names (sandboxes are found by id only), organizations, API key
 //! scopes (403), JWT sessions, `Authorization: Bearer` or cookie credentials on the proxy, signed
 //! preview URLs, public sandboxes, stopped sandboxes (400) and auto-start, the newer `401` answer
@@ -169,6 +172,12 @@ struct Cli {
         requires = "proxy_tls_cert"
     )]
     proxy_tls_key: Option<PathBuf>,
+
+    /// Benchmarks: every well-formed sandbox id (a lower-case UUID) exists. A sandbox not seen
+    /// before gets its random preview token on first use (API, proxy or restart) and keeps it
+    /// until restarted, as if it had always been there. Off by default: unknown ids are 404.
+    #[arg(long, env = "DAYTONA_DOUBLE_ANY_SANDBOX")]
+    any_sandbox: bool,
 }
 
 fn parse_loopback_addr(s: &str) -> Result<SocketAddr, String> {
@@ -198,6 +207,16 @@ fn parse_domain(s: &str) -> Result<String, String> {
     } else {
         Err("not a domain name".into())
     }
+}
+
+/// A lower-case hyphenated UUID (8-4-4-4-12 hex digits), the shape of Daytona's sandbox ids.
+fn is_uuid(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, &b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
 }
 
 fn is_valid_sandbox_id(id: &str) -> bool {
@@ -246,6 +265,8 @@ struct Double {
     proxy_scheme: &'static str,
     proxy_domain: String,
     proxy_port: u16,
+    /// `--any-sandbox`: every lower-case UUID is a sandbox, materialised on first use.
+    any_sandbox: bool,
     state: Mutex<MutableState>,
 }
 
@@ -299,6 +320,7 @@ impl Double {
         proxy_domain: String,
         proxy_port: u16,
         sandboxes: &[SandboxInfo],
+        any_sandbox: bool,
     ) -> Self {
         let state = MutableState {
             sandboxes: sandboxes
@@ -312,6 +334,7 @@ impl Double {
             proxy_scheme,
             proxy_domain,
             proxy_port,
+            any_sandbox,
             state: Mutex::new(state),
         }
     }
@@ -322,7 +345,26 @@ impl Double {
     }
 
     fn current_token(&self, sandbox_id: &str) -> Option<String> {
-        self.lock().sandboxes.get(sandbox_id).cloned()
+        let mut state = self.lock();
+        self.token_mut(&mut state, sandbox_id).cloned()
+    }
+
+    /// A sandbox's current preview token; with `--any-sandbox`, a UUID not seen before becomes a
+    /// sandbox here, with a fresh token.
+    fn token_mut<'s>(
+        &self,
+        state: &'s mut MutableState,
+        sandbox_id: &str,
+    ) -> Option<&'s mut String> {
+        if self.any_sandbox && is_uuid(sandbox_id) {
+            return Some(
+                state
+                    .sandboxes
+                    .entry(sandbox_id.to_owned())
+                    .or_insert_with(random_preview_token),
+            );
+        }
+        state.sandboxes.get_mut(sandbox_id)
     }
 
     /// Counts one preview-url call and returns the fault in force for it.
@@ -351,7 +393,7 @@ impl Double {
     /// Gives a sandbox a new preview token, as a Daytona (re)start does; `None` if unknown.
     fn restart_sandbox(&self, id: &str) -> Option<SandboxInfo> {
         let mut state = self.lock();
-        let token = state.sandboxes.get_mut(id)?;
+        let token = self.token_mut(&mut state, id)?;
         *token = random_preview_token();
         Some(SandboxInfo {
             id: id.to_owned(),
@@ -1178,6 +1220,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cli.proxy_domain.clone(),
         proxy_addr.port(),
         &sandboxes,
+        cli.any_sandbox,
     ));
 
     announce_ready(&ReadyLine {
@@ -1191,6 +1234,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         %proxy_addr,
         proxy_scheme,
         sandboxes = sandboxes.len(),
+        any_sandbox = cli.any_sandbox,
         "daytona-double ready"
     );
 
@@ -1373,6 +1417,47 @@ mod tests {
         let token = random_preview_token();
         assert_eq!(token.len(), 32);
         assert!(token.bytes().all(|b| TOKEN_ALPHABET.contains(&b)));
+    }
+
+    fn double(any_sandbox: bool) -> Double {
+        let known = SandboxInfo {
+            id: ID.to_owned(),
+            token: "known-token".to_owned(),
+        };
+        Double::new(
+            "key".into(),
+            "http",
+            "proxy.localhost".into(),
+            4000,
+            &[known],
+            any_sandbox,
+        )
+    }
+
+    #[test]
+    fn unknown_sandboxes_do_not_exist_by_default() {
+        let double = double(false);
+        assert_eq!(double.current_token(ID).as_deref(), Some("known-token"));
+        let other = random_sandbox_id();
+        assert_eq!(double.current_token(&other), None);
+        assert!(double.restart_sandbox(&other).is_none());
+        assert_eq!(double.current_token(&other), None);
+    }
+
+    #[test]
+    fn any_sandbox_makes_every_uuid_a_sandbox_with_a_stable_token() {
+        let double = double(true);
+        assert_eq!(double.current_token(ID).as_deref(), Some("known-token"));
+        let other = random_sandbox_id();
+        let token = double.current_token(&other).expect("exists on first use");
+        assert_eq!(double.current_token(&other), Some(token.clone()));
+        let restarted = double.restart_sandbox(&other).expect("restartable");
+        assert_ne!(restarted.token, token);
+        assert_eq!(double.current_token(&other), Some(restarted.token));
+        // Only well-formed lower-case UUIDs.
+        for bad in ["not-a-uuid", &other.to_uppercase(), &other[1..]] {
+            assert_eq!(double.current_token(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -1,0 +1,176 @@
+//! The pure path of one `Check`, without I/O: Envoy's `CheckRequest` → request view → host parse,
+//! token verify and decision → `CheckResponse`, as `grpc::AuthzService::check` runs it around
+//! the (cached) preview-token look-up. `cargo bench --bench check_path`; `cargo test` runs each
+//! once to prove it still works. Regressions show up as Criterion's "change" lines in review.
+//!
+//! End-to-end figures (Envoy, the gRPC hop, the cache, the baselines) are `bench/run.sh`'s.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use daytona_authz::daytona::{Preview, Upstream};
+use daytona_authz::decision::{self, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, Verdict};
+use daytona_authz::grpc;
+use daytona_authz::host;
+use daytona_authz::token::{Verifier, now};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, attribute_context,
+};
+
+const SECRET: &[u8] = b"bench-jwt-secret-0123456789abcdef-0123456789";
+const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
+const DOMAIN: &str = "preview.example.com";
+
+fn policy() -> Policy {
+    Policy {
+        preview_domain: DOMAIN.into(),
+        verifier: Verifier::hs256(SECRET, None, None),
+        cookie_name: DEFAULT_COOKIE_NAME.into(),
+        login_url: None,
+        disable_cors: false,
+        introspection: false,
+        jwks: false,
+    }
+}
+
+/// An access token as README documents it, signed as any issuer would.
+fn token() -> String {
+    #[derive(serde::Serialize)]
+    struct Claims {
+        sandbox_id: &'static str,
+        exp: u64,
+        ports: [u16; 1],
+    }
+    let claims = Claims {
+        sandbox_id: ID,
+        exp: now() + 3600,
+        ports: [3000],
+    };
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+fn host() -> String {
+    format!("3000-{ID}.{DOMAIN}")
+}
+
+/// What Envoy sends for `GET /` from curl (`encode_raw_headers: true`), plus `extra` headers.
+fn check_request(extra: &[(&str, String)]) -> CheckRequest {
+    let host = host();
+    let mut headers: Vec<(&str, String)> = vec![
+        (":authority", host.clone()),
+        (":path", "/".into()),
+        (":method", "GET".into()),
+        (":scheme", "http".into()),
+        ("user-agent", "curl/8.5.0".into()),
+        ("accept", "*/*".into()),
+        ("x-forwarded-for", "127.0.0.1".into()),
+        ("x-forwarded-proto", "http".into()),
+        ("x-envoy-internal", "true".into()),
+        (
+            "x-request-id",
+            "6f3c2a1e-8d4b-4c7a-9e21-3b5d7f9a1c0e".into(),
+        ),
+        ("x-forwarded-host", host.clone()),
+    ];
+    headers.extend(extra.iter().cloned());
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    id: "6f3c2a1e-8d4b-4c7a-9e21-3b5d7f9a1c0e".into(),
+                    method: "GET".into(),
+                    path: "/".into(),
+                    host,
+                    scheme: "http".into(),
+                    protocol: "HTTP/1.1".into(),
+                    header_map: Some(HeaderMap {
+                        headers: headers
+                            .into_iter()
+                            .map(|(key, value)| HeaderValue {
+                                key: key.into(),
+                                value: String::new(),
+                                raw_value: value.into_bytes(),
+                            })
+                            .collect(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn preview() -> Preview {
+    Preview {
+        token: "abcdefghijklmnopqrstuvwxyz012345".into(),
+        upstream: Upstream {
+            tls: true,
+            authority: format!("3000-{ID}.proxy.daytona.works"),
+        },
+    }
+}
+
+/// The whole pure path for one request, as `Check` runs it (minus the cache look-up).
+fn check_path(request: &CheckRequest, policy: &Policy, preview: &Preview) -> usize {
+    let view = grpc::view(request).expect("within limits");
+    let response =
+        match decision::authorize(&view, policy, now(), &Lookups::default(), &NoRevocations) {
+            Ok(Verdict::Forward(authorized)) => {
+                grpc::ok_response(decision::allow(&view, &authorized, preview, policy))
+            }
+            Ok(Verdict::Reply(reply)) => grpc::local_response(reply),
+            Ok(Verdict::Lookup(_)) => unreachable!("an HS256 token needs no I/O"),
+            Err(denial) => grpc::local_response(decision::render(&denial, &view, policy)),
+        };
+    // Something of the response, so none of it is optimised away.
+    usize::from(response.http_response.is_some())
+}
+
+fn benches(c: &mut Criterion) {
+    let policy = policy();
+    let preview = preview();
+    let token = token();
+    let bearer = check_request(&[("authorization", format!("Bearer {token}"))]);
+    let cookie = check_request(&[(
+        "cookie",
+        format!("theme=dark; {DEFAULT_COOKIE_NAME}={token}"),
+    )]);
+    let anonymous = check_request(&[]);
+
+    let mut group = c.benchmark_group("check_path");
+    group.bench_function("allow_bearer", |b| {
+        b.iter(|| check_path(black_box(&bearer), &policy, &preview))
+    });
+    group.bench_function("allow_cookie", |b| {
+        b.iter(|| check_path(black_box(&cookie), &policy, &preview))
+    });
+    group.bench_function("deny_missing_token", |b| {
+        b.iter(|| check_path(black_box(&anonymous), &policy, &preview))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("parts");
+    let public_host = host();
+    group.bench_function("host_parse", |b| {
+        b.iter(|| host::parse(black_box(&public_host), DOMAIN))
+    });
+    group.bench_function("token_verify", |b| {
+        b.iter(|| policy.verifier.verify(black_box(&token), now()))
+    });
+    group.bench_function("request_view", |b| {
+        b.iter(|| grpc::view(black_box(&bearer)))
+    });
+    group.finish();
+}
+
+criterion_group!(check, benches);
+criterion_main!(check);
