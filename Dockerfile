@@ -17,7 +17,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/daytona-authz /src/target/release/daytona-double /usr/local/bin/
-# Non-root (the distroless "nonroot" id); nothing is written to disk.
+# The embedded revocation store lives here (mount a volume to keep it across containers).
+RUN mkdir -p /var/lib/daytona-authz && chown 65532:65532 /var/lib/daytona-authz
+WORKDIR /var/lib/daytona-authz
+ENV DAYTONA_AUTHZ_REVOCATION_DB=/var/lib/daytona-authz/revocations.redb
+# Non-root (the distroless "nonroot" id); only the revocation store is written.
 USER 65532:65532
 # ext_authz gRPC + grpc.health.v1 (9191) and /healthz /readyz /metrics (9192). Both bind
 # 127.0.0.1 by default: run beside Envoy in one pod / network namespace.

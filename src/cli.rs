@@ -66,6 +66,13 @@ pub fn run() -> ExitCode {
             }
             Err(e) => usage(&ConfigErrors(vec![e])),
         },
+        Command::Revoke(args) => match crate::admin::client::revoke(&args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage(&ConfigErrors(vec![e])),
+        },
         Command::Healthcheck(args) => healthcheck(
             &args.http_addr,
             if args.live { "healthz" } else { "readyz" },

@@ -39,6 +39,8 @@ pub enum Command {
     CheckConfig(Box<ServeArgs>),
     /// Sign an access token and print a share link for a sandbox.
     Mint(Box<MintArgs>),
+    /// Revoke an access token (by jti) or every token for a sandbox, through the admin API.
+    Revoke(Box<RevokeArgs>),
     /// Ask a running daytona-authz whether it is ready (GET /readyz); exit 0 if so, 1 if not.
     /// For container health checks.
     Healthcheck(HealthcheckArgs),
@@ -226,6 +228,245 @@ pub struct ServeArgs {
     /// File holding the admin token; re-read on SIGHUP.
     #[arg(long, env = "DAYTONA_AUTHZ_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// Identity sources beyond the HS256 secret: JWKS, introspection, claim names, revocations.
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// JWKS endpoint of an issuer whose tokens are accepted (repeatable; https, or http on
+    /// loopback). RS256/384/512, PS256/384/512, ES256/384 and EdDSA keys; the algorithm comes
+    /// from the key.
+    #[arg(
+        long = "jwks-url",
+        env = "DAYTONA_AUTHZ_JWKS_URL",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub jwks_urls: Vec<String>,
+    /// How often the JWKS are fetched again (also on an unknown `kid`, at most every 10 s).
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_JWKS_REFRESH",
+        default_value = "5m",
+        value_name = "DURATION"
+    )]
+    pub jwks_refresh: String,
+    /// Claim naming the sandbox a token opens: a string, or an array meaning "any of these".
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_SANDBOX_CLAIM",
+        default_value = "sandbox_id",
+        value_name = "CLAIM"
+    )]
+    pub sandbox_claim: String,
+    /// Claim listing the ports a token opens (absent: every port).
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_PORTS_CLAIM",
+        default_value = "ports",
+        value_name = "CLAIM"
+    )]
+    pub ports_claim: String,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_CLOCK_SKEW",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    pub clock_skew: String,
+    /// RFC 7662 introspection endpoint for opaque (non-JWT) tokens (https, or http on loopback).
+    #[arg(long, env = "DAYTONA_AUTHZ_INTROSPECTION_URL", value_name = "URL")]
+    pub introspection_url: Option<String>,
+    /// Client id for the introspection endpoint (HTTP Basic).
+    #[arg(long, env = "DAYTONA_AUTHZ_INTROSPECTION_CLIENT_ID", value_name = "ID")]
+    pub introspection_client_id: Option<String>,
+    /// Client secret for the introspection endpoint. Prefer the _FILE form.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_INTROSPECTION_CLIENT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub introspection_client_secret: Option<String>,
+    /// File holding the introspection client secret; re-read on SIGHUP.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_INTROSPECTION_CLIENT_SECRET_FILE",
+        value_name = "PATH"
+    )]
+    pub introspection_client_secret_file: Option<PathBuf>,
+    /// How long an active introspection answer is cached (never past the token's `exp`).
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_INTROSPECTION_CACHE_TTL",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    pub introspection_cache_ttl: String,
+    /// How long an inactive answer is cached.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_INTROSPECTION_NEGATIVE_TTL",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub introspection_negative_ttl: String,
+    /// Embedded store of revocations (tokens by jti, sandboxes), kept across restarts.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_REVOCATION_DB",
+        default_value = "daytona-authz-revocations.redb",
+        value_name = "PATH"
+    )]
+    pub revocation_db: PathBuf,
+    /// Keep revocations in Redis instead, shared by every replica (they agree within a second).
+    /// Redis unreachable: tokens whose status cannot be known are refused (503).
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub redis_url: Option<String>,
+    /// Prefix of daytona-authz's keys in Redis.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_REDIS_KEY_PREFIX",
+        default_value = "daytona-authz:",
+        value_name = "PREFIX"
+    )]
+    pub redis_key_prefix: String,
+}
+
+/// The validated identity settings.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub jwks_urls: Vec<url::Url>,
+    pub jwks_refresh: Duration,
+    pub sandbox_claim: String,
+    pub ports_claim: String,
+    pub clock_skew: Duration,
+    pub introspection: Option<IntrospectionSettings>,
+    pub revocation_db: PathBuf,
+    pub redis_url: Option<String>,
+    pub redis_key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct IntrospectionSettings {
+    pub url: url::Url,
+    pub client_id: String,
+    pub cache_ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+impl IdentityArgs {
+    fn validate(self, p: &mut Problems) -> (Option<IdentityConfig>, Option<SecretSource>) {
+        let jwks_urls: Vec<url::Url> = self
+            .jwks_urls
+            .iter()
+            .filter_map(|u| p.check(fetch_url("--jwks-url", u)))
+            .collect();
+        let jwks_refresh = p.check(duration(
+            "--jwks-refresh",
+            &self.jwks_refresh,
+            Duration::from_secs(10)..=Duration::from_secs(24 * 3600),
+        ));
+        let claim = |flag: &str, name: String| {
+            if name.is_empty() || name.len() > 64 {
+                err(format!("{flag} must be 1-64 characters"))
+            } else {
+                Ok(name)
+            }
+        };
+        let sandbox_claim = p.check(claim("--sandbox-claim", self.sandbox_claim));
+        let ports_claim = p.check(claim("--ports-claim", self.ports_claim));
+        let clock_skew = p.check(duration(
+            "--clock-skew",
+            &self.clock_skew,
+            Duration::ZERO..=Duration::from_secs(600),
+        ));
+        let secret = p
+            .check(SecretSource::one_of(
+                (
+                    "--introspection-client-secret",
+                    self.introspection_client_secret,
+                ),
+                (
+                    "--introspection-client-secret-file",
+                    self.introspection_client_secret_file,
+                ),
+            ))
+            .flatten();
+        let cache_ttl = p.check(duration(
+            "--introspection-cache-ttl",
+            &self.introspection_cache_ttl,
+            Duration::from_secs(1)..=Duration::from_secs(3600),
+        ));
+        let negative_ttl = p.check(duration(
+            "--introspection-negative-ttl",
+            &self.introspection_negative_ttl,
+            Duration::ZERO..=Duration::from_secs(3600),
+        ));
+        let introspection = match (self.introspection_url, self.introspection_client_id) {
+            (None, None) if secret.is_none() => Some(None),
+            (Some(url), Some(client_id)) if secret.is_some() && !client_id.is_empty() => p
+                .check(fetch_url("--introspection-url", &url))
+                .and_then(|url| {
+                    Some(Some(IntrospectionSettings {
+                        url,
+                        client_id,
+                        cache_ttl: cache_ttl?,
+                        negative_ttl: negative_ttl?,
+                    }))
+                }),
+            _ => {
+                p.0.push(ConfigError(
+                    "--introspection-url needs --introspection-client-id and a client secret (and they need it)".into(),
+                ));
+                None
+            }
+        };
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            p.0.push(ConfigError(
+                "--redis-url must be a redis:// or rediss:// URL".into(),
+            ));
+        }
+        let config = (|| {
+            Some(IdentityConfig {
+                jwks_urls,
+                jwks_refresh: jwks_refresh?,
+                sandbox_claim: sandbox_claim?,
+                ports_claim: ports_claim?,
+                clock_skew: clock_skew?,
+                introspection: introspection?,
+                revocation_db: self.revocation_db,
+                redis_url: self.redis_url,
+                redis_key_prefix: self.redis_key_prefix,
+            })
+        })();
+        (config, secret)
+    }
+}
+
+/// An https URL, or http on loopback (a local issuer or a sidecar).
+fn fetch_url(flag: &str, text: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(text)
+        .map_err(|e| ConfigError(format!("{flag}: {text:?} is not a URL ({e})")))?;
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        _ => err(format!(
+            "{flag}: {text:?} must be an https URL (http only on loopback)"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -253,6 +494,70 @@ pub struct MintArgs {
     pub base_url: Option<String>,
     #[command(flatten)]
     pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub admin: AdminClientArgs,
+}
+
+/// How `mint` and `revoke` reach a running daytona-authz's admin API.
+#[derive(Debug, Args)]
+pub struct AdminClientArgs {
+    /// The admin API of a running daytona-authz, e.g. http://127.0.0.1:9193 (for `mint`: sign
+    /// there instead of with a local secret).
+    #[arg(long, env = "DAYTONA_AUTHZ_ADMIN_URL", value_name = "URL")]
+    pub admin_url: Option<String>,
+    /// The admin token. Prefer --admin-token-file.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, env = "DAYTONA_AUTHZ_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl AdminClientArgs {
+    /// The admin API's URL and token, both required.
+    pub fn validate(&self) -> Result<(String, Secret), ConfigError> {
+        let url = self.admin_url.clone().ok_or_else(|| {
+            ConfigError("missing --admin-url (or DAYTONA_AUTHZ_ADMIN_URL)".into())
+        })?;
+        let parsed = url::Url::parse(&url)
+            .map_err(|e| ConfigError(format!("--admin-url: {url:?} is not a URL ({e})")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return err("--admin-url must be an http(s) URL");
+        }
+        let token = SecretSource::one_of(
+            ("--admin-token", self.admin_token.clone()),
+            ("--admin-token-file", self.admin_token_file.clone()),
+        )?
+        .ok_or_else(|| {
+            ConfigError("missing admin token: set --admin-token-file or --admin-token".into())
+        })?
+        .load(1, "the admin token")?;
+        Ok((url, token))
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "sandbox"])))]
+pub struct RevokeArgs {
+    /// Revoke the access token with this `jti` (printed by `mint`).
+    #[arg(long, value_name = "JTI")]
+    pub jti: Option<String>,
+    /// When that token expires (unix seconds), so the revocation can be forgotten afterwards.
+    #[arg(long, requires = "jti", value_name = "UNIX_SECONDS")]
+    pub expires_at: Option<u64>,
+    /// Revoke every access token for this sandbox.
+    #[arg(long, value_name = "ID")]
+    pub sandbox: Option<String>,
+    /// With --sandbox: lift an earlier revocation instead.
+    #[arg(long, requires = "sandbox")]
+    pub lift: bool,
+    #[command(flatten)]
+    pub admin: AdminClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -394,6 +699,7 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
     pub admin_addr: SocketAddr,
+    pub identity: IdentityConfig,
     /// Where the secrets come from, to read them again on SIGHUP.
     pub secret_sources: SecretSources,
     /// The secrets as read at start-up.
@@ -410,7 +716,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct SecretSources {
     pub daytona_api_key: SecretSource,
-    pub jwt_secret: SecretSource,
+    /// `None` when tokens come only from JWKS or introspection.
+    pub jwt_secret: Option<SecretSource>,
+    pub introspection_client_secret: Option<SecretSource>,
     pub jwt_previous_secret: Option<SecretSource>,
     pub admin_token: Option<SecretSource>,
 }
@@ -419,7 +727,8 @@ pub struct SecretSources {
 #[derive(Debug)]
 pub struct Secrets {
     pub daytona_api_key: Secret,
-    pub jwt_secret: Secret,
+    pub jwt_secret: Option<Secret>,
+    pub introspection_client_secret: Option<Secret>,
     pub jwt_previous_secret: Option<Secret>,
     pub admin_token: Option<Secret>,
 }
@@ -488,7 +797,14 @@ impl SecretSources {
                 .load(1, "the Daytona API key")
                 .and_then(api_key),
         );
-        let jwt_secret = problems.check(self.jwt_secret.load(MIN_SECRET_BYTES, "the JWT secret"));
+        let jwt_secret = self
+            .jwt_secret
+            .as_ref()
+            .map(|source| problems.check(source.load(MIN_SECRET_BYTES, "the JWT secret")));
+        let introspection_client_secret = self
+            .introspection_client_secret
+            .as_ref()
+            .and_then(|source| problems.check(source.load(1, "the introspection client secret")));
         let jwt_previous_secret = self.jwt_previous_secret.as_ref().and_then(|source| {
             problems.check(source.load(MIN_SECRET_BYTES, "the previous JWT secret"))
         });
@@ -497,12 +813,22 @@ impl SecretSources {
             .as_ref()
             .and_then(|source| problems.check(source.load(MIN_SECRET_BYTES, "the admin token")));
         match (daytona_api_key, jwt_secret) {
-            (Some(daytona_api_key), Some(jwt_secret)) if problems.0.is_empty() => Ok(Secrets {
+            (Some(daytona_api_key), None) if problems.0.is_empty() => Ok(Secrets {
                 daytona_api_key,
-                jwt_secret,
+                jwt_secret: None,
+                introspection_client_secret,
                 jwt_previous_secret,
                 admin_token,
             }),
+            (Some(daytona_api_key), Some(Some(jwt_secret))) if problems.0.is_empty() => {
+                Ok(Secrets {
+                    daytona_api_key,
+                    jwt_secret: Some(jwt_secret),
+                    introspection_client_secret,
+                    jwt_previous_secret,
+                    admin_token,
+                })
+            }
             _ => Err(ConfigErrors(problems.0)),
         }
     }
@@ -613,17 +939,28 @@ impl ServeArgs {
             }
             other => other.flatten(),
         };
+        let (identity, introspection_client_secret) = self.identity.validate(&mut p);
+        let other_sources = identity
+            .as_ref()
+            .is_some_and(|i| !i.jwks_urls.is_empty() || i.introspection.is_some());
         let jwt_secret = match jwt_secret {
-            Some(None) => {
+            Some(None) if !other_sources => {
                 p.0.push(ConfigError(missing_jwt_secret()));
                 None
             }
-            other => other.flatten(),
+            Some(source) => Some(source),
+            None => None,
         };
+        if jwt_secret.as_ref().is_some_and(Option::is_none) && jwt_previous_secret.is_some() {
+            p.0.push(ConfigError(
+                "--jwt-previous-secret needs a current --jwt-secret".into(),
+            ));
+        }
         let sources = match (daytona_api_key, jwt_secret) {
             (Some(daytona_api_key), Some(jwt_secret)) => Some(SecretSources {
                 daytona_api_key,
                 jwt_secret,
+                introspection_client_secret,
                 jwt_previous_secret,
                 admin_token,
             }),
@@ -656,6 +993,7 @@ impl ServeArgs {
                 drain_timeout: drain_timeout?,
                 log_format: log_format?,
                 admin_addr: admin_addr?,
+                identity: identity?,
                 secret_sources: sources?,
                 secrets: secrets?,
             })
@@ -668,7 +1006,7 @@ impl ServeArgs {
 }
 
 fn missing_jwt_secret() -> String {
-    "missing access-token key: set --jwt-secret-file, --jwt-secret or DAYTONA_AUTHZ_JWT_SECRET"
+    "missing access-token key: set --jwt-secret-file, --jwt-secret or DAYTONA_AUTHZ_JWT_SECRET (or --jwks-url / --introspection-url)"
         .into()
 }
 

@@ -140,6 +140,10 @@ pub struct Policy {
     pub login_url: Option<url::Url>,
     /// Ask Daytona to leave CORS to the app (`X-Daytona-Disable-CORS: true`).
     pub disable_cors: bool,
+    /// Opaque (non-JWT) tokens are introspected (RFC 7662).
+    pub introspection: bool,
+    /// JWKS sources are configured (an unknown `kid` is worth one refresh).
+    pub jwks: bool,
 }
 
 /// The default cookie name.
@@ -170,6 +174,12 @@ pub enum Denial {
     WrongSandbox,
     #[error("token does not grant this port")]
     PortNotGranted,
+    #[error("access to this sandbox was revoked")]
+    SandboxRevoked,
+    /// Whether the token is good cannot be known right now (introspection or the revocation
+    /// store is unreachable): fail closed.
+    #[error("{0} unavailable")]
+    StatusUnknown(&'static str),
     #[error("{0}")]
     Daytona(DaytonaError),
 }
@@ -180,7 +190,8 @@ impl Denial {
             Denial::HeadersTooLarge => 431,
             Denial::BadHost(_) => 400,
             Denial::MissingToken | Denial::AmbiguousToken(_) | Denial::InvalidToken(_) => 401,
-            Denial::WrongSandbox | Denial::PortNotGranted => 403,
+            Denial::WrongSandbox | Denial::PortNotGranted | Denial::SandboxRevoked => 403,
+            Denial::StatusUnknown(_) => 503,
             Denial::Daytona(e) => match e {
                 DaytonaError::NotFound => 404,
                 DaytonaError::BadRequest(_) => 400,
@@ -198,7 +209,10 @@ impl Denial {
             Denial::MissingToken | Denial::AmbiguousToken(_) | Denial::InvalidToken(_) => {
                 "invalid_token"
             }
-            Denial::WrongSandbox | Denial::PortNotGranted => "insufficient_scope",
+            Denial::WrongSandbox | Denial::PortNotGranted | Denial::SandboxRevoked => {
+                "insufficient_scope"
+            }
+            Denial::StatusUnknown(_) => "identity_unavailable",
             Denial::Daytona(e) => match e {
                 DaytonaError::NotFound => "sandbox_not_found",
                 DaytonaError::BadRequest(_) => "bad_request",
@@ -225,9 +239,17 @@ impl Denial {
             Denial::MissingToken => "An access token is required: send `Authorization: Bearer <token>` or open a share link with `?access_token=`.".into(),
             Denial::AmbiguousToken(_) => "The request carries more than one access token; send exactly one.".into(),
             Denial::InvalidToken(TokenError::Expired) => "The access token has expired; ask for a new link.".into(),
+            Denial::InvalidToken(TokenError::Revoked) => {
+                "The access token has been revoked; ask for a new link.".into()
+            }
             Denial::InvalidToken(_) => "The access token is not valid; ask for a new link.".into(),
             Denial::WrongSandbox => "The access token is for another sandbox.".into(),
             Denial::PortNotGranted => "The access token does not grant this port.".into(),
+            Denial::SandboxRevoked => "Access to this sandbox has been revoked.".into(),
+            Denial::StatusUnknown(_) => {
+                "Access cannot be checked right now; try again shortly.".into()
+            }
+
             Denial::Daytona(DaytonaError::NotFound) => "No such sandbox (it may have been deleted).".into(),
             Denial::Daytona(DaytonaError::BadRequest(m)) => format!("Daytona refused the request: {m}"),
             Denial::Daytona(DaytonaError::Unauthorized(_)) => "The preview proxy cannot reach this sandbox (its Daytona credentials were refused). Tell the platform team.".into(),
@@ -242,7 +264,9 @@ impl Denial {
             Denial::Daytona(DaytonaError::RateLimited { retry_after }) => {
                 Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER).clamp(1, 300))
             }
-            Denial::Daytona(DaytonaError::Unavailable(_)) => Some(DEFAULT_RETRY_AFTER),
+            Denial::Daytona(DaytonaError::Unavailable(_)) | Denial::StatusUnknown(_) => {
+                Some(DEFAULT_RETRY_AFTER)
+            }
             _ => None,
         }
     }
@@ -264,6 +288,8 @@ const DEFAULT_RETRY_AFTER: u64 = 5;
 pub enum Verdict {
     /// Authorized: fetch the preview token, then [`allow`].
     Forward(Authorized),
+    /// Needs I/O first; call [`authorize`] again with the answer.
+    Lookup(Lookup),
     /// Answer here, without Daytona: a CORS preflight, or a share link turning into a cookie.
     Reply(LocalReply),
 }
@@ -278,8 +304,64 @@ pub struct LocalReply {
     pub body: String,
 }
 
-/// Authenticates and authorizes a request, before any call to Daytona.
-pub fn authorize(request: &RequestView, policy: &Policy, now: u64) -> Result<Verdict, Denial> {
+/// What a decision needs from I/O, found by the caller and handed back in [`Lookups`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Ask the introspection endpoint about this opaque token.
+    Introspect(String),
+    /// A JWT names a key we do not hold: fetch the JWKS again (rate limited by the caller).
+    RefreshJwks,
+}
+
+/// An introspection answer, as the decision needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Introspected {
+    Active(serde_json::Map<String, serde_json::Value>),
+    Inactive,
+    Unavailable,
+}
+
+/// The answers to earlier [`Lookup`]s of this request.
+#[derive(Debug, Clone, Default)]
+pub struct Lookups {
+    pub introspected: Vec<(String, Introspected)>,
+    pub jwks_refreshed: bool,
+}
+
+/// Whether a token or sandbox was revoked. In-memory and synchronous (the store keeps a mirror),
+/// so the decision stays a pure function of what it is given.
+pub trait RevocationView {
+    fn revocation(&self, jti: Option<&str>, sandbox_id: &str, now: u64) -> RevocationStatus;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationStatus {
+    Active,
+    TokenRevoked,
+    SandboxRevoked,
+    /// The store cannot tell (e.g. Redis unreachable): fail closed.
+    Unknown,
+}
+
+/// No revocations at all.
+pub struct NoRevocations;
+
+impl RevocationView for NoRevocations {
+    fn revocation(&self, _: Option<&str>, _: &str, _: u64) -> RevocationStatus {
+        RevocationStatus::Active
+    }
+}
+
+/// Authenticates and authorizes a request, before any call to Daytona. When it needs I/O
+/// (introspection, a JWKS refresh) it says so with [`Verdict::Lookup`]; the caller does it and
+/// calls again with the answer in `lookups`.
+pub fn authorize(
+    request: &RequestView,
+    policy: &Policy,
+    now: u64,
+    lookups: &Lookups,
+    revocations: &dyn RevocationView,
+) -> Result<Verdict, Denial> {
     let target = host::parse(&request.host, &policy.preview_domain).map_err(Denial::BadHost)?;
     if request.is_preflight() {
         return Ok(Verdict::Reply(preflight(request)));
@@ -294,16 +376,43 @@ pub fn authorize(request: &RequestView, policy: &Policy, now: u64) -> Result<Ver
     let mut first_denial = None;
     let mut granted = None;
     for candidate in &found.candidates {
-        let verdict = policy
-            .verifier
-            .verify(candidate)
+        let grant = match policy.verifier.verify(candidate, now) {
+            Err(TokenError::Opaque) if policy.introspection => {
+                match lookups.introspected.iter().find(|(t, _)| t == candidate) {
+                    None => return Ok(Verdict::Lookup(Lookup::Introspect(candidate.to_string()))),
+                    Some((_, Introspected::Active(claims))) => policy.verifier.grant(claims, now),
+                    Some((_, Introspected::Inactive)) => Err(TokenError::Inactive),
+                    Some((_, Introspected::Unavailable)) => {
+                        return Err(Denial::StatusUnknown("token introspection"));
+                    }
+                }
+            }
+            Err(TokenError::Opaque) => Err(TokenError::Malformed),
+            Err(TokenError::UnknownKey(_)) if policy.jwks && !lookups.jwks_refreshed => {
+                return Ok(Verdict::Lookup(Lookup::RefreshJwks));
+            }
+            other => other,
+        };
+        let verdict = grant
             .map_err(Denial::InvalidToken)
-            .and_then(|grant| check_grant(&grant, &target, now).map(|()| grant));
+            .and_then(|grant| check_grant(&grant, &target, now).map(|()| grant))
+            .and_then(|grant| {
+                match revocations.revocation(grant.jti.as_deref(), &target.sandbox_id, now) {
+                    RevocationStatus::Active => Ok(grant),
+                    RevocationStatus::TokenRevoked => {
+                        Err(Denial::InvalidToken(TokenError::Revoked))
+                    }
+                    RevocationStatus::SandboxRevoked => Err(Denial::SandboxRevoked),
+                    RevocationStatus::Unknown => Err(Denial::StatusUnknown("revocations")),
+                }
+            });
         match verdict {
             Ok(grant) => {
                 granted = Some((grant, candidate));
                 break;
             }
+            // Not knowing is never masked by another candidate: fail closed at once.
+            Err(denial @ Denial::StatusUnknown(_)) => return Err(denial),
             Err(denial) => {
                 first_denial.get_or_insert(denial);
             }
@@ -459,10 +568,10 @@ fn return_to(request: &RequestView) -> String {
 
 fn check_grant(grant: &Grant, target: &PreviewTarget, now: u64) -> Result<(), Denial> {
     // The verifier already checked `exp` (with leeway); this guards callers that cache grants.
-    if grant.expires_at + token::LEEWAY_SECS < now {
+    if grant.expires_at.saturating_add(token::LEEWAY_SECS) < now {
         return Err(Denial::InvalidToken(TokenError::Expired));
     }
-    if grant.sandbox_id != target.sandbox_id {
+    if !grant.allows_sandbox(&target.sandbox_id) {
         return Err(Denial::WrongSandbox);
     }
     if !grant.allows_port(target.port) {
@@ -550,7 +659,14 @@ mod tests {
             cookie_name: DEFAULT_COOKIE_NAME.into(),
             login_url: None,
             disable_cors: false,
+            introspection: false,
+            jwks: false,
         }
+    }
+
+    /// The decision without look-ups or revocations.
+    fn authorize(request: &RequestView, policy: &Policy, now: u64) -> Result<Verdict, Denial> {
+        super::authorize(request, policy, now, &Lookups::default(), &NoRevocations)
     }
 
     fn token(sandbox: &str, ports: Option<Vec<u16>>, exp: u64) -> String {
@@ -1031,5 +1147,118 @@ mod tests {
                 .set_headers
                 .contains(&(DISABLE_CORS_HEADER, "true".to_owned()))
         );
+    }
+
+    #[test]
+    fn opaque_tokens_are_introspected_when_configured() {
+        let mut policy = policy();
+        let req = request(&host(3000), "/", &[("authorization", "Bearer opaque-abc")]);
+        // Without introspection an opaque token is just invalid.
+        assert_eq!(
+            authorize(&req, &policy, now()),
+            Err(Denial::InvalidToken(TokenError::Malformed))
+        );
+        policy.introspection = true;
+        let mut lookups = Lookups::default();
+        assert_eq!(
+            super::authorize(&req, &policy, now(), &lookups, &NoRevocations),
+            Ok(Verdict::Lookup(Lookup::Introspect("opaque-abc".into())))
+        );
+        let claims =
+            serde_json::json!({"active": true, "sandbox_id": [OTHER, ID], "exp": now() + 60});
+        lookups.introspected.push((
+            "opaque-abc".into(),
+            Introspected::Active(claims.as_object().unwrap().clone()),
+        ));
+        let verdict = super::authorize(&req, &policy, now(), &lookups, &NoRevocations);
+        assert!(matches!(verdict, Ok(Verdict::Forward(_))), "{verdict:?}");
+        for (answer, denial) in [
+            (
+                Introspected::Inactive,
+                Denial::InvalidToken(TokenError::Inactive),
+            ),
+            (
+                Introspected::Unavailable,
+                Denial::StatusUnknown("token introspection"),
+            ),
+        ] {
+            let lookups = Lookups {
+                introspected: vec![("opaque-abc".into(), answer)],
+                jwks_refreshed: false,
+            };
+            let verdict = super::authorize(&req, &policy, now(), &lookups, &NoRevocations);
+            assert_eq!(verdict, Err(denial.clone()));
+        }
+        assert_eq!(Denial::StatusUnknown("x").status(), 503);
+    }
+
+    #[test]
+    fn an_unknown_key_asks_for_one_jwks_refresh() {
+        // A well-formed RS256 token naming a kid nobody holds.
+        let header = r#"{"alg":"RS256","kid":"nobody"}"#;
+        let body = serde_json::json!({"sandbox_id": ID, "exp": now() + 60}).to_string();
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let token = format!(
+            "{}.{}.{}",
+            b64(header.as_bytes()),
+            b64(body.as_bytes()),
+            b64(b"sig")
+        );
+        let auth = bearer(&token);
+        let req = request(&host(3000), "/", &[("authorization", &auth)]);
+        let mut policy = policy();
+        policy.jwks = true;
+        assert_eq!(
+            super::authorize(&req, &policy, now(), &Lookups::default(), &NoRevocations),
+            Ok(Verdict::Lookup(Lookup::RefreshJwks))
+        );
+        let refreshed = Lookups {
+            jwks_refreshed: true,
+            ..Lookups::default()
+        };
+        assert_eq!(
+            super::authorize(&req, &policy, now(), &refreshed, &NoRevocations),
+            Err(Denial::InvalidToken(TokenError::UnknownKey(Some(
+                "nobody".into()
+            ))))
+        );
+    }
+
+    struct Revoked(RevocationStatus);
+
+    impl RevocationView for Revoked {
+        fn revocation(&self, _: Option<&str>, _: &str, _: u64) -> RevocationStatus {
+            self.0
+        }
+    }
+
+    #[test]
+    fn revocations_deny_and_an_unknown_status_fails_closed() {
+        let t = token(ID, None, now() + 60);
+        let auth = bearer(&t);
+        let req = request(&host(3000), "/", &[("authorization", &auth)]);
+        for (status, expected) in [
+            (
+                RevocationStatus::TokenRevoked,
+                Denial::InvalidToken(TokenError::Revoked),
+            ),
+            (RevocationStatus::SandboxRevoked, Denial::SandboxRevoked),
+            (
+                RevocationStatus::Unknown,
+                Denial::StatusUnknown("revocations"),
+            ),
+        ] {
+            let verdict = super::authorize(
+                &req,
+                &policy(),
+                now(),
+                &Lookups::default(),
+                &Revoked(status),
+            );
+            assert_eq!(verdict, Err(expected));
+        }
+        assert_eq!(Denial::SandboxRevoked.status(), 403);
+        assert_eq!(Denial::InvalidToken(TokenError::Revoked).status(), 401);
     }
 }

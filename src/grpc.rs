@@ -17,9 +17,16 @@ use tonic::{Request, Response, Status};
 use arc_swap::ArcSwap;
 
 use crate::daytona::{PreviewCache, PreviewSource};
-use crate::decision::{self, Allow, Denial, LocalReply, Policy, RequestView, Verdict};
+use crate::decision::{
+    self, Allow, Denial, Introspected, LocalReply, Lookup, Lookups, NoRevocations, Policy,
+    RequestView, RevocationStatus, RevocationView, Verdict,
+};
+use crate::introspection::{Introspection, Introspector};
+use crate::jwks::Jwks;
 use crate::metrics::Metrics;
+use crate::revocation::{self, Revocations, RevokedBy};
 use crate::token;
+use crate::token::JwkKey;
 
 /// Limits on what a `CheckRequest` may carry before we refuse to look at it. Envoy bounds
 /// headers too (`max_request_headers_kb`); these make the service safe on its own.
@@ -27,42 +34,125 @@ const MAX_HEADERS: usize = 200;
 const MAX_HEADER_BYTES: usize = 96 * 1024;
 
 pub struct AuthzService<S> {
-    /// Swapped whole when secrets are reloaded (SIGHUP); each Check uses one snapshot.
+    /// Swapped whole when keys change (SIGHUP, JWKS refresh); each decision uses one snapshot.
     policy: Arc<ArcSwap<Policy>>,
     previews: Arc<PreviewCache<S>>,
+    identity: Arc<Identity>,
     metrics: Arc<Metrics>,
 }
+
+/// The identity sources that need I/O: introspection, JWKS refreshes, revocations.
+#[derive(Default)]
+pub struct Identity {
+    pub introspector: Option<Introspector>,
+    pub jwks: Option<Arc<Jwks>>,
+    pub revocations: Option<Arc<Revocations>>,
+}
+
+impl Identity {
+    fn revocations(&self) -> &dyn RevocationView {
+        match &self.revocations {
+            Some(store) => store.as_ref(),
+            None => &NoRevocations,
+        }
+    }
+}
+
+impl RevocationView for Revocations {
+    fn revocation(&self, jti: Option<&str>, sandbox_id: &str, now: u64) -> RevocationStatus {
+        match self.check(jti, sandbox_id, now) {
+            Ok(revocation::Status::Active) => RevocationStatus::Active,
+            Ok(revocation::Status::Revoked(RevokedBy::Token)) => RevocationStatus::TokenRevoked,
+            Ok(revocation::Status::Revoked(RevokedBy::Sandbox)) => RevocationStatus::SandboxRevoked,
+            Err(_) => RevocationStatus::Unknown,
+        }
+    }
+}
+
+/// Puts freshly fetched JWKS keys into the policy.
+pub fn install_jwks(policy: &ArcSwap<Policy>, keys: &[JwkKey]) {
+    policy.rcu(|current| {
+        let mut next = Policy::clone(current);
+        next.verifier = next.verifier.clone().with_jwks(keys.to_vec());
+        next
+    });
+}
+
+/// Lookups per Check at most: one introspection per cookie candidate and one JWKS refresh.
+const MAX_LOOKUPS: usize = 8;
 
 impl<S: PreviewSource> AuthzService<S> {
     pub fn new(
         policy: Arc<ArcSwap<Policy>>,
         previews: Arc<PreviewCache<S>>,
+        identity: Arc<Identity>,
         metrics: Arc<Metrics>,
     ) -> Self {
         AuthzService {
             policy,
             previews,
+            identity,
             metrics,
         }
     }
 
     /// The whole decision for one request, I/O included.
-    pub async fn decide(&self, request: &RequestView, policy: &Policy) -> Result<Outcome, Denial> {
-        let authorized = match decision::authorize(request, policy, token::now())? {
-            Verdict::Forward(authorized) => authorized,
-            Verdict::Reply(reply) => return Ok(Outcome::Reply(reply)),
+    pub async fn decide(&self, request: &RequestView) -> Result<Outcome, Denial> {
+        let mut lookups = Lookups::default();
+        for _ in 0..MAX_LOOKUPS {
+            let policy = self.policy.load_full();
+            let verdict = decision::authorize(
+                request,
+                &policy,
+                token::now(),
+                &lookups,
+                self.identity.revocations(),
+            )?;
+            let authorized = match verdict {
+                Verdict::Forward(authorized) => authorized,
+                Verdict::Reply(reply) => return Ok(Outcome::Reply(reply)),
+                Verdict::Lookup(Lookup::Introspect(token)) => {
+                    let answer = self.introspect(&token).await;
+                    lookups.introspected.push((token, answer));
+                    continue;
+                }
+                Verdict::Lookup(Lookup::RefreshJwks) => {
+                    if let Some(jwks) = &self.identity.jwks
+                        && jwks.refresh_for_unknown_kid().await
+                    {
+                        install_jwks(&self.policy, &jwks.keys());
+                    }
+                    lookups.jwks_refreshed = true;
+                    continue;
+                }
+            };
+            let preview = self
+                .previews
+                .get(&authorized.target)
+                .await
+                .map_err(|e| Denial::Daytona((*e).clone()))?;
+            return Ok(Outcome::Forward(decision::allow(
+                request,
+                &authorized,
+                &preview,
+                &policy,
+            )));
+        }
+        Err(Denial::StatusUnknown("identity look-ups"))
+    }
+
+    async fn introspect(&self, token: &str) -> Introspected {
+        let Some(introspector) = &self.identity.introspector else {
+            return Introspected::Unavailable;
         };
-        let preview = self
-            .previews
-            .get(&authorized.target)
-            .await
-            .map_err(|e| Denial::Daytona((*e).clone()))?;
-        Ok(Outcome::Forward(decision::allow(
-            request,
-            &authorized,
-            &preview,
-            policy,
-        )))
+        match introspector.introspect(token).await {
+            Ok(Introspection::Active(claims)) => Introspected::Active(claims),
+            Ok(Introspection::Inactive) => Introspected::Inactive,
+            Err(error) => {
+                tracing::warn!(%error, "token introspection failed; refusing the request");
+                Introspected::Unavailable
+            }
+        }
     }
 }
 
@@ -95,7 +185,7 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
             })
             .unwrap_or_default();
         let outcome = match &view {
-            Ok(view) => self.decide(view, &policy).await,
+            Ok(view) => self.decide(view).await,
             Err(denial) => Err(denial.clone()),
         };
         let response = match outcome {

@@ -47,6 +47,10 @@ pub struct Metrics {
     cache_entries: Gauge,
     secret_reloads: Family<ResultLabels, Counter>,
     ready: Gauge,
+    introspection_calls: Family<ResultLabels, Counter>,
+    introspection_seconds: Histogram,
+    introspection_cache_hits: Counter,
+    introspection_cache_misses: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -119,6 +123,31 @@ impl Metrics {
             "1 when ready to serve (keys loaded, Daytona answered or the grace passed)",
             ready.clone(),
         );
+        let introspection_calls = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "introspection_calls",
+            "Token introspection calls by result (active, inactive, refused, rate_limited, \
+             server_error, bad_answer, timeout, connect_error, error, overloaded)",
+            introspection_calls.clone(),
+        );
+        let introspection_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "introspection_duration_seconds",
+            "Latency of token introspection calls",
+            introspection_seconds.clone(),
+        );
+        let introspection_cache_hits = Counter::default();
+        registry.register(
+            "introspection_cache_hits",
+            "Token introspections answered from the cache",
+            introspection_cache_hits.clone(),
+        );
+        let introspection_cache_misses = Counter::default();
+        registry.register(
+            "introspection_cache_misses",
+            "Token introspections that needed (or waited on) a call to the endpoint",
+            introspection_cache_misses.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -137,6 +166,10 @@ impl Metrics {
             cache_entries,
             secret_reloads,
             ready,
+            introspection_calls,
+            introspection_seconds,
+            introspection_cache_hits,
+            introspection_cache_misses,
         }
     }
 
@@ -177,6 +210,21 @@ impl Metrics {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    pub fn introspection_call(&self, result: &'static str, elapsed: Duration) {
+        self.introspection_calls
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.introspection_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn introspection_cache_hit(&self) {
+        self.introspection_cache_hits.inc();
+    }
+
+    pub fn introspection_cache_miss(&self) {
+        self.introspection_cache_misses.inc();
     }
 
     /// The Prometheus text exposition.

@@ -1,68 +1,141 @@
-//! `daytona-authz mint`: sign an access token and print share links.
+//! Share links: signing a link's token (`daytona-authz mint`, and the admin API's `MintLink`).
 
 use std::fmt::Write;
+use std::time::Duration;
 
 use crate::config::{self, ConfigError, MintArgs};
 use crate::host;
 use crate::token::{self, Claims, QUERY_PARAMETER, Signer};
 
-/// What `mint` prints: one share link per port (when a base URL is given), the token and its expiry.
-pub fn mint(args: MintArgs) -> Result<String, ConfigError> {
-    let sandbox = args.sandbox.to_ascii_lowercase();
+/// What to mint.
+#[derive(Debug, Clone)]
+pub struct LinkRequest {
+    pub sandbox: String,
+    /// Empty: every port.
+    pub ports: Vec<u16>,
+    pub ttl: Duration,
+    pub max_ttl: Duration,
+    /// Template with `{port}` and `{id}`; one link per port.
+    pub base_url: Option<String>,
+}
+
+/// A signed link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minted {
+    pub links: Vec<String>,
+    pub token: String,
+    pub jti: String,
+    pub expires_at: u64,
+}
+
+/// Longest lifetime `MintLink` and `mint` accept unless told otherwise.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks the request and signs the link's token (with `iat` and a random `jti`).
+pub fn mint_link(
+    signer: &Signer,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+    request: &LinkRequest,
+    now: u64,
+) -> Result<Minted, ConfigError> {
+    let sandbox = request.sandbox.to_ascii_lowercase();
     if !host::is_uuid(&sandbox) {
         return Err(ConfigError(format!(
             "--sandbox: {:?} is not a sandbox id (a UUID)",
-            args.sandbox
+            request.sandbox
         )));
     }
-    if let Some(port) = args.ports.iter().find(|p| !host::PORT_RANGE.contains(p)) {
+    if let Some(port) = request.ports.iter().find(|p| !host::PORT_RANGE.contains(p)) {
         return Err(ConfigError(format!("--port: {port} is outside 3000-9999")));
     }
-    let max_ttl = config::duration(
-        "--max-ttl",
-        &args.max_ttl,
-        std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(366 * 24 * 3600),
-    )?;
-    let ttl = config::duration(
-        "--ttl",
-        &args.ttl,
-        std::time::Duration::from_secs(1)..=max_ttl,
-    )?;
-    if args.base_url.is_some() && args.ports.is_empty() {
+    if request.ttl.is_zero() || request.ttl > request.max_ttl {
+        return Err(ConfigError(format!(
+            "--ttl: {} is outside 1s to {}",
+            humantime::format_duration(request.ttl),
+            humantime::format_duration(request.max_ttl)
+        )));
+    }
+    if request.base_url.is_some() && request.ports.is_empty() {
         return Err(ConfigError(
             "--base-url needs at least one --port to build a link".into(),
         ));
     }
-    let jwt = args.jwt.validate()?;
-    let exp = token::now() + ttl.as_secs();
+    let expires_at = now + request.ttl.as_secs();
     let claims = Claims {
         sandbox_id: sandbox.clone(),
-        exp,
-        ports: (!args.ports.is_empty()).then(|| args.ports.clone()),
-        iss: jwt.issuer.clone(),
-        aud: jwt.audience.clone(),
+        exp: expires_at,
+        ports: (!request.ports.is_empty()).then(|| request.ports.clone()),
+        iss: issuer.map(str::to_owned),
+        aud: audience.map(str::to_owned),
     };
-    let token = Signer::hs256(jwt.secret.expose().as_bytes())
-        .sign(&claims)
+    let (token, jti) = signer
+        .sign_link(&claims, now)
         .map_err(|e| ConfigError(format!("cannot sign the token: {e}")))?;
+    let links = match &request.base_url {
+        Some(base) => request
+            .ports
+            .iter()
+            .map(|port| share_link(base, &sandbox, *port, &token))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    Ok(Minted {
+        links,
+        token,
+        jti,
+        expires_at,
+    })
+}
 
-    let mut out = String::new();
-    if let Some(base) = &args.base_url {
-        for port in &args.ports {
-            let link = share_link(base, &sandbox, *port, &token)?;
-            let _ = writeln!(out, "{link}");
+/// `daytona-authz mint`: signs locally with the configured secret, or asks a running
+/// daytona-authz's admin API (`--admin-url`) to sign. Returns what to print.
+pub fn mint(args: MintArgs) -> Result<String, ConfigError> {
+    let max_ttl = config::duration(
+        "--max-ttl",
+        &args.max_ttl,
+        Duration::from_secs(1)..=Duration::from_secs(366 * 24 * 3600),
+    )?;
+    let ttl = config::duration("--ttl", &args.ttl, Duration::from_secs(1)..=max_ttl)?;
+    let request = LinkRequest {
+        sandbox: args.sandbox.clone(),
+        ports: args.ports.clone(),
+        ttl,
+        max_ttl,
+        base_url: args.base_url.clone(),
+    };
+    let minted = match &args.admin.admin_url {
+        Some(_) => crate::admin::client::mint(&args.admin, &request)?,
+        None => {
+            let jwt = args.jwt.validate()?;
+            mint_link(
+                &Signer::hs256(jwt.secret.expose().as_bytes()),
+                jwt.issuer.as_deref(),
+                jwt.audience.as_deref(),
+                &request,
+                token::now(),
+            )?
         }
+    };
+    Ok(render(&minted, ttl))
+}
+
+fn render(minted: &Minted, ttl: Duration) -> String {
+    let mut out = String::new();
+    for link in &minted.links {
+        let _ = writeln!(out, "{link}");
     }
     let expires = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp),
+        std::time::UNIX_EPOCH + Duration::from_secs(minted.expires_at),
     );
-    let _ = writeln!(out, "token: {token}");
+    let _ = writeln!(out, "token: {}", minted.token);
+    let _ = writeln!(out, "jti: {}", minted.jti);
     let _ = writeln!(
         out,
         "expires: {expires} (in {})",
         humantime::format_duration(ttl)
     );
-    Ok(out)
+    out
 }
 
 /// `base` with `{port}` and `{id}` filled in and `access_token` added to its query.
@@ -120,7 +193,7 @@ mod tests {
         let prefix = format!("https://3000-{ID}.preview.example.com/?access_token=");
         assert!(link.starts_with(&prefix), "{link}");
         let grant = token::Verifier::hs256(SECRET.as_bytes(), None, None)
-            .verify(&link[prefix.len()..])
+            .verify(&link[prefix.len()..], token::now())
             .unwrap();
         assert_eq!(grant.ports, Some(vec![3000]));
         assert!(grant.expires_at <= token::now() + 15 * 60);

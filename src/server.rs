@@ -12,14 +12,21 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::server::HealthReporter;
 
-use crate::admin::{self, AdminService, BearerCheck};
-use crate::config::{SecretSources, Secrets, ServeConfig};
+use arc_swap::ArcSwapOption;
+
+use crate::admin::{self, AdminService, BearerCheck, MintSettings};
+use crate::config::{Secrets, ServeConfig};
 use crate::daytona::{DaytonaApi, PreviewCache};
 use crate::decision::Policy;
-use crate::grpc::AuthzService;
+use crate::grpc::{AuthzService, Identity, install_jwks};
 use crate::http::{self, HttpState, Readiness};
+use crate::introspection::{IntrospectionConfig, Introspector};
+use crate::jwks::Jwks;
 use crate::metrics::Metrics;
+use crate::mint;
+use crate::revocation::Revocations;
 use crate::token::Verifier;
+use crate::token::{ClaimMapping, Signer};
 
 /// The gRPC health service name Envoy checks (and `""`, the server as a whole).
 pub const HEALTH_SERVICE: &str = "envoy.service.auth.v3.Authorization";
@@ -56,12 +63,20 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         config.cache_max_entries,
         Arc::clone(&metrics),
     ));
+    let identity = Arc::new(identity(&config, &metrics).await?);
     let policy = Arc::new(ArcSwap::from_pointee(policy(&config, &config.secrets)));
     let authz = AuthzService::new(
         Arc::clone(&policy),
         Arc::clone(&previews),
+        Arc::clone(&identity),
         Arc::clone(&metrics),
     );
+    let minting = Arc::new(MintSettings {
+        signer: ArcSwapOption::from(signer(&config.secrets)),
+        issuer: config.jwt_issuer.clone(),
+        audience: config.jwt_audience.clone(),
+        max_ttl: mint::DEFAULT_MAX_TTL,
+    });
 
     // Bind everything before reporting anything: a port in use fails start-up, not later.
     let grpc = bind(config.grpc_addr).await?;
@@ -96,6 +111,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         ready_grace = ?config.ready_grace,
         drain_timeout = ?config.drain_timeout,
         secrets = ?config.secret_sources,
+        jwks_urls = ?config.identity.jwks_urls.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+        sandbox_claim = %config.identity.sandbox_claim,
+        ports_claim = %config.identity.ports_claim,
+        clock_skew = ?config.identity.clock_skew,
+        introspection_url = config.identity.introspection.as_ref().map(|i| i.url.as_str()),
+        revocations = identity.revocations.as_ref().map(|r| r.backend()),
         "daytona-authz listening"
     );
 
@@ -123,7 +144,14 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let admin_credential = admin.as_ref().map(|(_, check)| check.clone());
     let admin_task = admin.map(|(listener, check)| {
         tracing::info!(admin_addr = %local_addr(&listener), "admin API listening");
-        let service = admin::server(AdminService::new(Arc::clone(&previews)), check);
+        let service = admin::server(
+            AdminService::new(
+                Arc::clone(&previews),
+                identity.revocations.clone(),
+                Arc::clone(&minting),
+            ),
+            check,
+        );
         let mut stopped = stopped.clone();
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -138,7 +166,19 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     }
 
     // Readiness: Daytona answered once (start-up probe or a real call), or the grace passed.
+    if let Some(jwks) = &identity.jwks {
+        tokio::spawn(refresh_jwks(
+            Arc::clone(jwks),
+            Arc::clone(&policy),
+            config.identity.jwks_refresh,
+            stopping.clone(),
+        ));
+    }
+    if let Some(store) = &identity.revocations {
+        tokio::spawn(prune_revocations(Arc::clone(store), stopping.clone()));
+    }
     tokio::spawn(become_ready(
+        identity.jwks.clone(),
         Arc::clone(&api),
         config.ready_grace,
         health.clone(),
@@ -149,13 +189,15 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
 
     // SIGHUP: re-read secret files; a bad reload keeps the old secrets.
     let drain_timeout = config.drain_timeout;
-    tokio::spawn(reload_on_hangup(
-        Arc::new(config),
-        Arc::clone(&policy),
-        Arc::clone(&api),
-        admin_credential,
-        Arc::clone(&metrics),
-    ));
+    tokio::spawn(reload_on_hangup(Reloadable {
+        config: Arc::new(config),
+        policy: Arc::clone(&policy),
+        api: Arc::clone(&api),
+        admin: admin_credential,
+        identity: Arc::clone(&identity),
+        minting: Arc::clone(&minting),
+        metrics: Arc::clone(&metrics),
+    }));
 
     // gRPC: ext_authz + health, drained on SIGTERM/SIGINT within the drain timeout.
     let grpc_server = tonic::transport::Server::builder()
@@ -197,13 +239,17 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// The decision policy for a set of secrets.
+/// The decision policy for a set of secrets (JWKS keys are installed by their refresh task).
 fn policy(config: &ServeConfig, secrets: &Secrets) -> Policy {
-    let mut verifier = Verifier::hs256(
-        secrets.jwt_secret.expose().as_bytes(),
-        config.jwt_issuer.as_deref(),
-        config.jwt_audience.as_deref(),
-    );
+    let mut verifier = Verifier::new(config.jwt_issuer.as_deref(), config.jwt_audience.as_deref())
+        .with_mapping(ClaimMapping {
+            sandbox: config.identity.sandbox_claim.clone(),
+            ports: config.identity.ports_claim.clone(),
+        })
+        .with_leeway(config.identity.clock_skew.as_secs());
+    if let Some(current) = &secrets.jwt_secret {
+        verifier = verifier.with_hs256(current.expose().as_bytes());
+    }
     if let Some(previous) = &secrets.jwt_previous_secret {
         verifier = verifier.with_previous(previous.expose().as_bytes());
     }
@@ -213,6 +259,105 @@ fn policy(config: &ServeConfig, secrets: &Secrets) -> Policy {
         cookie_name: config.cookie_name.clone(),
         login_url: config.login_url.clone(),
         disable_cors: config.disable_cors,
+        introspection: config.identity.introspection.is_some(),
+        jwks: !config.identity.jwks_urls.is_empty(),
+    }
+}
+
+fn signer(secrets: &Secrets) -> Option<Arc<Signer>> {
+    secrets
+        .jwt_secret
+        .as_ref()
+        .map(|s| Arc::new(Signer::hs256(s.expose().as_bytes())))
+}
+
+/// Introspection, JWKS and the revocation store, as configured.
+async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identity, ServeError> {
+    let settings = &config.identity;
+    let introspector = match (
+        &settings.introspection,
+        &config.secrets.introspection_client_secret,
+    ) {
+        (Some(introspection), Some(secret)) => Some(
+            Introspector::new(
+                IntrospectionConfig {
+                    url: introspection.url.clone(),
+                    client_id: introspection.client_id.clone(),
+                    client_secret: secret.expose().to_owned(),
+                    timeout: config.daytona_api_timeout,
+                    positive_ttl: introspection.cache_ttl,
+                    negative_ttl: introspection.negative_ttl,
+                    max_entries: config.cache_max_entries,
+                },
+                Arc::clone(metrics),
+            )
+            .map_err(ServeError::Setup)?,
+        ),
+        _ => None,
+    };
+    let jwks = if settings.jwks_urls.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            Jwks::new(
+                settings.jwks_urls.clone(),
+                config.daytona_api_timeout,
+                JWKS_MIN_REFRESH_INTERVAL,
+            )
+            .map_err(ServeError::Setup)?,
+        ))
+    };
+    let revocations = match &settings.redis_url {
+        Some(url) => Revocations::connect_redis(url, &settings.redis_key_prefix).await,
+        None => Revocations::open_local(&settings.revocation_db),
+    }
+    .map_err(|e| ServeError::Setup(format!("revocation store: {e}")))?;
+    Ok(Identity {
+        introspector,
+        jwks,
+        revocations: Some(Arc::new(revocations)),
+    })
+}
+
+/// Least time between two JWKS fetches caused by unknown `kid`s.
+const JWKS_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Fetches the JWKS now and then every `interval`, installing the keys into the policy. Until
+/// every source has answered once, retries every second.
+async fn refresh_jwks(
+    jwks: Arc<Jwks>,
+    policy: Arc<ArcSwap<Policy>>,
+    interval: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        let errors = jwks.refresh().await;
+        for error in &errors {
+            tracing::warn!(%error, "JWKS refresh failed; keeping the last good keys");
+        }
+        install_jwks(&policy, &jwks.keys());
+        let wait = if jwks.loaded().await {
+            interval
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Forgets revoked tokens once they would have expired anyway.
+async fn prune_revocations(store: Arc<Revocations>, mut stopping: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(300)) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        if let Err(error) = store.prune_expired(crate::token::now()).await {
+            tracing::warn!(%error, "pruning expired revocations failed");
+        }
     }
 }
 
@@ -237,6 +382,7 @@ async fn set_health(
 /// Probes Daytona until it answers (backing off), and reports ready once it has, or once the
 /// grace has passed, whichever is first. A real Check's call counts as an answer too.
 async fn become_ready(
+    jwks: Option<Arc<Jwks>>,
     api: Arc<DaytonaApi>,
     grace: Option<Duration>,
     health: HealthReporter,
@@ -272,6 +418,15 @@ async fn become_ready(
         () = grace_passed => "grace passed before the Daytona API answered",
         _ = stopping.wait_for(|s| *s) => return,
     };
+    // Token keys loaded: every JWKS source has delivered once (the refresh task keeps trying).
+    if let Some(jwks) = &jwks {
+        while !jwks.loaded().await {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+        }
+    }
     if *stopping.borrow() {
         return;
     }
@@ -279,15 +434,20 @@ async fn become_ready(
     tracing::info!(why, "ready");
 }
 
-/// On SIGHUP, reads every secret again (files may have been rotated) and swaps them in; when
-/// any of them is unreadable or invalid, logs why and keeps serving with the old ones.
-async fn reload_on_hangup(
+/// Everything a SIGHUP reload touches.
+struct Reloadable {
     config: Arc<ServeConfig>,
-    policy_slot: Arc<ArcSwap<Policy>>,
+    policy: Arc<ArcSwap<Policy>>,
     api: Arc<DaytonaApi>,
     admin: Option<BearerCheck>,
+    identity: Arc<Identity>,
+    minting: Arc<MintSettings>,
     metrics: Arc<Metrics>,
-) {
+}
+
+/// On SIGHUP, reads every secret again (files may have been rotated) and swaps them in; when
+/// any of them is unreadable or invalid, logs why and keeps serving with the old ones.
+async fn reload_on_hangup(state: Reloadable) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -296,44 +456,46 @@ async fn reload_on_hangup(
             return;
         };
         while hangups.recv().await.is_some() {
-            match reload(
-                &config.secret_sources,
-                &config,
-                &policy_slot,
-                &api,
-                admin.as_ref(),
-            ) {
+            match reload(&state) {
                 Ok(()) => {
-                    metrics.secret_reload("ok");
+                    state.metrics.secret_reload("ok");
                     tracing::info!("secrets reloaded");
                 }
                 Err(problems) => {
-                    metrics.secret_reload("error");
+                    state.metrics.secret_reload("error");
                     tracing::error!(%problems, "secret reload failed; keeping the previous secrets");
                 }
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = (config, policy_slot, api, admin, metrics);
+    let _ = state;
 }
 
-fn reload(
-    sources: &SecretSources,
-    config: &ServeConfig,
-    policy_slot: &ArcSwap<Policy>,
-    api: &DaytonaApi,
-    admin: Option<&BearerCheck>,
-) -> Result<(), String> {
-    let secrets = sources
+fn reload(state: &Reloadable) -> Result<(), String> {
+    let secrets = state
+        .config
+        .secret_sources
         .load()
         .map_err(|e| e.to_string().replace('\n', "; "))?;
-    if admin.is_some() != secrets.admin_token.is_some() {
+    if state.admin.is_some() != secrets.admin_token.is_some() {
         return Err("the admin token cannot be added or removed by a reload".into());
     }
-    api.set_api_key(secrets.daytona_api_key.expose())?;
-    policy_slot.store(Arc::new(policy(config, &secrets)));
-    if let (Some(check), Some(token)) = (admin, &secrets.admin_token) {
+    state.api.set_api_key(secrets.daytona_api_key.expose())?;
+    if let (Some(introspector), Some(secret)) = (
+        &state.identity.introspector,
+        &secrets.introspection_client_secret,
+    ) {
+        introspector.set_client_secret(secret.expose());
+    }
+    // Keep the JWKS keys the refresh task installed.
+    let mut next = policy(&state.config, &secrets);
+    if let Some(jwks) = &state.identity.jwks {
+        next.verifier = next.verifier.with_jwks(jwks.keys().to_vec());
+    }
+    state.policy.store(Arc::new(next));
+    state.minting.signer.store(signer(&secrets));
+    if let (Some(check), Some(token)) = (&state.admin, &secrets.admin_token) {
         check.set_token(token.expose());
     }
     Ok(())

@@ -1,20 +1,26 @@
 //! Access tokens: where a request carries one, and what a verified one grants.
 //!
-//! An access token is a JWT signed with the configured HS256 key, with claims
-//! `sandbox_id` (required), `exp` (required), `ports` (optional list; absent = any port) and, when
-//! configured, `iss` / `aud`. Only the configured algorithm is accepted; `alg: none` and every
-//! other algorithm are refused before any signature work.
+//! An access token is a JWT with claims naming the sandbox(es) it opens (`sandbox_id` by default,
+//! `--sandbox-claim`; a string or an array of strings), optionally the ports (`ports`,
+//! `--ports-claim`; absent = any port), `exp` (required), and `nbf`, `iat`, `jti`, `iss`, `aud`.
+//! It is signed either with the configured HS256 secret (and, during a rotation, the previous
+//! one), or with a key from the configured JWKS. The algorithm always comes from the key we hold,
+//! never from the token header: an HS256 token is checked only against HS256 secrets, an
+//! asymmetric token only against the JWKS key its `kid` names, and only with that key's
+//! algorithm. `alg: none` and every other algorithm are refused before any signature work.
+//! Tokens that are not JWTs are "opaque": the caller may introspect them (RFC 7662).
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// Tokens longer than this are refused without parsing (a JWT we issue is a few hundred bytes).
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
-/// Allowed clock skew between the issuer and us, for `exp`.
+/// Default allowed clock skew between an issuer and us (`exp`, `nbf`, `iat`); `--clock-skew`.
 pub const LEEWAY_SECS: u64 = 30;
 
-/// The claims daytona-authz reads. Unknown claims are ignored.
+/// The claims `mint` signs. Verification reads claims by the configured names instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub sandbox_id: String,
@@ -27,18 +33,49 @@ pub struct Claims {
     pub aud: Option<String>,
 }
 
+/// Claims `mint` signs: [`Claims`] plus the standard ones a link needs to be revocable.
+#[derive(Debug, Clone, Serialize)]
+pub struct MintedClaims<'a> {
+    #[serde(flatten)]
+    pub claims: &'a Claims,
+    pub iat: u64,
+    pub jti: String,
+}
+
+/// Which claims name the sandbox(es) and ports a token opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMapping {
+    pub sandbox: String,
+    pub ports: String,
+}
+
+impl Default for ClaimMapping {
+    fn default() -> Self {
+        ClaimMapping {
+            sandbox: "sandbox_id".into(),
+            ports: "ports".into(),
+        }
+    }
+}
+
 /// What a verified token allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
-    /// Lower-cased, to compare with the id parsed from the (case-insensitive) host.
-    pub sandbox_id: String,
+    /// Lower-cased, to compare with the id parsed from the (case-insensitive) host. Any of them.
+    pub sandboxes: Vec<String>,
     /// `None`: every port.
     pub ports: Option<Vec<u16>>,
     /// Seconds since the epoch.
     pub expires_at: u64,
+    /// For revocation by token.
+    pub jti: Option<String>,
 }
 
 impl Grant {
+    pub fn allows_sandbox(&self, sandbox_id: &str) -> bool {
+        self.sandboxes.iter().any(|s| s == sandbox_id)
+    }
+
     pub fn allows_port(&self, port: u16) -> bool {
         self.ports
             .as_ref()
@@ -48,77 +85,218 @@ impl Grant {
 
 /// Why a token was refused. Kept coarse on purpose: the client learns that its token is not
 /// acceptable, the log learns why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("token is too long")]
     TooLong,
     #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
     #[error("token signature or algorithm is not acceptable")]
     BadSignature,
     #[error("token issuer or audience is not acceptable")]
     WrongIssuerOrAudience,
     #[error("token is malformed")]
     Malformed,
+    /// Signed with a key we do not hold (yet): the caller may refresh the JWKS once and retry.
+    #[error("token names an unknown signing key")]
+    UnknownKey(Option<String>),
+    /// Not a JWT: the caller may introspect it.
+    #[error("token is not a JWT")]
+    Opaque,
+    #[error("token was revoked")]
+    Revoked,
+    #[error("token is not active (introspection)")]
+    Inactive,
 }
 
-/// Verifies access tokens against the configured key (and, during a rotation, the previous one)
-/// and expectations.
+/// A key from a JWKS, with the algorithm it is for (taken from the key, never from a token).
+#[derive(Clone)]
+pub struct JwkKey {
+    pub kid: Option<String>,
+    pub algorithm: Algorithm,
+    /// For an RSA key whose JWK names no `alg`: any RSA algorithm the token asks for.
+    pub any_rsa: bool,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for JwkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwkKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+const RSA_ALGORITHMS: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+impl JwkKey {
+    /// The algorithm to verify `alg` tokens with this key, if it is for that algorithm.
+    fn algorithm_for(&self, alg: Algorithm) -> Option<Algorithm> {
+        if alg == self.algorithm || (self.any_rsa && RSA_ALGORITHMS.contains(&alg)) {
+            Some(alg)
+        } else {
+            None
+        }
+    }
+}
+
+/// Verifies access tokens: HS256 secrets (current first), JWKS keys, claim names and the
+/// expectations on `iss`, `aud` and time. Plain data: swapped whole when keys change.
 #[derive(Clone)]
 pub struct Verifier {
-    /// Current key first.
-    keys: Vec<DecodingKey>,
-    validation: Validation,
+    hs_keys: Vec<DecodingKey>,
+    jwks: Vec<JwkKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: u64,
+    mapping: ClaimMapping,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("algorithms", &self.validation.algorithms)
-            .field("keys", &self.keys.len())
+            .field("hs_keys", &self.hs_keys.len())
+            .field("jwks", &self.jwks)
+            .field("mapping", &self.mapping)
             .finish_non_exhaustive()
     }
 }
 
 impl Verifier {
-    /// An HS256 verifier. `issuer` and `audience` are checked when given.
-    pub fn hs256(secret: &[u8], issuer: Option<&str>, audience: Option<&str>) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
-        // A configured issuer or audience must also be present, not merely match when present.
-        let mut required = vec!["exp"];
-        required.extend(issuer.map(|_| "iss"));
-        required.extend(audience.map(|_| "aud"));
-        validation.set_required_spec_claims(&required);
-        validation.validate_exp = true;
-        match issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
-            None => validation.iss = None,
-        }
-        match audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
+    /// A verifier with no keys yet; `iss`/`aud` checked when given.
+    pub fn new(issuer: Option<&str>, audience: Option<&str>) -> Self {
         Verifier {
-            keys: vec![DecodingKey::from_secret(secret)],
-            validation,
+            hs_keys: Vec::new(),
+            jwks: Vec::new(),
+            issuer: issuer.map(str::to_owned),
+            audience: audience.map(str::to_owned),
+            leeway: LEEWAY_SECS,
+            mapping: ClaimMapping::default(),
         }
     }
 
-    /// Also accepts tokens signed with `secret`: the previous key, while links signed with it
-    /// are still out there (rotation without downtime).
-    pub fn with_previous(mut self, secret: &[u8]) -> Self {
-        self.keys.push(DecodingKey::from_secret(secret));
+    /// An HS256 verifier. `issuer` and `audience` are checked when given.
+    pub fn hs256(secret: &[u8], issuer: Option<&str>, audience: Option<&str>) -> Self {
+        Verifier::new(issuer, audience).with_hs256(secret)
+    }
+
+    /// Accepts tokens signed with this HS256 secret too. The first one added is the current
+    /// secret; later ones are previous secrets, still accepted during a rotation.
+    pub fn with_hs256(mut self, secret: &[u8]) -> Self {
+        self.hs_keys.push(DecodingKey::from_secret(secret));
         self
     }
 
-    pub fn verify(&self, token: &str) -> Result<Grant, TokenError> {
+    /// Also accepts tokens signed with `secret` (the previous key of a rotation).
+    pub fn with_previous(self, secret: &[u8]) -> Self {
+        self.with_hs256(secret)
+    }
+
+    pub fn with_jwks(mut self, keys: Vec<JwkKey>) -> Self {
+        self.jwks = keys;
+        self
+    }
+
+    pub fn with_mapping(mut self, mapping: ClaimMapping) -> Self {
+        self.mapping = mapping;
+        self
+    }
+
+    pub fn with_leeway(mut self, seconds: u64) -> Self {
+        self.leeway = seconds;
+        self
+    }
+
+    pub fn leeway(&self) -> u64 {
+        self.leeway
+    }
+
+    pub fn verify(&self, token: &str, now: u64) -> Result<Grant, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLong);
         }
-        let mut result: Result<Claims, TokenError> = Err(TokenError::BadSignature);
-        for key in &self.keys {
-            result = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+        if !looks_like_jwt(token) {
+            return Err(TokenError::Opaque);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if has_critical_header(token) {
+            // RFC 7515 §4.1.11: we understand no extensions, so a token that requires one fails.
+            return Err(TokenError::Malformed);
+        }
+        let claims = if header.alg == Algorithm::HS256 {
+            self.verify_with(token, Algorithm::HS256, &self.hs_keys)?
+        } else if matches!(header.alg, Algorithm::HS384 | Algorithm::HS512) {
+            // HMAC only with the configured HS256 secrets; never with a JWKS (public) key.
+            return Err(TokenError::BadSignature);
+        } else {
+            let key = self.jwk_for(header.alg, header.kid.as_deref())?;
+            let alg = key.0;
+            self.verify_with(token, alg, std::slice::from_ref(&key.1.key))?
+        };
+        self.grant(&claims, now)
+    }
+
+    /// The JWKS key the token's `kid` names, and the algorithm to use with it.
+    fn jwk_for(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<(Algorithm, &JwkKey), TokenError> {
+        let candidates: Vec<&JwkKey> = match kid {
+            Some(kid) => self
+                .jwks
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid))
+                .collect(),
+            // Without a kid, only an unambiguous key set will do.
+            None if self.jwks.len() == 1 => self.jwks.iter().collect(),
+            None => Vec::new(),
+        };
+        if candidates.is_empty() {
+            return Err(TokenError::UnknownKey(kid.map(str::to_owned)));
+        }
+        candidates
+            .into_iter()
+            .find_map(|k| k.algorithm_for(alg).map(|a| (a, k)))
+            .ok_or(TokenError::BadSignature)
+    }
+
+    fn verify_with(
+        &self,
+        token: &str,
+        algorithm: Algorithm,
+        keys: &[DecodingKey],
+    ) -> Result<Map<String, Value>, TokenError> {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = self.leeway;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // A configured issuer or audience must also be present, not merely match when present.
+        let mut required = vec!["exp"];
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
+        match &self.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let mut result = Err(TokenError::BadSignature);
+        for key in keys {
+            result = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
                 .map(|data| data.claims)
                 .map_err(classify);
             // Only a signature mismatch is worth another key; anything else is final.
@@ -126,12 +304,98 @@ impl Verifier {
                 break;
             }
         }
-        let claims = result?;
+        result
+    }
+
+    /// Maps verified (or introspected) claims to a grant, with the configured claim names.
+    pub fn grant(&self, claims: &Map<String, Value>, now: u64) -> Result<Grant, TokenError> {
+        let sandboxes = match claims.get(&self.mapping.sandbox) {
+            Some(Value::String(one)) => vec![one.to_ascii_lowercase()],
+            Some(Value::Array(many)) if !many.is_empty() && many.len() <= 1000 => many
+                .iter()
+                .map(|v| v.as_str().map(str::to_ascii_lowercase))
+                .collect::<Option<Vec<_>>>()
+                .ok_or(TokenError::Malformed)?,
+            _ => return Err(TokenError::Malformed),
+        };
+        let ports = match claims.get(&self.mapping.ports) {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(ports)) => Some(
+                ports
+                    .iter()
+                    .map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or(TokenError::Malformed)?,
+            ),
+            Some(_) => return Err(TokenError::Malformed),
+        };
+        let expires_at = time_claim(claims, "exp")?.ok_or(TokenError::Malformed)?;
+        if expires_at.saturating_add(self.leeway) < now {
+            return Err(TokenError::Expired);
+        }
+        if time_claim(claims, "nbf")?.is_some_and(|nbf| nbf > now.saturating_add(self.leeway))
+            || time_claim(claims, "iat")?.is_some_and(|iat| iat > now.saturating_add(self.leeway))
+        {
+            return Err(TokenError::NotYetValid);
+        }
+        let jti = match claims.get("jti") {
+            None => None,
+            Some(Value::String(jti)) if !jti.is_empty() && jti.len() <= 256 => Some(jti.clone()),
+            Some(_) => return Err(TokenError::Malformed),
+        };
         Ok(Grant {
-            sandbox_id: claims.sandbox_id.to_ascii_lowercase(),
-            ports: claims.ports,
-            expires_at: claims.exp,
+            sandboxes,
+            ports,
+            expires_at,
+            jti,
         })
+    }
+}
+
+/// A NumericDate claim (RFC 7519 §2): a non-negative number; fractions are cut.
+fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| *f >= 0.0 && f.is_finite())
+                    .map(|f| f as u64)
+            })
+            .map(Some)
+            .ok_or(TokenError::Malformed),
+        Some(_) => Err(TokenError::Malformed),
+    }
+}
+
+/// Three base64url segments: the shape of a JWS in compact serialization.
+fn looks_like_jwt(token: &str) -> bool {
+    let mut segments = 0;
+    for segment in token.split('.') {
+        segments += 1;
+        let ok = segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok || (segments < 3 && segment.is_empty()) {
+            return false;
+        }
+    }
+    segments == 3
+}
+
+/// Whether the JOSE header carries `crit`.
+fn has_critical_header(token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(header) = token.split('.').next() else {
+        return true;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return true;
+    };
+    match serde_json::from_slice::<Map<String, Value>>(&bytes) {
+        Ok(header) => header.contains_key("crit"),
+        Err(_) => true,
     }
 }
 
@@ -139,6 +403,7 @@ fn classify(error: jsonwebtoken::errors::Error) -> TokenError {
     use jsonwebtoken::errors::ErrorKind;
     match error.kind() {
         ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
         ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => TokenError::BadSignature,
         ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => TokenError::WrongIssuerOrAudience,
         _ => TokenError::Malformed,
@@ -159,6 +424,23 @@ impl Signer {
 
     pub fn sign(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.key)
+    }
+
+    /// Signs a share link's token: `claims` plus `iat` and a random `jti` (so that one link
+    /// can be revoked). Returns the token and its jti.
+    pub fn sign_link(
+        &self,
+        claims: &Claims,
+        now: u64,
+    ) -> Result<(String, String), jsonwebtoken::errors::Error> {
+        let jti = format!("{:032x}", rand::random::<u128>());
+        let minted = MintedClaims {
+            claims,
+            iat: now,
+            jti: jti.clone(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &minted, &self.key)?;
+        Ok((token, jti))
     }
 }
 
@@ -325,9 +607,9 @@ mod tests {
     #[test]
     fn verifies_a_good_token() {
         let grant = Verifier::hs256(SECRET, None, None)
-            .verify(&sign(&claims()))
+            .verify(&sign(&claims()), now())
             .unwrap();
-        assert_eq!(grant.sandbox_id, ID);
+        assert_eq!(grant.sandboxes, [ID]);
         assert!(grant.allows_port(3000));
         assert!(!grant.allows_port(3001));
     }
@@ -338,7 +620,9 @@ mod tests {
             ports: None,
             ..claims()
         });
-        let grant = Verifier::hs256(SECRET, None, None).verify(&token).unwrap();
+        let grant = Verifier::hs256(SECRET, None, None)
+            .verify(&token, now())
+            .unwrap();
         assert!(grant.allows_port(8080));
     }
 
@@ -349,14 +633,15 @@ mod tests {
             exp: now() - 3600,
             ..claims()
         });
-        assert_eq!(v.verify(&expired), Err(TokenError::Expired));
+        assert_eq!(v.verify(&expired, now()), Err(TokenError::Expired));
         let other = Signer::hs256(b"another-secret-another-secret-xx")
             .sign(&claims())
             .unwrap();
-        assert_eq!(v.verify(&other), Err(TokenError::BadSignature));
-        assert_eq!(v.verify("not.a.jwt"), Err(TokenError::Malformed));
+        assert_eq!(v.verify(&other, now()), Err(TokenError::BadSignature));
+        assert_eq!(v.verify("not.a.jwt", now()), Err(TokenError::Malformed));
+        assert_eq!(v.verify("opaque-token-123", now()), Err(TokenError::Opaque));
         assert_eq!(
-            v.verify(&"a".repeat(MAX_TOKEN_LEN + 1)),
+            v.verify(&"a".repeat(MAX_TOKEN_LEN + 1), now()),
             Err(TokenError::TooLong)
         );
     }
@@ -370,7 +655,7 @@ mod tests {
             r#"{"alg":"HS512","typ":"JWT"}"#,
         ] {
             let token = format!("{}.{body}.", base64_url(header.as_bytes()));
-            assert!(v.verify(&token).is_err(), "{header} accepted");
+            assert!(v.verify(&token, now()).is_err(), "{header} accepted");
         }
         let hs384 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS384),
@@ -378,7 +663,7 @@ mod tests {
             &EncodingKey::from_secret(SECRET),
         )
         .unwrap();
-        assert_eq!(v.verify(&hs384), Err(TokenError::BadSignature));
+        assert_eq!(v.verify(&hs384, now()), Err(TokenError::BadSignature));
     }
 
     fn base64_url(bytes: &[u8]) -> String {
@@ -407,16 +692,22 @@ mod tests {
             aud: Some("previews".into()),
             ..claims()
         });
-        assert!(v.verify(&good).is_ok());
+        assert!(v.verify(&good, now()).is_ok());
         for (iss, aud) in [("other", "previews"), ("platform", "other")] {
             let token = sign(&Claims {
                 iss: Some(iss.into()),
                 aud: Some(aud.into()),
                 ..claims()
             });
-            assert_eq!(v.verify(&token), Err(TokenError::WrongIssuerOrAudience));
+            assert_eq!(
+                v.verify(&token, now()),
+                Err(TokenError::WrongIssuerOrAudience)
+            );
         }
-        assert!(v.verify(&sign(&claims())).is_err(), "missing iss/aud");
+        assert!(
+            v.verify(&sign(&claims()), now()).is_err(),
+            "missing iss/aud"
+        );
     }
 
     #[test]
@@ -430,7 +721,7 @@ mod tests {
             serde_json::json!({"sandbox_id": ID, "exp": now() + 60, "ports": [70000]}),
         ] {
             let token = jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap();
-            assert!(v.verify(&token).is_err(), "{claims} accepted");
+            assert!(v.verify(&token, now()).is_err(), "{claims} accepted");
         }
     }
 
@@ -517,16 +808,22 @@ mod tests {
             .sign(&claims())
             .unwrap();
         let current_only = Verifier::hs256(SECRET, None, None);
-        assert_eq!(current_only.verify(&old), Err(TokenError::BadSignature));
+        assert_eq!(
+            current_only.verify(&old, now()),
+            Err(TokenError::BadSignature)
+        );
         let rotating = current_only.with_previous(b"the-previous-secret-0123456789abcdef");
-        assert!(rotating.verify(&old).is_ok());
-        assert!(rotating.verify(&sign(&claims())).is_ok());
+        assert!(rotating.verify(&old, now()).is_ok());
+        assert!(rotating.verify(&sign(&claims()), now()).is_ok());
         let expired_old = Signer::hs256(b"the-previous-secret-0123456789abcdef")
             .sign(&Claims {
                 exp: now() - 3600,
                 ..claims()
             })
             .unwrap();
-        assert_eq!(rotating.verify(&expired_old), Err(TokenError::Expired));
+        assert_eq!(
+            rotating.verify(&expired_old, now()),
+            Err(TokenError::Expired)
+        );
     }
 }

@@ -378,6 +378,8 @@ pub struct Authz {
     pub grpc_addr: String,
     pub http_addr: String,
     pub admin_addr: Option<String>,
+    /// Holds the revocation store, unless the test named its own `--revocation-db`.
+    _state: tempfile::TempDir,
 }
 
 impl Authz {
@@ -390,11 +392,16 @@ impl Authz {
 
     /// Starts daytona-authz and waits only until it listens.
     pub async fn spawn(api_url: &str, options: &AuthzOptions) -> Authz {
+        let state = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_daytona-authz"));
         command
             .arg("serve")
             .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
             .args(["--http-addr", "127.0.0.1:0"])
+            .env(
+                "DAYTONA_AUTHZ_REVOCATION_DB",
+                state.path().join("revocations.redb"),
+            )
             .args(["--daytona-api-url", api_url])
             .args(["--preview-domain", PREVIEW_DOMAIN])
             .args(&options.extra_args)
@@ -428,6 +435,7 @@ impl Authz {
             grpc_addr,
             http_addr,
             admin_addr,
+            _state: state,
         }
     }
 

@@ -1,0 +1,251 @@
+//! Keys from JWKS endpoints (`--jwks-url`, repeatable): fetched over HTTPS, refreshed on a
+//! schedule and when a token names an unknown `kid` (rate limited, so a flood of random kids
+//! cannot hammer the issuer), and kept when an issuer is down (its last good set stays).
+//!
+//! Each key's algorithm comes from the key: its JWK `alg`, else its curve (P-256 → ES256,
+//! P-384 → ES384, Ed25519 → EdDSA); an RSA key without `alg` serves the RSA family only.
+//! Symmetric (`oct`) keys and encryption keys are ignored: a JWKS is public, so an HMAC key in
+//! it would let anyone sign tokens.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use tokio::sync::Mutex;
+
+use crate::token::JwkKey;
+
+/// Largest JWKS document accepted.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Most keys kept from one source.
+const MAX_KEYS: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    #[error("JWKS {url}: {reason}")]
+    Fetch { url: String, reason: String },
+}
+
+/// The key sets of every configured source.
+pub struct Jwks {
+    http: reqwest::Client,
+    sources: Vec<url::Url>,
+    /// Last good keys per source (same order as `sources`).
+    per_source: Mutex<Vec<Option<Vec<JwkKey>>>>,
+    /// Every source's last good keys, flattened.
+    keys: ArcSwap<Vec<JwkKey>>,
+    last_refresh: Mutex<Option<Instant>>,
+    /// Least time between refreshes caused by unknown kids.
+    min_refresh_interval: Duration,
+}
+
+impl std::fmt::Debug for Jwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwks")
+            .field(
+                "sources",
+                &self
+                    .sources
+                    .iter()
+                    .map(url::Url::as_str)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Jwks {
+    pub fn new(
+        sources: Vec<url::Url>,
+        timeout: Duration,
+        min_refresh_interval: Duration,
+    ) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("daytona-authz/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let count = sources.len();
+        Ok(Jwks {
+            http,
+            sources,
+            per_source: Mutex::new(vec![None; count]),
+            keys: ArcSwap::from_pointee(Vec::new()),
+            last_refresh: Mutex::new(None),
+            min_refresh_interval,
+        })
+    }
+
+    /// The current keys of every source.
+    pub fn keys(&self) -> Arc<Vec<JwkKey>> {
+        self.keys.load_full()
+    }
+
+    /// Whether every source has delivered a key set at least once.
+    pub async fn loaded(&self) -> bool {
+        self.per_source.lock().await.iter().all(Option::is_some)
+    }
+
+    /// Fetches every source; a source that fails keeps its last good keys. Returns the errors.
+    pub async fn refresh(&self) -> Vec<JwksError> {
+        *self.last_refresh.lock().await = Some(Instant::now());
+        self.fetch_all().await
+    }
+
+    async fn fetch_all(&self) -> Vec<JwksError> {
+        let mut errors = Vec::new();
+        let mut fetched = Vec::with_capacity(self.sources.len());
+        for url in &self.sources {
+            fetched.push(self.fetch(url).await);
+        }
+        let mut per_source = self.per_source.lock().await;
+        for (slot, result) in per_source.iter_mut().zip(fetched) {
+            match result {
+                Ok(keys) => *slot = Some(keys),
+                Err(e) => errors.push(e),
+            }
+        }
+        let all: Vec<JwkKey> = per_source.iter().flatten().flatten().cloned().collect();
+        self.keys.store(Arc::new(all));
+        errors
+    }
+
+    /// A refresh because a token named an unknown key, unless one happened too recently.
+    /// Returns whether it refreshed.
+    pub async fn refresh_for_unknown_kid(&self) -> bool {
+        {
+            // Check and claim the slot under one lock, so a burst of unknown kids makes one fetch.
+            let mut last = self.last_refresh.lock().await;
+            if last.is_some_and(|at| at.elapsed() < self.min_refresh_interval) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        for error in self.fetch_all().await {
+            tracing::warn!(%error, "JWKS refresh failed; keeping the last good keys");
+        }
+        true
+    }
+
+    async fn fetch(&self, url: &url::Url) -> Result<Vec<JwkKey>, JwksError> {
+        let fail = |reason: String| JwksError::Fetch {
+            url: url.to_string(),
+            reason,
+        };
+        let mut response = self
+            .http
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| {
+                fail(if e.is_timeout() {
+                    "timed out".into()
+                } else {
+                    "unreachable".into()
+                })
+            })?;
+        if !response.status().is_success() {
+            return Err(fail(format!("HTTP {}", response.status().as_u16())));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|_| fail("read failed".into()))?
+        {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(fail("document too large".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let set: JwkSet =
+            serde_json::from_slice(&body).map_err(|_| fail("not a JWK set".into()))?;
+        let keys: Vec<JwkKey> = set.keys.iter().filter_map(key).take(MAX_KEYS).collect();
+        if keys.is_empty() {
+            return Err(fail("no usable signing key".into()));
+        }
+        Ok(keys)
+    }
+}
+
+/// A verification key from a JWK, or `None` for keys we must not or cannot use.
+pub fn key(jwk: &Jwk) -> Option<JwkKey> {
+    if matches!(
+        jwk.common.public_key_use,
+        Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
+    ) {
+        return None;
+    }
+    let declared = jwk.common.key_algorithm.and_then(signing_algorithm);
+    if jwk.common.key_algorithm.is_some() && declared.is_none() {
+        return None; // an `alg` we do not verify with (HS*, RSA-OAEP, ...)
+    }
+    let (algorithm, any_rsa) = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => match declared {
+            Some(alg) if is_rsa(alg) => (alg, false),
+            Some(_) => return None,
+            None => (Algorithm::RS256, true),
+        },
+        AlgorithmParameters::EllipticCurve(params) => {
+            let by_curve = match params.curve {
+                EllipticCurve::P256 => Algorithm::ES256,
+                EllipticCurve::P384 => Algorithm::ES384,
+                _ => return None,
+            };
+            if declared.is_some_and(|alg| alg != by_curve) {
+                return None;
+            }
+            (by_curve, false)
+        }
+        AlgorithmParameters::OctetKeyPair(params) => {
+            if params.curve != EllipticCurve::Ed25519
+                || declared.is_some_and(|a| a != Algorithm::EdDSA)
+            {
+                return None;
+            }
+            (Algorithm::EdDSA, false)
+        }
+        // A symmetric key in a public document is nobody's secret.
+        AlgorithmParameters::OctetKey(_) => return None,
+    };
+    Some(JwkKey {
+        kid: jwk.common.key_id.clone(),
+        algorithm,
+        any_rsa,
+        key: DecodingKey::from_jwk(jwk).ok()?,
+    })
+}
+
+fn signing_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match alg {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+fn is_rsa(alg: Algorithm) -> bool {
+    matches!(
+        alg,
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512
+    )
+}

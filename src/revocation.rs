@@ -1,0 +1,1718 @@
+//! Revocations that take effect within a second: access tokens by `jti`, and whole sandboxes.
+//!
+//! [`Revocations::check`] runs on every request, so it never does I/O: it looks in an in-memory
+//! mirror of the store. Two stores sit behind the one type:
+//!
+//! - **local** (the default): an embedded redb file, so revocations survive a restart. A write is
+//!   committed (fsync'd) to the file first, then applied to the mirror, so a revocation that
+//!   answered `Ok` is both in force and durable.
+//! - **redis**: shared by several replicas. Writes go straight to Redis (one Lua script each, so a
+//!   write and its entry in the change log are atomic); a background task refreshes the mirror
+//!   every 250 ms by reading only the changes since the last refresh, falling back to a full load
+//!   when it cannot tell what it missed (Redis restarted empty, the log was trimmed). When the last
+//!   successful refresh is over a second old, `check` answers [`RevocationError::Unknown`] and the
+//!   caller fails closed.
+//!
+//! A revoked token is remembered until its `exp` plus [`EXPIRY_GRACE_SECS`] (the token verifier
+//! allows some clock skew past `exp`; the grace must cover it), then forgotten. A revoked sandbox
+//! is remembered until [`Revocations::unrevoke_sandbox`].
+//!
+//! Redis layout, under a configurable prefix (default `daytona-authz:`): `revoked-jtis` (sorted
+//! set, jti scored by when it may be forgotten), `revoked-sandboxes` (set), `seq` (counter, one
+//! per write), `changes` (sorted set, the last writes scored by `seq`), `epoch` (random, set by
+//! the first writer or reader; a new value means the data was lost and must be reloaded). Redis
+//! must not evict these keys (`maxmemory-policy noeviction`, or no `maxmemory`) and should persist
+//! them (AOF), or a restart forgets every revocation.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use redb::{ReadableTable, TableDefinition};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::host::is_uuid;
+
+/// How long after a token's `exp` its revocation is still kept: covers the clock skew the token
+/// verifier allows past `exp` (`--clock-skew`, at most 10 minutes), so a revoked token cannot
+/// come back inside that window. Raise it with that limit.
+pub const EXPIRY_GRACE_SECS: u64 = 600;
+
+/// Most revoked tokens kept at once; revoking one more is refused (expired ones are pruned first).
+pub const MAX_REVOKED_TOKENS: usize = 1_000_000;
+
+/// Most revoked sandboxes kept at once; revoking one more is refused.
+pub const MAX_REVOKED_SANDBOXES: usize = 1_000_000;
+
+/// Longest accepted `jti`, in bytes.
+pub const MAX_JTI_BYTES: usize = 256;
+
+/// Latest accepted `expires_at`: 9999-12-31T23:59:59Z. Also keeps Redis scores (doubles) exact.
+const MAX_EXPIRES_AT: u64 = 253_402_300_799;
+
+/// How old the Redis mirror may get before `check` stops trusting it.
+const MAX_STALENESS: Duration = Duration::from_secs(1);
+
+/// How often the Redis mirror is refreshed.
+const REFRESH_EVERY: Duration = Duration::from_millis(250);
+
+/// Bounds one incremental refresh read, so a hung Redis is noticed (and retried) within the
+/// second.
+const REFRESH_TIMEOUT: Duration = Duration::from_millis(750);
+
+/// Bounds a full load of the Redis store (at start, after Redis lost its data or the log was
+/// trimmed past us); a million revoked tokens take well under this.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bounds one write to Redis, and connecting at start.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After this long without a good refresh, a new connection replaces the current one (again
+/// every so long while it lasts).
+const RENEW_AFTER: Duration = Duration::from_secs(5);
+
+/// How often expired token revocations are dropped (from the mirror, and from the store).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// How many recent writes Redis keeps for incremental refreshes; a replica further behind reloads.
+const CHANGE_LOG_LEN: usize = 10_000;
+
+/// Expired entries removed from the mirror per write-lock hold, so `check` is never held up long.
+const PRUNE_CHUNK: usize = 1024;
+
+/// Local store: jti → unix second after which the entry may be forgotten.
+const TOKENS: TableDefinition<&str, u64> = TableDefinition::new("revoked_tokens");
+/// Local store: revoked sandbox ids.
+const SANDBOXES: TableDefinition<&str, ()> = TableDefinition::new("revoked_sandboxes");
+
+/// What [`Revocations::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Revoked(RevokedBy),
+}
+
+/// Why a token no longer works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokedBy {
+    /// The token itself was revoked (by its `jti`).
+    Token,
+    /// Every token for its sandbox was revoked.
+    Sandbox,
+}
+
+/// A failed revocation check or write. Messages never contain a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevocationError {
+    /// The revocation status cannot be known (the shared store has not answered for over a
+    /// second): the caller must fail closed.
+    #[error("revocation status unknown: the revocation store has not answered for over a second")]
+    Unknown,
+    #[error("revocation store I/O failed: {0}")]
+    Io(String),
+    #[error("Redis revocation store failed: {0}")]
+    Redis(String),
+    #[error("invalid revocation: {0}")]
+    Invalid(String),
+}
+
+/// How many revocations are held (for metrics and the admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevocationCounts {
+    /// Revoked tokens, including expired ones not pruned yet.
+    pub tokens: usize,
+    pub sandboxes: usize,
+}
+
+/// The revocation store: `check` in memory, writes to the local file or to Redis.
+///
+/// `Send + Sync`; share it behind an `Arc`. Dropping it stops the Redis refresh task.
+pub struct Revocations {
+    shared: Arc<Shared>,
+    backend: Backend,
+    limits: Limits,
+}
+
+/// Most entries of each kind; tests lower them.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    tokens: usize,
+    sandboxes: usize,
+}
+
+impl Limits {
+    const DEFAULT: Limits = Limits {
+        tokens: MAX_REVOKED_TOKENS,
+        sandboxes: MAX_REVOKED_SANDBOXES,
+    };
+}
+
+enum Backend {
+    Local(LocalStore),
+    Redis(RedisStore),
+}
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocations")
+            .field("backend", &self.backend())
+            .field("counts", &self.counts())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Revocations {
+    /// Opens (or creates) the local store at `path` and loads it into memory, dropping expired
+    /// token revocations. Fails if the file is not a redb database or another process holds it.
+    /// Blocking file I/O (and one fsync): call it at start-up.
+    pub fn open_local(path: &Path) -> Result<Self, RevocationError> {
+        let db = redb::Database::create(path).map_err(|e| {
+            RevocationError::Io(format!(
+                "cannot open the revocation store {}: {e}",
+                path.display()
+            ))
+        })?;
+        let shared = Arc::new(Shared::new());
+        let store = LocalStore {
+            db: Arc::new(db),
+            write_lock: Arc::new(Mutex::new(())),
+            last_prune: Mutex::new(Instant::now()),
+        };
+        let mirror = store.load(unix_now())?;
+        *shared.write() = mirror;
+        Ok(Revocations {
+            shared,
+            backend: Backend::Local(store),
+            limits: Limits::DEFAULT,
+        })
+    }
+
+    /// Connects to Redis at `url` (`redis://[:password@]host[:port][/db]`), loads every
+    /// revocation under `key_prefix` and starts the refresh task. Fails if Redis cannot be reached
+    /// now. Must run inside a Tokio runtime.
+    pub async fn connect_redis(url: &str, key_prefix: &str) -> Result<Self, RevocationError> {
+        if key_prefix.is_empty()
+            || key_prefix.len() > 128
+            || key_prefix
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(RevocationError::Invalid(
+                "the Redis key prefix must be 1 to 128 characters without spaces".into(),
+            ));
+        }
+        // The URL may carry a password: it is never put in an error or a log line.
+        let client = redis::Client::open(url).map_err(|_| {
+            RevocationError::Invalid(
+                "the Redis URL must look like redis://[:password@]host[:port][/db]".into(),
+            )
+        })?;
+        let conn = Arc::new(
+            bounded(WRITE_TIMEOUT, RedisConn::connect(client))
+                .await
+                .map_err(|e| context("cannot connect", e))?,
+        );
+
+        let shared = Arc::new(Shared::new());
+        let mut link = RedisLink {
+            conn: Arc::clone(&conn),
+            keys: Keys::new(key_prefix),
+            epoch: None,
+        };
+        let started = shared.clock_ms();
+        bounded(RELOAD_TIMEOUT, link.reload(&shared, unix_now()))
+            .await
+            .map_err(|e| context("cannot load revocations", e))?;
+        shared.mark_refreshed(started);
+
+        let store = RedisStore {
+            conn,
+            keys: link.keys.clone(),
+            script: redis::Script::new(WRITE_SCRIPT),
+            refresher: tokio::spawn(refresh_loop(Arc::clone(&shared), link)),
+        };
+        Ok(Revocations {
+            shared,
+            backend: Backend::Redis(store),
+            limits: Limits::DEFAULT,
+        })
+    }
+
+    /// Revokes the token with this `jti` until `expires_at` (its `exp`, unix seconds) plus
+    /// [`EXPIRY_GRACE_SECS`]. A token already past that needs nothing and is accepted as done.
+    pub async fn revoke_token(&self, jti: &str, expires_at: u64) -> Result<(), RevocationError> {
+        validate_jti(jti)?;
+        if expires_at > MAX_EXPIRES_AT {
+            return Err(RevocationError::Invalid(
+                "expires_at is past the year 9999".into(),
+            ));
+        }
+        let now = unix_now();
+        let forget_after = expires_at + EXPIRY_GRACE_SECS;
+        if forget_after < now {
+            return Ok(());
+        }
+        self.write(
+            Change::Token {
+                jti: jti.into(),
+                forget_after,
+            },
+            now,
+        )
+        .await
+    }
+
+    /// Revokes every token for this sandbox until [`Revocations::unrevoke_sandbox`].
+    pub async fn revoke_sandbox(&self, sandbox_id: &str) -> Result<(), RevocationError> {
+        validate_sandbox(sandbox_id)?;
+        self.write(
+            Change::Sandbox {
+                id: sandbox_id.into(),
+                revoked: true,
+            },
+            unix_now(),
+        )
+        .await
+    }
+
+    /// Lifts a sandbox revocation (tokens revoked one by one stay revoked).
+    pub async fn unrevoke_sandbox(&self, sandbox_id: &str) -> Result<(), RevocationError> {
+        validate_sandbox(sandbox_id)?;
+        self.write(
+            Change::Sandbox {
+                id: sandbox_id.into(),
+                revoked: false,
+            },
+            unix_now(),
+        )
+        .await
+    }
+
+    /// The hot path: is a token (its `jti`, if it has one) for `sandbox_id` revoked at `now`
+    /// (unix seconds)? In memory only. With Redis, [`RevocationError::Unknown`] when the mirror
+    /// is over a second old.
+    pub fn check(
+        &self,
+        jti: Option<&str>,
+        sandbox_id: &str,
+        now: u64,
+    ) -> Result<Status, RevocationError> {
+        if matches!(self.backend, Backend::Redis(_)) && !self.shared.is_fresh() {
+            return Err(RevocationError::Unknown);
+        }
+        let mirror = self.shared.read();
+        if mirror.sandboxes.contains(sandbox_id) {
+            return Ok(Status::Revoked(RevokedBy::Sandbox));
+        }
+        if let Some(jti) = jti
+            && mirror
+                .tokens
+                .get(jti)
+                .is_some_and(|&forget_after| now <= forget_after)
+        {
+            return Ok(Status::Revoked(RevokedBy::Token));
+        }
+        Ok(Status::Active)
+    }
+
+    /// `"local"` or `"redis"`, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Local(_) => "local",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// How many revocations the mirror holds.
+    pub fn counts(&self) -> RevocationCounts {
+        let mirror = self.shared.read();
+        RevocationCounts {
+            tokens: mirror.tokens.len(),
+            sandboxes: mirror.sandboxes.len(),
+        }
+    }
+
+    /// Drops token revocations that may be forgotten at `now` from the store and the mirror;
+    /// returns how many the mirror dropped. Runs by itself (on writes for the local store, every
+    /// minute for Redis); public for tests and operators.
+    pub async fn prune_expired(&self, now: u64) -> Result<usize, RevocationError> {
+        match &self.backend {
+            Backend::Local(store) => {
+                let (db, lock, shared) = (
+                    Arc::clone(&store.db),
+                    Arc::clone(&store.write_lock),
+                    Arc::clone(&self.shared),
+                );
+                let pruned = blocking(move || {
+                    let _writer = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                    LocalStore::prune_disk(&db, now)?;
+                    Ok(shared.prune(now))
+                })
+                .await?;
+                store.pruned();
+                Ok(pruned)
+            }
+            Backend::Redis(store) => {
+                bounded(WRITE_TIMEOUT, prune_redis(&store.conn, &store.keys, now)).await?;
+                Ok(self.shared.prune(now))
+            }
+        }
+    }
+
+    async fn write(&self, change: Change, now: u64) -> Result<(), RevocationError> {
+        match &self.backend {
+            Backend::Local(store) => {
+                let prune_due = store.prune_due();
+                let (db, lock, shared) = (
+                    Arc::clone(&store.db),
+                    Arc::clone(&store.write_lock),
+                    Arc::clone(&self.shared),
+                );
+                let limits = self.limits;
+                blocking(move || {
+                    LocalStore::write(&db, &lock, &shared, change, now, prune_due, limits)
+                })
+                .await?;
+                if prune_due {
+                    store.pruned();
+                }
+                Ok(())
+            }
+            Backend::Redis(store) => {
+                let seq = bounded(WRITE_TIMEOUT, store.write(&change, now, self.limits)).await?;
+                // Read-your-writes on this replica. The refresher re-applies every change in
+                // `seq` order anyway, so if another replica's change to the same sandbox landed
+                // just before this one, a refresh running right now may briefly show the older
+                // state; the next refresh (250 ms) corrects it.
+                self.shared.apply_if_behind(seq, change);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One revocation write, as applied to the mirror (and logged in Redis).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    Token { jti: Box<str>, forget_after: u64 },
+    Sandbox { id: Box<str>, revoked: bool },
+}
+
+/// The in-memory copy `check` reads.
+#[derive(Debug, Default)]
+struct Mirror {
+    /// jti → unix second after which it may be forgotten.
+    tokens: HashMap<Box<str>, u64>,
+    sandboxes: HashSet<Box<str>>,
+    /// Redis only: the last change (its `seq`) the mirror reflects.
+    seq: u64,
+}
+
+impl Mirror {
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Token { jti, forget_after } => {
+                let kept = self.tokens.entry(jti).or_insert(forget_after);
+                *kept = (*kept).max(forget_after);
+            }
+            Change::Sandbox { id, revoked: true } => {
+                self.sandboxes.insert(id);
+            }
+            Change::Sandbox { id, revoked: false } => {
+                self.sandboxes.remove(&id);
+            }
+        }
+    }
+}
+
+/// State shared by the handle and the Redis refresh task.
+struct Shared {
+    mirror: RwLock<Mirror>,
+    origin: Instant,
+    /// Milliseconds after `origin` when the last successful Redis refresh started.
+    refreshed_at_ms: AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            mirror: RwLock::new(Mirror::default()),
+            origin: Instant::now(),
+            refreshed_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    // A panic while holding the lock cannot leave the maps half-updated (each change is one map
+    // operation), so a poisoned lock is still a consistent mirror.
+    fn read(&self) -> RwLockReadGuard<'_, Mirror> {
+        self.mirror.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Mirror> {
+        self.mirror.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn clock_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn mark_refreshed(&self, started_ms: u64) {
+        self.refreshed_at_ms
+            .fetch_max(started_ms, Ordering::Release);
+    }
+
+    fn is_fresh(&self) -> bool {
+        let refreshed = self.refreshed_at_ms.load(Ordering::Acquire);
+        u128::from(self.clock_ms().saturating_sub(refreshed)) <= MAX_STALENESS.as_millis()
+    }
+
+    fn apply_if_behind(&self, seq: u64, change: Change) {
+        let mut mirror = self.write();
+        if mirror.seq < seq {
+            mirror.apply(change);
+        }
+    }
+
+    /// Removes token entries expired at `now`, a chunk per write-lock hold; the scan itself only
+    /// takes the read lock, so `check` keeps running.
+    fn prune(&self, now: u64) -> usize {
+        let expired: Vec<Box<str>> = self
+            .read()
+            .tokens
+            .iter()
+            .filter(|&(_, &forget_after)| forget_after < now)
+            .map(|(jti, _)| jti.clone())
+            .collect();
+        let mut pruned = 0;
+        for chunk in expired.chunks(PRUNE_CHUNK) {
+            let mut mirror = self.write();
+            for jti in chunk {
+                // Re-check: a newer revocation may have extended it since the scan.
+                if mirror.tokens.get(jti).is_some_and(|&f| f < now) {
+                    mirror.tokens.remove(jti);
+                    pruned += 1;
+                }
+            }
+        }
+        pruned
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local store
+
+struct LocalStore {
+    db: Arc<redb::Database>,
+    /// One write at a time, held across the disk commit and the mirror update, so concurrent
+    /// revoke/unrevoke of one sandbox end in the same state on disk and in memory.
+    write_lock: Arc<Mutex<()>>,
+    last_prune: Mutex<Instant>,
+}
+
+impl LocalStore {
+    /// Drops expired entries from the file, then reads it all.
+    fn load(&self, now: u64) -> Result<Mirror, RevocationError> {
+        Self::prune_disk(&self.db, now)?;
+        let txn = self.db.begin_write().map_err(disk)?;
+        let mut mirror = Mirror::default();
+        {
+            let tokens = txn.open_table(TOKENS).map_err(disk)?;
+            for entry in tokens.iter().map_err(disk)? {
+                let (jti, forget_after) = entry.map_err(disk)?;
+                mirror
+                    .tokens
+                    .insert(jti.value().into(), forget_after.value());
+            }
+            let sandboxes = txn.open_table(SANDBOXES).map_err(disk)?;
+            for entry in sandboxes.iter().map_err(disk)? {
+                let (id, _) = entry.map_err(disk)?;
+                mirror.sandboxes.insert(id.value().into());
+            }
+        }
+        // Commits the tables' creation on a new file; nothing else changed.
+        txn.commit().map_err(disk)?;
+        Ok(mirror)
+    }
+
+    fn prune_disk(db: &redb::Database, now: u64) -> Result<(), RevocationError> {
+        let txn = db.begin_write().map_err(disk)?;
+        txn.open_table(TOKENS)
+            .map_err(disk)?
+            .retain(|_, forget_after| forget_after >= now)
+            .map_err(disk)?;
+        txn.commit().map_err(disk)
+    }
+
+    /// Commits `change` to the file (fsync), then applies it to the mirror. Blocking.
+    fn write(
+        db: &redb::Database,
+        lock: &Mutex<()>,
+        shared: &Shared,
+        change: Change,
+        now: u64,
+        prune_due: bool,
+        limits: Limits,
+    ) -> Result<(), RevocationError> {
+        let _writer = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let (adds_token, adds_sandbox) = {
+            let mirror = shared.read();
+            match &change {
+                Change::Token { jti, .. } => (
+                    !mirror.tokens.contains_key(jti) && mirror.tokens.len() >= limits.tokens,
+                    false,
+                ),
+                Change::Sandbox { id, revoked } => (
+                    false,
+                    *revoked
+                        && !mirror.sandboxes.contains(id)
+                        && mirror.sandboxes.len() >= limits.sandboxes,
+                ),
+            }
+        };
+        // `adds_*`: the change would add an entry to a full map.
+        if adds_sandbox {
+            return Err(full("sandboxes", limits.sandboxes));
+        }
+        if prune_due || adds_token {
+            Self::prune_disk(db, now)?;
+            shared.prune(now);
+            if adds_token && shared.read().tokens.len() >= limits.tokens {
+                return Err(full("tokens", limits.tokens));
+            }
+        }
+
+        let txn = db.begin_write().map_err(disk)?;
+        match &change {
+            Change::Token { jti, forget_after } => {
+                let mut tokens = txn.open_table(TOKENS).map_err(disk)?;
+                let kept = tokens.get(&**jti).map_err(disk)?.map(|v| v.value());
+                let forget_after = kept.map_or(*forget_after, |k| k.max(*forget_after));
+                tokens.insert(&**jti, forget_after).map_err(disk)?;
+            }
+            Change::Sandbox { id, revoked: true } => {
+                let mut sandboxes = txn.open_table(SANDBOXES).map_err(disk)?;
+                sandboxes.insert(&**id, ()).map_err(disk)?;
+            }
+            Change::Sandbox { id, revoked: false } => {
+                let mut sandboxes = txn.open_table(SANDBOXES).map_err(disk)?;
+                sandboxes.remove(&**id).map_err(disk)?;
+            }
+        }
+        txn.commit().map_err(disk)?;
+        shared.write().apply(change);
+        Ok(())
+    }
+
+    fn prune_due(&self) -> bool {
+        self.last_prune
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+            >= PRUNE_EVERY
+    }
+
+    fn pruned(&self) {
+        *self
+            .last_prune
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+}
+
+fn disk(e: impl Into<redb::Error>) -> RevocationError {
+    RevocationError::Io(e.into().to_string())
+}
+
+fn full(what: &str, limit: usize) -> RevocationError {
+    RevocationError::Invalid(format!(
+        "too many revoked {what} (limit {limit}); lift or let some expire first"
+    ))
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RevocationError> + Send + 'static,
+) -> Result<T, RevocationError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RevocationError::Io(format!("revocation store task failed: {e}")))?
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis store
+
+/// One write, atomically: apply it (refusing past the limit), count it in `seq`, log it in
+/// `changes` (trimmed to the last ARGV[7] entries). Returns its `seq`, or 0 when refused as full.
+/// A log entry is `seq|op|forget_after|subject`; the subject goes last, so it may hold `|`.
+const WRITE_SCRIPT: &str = r"
+-- KEYS: revoked-jtis, revoked-sandboxes, seq, changes, epoch
+-- ARGV: op ('t', 's+', 's-'), subject, forget_after, now, limit, epoch candidate, log length
+redis.call('SET', KEYS[5], ARGV[6], 'NX')
+local op, subject, forget_after = ARGV[1], ARGV[2], ARGV[3]
+local limit = tonumber(ARGV[5])
+if op == 't' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4])
+  local current = redis.call('ZSCORE', KEYS[1], subject)
+  if current then
+    if tonumber(current) > tonumber(forget_after) then forget_after = current end
+  elseif redis.call('ZCARD', KEYS[1]) >= limit then
+    return 0
+  end
+  redis.call('ZADD', KEYS[1], forget_after, subject)
+elseif op == 's+' then
+  if redis.call('SISMEMBER', KEYS[2], subject) == 0 and redis.call('SCARD', KEYS[2]) >= limit then
+    return 0
+  end
+  redis.call('SADD', KEYS[2], subject)
+else
+  redis.call('SREM', KEYS[2], subject)
+end
+local n = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[4], n, n .. '|' .. op .. '|' .. forget_after .. '|' .. subject)
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[7]) + 1))
+return n
+";
+
+#[derive(Debug, Clone)]
+struct Keys {
+    tokens: String,
+    sandboxes: String,
+    seq: String,
+    changes: String,
+    epoch: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        Keys {
+            tokens: format!("{prefix}revoked-jtis"),
+            sandboxes: format!("{prefix}revoked-sandboxes"),
+            seq: format!("{prefix}seq"),
+            changes: format!("{prefix}changes"),
+            epoch: format!("{prefix}epoch"),
+        }
+    }
+}
+
+/// The connection to Redis, shared by writes and the refresh task. The connection manager
+/// reconnects when the connection breaks; [`RedisConn::renew`] replaces it when Redis has been
+/// silent for a while without the connection breaking (a dead peer behind a partition, a moved
+/// address), which the manager does not notice.
+struct RedisConn {
+    client: redis::Client,
+    current: ArcSwap<ConnectionManager>,
+}
+
+impl RedisConn {
+    fn config() -> ConnectionManagerConfig {
+        // Short connection attempts (the refresh task retries every tick anyway); the response
+        // timeout only backstops ours (`bounded`), which are shorter except for a full load.
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(RELOAD_TIMEOUT))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(1)
+    }
+
+    async fn connect(client: redis::Client) -> Result<Self, RevocationError> {
+        let manager = ConnectionManager::new_with_config(client.clone(), Self::config())
+            .await
+            .map_err(redis_error)?;
+        Ok(RedisConn {
+            client,
+            current: ArcSwap::from_pointee(manager),
+        })
+    }
+
+    /// A handle to the current connection (cheap: the manager is reference-counted).
+    fn get(&self) -> ConnectionManager {
+        (**self.current.load()).clone()
+    }
+
+    /// Swaps in a new connection, established on first use.
+    fn renew(&self) -> Result<(), RevocationError> {
+        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), Self::config())
+            .map_err(redis_error)?;
+        self.current.store(Arc::new(manager));
+        Ok(())
+    }
+}
+
+struct RedisStore {
+    conn: Arc<RedisConn>,
+    keys: Keys,
+    script: redis::Script,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
+}
+
+impl RedisStore {
+    async fn write(
+        &self,
+        change: &Change,
+        now: u64,
+        limits: Limits,
+    ) -> Result<u64, RevocationError> {
+        let (op, subject, forget_after, limit) = match change {
+            Change::Token { jti, forget_after } => ("t", jti, *forget_after, limits.tokens),
+            Change::Sandbox { id, revoked: true } => ("s+", id, 0, limits.sandboxes),
+            Change::Sandbox { id, revoked: false } => ("s-", id, 0, limits.sandboxes),
+        };
+        let mut conn = self.conn.get();
+        let seq: u64 = self
+            .script
+            .key(&self.keys.tokens)
+            .key(&self.keys.sandboxes)
+            .key(&self.keys.seq)
+            .key(&self.keys.changes)
+            .key(&self.keys.epoch)
+            .arg(op)
+            .arg(&**subject)
+            .arg(forget_after)
+            .arg(now)
+            .arg(limit)
+            .arg(random_epoch())
+            .arg(CHANGE_LOG_LEN)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        if seq == 0 {
+            return Err(match change {
+                Change::Token { .. } => full("tokens", limits.tokens),
+                Change::Sandbox { .. } => full("sandboxes", limits.sandboxes),
+            });
+        }
+        Ok(seq)
+    }
+}
+
+fn redis_error(e: redis::RedisError) -> RevocationError {
+    RevocationError::Redis(e.to_string())
+}
+
+/// Says what was being done when Redis failed.
+fn context(what: &str, e: RevocationError) -> RevocationError {
+    match e {
+        RevocationError::Redis(message) => RevocationError::Redis(format!("{what}: {message}")),
+        other => other,
+    }
+}
+
+/// Runs `work` with a deadline; a timeout is a Redis failure.
+async fn bounded<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, RevocationError>>,
+) -> Result<T, RevocationError> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(RevocationError::Redis(format!(
+            "no answer within {} ms",
+            limit.as_millis()
+        )))
+    })
+}
+
+async fn prune_redis(conn: &RedisConn, keys: &Keys, now: u64) -> Result<(), RevocationError> {
+    redis::cmd("ZREMRANGEBYSCORE")
+        .arg(&keys.tokens)
+        .arg("-inf")
+        .arg(format!("({now}"))
+        .query_async::<()>(&mut conn.get())
+        .await
+        .map_err(redis_error)
+}
+
+/// The refresh task's view of Redis.
+struct RedisLink {
+    conn: Arc<RedisConn>,
+    keys: Keys,
+    /// The epoch the mirror was loaded under.
+    epoch: Option<String>,
+}
+
+impl RedisLink {
+    /// Brings the mirror up to date with the changes logged since its `seq`, or reloads it.
+    async fn refresh(&mut self, shared: &Shared, now: u64) -> Result<(), RevocationError> {
+        let last = shared.read().seq;
+        let mut read = redis::pipe();
+        read.atomic()
+            .cmd("GET")
+            .arg(&self.keys.epoch)
+            .cmd("GET")
+            .arg(&self.keys.seq)
+            .cmd("ZRANGEBYSCORE")
+            .arg(&self.keys.changes)
+            .arg(format!("({last}"))
+            .arg("+inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(CHANGE_LOG_LEN);
+        let (epoch, seq, changes): (Option<String>, Option<u64>, Vec<String>) =
+            bounded(REFRESH_TIMEOUT, async {
+                read.query_async(&mut self.conn.get())
+                    .await
+                    .map_err(redis_error)
+            })
+            .await?;
+        let seq = seq.unwrap_or(0);
+        if epoch.is_none() || epoch != self.epoch || seq < last {
+            // Redis lost its data (restart without persistence, flush, failover): start over.
+            return bounded(RELOAD_TIMEOUT, self.reload(shared, now)).await;
+        }
+        if seq == last {
+            return Ok(());
+        }
+        match parse_changes(&changes, last, seq) {
+            Some(changes) => {
+                let mut mirror = shared.write();
+                // A write through this replica may have been applied early; re-applying in order
+                // gives the same end state as everyone else.
+                for change in changes {
+                    mirror.apply(change);
+                }
+                mirror.seq = seq;
+                Ok(())
+            }
+            // The log was trimmed past us (or holds something we cannot read): reload.
+            None => bounded(RELOAD_TIMEOUT, self.reload(shared, now)).await,
+        }
+    }
+
+    /// Replaces the mirror with everything in Redis.
+    async fn reload(&mut self, shared: &Shared, now: u64) -> Result<(), RevocationError> {
+        let (epoch, seq, tokens, sandboxes): Snapshot = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&self.keys.epoch)
+            .arg(random_epoch())
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&self.keys.epoch)
+            .cmd("GET")
+            .arg(&self.keys.seq)
+            .cmd("ZRANGEBYSCORE")
+            .arg(&self.keys.tokens)
+            .arg(now)
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .cmd("SMEMBERS")
+            .arg(&self.keys.sandboxes)
+            .query_async(&mut self.conn.get())
+            .await
+            .map_err(redis_error)?;
+        let mirror = Mirror {
+            tokens: tokens
+                .into_iter()
+                .map(|(jti, score)| (jti.into_boxed_str(), score_to_secs(score)))
+                .collect(),
+            sandboxes: sandboxes.into_iter().map(String::into_boxed_str).collect(),
+            seq: seq.unwrap_or(0),
+        };
+        let old = std::mem::replace(&mut *shared.write(), mirror);
+        drop(old); // outside the lock: freeing a large map takes a while
+        self.epoch = epoch;
+        Ok(())
+    }
+}
+
+/// A full load: epoch, seq, (jti, forget-after) pairs, sandbox ids.
+type Snapshot = (Option<String>, Option<u64>, Vec<(String, f64)>, Vec<String>);
+
+/// The changes `last+1 ..= seq`, in order, or `None` if any is missing or unreadable.
+fn parse_changes(members: &[String], last: u64, seq: u64) -> Option<Vec<Change>> {
+    let mut expected = last + 1;
+    let mut changes = Vec::with_capacity(members.len());
+    for member in members {
+        let mut parts = member.splitn(4, '|');
+        let n: u64 = parts.next()?.parse().ok()?;
+        let op = parts.next()?;
+        let forget_after: u64 = parts.next()?.parse().ok()?;
+        let subject: Box<str> = parts.next()?.into();
+        if n != expected {
+            return None;
+        }
+        expected += 1;
+        changes.push(match op {
+            "t" => Change::Token {
+                jti: subject,
+                forget_after,
+            },
+            "s+" => Change::Sandbox {
+                id: subject,
+                revoked: true,
+            },
+            "s-" => Change::Sandbox {
+                id: subject,
+                revoked: false,
+            },
+            _ => return None,
+        });
+    }
+    (expected == seq + 1).then_some(changes)
+}
+
+/// Redis scores are doubles; ours are whole seconds below 2^53, so this is exact.
+fn score_to_secs(score: f64) -> u64 {
+    if score.is_finite() && score > 0.0 {
+        // Saturating float-to-int conversion; the value is a whole number in range.
+        score as u64
+    } else {
+        0
+    }
+}
+
+async fn refresh_loop(shared: Arc<Shared>, mut link: RedisLink) {
+    let mut ticker = tokio::time::interval(REFRESH_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Since when refreshes have been failing (`None`: they succeed), and since the last new
+    // connection.
+    let mut failing_since: Option<Instant> = None;
+    let mut renewed = Instant::now();
+    let mut last_prune = Instant::now();
+    loop {
+        ticker.tick().await;
+        let started = shared.clock_ms();
+        let now = unix_now();
+        if let Err(error) = link.refresh(&shared, now).await {
+            let since = *failing_since.get_or_insert_with(|| {
+                tracing::error!(
+                    backend = "redis",
+                    %error,
+                    "revocation store unreachable: requests fail closed (503) from one second \
+                     after the last good refresh until it answers"
+                );
+                Instant::now()
+            });
+            if since.elapsed() >= RENEW_AFTER && renewed.elapsed() >= RENEW_AFTER {
+                renewed = Instant::now();
+                tracing::debug!(backend = "redis", "reconnecting to the revocation store");
+                if let Err(error) = link.conn.renew() {
+                    tracing::debug!(backend = "redis", %error, "cannot reconnect");
+                }
+            }
+            continue;
+        }
+        shared.mark_refreshed(started);
+        if let Some(since) = failing_since.take() {
+            tracing::info!(
+                backend = "redis",
+                outage_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "revocation store answering again; revocation checks resumed"
+            );
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = Instant::now();
+            shared.prune(now);
+            if let Err(error) =
+                bounded(WRITE_TIMEOUT, prune_redis(&link.conn, &link.keys, now)).await
+            {
+                tracing::warn!(backend = "redis", %error, "cannot prune expired token revocations");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+fn validate_jti(jti: &str) -> Result<(), RevocationError> {
+    if jti.is_empty() || jti.len() > MAX_JTI_BYTES || jti.chars().any(char::is_control) {
+        return Err(RevocationError::Invalid(format!(
+            "a jti must be 1 to {MAX_JTI_BYTES} bytes of printable characters"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_sandbox(sandbox_id: &str) -> Result<(), RevocationError> {
+    if !is_uuid(sandbox_id) {
+        return Err(RevocationError::Invalid(
+            "a sandbox id must be a lower-case UUID".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A new epoch for whoever finds none: random, so data lost and rewritten never looks unchanged.
+fn random_epoch() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+
+    const SANDBOX: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
+    const OTHER_SANDBOX: &str = "7d5c8a1f-0e93-4f3a-9e2b-0b8f2a4e6c1d";
+
+    const ACTIVE: Result<Status, RevocationError> = Ok(Status::Active);
+    const TOKEN_REVOKED: Result<Status, RevocationError> = Ok(Status::Revoked(RevokedBy::Token));
+    const SANDBOX_REVOKED: Result<Status, RevocationError> =
+        Ok(Status::Revoked(RevokedBy::Sandbox));
+
+    fn store_path(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("revocations.redb")
+    }
+
+    fn open(path: &Path) -> Revocations {
+        Revocations::open_local(path).expect("open the local store")
+    }
+
+    #[test]
+    fn revocations_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<Revocations>();
+    }
+
+    #[tokio::test]
+    async fn local_revoked_token_is_revoked_until_its_exp_plus_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&store_path(&dir));
+        assert_eq!(store.backend(), "local");
+        let now = unix_now();
+        let exp = now + 600;
+
+        store.revoke_token("jti-1", exp).await.unwrap();
+
+        assert_eq!(store.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
+        // The jti is revoked whatever sandbox the token names.
+        assert_eq!(
+            store.check(Some("jti-1"), OTHER_SANDBOX, now),
+            TOKEN_REVOKED
+        );
+        assert_eq!(
+            store.check(Some("jti-1"), SANDBOX, exp + EXPIRY_GRACE_SECS),
+            TOKEN_REVOKED
+        );
+        assert_eq!(
+            store.check(Some("jti-1"), SANDBOX, exp + EXPIRY_GRACE_SECS + 1),
+            ACTIVE
+        );
+        assert_eq!(store.check(Some("jti-2"), SANDBOX, now), ACTIVE);
+        assert_eq!(store.check(None, SANDBOX, now), ACTIVE);
+        assert_eq!(
+            store.counts(),
+            RevocationCounts {
+                tokens: 1,
+                sandboxes: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn local_revoked_sandbox_stops_every_token_until_lifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&store_path(&dir));
+        let now = unix_now();
+        store.revoke_token("jti-1", now + 600).await.unwrap();
+
+        store.revoke_sandbox(SANDBOX).await.unwrap();
+        assert_eq!(store.check(Some("jti-2"), SANDBOX, now), SANDBOX_REVOKED);
+        assert_eq!(store.check(None, SANDBOX, now), SANDBOX_REVOKED);
+        assert_eq!(store.check(Some("jti-2"), OTHER_SANDBOX, now), ACTIVE);
+        // Revoking twice is harmless.
+        store.revoke_sandbox(SANDBOX).await.unwrap();
+
+        store.unrevoke_sandbox(SANDBOX).await.unwrap();
+        assert_eq!(store.check(Some("jti-2"), SANDBOX, now), ACTIVE);
+        // A token revoked by jti stays revoked when its sandbox is lifted.
+        assert_eq!(store.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
+        // Lifting a sandbox that is not revoked is harmless.
+        store.unrevoke_sandbox(OTHER_SANDBOX).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn local_expired_revocations_are_active_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(&dir);
+        let store = open(&path);
+        let now = unix_now();
+        store.revoke_token("short", now + 10).await.unwrap();
+        store.revoke_token("long", now + 3600).await.unwrap();
+        // Already past exp + grace: nothing to remember.
+        store
+            .revoke_token("dead", now - EXPIRY_GRACE_SECS - 1)
+            .await
+            .unwrap();
+        assert_eq!(store.counts().tokens, 2);
+
+        let later = now + 10 + EXPIRY_GRACE_SECS + 1;
+        assert_eq!(store.check(Some("short"), SANDBOX, later), ACTIVE);
+        assert_eq!(store.check(Some("long"), SANDBOX, later), TOKEN_REVOKED);
+
+        assert_eq!(store.prune_expired(later).await.unwrap(), 1);
+        assert_eq!(store.counts().tokens, 1);
+        assert_eq!(store.check(Some("long"), SANDBOX, later), TOKEN_REVOKED);
+
+        // Pruned from the file too.
+        drop(store);
+        let store = open(&path);
+        let raw = store.shared.read();
+        assert!(!raw.tokens.contains_key("short"));
+        assert!(raw.tokens.contains_key("long"));
+    }
+
+    #[tokio::test]
+    async fn local_revoking_again_keeps_the_later_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&store_path(&dir));
+        let now = unix_now();
+        store.revoke_token("jti-1", now + 3600).await.unwrap();
+        store.revoke_token("jti-1", now + 60).await.unwrap();
+        let late = now + 60 + EXPIRY_GRACE_SECS + 1;
+        assert_eq!(store.check(Some("jti-1"), SANDBOX, late), TOKEN_REVOKED);
+    }
+
+    #[tokio::test]
+    async fn local_revocations_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(&dir);
+        let now = unix_now();
+        {
+            let store = open(&path);
+            store.revoke_token("jti-1", now + 600).await.unwrap();
+            store.revoke_sandbox(SANDBOX).await.unwrap();
+            store.revoke_sandbox(OTHER_SANDBOX).await.unwrap();
+            store.unrevoke_sandbox(OTHER_SANDBOX).await.unwrap();
+        }
+
+        let store = open(&path);
+        assert_eq!(
+            store.check(Some("jti-1"), OTHER_SANDBOX, now),
+            TOKEN_REVOKED
+        );
+        assert_eq!(store.check(None, SANDBOX, now), SANDBOX_REVOKED);
+        assert_eq!(store.check(None, OTHER_SANDBOX, now), ACTIVE);
+
+        store.unrevoke_sandbox(SANDBOX).await.unwrap();
+        drop(store);
+        let store = open(&path);
+        assert_eq!(store.check(None, SANDBOX, now), ACTIVE);
+        assert_eq!(
+            store.counts(),
+            RevocationCounts {
+                tokens: 1,
+                sandboxes: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_inputs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&store_path(&dir));
+        let exp = unix_now() + 600;
+        let invalid =
+            |r: Result<(), RevocationError>| matches!(r, Err(RevocationError::Invalid(_)));
+
+        assert!(invalid(store.revoke_token("", exp).await));
+        assert!(invalid(
+            store
+                .revoke_token(&"j".repeat(MAX_JTI_BYTES + 1), exp)
+                .await
+        ));
+        assert!(invalid(store.revoke_token("a\nb", exp).await));
+        assert!(invalid(store.revoke_token("a\u{7f}b", exp).await));
+        assert!(invalid(store.revoke_token("jti", MAX_EXPIRES_AT + 1).await));
+        for bad in [
+            "",
+            "not-a-uuid",
+            "0B8F2A4E-6C1D-4F3A-9E2B-7D5C8A1F0E93",
+            "0b8f2a4e6c1d4f3a9e2b7d5c8a1f0e93",
+            "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93 ",
+        ] {
+            assert!(invalid(store.revoke_sandbox(bad).await), "{bad:?}");
+            assert!(invalid(store.unrevoke_sandbox(bad).await), "{bad:?}");
+        }
+        assert_eq!(
+            store.counts(),
+            RevocationCounts {
+                tokens: 0,
+                sandboxes: 0
+            }
+        );
+
+        // The limits themselves are fine.
+        store
+            .revoke_token(&"j".repeat(MAX_JTI_BYTES), exp)
+            .await
+            .unwrap();
+        store
+            .revoke_token("jti with spaces/ünïcödé", exp)
+            .await
+            .unwrap();
+        store.revoke_token("jti", MAX_EXPIRES_AT).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn local_store_refuses_entries_beyond_its_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&store_path(&dir));
+        store.limits = Limits {
+            tokens: 2,
+            sandboxes: 1,
+        };
+        let now = unix_now();
+        store.revoke_token("expiring", now + 1).await.unwrap();
+        store.revoke_token("jti-1", now + 600).await.unwrap();
+        // Full, but an entry expired by now makes room.
+        let later = now + 1 + EXPIRY_GRACE_SECS + 1;
+        store.prune_expired(later).await.unwrap();
+        store.revoke_token("jti-2", now + 600).await.unwrap();
+        let refused = store.revoke_token("jti-3", now + 600).await;
+        assert!(
+            matches!(&refused, Err(RevocationError::Invalid(m)) if m.contains("too many")),
+            "{refused:?}"
+        );
+        // Renewing one already there is fine.
+        store.revoke_token("jti-1", now + 900).await.unwrap();
+        assert_eq!(store.check(Some("jti-3"), SANDBOX, now), ACTIVE);
+
+        store.revoke_sandbox(SANDBOX).await.unwrap();
+        assert!(matches!(
+            store.revoke_sandbox(OTHER_SANDBOX).await,
+            Err(RevocationError::Invalid(_))
+        ));
+        store.revoke_sandbox(SANDBOX).await.unwrap();
+        store.unrevoke_sandbox(SANDBOX).await.unwrap();
+        store.revoke_sandbox(OTHER_SANDBOX).await.unwrap();
+    }
+
+    #[test]
+    fn local_store_is_refused_when_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(&dir);
+        let _first = open(&path);
+        // redb locks the file: a second holder (another process, or a second replica pointed at
+        // the same file) is refused rather than corrupting it.
+        assert!(matches!(
+            Revocations::open_local(&path),
+            Err(RevocationError::Io(_))
+        ));
+
+        let garbage = dir.path().join("garbage");
+        std::fs::write(&garbage, b"not a database, certainly not one of ours").unwrap();
+        assert!(matches!(
+            Revocations::open_local(&garbage),
+            Err(RevocationError::Io(_))
+        ));
+        assert!(matches!(
+            Revocations::open_local(&dir.path().join("missing/dir/file")),
+            Err(RevocationError::Io(_))
+        ));
+    }
+
+    #[test]
+    fn change_log_is_applied_only_when_complete() {
+        let log = |entries: &[&str]| entries.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        let changes =
+            parse_changes(&log(&["5|t|1700000300|a|b", "6|s+|0|x", "7|s-|0|x"]), 4, 7).unwrap();
+        assert_eq!(
+            changes,
+            [
+                Change::Token {
+                    jti: "a|b".into(),
+                    forget_after: 1_700_000_300
+                },
+                Change::Sandbox {
+                    id: "x".into(),
+                    revoked: true
+                },
+                Change::Sandbox {
+                    id: "x".into(),
+                    revoked: false
+                },
+            ]
+        );
+        // A trimmed start, a hole, a missing end, an unknown entry: reload instead.
+        assert_eq!(parse_changes(&log(&["6|s+|0|x"]), 4, 6), None);
+        assert_eq!(parse_changes(&log(&["5|s+|0|x", "7|s+|0|y"]), 4, 7), None);
+        assert_eq!(parse_changes(&log(&["5|s+|0|x"]), 4, 6), None);
+        assert_eq!(parse_changes(&log(&["5|zz|0|x"]), 4, 5), None);
+        assert_eq!(parse_changes(&log(&["5|t|soon|x"]), 4, 5), None);
+        assert_eq!(parse_changes(&[], 4, 4), Some(vec![]));
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Redis: a real redis-server per test.
+
+    /// `REDIS_SERVER_BIN`, else `redis-server` on PATH; `None` (the test skips) when neither,
+    /// unless CI is set.
+    fn redis_server_bin(test: &str) -> Option<PathBuf> {
+        let found = std::env::var_os("REDIS_SERVER_BIN")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::split_paths(&std::env::var_os("PATH")?)
+                    .map(|dir| dir.join("redis-server"))
+                    .find(|candidate| candidate.is_file())
+            });
+        if found.is_none() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server not found: scripts/install-redis must run first (or set REDIS_SERVER_BIN)"
+            );
+            eprintln!("{test}: skipped, redis-server not found (run scripts/install-redis)");
+        }
+        found
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    }
+
+    /// A redis-server on 127.0.0.1 without persistence, killed on drop.
+    struct RedisServer {
+        bin: PathBuf,
+        port: u16,
+        child: Option<Child>,
+    }
+
+    impl RedisServer {
+        fn start(bin: PathBuf) -> Self {
+            let mut server = RedisServer {
+                bin,
+                port: free_port(),
+                child: None,
+            };
+            server.restart();
+            server
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/", self.port)
+        }
+
+        /// Starts it (again, on the same port, empty) and waits until it answers PING.
+        fn restart(&mut self) {
+            self.kill();
+            let mut child = Command::new(&self.bin)
+                .args(["--port", &self.port.to_string()])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(status) = child.try_wait().expect("redis-server status") {
+                    panic!("redis-server exited at start: {status}");
+                }
+                if self.answers_ping() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server did not answer PING"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.child = Some(child);
+        }
+
+        fn answers_ping(&self) -> bool {
+            let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) else {
+                return false;
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut answer = [0u8; 7];
+            stream.write_all(b"PING\r\n").is_ok()
+                && stream.read_exact(&mut answer).is_ok()
+                && &answer == b"+PONG\r\n"
+        }
+
+        fn signal(&self, signal: &str) {
+            let child = self.child.as_ref().expect("redis-server running");
+            let status = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -{signal} failed");
+        }
+
+        fn kill(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+
+        async fn raw(&self) -> redis::aio::MultiplexedConnection {
+            redis::Client::open(self.url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .expect("raw connection to the test redis-server")
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    /// Polls `condition` every 10 ms for up to `limit`.
+    async fn within(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if condition() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    const PREFIX: &str = "daytona-authz:";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_replicas_agree_within_a_second() {
+        let Some(bin) = redis_server_bin("redis_replicas_agree_within_a_second") else {
+            return;
+        };
+        let server = RedisServer::start(bin);
+        let a = Revocations::connect_redis(&server.url(), PREFIX)
+            .await
+            .unwrap();
+        let b = Revocations::connect_redis(&server.url(), PREFIX)
+            .await
+            .unwrap();
+        assert_eq!(a.backend(), "redis");
+        let now = unix_now();
+        let second = Duration::from_secs(1);
+
+        a.revoke_token("jti-1", now + 600).await.unwrap();
+        // At once on the replica that wrote it.
+        assert_eq!(a.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
+        assert!(
+            within(second, || b.check(Some("jti-1"), SANDBOX, now)
+                == TOKEN_REVOKED)
+            .await,
+            "the other replica did not see the token revocation within a second"
+        );
+        assert_eq!(
+            b.check(Some("jti-1"), SANDBOX, now + 600 + EXPIRY_GRACE_SECS + 1),
+            ACTIVE
+        );
+
+        b.revoke_sandbox(SANDBOX).await.unwrap();
+        assert!(
+            within(second, || a.check(None, SANDBOX, now) == SANDBOX_REVOKED).await,
+            "the other replica did not see the sandbox revocation within a second"
+        );
+        assert_eq!(a.check(Some("jti-2"), OTHER_SANDBOX, now), ACTIVE);
+
+        a.unrevoke_sandbox(SANDBOX).await.unwrap();
+        assert!(
+            within(second, || b.check(None, SANDBOX, now) == ACTIVE).await,
+            "the other replica did not see the sandbox lifted within a second"
+        );
+        assert_eq!(b.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
+
+        // A replica started later loads what is already there.
+        let c = Revocations::connect_redis(&server.url(), PREFIX)
+            .await
+            .unwrap();
+        assert_eq!(c.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
+        assert_eq!(c.check(None, SANDBOX, now), ACTIVE);
+
+        assert!(matches!(
+            a.revoke_sandbox("NOT-A-UUID").await,
+            Err(RevocationError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_down_fails_closed_and_recovers() {
+        let Some(bin) = redis_server_bin("redis_down_fails_closed_and_recovers") else {
+            return;
+        };
+        let mut server = RedisServer::start(bin);
+        let store = Revocations::connect_redis(&server.url(), PREFIX)
+            .await
+            .unwrap();
+        let now = unix_now();
+        store.revoke_token("jti-1", now + 600).await.unwrap();
+        assert_eq!(store.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
+
+        // Hung (a partition looks the same): unknown, then back when it answers again.
+        server.signal("STOP");
+        assert!(
+            within(Duration::from_millis(1500), || {
+                store.check(Some("jti-2"), SANDBOX, now) == Err(RevocationError::Unknown)
+            })
+            .await,
+            "check still answered 1.5 s after Redis hung"
+        );
+        server.signal("CONT");
+        assert!(
+            within(Duration::from_secs(5), || store
+                .check(Some("jti-1"), SANDBOX, now)
+                .is_ok())
+            .await,
+            "check did not recover after Redis answered again"
+        );
+        assert_eq!(store.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
+
+        // Gone.
+        server.kill();
+        assert!(
+            within(Duration::from_millis(1500), || {
+                store.check(Some("jti-2"), SANDBOX, now) == Err(RevocationError::Unknown)
+            })
+            .await,
+            "check still answered 1.5 s after Redis went away"
+        );
+        assert!(matches!(
+            store.revoke_sandbox(SANDBOX).await,
+            Err(RevocationError::Redis(_))
+        ));
+
+        // Back on the same port, empty (no persistence): the mirror follows Redis, so the
+        // revocation Redis forgot is forgotten here too.
+        server.restart();
+        assert!(
+            within(Duration::from_secs(10), || store
+                .check(Some("jti-1"), SANDBOX, now)
+                .is_ok())
+            .await,
+            "check did not recover after Redis came back"
+        );
+        assert_eq!(store.check(Some("jti-1"), SANDBOX, now), ACTIVE);
+        store.revoke_sandbox(SANDBOX).await.unwrap();
+        assert_eq!(store.check(None, SANDBOX, now), SANDBOX_REVOKED);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_mirror_reloads_when_the_change_log_has_a_gap() {
+        let Some(bin) = redis_server_bin("redis_mirror_reloads_when_the_change_log_has_a_gap")
+        else {
+            return;
+        };
+        let server = RedisServer::start(bin);
+        let store = Revocations::connect_redis(&server.url(), "test:")
+            .await
+            .unwrap();
+        let now = unix_now();
+        store.revoke_token("jti-1", now + 600).await.unwrap();
+
+        let mut raw = server.raw().await;
+        let score: f64 = redis::cmd("ZSCORE")
+            .arg("test:revoked-jtis")
+            .arg("jti-1")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(score_to_secs(score), now + 600 + EXPIRY_GRACE_SECS);
+
+        // A change the log no longer holds (as if trimmed): only a full load can see it.
+        redis::pipe()
+            .cmd("SADD")
+            .arg("test:revoked-sandboxes")
+            .arg(SANDBOX)
+            .ignore()
+            .cmd("INCR")
+            .arg("test:seq")
+            .ignore()
+            .query_async::<()>(&mut raw)
+            .await
+            .unwrap();
+        assert!(
+            within(Duration::from_secs(1), || store.check(None, SANDBOX, now)
+                == SANDBOX_REVOKED)
+            .await,
+            "a change missing from the log was not picked up by a full load"
+        );
+        assert_eq!(
+            store.check(Some("jti-1"), OTHER_SANDBOX, now),
+            TOKEN_REVOKED
+        );
+
+        // Data lost under us (FLUSHALL): a new epoch, and the mirror empties like Redis did.
+        redis::cmd("FLUSHALL")
+            .query_async::<()>(&mut raw)
+            .await
+            .unwrap();
+        assert!(
+            within(Duration::from_secs(1), || store.check(None, SANDBOX, now)
+                == ACTIVE)
+            .await,
+            "the mirror kept revocations Redis no longer has"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_store_refuses_entries_beyond_its_limits() {
+        let Some(bin) = redis_server_bin("redis_store_refuses_entries_beyond_its_limits") else {
+            return;
+        };
+        let server = RedisServer::start(bin);
+        let mut store = Revocations::connect_redis(&server.url(), PREFIX)
+            .await
+            .unwrap();
+        store.limits = Limits {
+            tokens: 1,
+            sandboxes: 1,
+        };
+        let now = unix_now();
+        store.revoke_token("jti-1", now + 600).await.unwrap();
+        assert!(matches!(
+            store.revoke_token("jti-2", now + 600).await,
+            Err(RevocationError::Invalid(_))
+        ));
+        store.revoke_token("jti-1", now + 900).await.unwrap();
+        store.revoke_sandbox(SANDBOX).await.unwrap();
+        assert!(matches!(
+            store.revoke_sandbox(OTHER_SANDBOX).await,
+            Err(RevocationError::Invalid(_))
+        ));
+        assert_eq!(store.check(Some("jti-2"), OTHER_SANDBOX, now), ACTIVE);
+    }
+
+    #[tokio::test]
+    async fn redis_connect_fails_fast_without_redis() {
+        let url = format!("redis://127.0.0.1:{}/", free_port());
+        let started = Instant::now();
+        assert!(matches!(
+            Revocations::connect_redis(&url, PREFIX).await,
+            Err(RevocationError::Redis(_))
+        ));
+        assert!(started.elapsed() <= WRITE_TIMEOUT + Duration::from_secs(1));
+
+        let bad_url = Revocations::connect_redis("http://user:hunter2@example.com", PREFIX).await;
+        assert!(
+            matches!(&bad_url, Err(RevocationError::Invalid(m)) if !m.contains("hunter2")),
+            "{bad_url:?}"
+        );
+        for prefix in ["", "has space:", "tab\t:"] {
+            assert!(matches!(
+                Revocations::connect_redis(&url, prefix).await,
+                Err(RevocationError::Invalid(_))
+            ));
+        }
+    }
+}
