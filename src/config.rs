@@ -129,6 +129,18 @@ pub struct ServeArgs {
     )]
     pub max_concurrent_api_calls: usize,
 
+    /// Domain Daytona's preview URLs may be under (repeatable); a preview URL for any other
+    /// host is refused (502), never forwarded. Default: derived from --daytona-api-url
+    /// (app.daytona.io → proxy.daytona.works, proxy.daytona.work; a local API → proxy.localhost;
+    /// else proxy.<API host>).
+    #[arg(
+        long = "upstream-domain",
+        env = "DAYTONA_AUTHZ_UPSTREAM_DOMAIN",
+        value_delimiter = ',',
+        value_name = "DOMAIN"
+    )]
+    pub upstream_domains: Vec<String>,
+
     /// Public hosts are {port}-{sandboxId}.{preview-domain}, e.g. preview.example.com.
     #[arg(long, env = "DAYTONA_AUTHZ_PREVIEW_DOMAIN", value_name = "DOMAIN")]
     pub preview_domain: Option<String>,
@@ -686,6 +698,8 @@ pub struct ServeConfig {
     pub daytona_api_url: url::Url,
     pub daytona_api_timeout: Duration,
     pub max_concurrent_api_calls: usize,
+    /// Lower-case; never empty.
+    pub upstream_domains: Vec<String>,
     pub preview_domain: String,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
@@ -876,6 +890,19 @@ impl ServeArgs {
             1..=10_000 => Ok(self.max_concurrent_api_calls),
             _ => err("--max-concurrent-api-calls must be within 1-10000"),
         });
+        let upstream_domains: Vec<String> = self
+            .upstream_domains
+            .iter()
+            .filter_map(|d| {
+                p.check(preview_domain(d).map_err(|_| {
+                    ConfigError(format!("--upstream-domain: {d:?} is not a domain name"))
+                }))
+            })
+            .collect();
+        let upstream_domains = match (&daytona_api_url, upstream_domains.is_empty()) {
+            (Some(api), true) => crate::daytona::default_upstream_domains(api),
+            _ => upstream_domains,
+        };
         let preview_domain = p.check(match &self.preview_domain {
             Some(domain) => preview_domain(domain),
             None => err(
@@ -981,6 +1008,7 @@ impl ServeArgs {
                 daytona_api_url: daytona_api_url?,
                 daytona_api_timeout: daytona_api_timeout?,
                 max_concurrent_api_calls: max_concurrent_api_calls?,
+                upstream_domains,
                 preview_domain: preview_domain?,
                 jwt_issuer: jwt_issuer?,
                 jwt_audience: jwt_audience?,

@@ -71,6 +71,8 @@ pub struct DaytonaApi {
     metrics: Arc<Metrics>,
     /// Set once Daytona has answered a call with our key accepted.
     answered: tokio::sync::watch::Sender<bool>,
+    /// Domains preview URLs may be under (lower-case).
+    upstream_domains: Vec<String>,
 }
 
 impl std::fmt::Debug for DaytonaApi {
@@ -89,6 +91,7 @@ impl DaytonaApi {
         api_key: &str,
         timeout: Duration,
         max_in_flight: usize,
+        upstream_domains: Vec<String>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
@@ -106,6 +109,7 @@ impl DaytonaApi {
             timeout,
             metrics,
             answered: tokio::sync::watch::channel(false).0,
+            upstream_domains,
         })
     }
 
@@ -188,7 +192,13 @@ impl DaytonaApi {
             self.answered.send_replace(true);
         }
         match status {
-            200 => parse_answer(&body, target),
+            200 => {
+                let answer = parse_answer(&body, target, &self.upstream_domains);
+                if let Err(e) = &answer {
+                    tracing::warn!(error = %e, sandbox.id = %target.sandbox_id, port = target.port, "refusing Daytona's answer");
+                }
+                answer
+            }
             400 => Err(DaytonaError::BadRequest(error_message(&body))),
             401 | 403 => Err(DaytonaError::Unauthorized(status)),
             404 => Err(DaytonaError::NotFound),
@@ -196,6 +206,21 @@ impl DaytonaApi {
             500..=599 => Err(DaytonaError::Unavailable(format!("HTTP {status}"))),
             other => Err(DaytonaError::BadAnswer(format!("HTTP {other}"))),
         }
+    }
+}
+
+/// The proxy domains Daytona's preview URLs are under, for an API URL: Daytona cloud's for
+/// `app.daytona.io`, `proxy.localhost` (self-hosted default) for a local API, else
+/// `proxy.<API host>`. `--upstream-domain` overrides this.
+pub fn default_upstream_domains(api: &url::Url) -> Vec<String> {
+    match api.host() {
+        Some(url::Host::Domain("app.daytona.io")) => {
+            vec!["proxy.daytona.works".into(), "proxy.daytona.work".into()]
+        }
+        Some(url::Host::Domain("localhost") | url::Host::Ipv4(_) | url::Host::Ipv6(_)) | None => {
+            vec!["proxy.localhost".into()]
+        }
+        Some(url::Host::Domain(host)) => vec![format!("proxy.{host}")],
     }
 }
 
@@ -282,7 +307,11 @@ fn error_message(body: &[u8]) -> String {
     }
 }
 
-fn parse_answer(body: &[u8], target: &PreviewTarget) -> Result<Preview, DaytonaError> {
+fn parse_answer(
+    body: &[u8],
+    target: &PreviewTarget,
+    allowed: &[String],
+) -> Result<Preview, DaytonaError> {
     let answer: PreviewUrlAnswer = serde_json::from_slice(body)
         .map_err(|_| DaytonaError::BadAnswer("not the expected JSON".into()))?;
     if answer.token.is_empty()
@@ -291,16 +320,21 @@ fn parse_answer(body: &[u8], target: &PreviewTarget) -> Result<Preview, DaytonaE
     {
         return Err(DaytonaError::BadAnswer("unusable preview token".into()));
     }
-    let upstream = parse_upstream(&answer.url, target)?;
+    let upstream = parse_upstream(&answer.url, target, allowed)?;
     Ok(Preview {
         token: answer.token,
         upstream,
     })
 }
 
-/// Checks the preview URL names the very sandbox port we asked for (`{port}-{id}.` first label),
-/// so a confused or compromised answer cannot send Envoy somewhere else.
-fn parse_upstream(text: &str, target: &PreviewTarget) -> Result<Upstream, DaytonaError> {
+/// Checks the preview URL is `{port}-{id}.{an allowed proxy domain}` for the very sandbox port we
+/// asked for, so a confused or compromised answer cannot send Envoy anywhere else (another
+/// domain, an IP, `localhost`, another port).
+fn parse_upstream(
+    text: &str,
+    target: &PreviewTarget,
+    allowed: &[String],
+) -> Result<Upstream, DaytonaError> {
     let bad = |why: &str| DaytonaError::BadAnswer(format!("preview URL {why}"));
     let url = url::Url::parse(text).map_err(|_| bad("does not parse"))?;
     let tls = match url.scheme() {
@@ -312,8 +346,11 @@ fn parse_upstream(text: &str, target: &PreviewTarget) -> Result<Upstream, Dayton
         return Err(bad("has no domain name"));
     };
     let expected = format!("{target}.");
-    if !host.starts_with(&expected) || host.len() == expected.len() {
+    let Some(domain) = host.strip_prefix(&expected) else {
         return Err(bad("names another sandbox or port"));
+    };
+    if !allowed.iter().any(|a| a == domain) {
+        return Err(bad("is not under an allowed --upstream-domain"));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("carries credentials"));
@@ -407,15 +444,39 @@ mod tests {
         }
     }
 
+    fn allowed() -> Vec<String> {
+        vec!["proxy.daytona.works".into(), "proxy.localhost".into()]
+    }
+
+    #[test]
+    fn upstream_domains_default_from_the_api_url() {
+        let domains = |u: &str| default_upstream_domains(&url::Url::parse(u).unwrap());
+        assert_eq!(
+            domains("https://app.daytona.io/api"),
+            ["proxy.daytona.works", "proxy.daytona.work"]
+        );
+        assert_eq!(domains("http://localhost:3000/api"), ["proxy.localhost"]);
+        assert_eq!(domains("http://127.0.0.1:3000/api"), ["proxy.localhost"]);
+        assert_eq!(
+            domains("https://daytona.example.com/api"),
+            ["proxy.daytona.example.com"]
+        );
+    }
+
     #[test]
     fn accepts_the_urls_daytona_gives() {
-        let cloud =
-            parse_upstream(&format!("https://3000-{ID}.proxy.daytona.works"), &target()).unwrap();
+        let cloud = parse_upstream(
+            &format!("https://3000-{ID}.proxy.daytona.works"),
+            &target(),
+            &allowed(),
+        )
+        .unwrap();
         assert!(cloud.tls);
         assert_eq!(cloud.authority, format!("3000-{ID}.proxy.daytona.works"));
         let local = parse_upstream(
             &format!("http://3000-{ID}.proxy.localhost:4000/"),
             &target(),
+            &allowed(),
         )
         .unwrap();
         assert!(!local.tls);
@@ -432,8 +493,14 @@ mod tests {
             format!("ftp://3000-{ID}.proxy.daytona.works"),
             format!("https://user:pw@3000-{ID}.proxy.daytona.works"),
             format!("https://x3000-{ID}.proxy.daytona.works"),
+            format!("https://3000-{ID}.proxy.daytona.works.evil.com"),
+            format!("https://3000-{ID}.evil.com"),
+            format!("https://3000-{ID}.localhost"),
         ] {
-            assert!(parse_upstream(&url, &target()).is_err(), "{url}");
+            assert!(
+                parse_upstream(&url, &target(), &allowed()).is_err(),
+                "{url}"
+            );
         }
     }
 
@@ -443,9 +510,12 @@ mod tests {
         for token in ["", "has space", "new\nline"] {
             let body = serde_json::json!({"sandboxId": ID, "url": url, "token": token});
             let body = serde_json::to_vec(&body).unwrap();
-            assert!(parse_answer(&body, &target()).is_err(), "{token:?}");
+            assert!(
+                parse_answer(&body, &target(), &allowed()).is_err(),
+                "{token:?}"
+            );
         }
-        assert!(parse_answer(b"{}", &target()).is_err());
+        assert!(parse_answer(b"{}", &target(), &allowed()).is_err());
     }
 
     struct Counting {

@@ -53,6 +53,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             config.secrets.daytona_api_key.expose(),
             config.daytona_api_timeout,
             config.max_concurrent_api_calls,
+            config.upstream_domains.clone(),
             Arc::clone(&metrics),
         )
         .map_err(ServeError::Setup)?,
@@ -99,6 +100,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         daytona_api_url = %config.daytona_api_url,
         daytona_api_timeout = ?config.daytona_api_timeout,
         max_concurrent_api_calls = config.max_concurrent_api_calls,
+        upstream_domains = ?config.upstream_domains,
         preview_domain = %config.preview_domain,
         cache_ttl = ?config.cache_ttl,
         cache_max_entries = config.cache_max_entries,

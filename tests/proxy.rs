@@ -390,3 +390,30 @@ async fn a_rotated_preview_token_is_picked_up_within_the_cache_ttl() {
         [restarted.token.as_str()]
     );
 }
+
+#[tokio::test]
+async fn a_preview_url_outside_the_upstream_domains_is_never_forwarded() {
+    // The double answers http://3000-<id>.proxy.localhost:<port>; only other.localhost is allowed.
+    let stack = Stack::start_with(AuthzOptions {
+        extra_args: vec!["--upstream-domain".into(), "other.localhost".into()],
+        ..Default::default()
+    })
+    .await;
+    let reply = stack
+        .get(
+            &stack.host(3000),
+            "/",
+            &[("authorization", &format!("Bearer {}", stack.token(None)))],
+        )
+        .await;
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "bad_gateway");
+    assert!(stack.double.proxy_requests().await.is_empty());
+    assert!(
+        stack
+            .authz
+            .proc
+            .stderr()
+            .contains("not under an allowed --upstream-domain")
+    );
+}
