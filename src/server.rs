@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
 use arc_swap::ArcSwapOption;
@@ -158,7 +158,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(incoming(listener), async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 }),
         )
@@ -205,7 +205,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuthorizationServer::new(authz))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), {
+        .serve_with_incoming_shutdown(incoming(grpc), {
             let mut stopped = stopping.clone();
             async move {
                 let _ = stopped.wait_for(|s| *s).await;
@@ -501,6 +501,13 @@ fn reload(state: &Reloadable) -> Result<(), String> {
         check.set_token(token.expose());
     }
     Ok(())
+}
+
+/// Connections of a bound listener for tonic, with TCP_NODELAY: tonic's own `tcp_nodelay`
+/// setting only applies to listeners it binds, and without it Nagle's algorithm holds small
+/// Check answers back by tens of milliseconds.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 fn local_addr(listener: &TcpListener) -> String {
