@@ -893,11 +893,7 @@ impl ServeArgs {
         let upstream_domains: Vec<String> = self
             .upstream_domains
             .iter()
-            .filter_map(|d| {
-                p.check(preview_domain(d).map_err(|_| {
-                    ConfigError(format!("--upstream-domain: {d:?} is not a domain name"))
-                }))
-            })
+            .filter_map(|d| p.check(upstream_domain(d)))
             .collect();
         let upstream_domains = match (&daytona_api_url, upstream_domains.is_empty()) {
             (Some(api), true) => crate::daytona::default_upstream_domains(api),
@@ -1117,6 +1113,27 @@ fn login_url(text: &str) -> Result<url::Url, ConfigError> {
         return err("--login-url must not carry a fragment or credentials");
     }
     Ok(url)
+}
+
+/// `domain` or `domain:port` (a port other than the scheme's default must be named).
+fn upstream_domain(text: &str) -> Result<String, ConfigError> {
+    let bad = || ConfigError(format!("--upstream-domain: {text:?} is not domain[:port]"));
+    let (domain, port) = match text.rsplit_once(':') {
+        Some((domain, port)) => {
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(bad)?;
+            (domain, Some(port))
+        }
+        None => (text, None),
+    };
+    let domain = preview_domain(domain).map_err(|_| bad())?;
+    Ok(match port {
+        Some(port) => format!("{domain}:{port}"),
+        None => domain,
+    })
 }
 
 /// A DNS name of letters, digits and hyphens, lower-cased, without a trailing dot.

@@ -209,16 +209,16 @@ impl DaytonaApi {
     }
 }
 
-/// The proxy domains Daytona's preview URLs are under, for an API URL: Daytona cloud's for
-/// `app.daytona.io`, `proxy.localhost` (self-hosted default) for a local API, else
-/// `proxy.<API host>`. `--upstream-domain` overrides this.
+/// The proxy domains (with a port when not the scheme's default) Daytona's preview URLs are
+/// under, for an API URL: Daytona cloud's for `app.daytona.io`, `proxy.localhost:4000` (the
+/// self-hosted default) for a local API, else `proxy.<API host>`. `--upstream-domain` overrides.
 pub fn default_upstream_domains(api: &url::Url) -> Vec<String> {
     match api.host() {
         Some(url::Host::Domain("app.daytona.io")) => {
             vec!["proxy.daytona.works".into(), "proxy.daytona.work".into()]
         }
         Some(url::Host::Domain("localhost") | url::Host::Ipv4(_) | url::Host::Ipv6(_)) | None => {
-            vec!["proxy.localhost".into()]
+            vec!["proxy.localhost:4000".into()]
         }
         Some(url::Host::Domain(host)) => vec![format!("proxy.{host}")],
     }
@@ -349,8 +349,15 @@ fn parse_upstream(
     let Some(domain) = host.strip_prefix(&expected) else {
         return Err(bad("names another sandbox or port"));
     };
-    if !allowed.iter().any(|a| a == domain) {
-        return Err(bad("is not under an allowed --upstream-domain"));
+    // An allow-list entry names the domain and, unless it is the scheme's default, the port.
+    let domain_and_port = match url.port() {
+        Some(port) => format!("{domain}:{port}"),
+        None => domain.to_owned(),
+    };
+    if !allowed.contains(&domain_and_port) {
+        return Err(bad(
+            "is not under an allowed --upstream-domain (domain and port)",
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("carries credentials"));
@@ -445,7 +452,7 @@ mod tests {
     }
 
     fn allowed() -> Vec<String> {
-        vec!["proxy.daytona.works".into(), "proxy.localhost".into()]
+        vec!["proxy.daytona.works".into(), "proxy.localhost:4000".into()]
     }
 
     #[test]
@@ -455,8 +462,14 @@ mod tests {
             domains("https://app.daytona.io/api"),
             ["proxy.daytona.works", "proxy.daytona.work"]
         );
-        assert_eq!(domains("http://localhost:3000/api"), ["proxy.localhost"]);
-        assert_eq!(domains("http://127.0.0.1:3000/api"), ["proxy.localhost"]);
+        assert_eq!(
+            domains("http://localhost:3000/api"),
+            ["proxy.localhost:4000"]
+        );
+        assert_eq!(
+            domains("http://127.0.0.1:3000/api"),
+            ["proxy.localhost:4000"]
+        );
         assert_eq!(
             domains("https://daytona.example.com/api"),
             ["proxy.daytona.example.com"]
@@ -496,6 +509,9 @@ mod tests {
             format!("https://3000-{ID}.proxy.daytona.works.evil.com"),
             format!("https://3000-{ID}.evil.com"),
             format!("https://3000-{ID}.localhost"),
+            format!("https://3000-{ID}.proxy.daytona.works:9901"),
+            format!("http://3000-{ID}.proxy.localhost:9901"),
+            format!("http://3000-{ID}.proxy.localhost"),
         ] {
             assert!(
                 parse_upstream(&url, &target(), &allowed()).is_err(),

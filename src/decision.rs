@@ -176,6 +176,8 @@ pub enum Denial {
     PortNotGranted,
     #[error("access to this sandbox was revoked")]
     SandboxRevoked,
+    #[error("a page of another sandbox used this sandbox's cookie")]
+    CrossSandbox,
     /// Whether the token is good cannot be known right now (introspection or the revocation
     /// store is unreachable): fail closed.
     #[error("{0} unavailable")]
@@ -190,7 +192,10 @@ impl Denial {
             Denial::HeadersTooLarge => 431,
             Denial::BadHost(_) => 400,
             Denial::MissingToken | Denial::AmbiguousToken(_) | Denial::InvalidToken(_) => 401,
-            Denial::WrongSandbox | Denial::PortNotGranted | Denial::SandboxRevoked => 403,
+            Denial::WrongSandbox
+            | Denial::PortNotGranted
+            | Denial::SandboxRevoked
+            | Denial::CrossSandbox => 403,
             Denial::StatusUnknown(_) => 503,
             Denial::Daytona(e) => match e {
                 DaytonaError::NotFound => 404,
@@ -209,9 +214,10 @@ impl Denial {
             Denial::MissingToken | Denial::AmbiguousToken(_) | Denial::InvalidToken(_) => {
                 "invalid_token"
             }
-            Denial::WrongSandbox | Denial::PortNotGranted | Denial::SandboxRevoked => {
-                "insufficient_scope"
-            }
+            Denial::WrongSandbox
+            | Denial::PortNotGranted
+            | Denial::SandboxRevoked
+            | Denial::CrossSandbox => "insufficient_scope",
             Denial::StatusUnknown(_) => "identity_unavailable",
             Denial::Daytona(e) => match e {
                 DaytonaError::NotFound => "sandbox_not_found",
@@ -246,6 +252,9 @@ impl Denial {
             Denial::WrongSandbox => "The access token is for another sandbox.".into(),
             Denial::PortNotGranted => "The access token does not grant this port.".into(),
             Denial::SandboxRevoked => "Access to this sandbox has been revoked.".into(),
+            Denial::CrossSandbox => {
+                "Pages of one sandbox cannot use your access to another sandbox.".into()
+            }
             Denial::StatusUnknown(_) => {
                 "Access cannot be checked right now; try again shortly.".into()
             }
@@ -371,6 +380,13 @@ pub fn authorize(
     let found = token::extract(&authorization, &request.path, &cookies, &policy.cookie_name)
         .map_err(Denial::AmbiguousToken)?
         .ok_or(Denial::MissingToken)?;
+    if found.source == TokenSource::Cookie && from_another_sandbox(request, policy, &target) {
+        // All preview hosts are one "site": a page in sandbox B can make the browser send the
+        // user's cookie for sandbox A (SameSite=Lax lets it), and Daytona reflects any Origin
+        // with credentials. A cookie only ever works for requests from its own sandbox's pages
+        // (any port) or from elsewhere; a sibling sandbox's page gets 403.
+        return Err(Denial::CrossSandbox);
+    }
     // The first candidate that verifies and grants this target wins; otherwise the first
     // candidate's reason is the answer.
     let mut first_denial = None;
@@ -430,6 +446,18 @@ pub fn authorize(
         target,
         source: found.source,
     }))
+}
+
+/// Whether the request's `Origin` is a preview host of a different sandbox than `target`.
+fn from_another_sandbox(request: &RequestView, policy: &Policy, target: &PreviewTarget) -> bool {
+    request.header_values("origin").any(|origin| {
+        let Some((_, rest)) = origin.trim().split_once("://") else {
+            return false;
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        host::parse(authority, &policy.preview_domain)
+            .is_ok_and(|other| other.sandbox_id != target.sandbox_id)
+    })
 }
 
 /// A share link opened in a browser: set the token as a cookie and send the browser to the same

@@ -492,12 +492,13 @@ pub fn extract<'a>(
     }
     let mut candidates: Vec<std::borrow::Cow<'a, str>> = Vec::new();
     for value in cookie_values(cookies, cookie_name) {
+        if value.is_empty() || candidates.iter().any(|c| c == value) {
+            continue;
+        }
         if candidates.len() >= MAX_COOKIE_CANDIDATES {
             return Err(ExtractError::Ambiguous);
         }
-        if !value.is_empty() && !candidates.iter().any(|c| c == value) {
-            candidates.push(value.into());
-        }
+        candidates.push(value.into());
     }
     Ok((!candidates.is_empty()).then_some(Found {
         source: TokenSource::Cookie,

@@ -1038,7 +1038,11 @@ async fn restart_authz(stack: &mut Stack, options: &AuthzOptions) {
         "daytona-authz exited with {status} on SIGTERM:\n{}",
         stack.authz.proc.stderr()
     );
-    let authz = Authz::start(&stack.double.api_url, options).await;
+    let mut options = options.clone();
+    options
+        .extra_args
+        .extend(stack.double.upstream_domain_args());
+    let authz = Authz::start(&stack.double.api_url, &options).await;
     let port: u16 = authz.grpc_addr.rsplit(':').next().unwrap().parse().unwrap();
     stack.envoy = Envoy::start(port).await;
     stack.authz = authz;

@@ -232,6 +232,14 @@ impl Double {
         }
     }
 
+    /// `--upstream-domain` allowing exactly this double's preview proxy.
+    pub fn upstream_domain_args(&self) -> [String; 2] {
+        [
+            "--upstream-domain".to_owned(),
+            format!("proxy.localhost:{}", self.proxy_port),
+        ]
+    }
+
     fn control(&self, path: &str) -> String {
         format!("{}/_double/{path}", self.api_url.trim_end_matches("/api"))
     }
@@ -394,9 +402,13 @@ impl Authz {
     pub async fn spawn(api_url: &str, options: &AuthzOptions) -> Authz {
         let state = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_daytona-authz"));
+        command.arg("serve");
+        // An ephemeral port unless the test fixed one (e.g. to restart on the same port).
+        if !options.extra_args.iter().any(|a| a == "--grpc-addr") {
+            command.args(["--grpc-addr", "127.0.0.1:0"]);
+        }
         command
-            .arg("serve")
-            .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(["--admin-addr", "127.0.0.1:0"])
             .args(["--http-addr", "127.0.0.1:0"])
             .env(
                 "DAYTONA_AUTHZ_REVOCATION_DB",
@@ -635,7 +647,19 @@ impl Stack {
             .api_url
             .clone()
             .unwrap_or_else(|| double.api_url.clone());
-        let authz = Authz::start(&api_url, &options.authz).await;
+        // Daytona's preview URLs point at the double's proxy port: allow exactly that, unless
+        // the test chose its own allow-list.
+        let mut authz_options = options.authz.clone();
+        if !authz_options
+            .extra_args
+            .iter()
+            .any(|a| a == "--upstream-domain")
+        {
+            authz_options
+                .extra_args
+                .extend(double.upstream_domain_args());
+        }
+        let authz = Authz::start(&api_url, &authz_options).await;
         let authz_port: u16 = authz.grpc_addr.rsplit(':').next().unwrap().parse().unwrap();
         let envoy = Envoy::start_with(authz_port, options.envoy_trusted_ca.as_deref()).await;
         let http = reqwest::Client::builder()
@@ -692,6 +716,15 @@ impl Stack {
     pub async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.request("GET", host, path, headers).await
     }
+}
+
+/// A loopback port that was free a moment ago, for a process that must keep its address across
+/// a restart (`--grpc-addr 127.0.0.1:<port>` in [`AuthzOptions::extra_args`]).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
 }
 
 pub fn host_for(sandbox_id: &str, port: u16) -> String {
