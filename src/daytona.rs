@@ -94,13 +94,7 @@ impl DaytonaApi {
         upstream_domains: Vec<String>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("daytona-authz/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let http = outbound_client(timeout)?;
         Ok(DaytonaApi {
             http,
             base,
@@ -222,6 +216,18 @@ pub fn default_upstream_domains(api: &url::Url) -> Vec<String> {
         }
         Some(url::Host::Domain(host)) => vec![format!("proxy.{host}")],
     }
+}
+
+/// The HTTP client for every outbound call (Daytona, JWKS, introspection): rustls, `timeout`
+/// bounding connection and whole call, no redirects followed, our user agent.
+pub fn outbound_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("daytona-authz/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 fn bearer(api_key: &str) -> Result<reqwest::header::HeaderValue, String> {

@@ -171,13 +171,7 @@ impl Introspector {
         if config.timeout.is_zero() {
             return Err("the introspection timeout must be above zero".into());
         }
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("daytona-authz/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let http = crate::daytona::outbound_client(config.timeout)?;
         Ok(Introspector {
             http,
             url: config.url,

@@ -64,13 +64,7 @@ impl Jwks {
         timeout: Duration,
         min_refresh_interval: Duration,
     ) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("daytona-authz/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let http = crate::daytona::outbound_client(timeout)?;
         let count = sources.len();
         Ok(Jwks {
             http,
