@@ -284,15 +284,35 @@ impl WithoutUrl for reqwest::Error {
     }
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, DaytonaError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, DaytonaError> {
+    read_bounded(response, MAX_BODY_BYTES)
         .await
-        .map_err(|e| DaytonaError::Unavailable(describe(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(DaytonaError::BadAnswer("answer too large".into()));
+        .map_err(|e| match e {
+            BodyError::Read(e) => DaytonaError::Unavailable(describe(&e)),
+            BodyError::TooLarge => DaytonaError::BadAnswer("answer too large".into()),
+        })
+}
+
+/// Why a bounded body read failed.
+#[derive(Debug)]
+pub enum BodyError {
+    Read(reqwest::Error),
+    TooLarge,
+}
+
+/// Reads a response body of at most `limit` bytes (refused early by Content-Length, or while
+/// reading), for every outbound call: a peer cannot make us buffer more than we asked for.
+pub async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Read)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }

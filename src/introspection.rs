@@ -360,26 +360,15 @@ fn describe(error: &reqwest::Error) -> String {
     }
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, IntrospectionError> {
-    let too_large = || IntrospectionError::BadAnswer("answer too large".into());
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, IntrospectionError> {
+    crate::daytona::read_bounded(response, MAX_BODY_BYTES)
         .await
-        .map_err(|e| IntrospectionError::Unavailable(describe(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        .map_err(|e| match e {
+            crate::daytona::BodyError::Read(e) => IntrospectionError::Unavailable(describe(&e)),
+            crate::daytona::BodyError::TooLarge => {
+                IntrospectionError::BadAnswer("answer too large".into())
+            }
+        })
 }
 
 #[cfg(test)]

@@ -132,7 +132,7 @@ impl Jwks {
             url: url.to_string(),
             reason,
         };
-        let mut response = self
+        let response = self
             .http
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
@@ -148,17 +148,12 @@ impl Jwks {
         if !response.status().is_success() {
             return Err(fail(format!("HTTP {}", response.status().as_u16())));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        let body = crate::daytona::read_bounded(response, MAX_BODY_BYTES)
             .await
-            .map_err(|_| fail("read failed".into()))?
-        {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(fail("document too large".into()));
-            }
-            body.extend_from_slice(&chunk);
-        }
+            .map_err(|e| match e {
+                crate::daytona::BodyError::Read(_) => fail("read failed".into()),
+                crate::daytona::BodyError::TooLarge => fail("document too large".into()),
+            })?;
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|_| fail("not a JWK set".into()))?;
         let keys: Vec<JwkKey> = set.keys.iter().filter_map(key).take(MAX_KEYS).collect();
