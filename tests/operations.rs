@@ -192,6 +192,26 @@ async fn metrics_parse_and_move_with_traffic() {
     );
 }
 
+/// The suite-wide check (tests/support: every daytona-authz and Envoy process's output is
+/// searched for every secret the suite used when the process ends) really fails a test.
+#[tokio::test]
+#[should_panic(expected = "printed a secret")]
+async fn the_suite_wide_secret_check_fails_a_test_whose_authz_printed_a_token() {
+    let token = token_for("7c0b3c1e-95b5-4d8e-9a44-2f8f1c1a0b2d", None, now() + 60);
+    let line = format!("debug: checking cookie {}", &token);
+    let mut proc = support::Proc::spawn(
+        "daytona-authz",
+        std::process::Command::new("echo").arg(line),
+    );
+    proc.wait_exit(Duration::from_secs(10)).await;
+    eventually("echo's output", Duration::from_secs(10), || {
+        let done = proc.stdout().contains("checking cookie");
+        async move { done.then_some(()) }
+    })
+    .await;
+    drop(proc);
+}
+
 #[tokio::test]
 async fn logs_are_json_and_never_contain_a_secret() {
     let stack = Stack::start_with(AuthzOptions {

@@ -47,6 +47,7 @@ use std::convert::Infallible;
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -178,6 +179,12 @@ struct Cli {
     /// until restarted, as if it had always been there. Off by default: unknown ids are 404.
     #[arg(long, env = "DAYTONA_DOUBLE_ANY_SANDBOX")]
     any_sandbox: bool,
+
+    /// Tests: print every preview token this double issues on stdout, one JSON line each
+    /// (`{"preview_token_issued":"..."}`), so a test suite can check that no log of the system under
+    /// test ever contains one.
+    #[arg(long, env = "DAYTONA_DOUBLE_ANNOUNCE_TOKENS")]
+    announce_tokens: bool,
 }
 
 fn parse_loopback_addr(s: &str) -> Result<SocketAddr, String> {
@@ -246,12 +253,19 @@ fn random_sandbox_id() -> String {
     )
 }
 
+/// `--announce-tokens`: print each issued preview token (see [`random_preview_token`]).
+static ANNOUNCE_TOKENS: AtomicBool = AtomicBool::new(false);
+
 /// A fresh preview token: 32 characters from `[a-z0-9_-]`.
 fn random_preview_token() -> String {
     let mut rng = rand::rng();
-    (0..TOKEN_LEN)
+    let token: String = (0..TOKEN_LEN)
         .map(|_| char::from(TOKEN_ALPHABET[rng.random_range(0..TOKEN_ALPHABET.len())]))
-        .collect()
+        .collect();
+    if ANNOUNCE_TOKENS.load(Ordering::Relaxed) {
+        println!("{}", serde_json::json!({ "preview_token_issued": token }));
+    }
+    token
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -1213,6 +1227,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => ("http", ProxyListener::Plain(proxy_listener)),
     };
 
+    ANNOUNCE_TOKENS.store(cli.announce_tokens, Ordering::Relaxed);
     let sandboxes = initial_sandboxes(&cli.sandboxes);
     let double = Arc::new(Double::new(
         cli.api_key,

@@ -3,11 +3,11 @@
 //! [`Stack`] and talks to Envoy's listener over real HTTP, as curl would.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use daytona_authz::token::{Claims, Signer, now};
@@ -52,6 +52,81 @@ where
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// No secret in any log, across the whole suite
+// -------------------------------------------------------------------------------------------------
+
+/// Every secret this test binary handed to the system under test: the API key, JWT and admin
+/// secrets, every token `sign` minted, every secret-named environment value given to
+/// daytona-authz, every preview token the double issued. When a daytona-authz or Envoy process of
+/// any test ends, its whole output (daytona-authz's logs, Envoy's access log and own log) is
+/// checked against all of them and against anything shaped like a JWT; a hit fails that test.
+static SECRETS: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| {
+    Mutex::new(
+        [API_KEY, JWT_SECRET, ADMIN_TOKEN]
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    )
+});
+
+/// The stdout of every double started, where `--announce-tokens` prints issued preview tokens.
+static TOKEN_ANNOUNCEMENTS: Mutex<Vec<Arc<Mutex<String>>>> = Mutex::new(Vec::new());
+
+/// Words a test deliberately put where logs record them (a token in a URL path, which is never a
+/// credential here and is logged like any path): exempt from the check.
+static EXEMPT: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Mutex::default);
+
+/// Exempts `word` from the secret check, for a test that sends a token where it is not a
+/// credential and logs may record it (Envoy's access log records paths as sent).
+pub fn allow_in_logs(word: &str) {
+    EXEMPT.lock().unwrap().insert(word.to_owned());
+}
+
+/// Adds a secret the logs must never contain (short strings are ignored: they would match words).
+pub fn remember_secret(secret: &str) {
+    if secret.len() >= 12 {
+        SECRETS.lock().unwrap().insert(secret.to_owned());
+    }
+}
+
+/// The first secret (or JWT-shaped word) in `output`, masked, with its line number.
+fn find_secret(output: &str) -> Option<String> {
+    for announcements in TOKEN_ANNOUNCEMENTS.lock().unwrap().iter() {
+        for line in announcements.lock().unwrap().lines() {
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(line)
+                && let Some(token) = value["preview_token_issued"].as_str()
+            {
+                remember_secret(token);
+            }
+        }
+    }
+    let secrets = SECRETS.lock().unwrap();
+    let exempt = EXEMPT.lock().unwrap();
+    for (number, line) in output.lines().enumerate() {
+        // Secrets are made of these characters, so each one is a whole word of a line that
+        // quotes it, whatever the quoting (`k=v`, JSON, a header dump, a URL).
+        let words = line.split(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        for word in words {
+            let jwt_shaped = word.starts_with("eyJ") && word.matches('.').count() >= 2;
+            if (jwt_shaped || secrets.contains(word)) && !exempt.contains(word) {
+                let shown: String = word.chars().take(6).collect();
+                return Some(format!("line {}: {shown}... ", number + 1));
+            }
+        }
+    }
+    None
+}
+
+/// Fails the test if a daytona-authz or Envoy process printed a secret.
+fn assert_no_secret(name: &str, output: &str) {
+    if let Some(hit) = find_secret(output)
+        && !std::thread::panicking()
+    {
+        panic!("{name} printed a secret ({hit}):\n{output}");
     }
 }
 
@@ -124,6 +199,9 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        if matches!(self.name, "daytona-authz" | "envoy") {
+            assert_no_secret(self.name, &format!("{}{}", self.stdout(), self.stderr()));
+        }
     }
 }
 
@@ -212,6 +290,7 @@ impl Double {
         command
             .args(["--api-addr", api_addr, "--proxy-addr", "127.0.0.1:0"])
             .args(["--api-key", API_KEY])
+            .arg("--announce-tokens")
             .env("RUST_LOG", "warn");
         if let Some(tls) = tls {
             command
@@ -221,6 +300,10 @@ impl Double {
                 .arg(&tls.key);
         }
         let mut proc = Proc::spawn("daytona-double", &mut command);
+        TOKEN_ANNOUNCEMENTS
+            .lock()
+            .unwrap()
+            .push(Arc::clone(&proc.stdout));
         let line = wait_line(&mut proc, Proc::stdout, "api_url").await;
         let ready: DoubleReady = serde_json::from_str(&line).expect("double's ready line");
         Double {
@@ -420,8 +503,15 @@ impl Authz {
             .env("DAYTONA_API_KEY", API_KEY)
             .env("DAYTONA_AUTHZ_JWT_SECRET", JWT_SECRET)
             .env("DAYTONA_AUTHZ_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "info");
+            // Debug: the secret check at the end sees everything daytona-authz could ever log.
+            .env("RUST_LOG", "info,daytona_authz=debug");
         for (name, value) in &options.env {
+            let secret_named = ["SECRET", "TOKEN", "KEY", "PASSWORD"]
+                .iter()
+                .any(|word| name.contains(word));
+            if secret_named && !name.ends_with("_FILE") {
+                remember_secret(value);
+            }
             if value.is_empty() {
                 command.env_remove(name);
             } else {
@@ -742,7 +832,9 @@ pub fn token_for(sandbox_id: &str, ports: Option<Vec<u16>>, exp: u64) -> String 
 }
 
 pub fn sign(claims: &Claims) -> String {
-    Signer::hs256(JWT_SECRET.as_bytes()).sign(claims).unwrap()
+    let token = Signer::hs256(JWT_SECRET.as_bytes()).sign(claims).unwrap();
+    remember_secret(&token);
+    token
 }
 
 /// The app's JSON echo: what the sandbox saw.
