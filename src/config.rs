@@ -111,7 +111,8 @@ pub struct ServeArgs {
     /// File holding the Daytona API key (a trailing newline is ignored); re-read on SIGHUP.
     #[arg(long, env = "DAYTONA_API_KEY_FILE", value_name = "PATH")]
     pub daytona_api_key_file: Option<PathBuf>,
-    /// Bound on each Daytona API call, connection included (e.g. 5s, 1500ms).
+    /// Bound on each Daytona look-up, the wait for a call slot and the connection included
+    /// (e.g. 5s, 1500ms). Keep it below Envoy's ext_authz timeout (6s in envoy/envoy.yaml).
     #[arg(
         long,
         env = "DAYTONA_AUTHZ_API_TIMEOUT",

@@ -1,12 +1,12 @@
 //! The Daytona API client and the preview-token cache in front of it.
 //!
 //! One call per (sandbox, port) however many requests arrive at once: concurrent misses for one
-//! key wait on the same API call (moka's `try_get_with`), and failures are never cached, so the next
-//! request after a failure asks again. Entries live `--cache-ttl`, which bounds how long a token
+//! key wait on the same API call (a `quick_cache` placeholder), and failures are never cached, so
+//! the next request after a failure asks again. Entries live `--cache-ttl`, which bounds how long a token
 //! that Daytona regenerated on a sandbox restart can be served stale.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
@@ -146,9 +146,14 @@ impl DaytonaApi {
         url
     }
 
+    /// One look-up, bounded as a whole by `timeout`: the wait for a slot and the call share it,
+    /// so a `Check` gets its answer before Envoy's own ext_authz timeout gives up on it.
     async fn call(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
-        let started = std::time::Instant::now();
-        let Ok(Ok(_slot)) = tokio::time::timeout(self.timeout, self.slots.acquire()).await else {
+        let _in_flight = self.metrics.api_lookup();
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline.into(), self.slots.acquire()).await
+        else {
             self.metrics.api_call("overloaded", started.elapsed());
             return Err(DaytonaError::Unavailable(
                 "too many Daytona API calls in flight".into(),
@@ -162,6 +167,8 @@ impl DaytonaApi {
                 (**self.authorization.load()).clone(),
             )
             .header(reqwest::header::ACCEPT, "application/json")
+            // What the slot wait left; reqwest's timeout covers the answer's body too.
+            .timeout(deadline.saturating_duration_since(Instant::now()))
             .send()
             .await;
         let response = match response {
@@ -396,10 +403,66 @@ fn parse_upstream(
 }
 
 /// The preview-token cache: coalescing, bounded, expiring.
+///
+/// A `quick_cache` (S3-FIFO eviction) keyed by the sandbox UUID's 128 bits and the port: about
+/// 250 bytes an entry where moka with a `String` key took about 700 (bench/NOTES.md, finding 3).
+/// Concurrent misses for one key wait on one placeholder while its holder asks Daytona. A failure
+/// is handed to exactly the callers that were waiting for that call, then forgotten, so the next
+/// request asks again. A success lives `ttl` from when it was fetched; an expired entry is
+/// refetched (once, however many ask) by the first request that finds it.
 pub struct PreviewCache<S> {
     source: Arc<S>,
-    cache: moka::future::Cache<PreviewTarget, Arc<Preview>>,
+    cache: quick_cache::sync::Cache<PreviewKey, Slot>,
+    ttl: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// A sandbox UUID and a port, in 32 bytes and no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PreviewKey {
+    sandbox: u128,
+    port: u16,
+}
+
+impl PreviewKey {
+    /// `None` unless `sandbox_id` is a lower-case hyphenated UUID (what the host parser yields).
+    fn new(sandbox_id: &str, port: u16) -> Option<Self> {
+        if !crate::host::is_uuid(sandbox_id) {
+            return None;
+        }
+        let mut sandbox = 0u128;
+        for digit in sandbox_id.bytes().filter(|b| *b != b'-') {
+            let value = char::from(digit).to_digit(16)?;
+            sandbox = (sandbox << 4) | u128::from(value);
+        }
+        Some(PreviewKey { sandbox, port })
+    }
+}
+
+/// A cached answer.
+#[derive(Clone)]
+enum Slot {
+    /// Good until `expires`.
+    Ready {
+        preview: Arc<Preview>,
+        expires: Instant,
+    },
+    /// The call that ended at `at` failed: the answer for whoever asked before then, never after.
+    Failed {
+        error: Arc<DaytonaError>,
+        at: Instant,
+    },
+}
+
+impl Slot {
+    /// The very same answer (not merely an equal one).
+    fn same(&self, other: &Slot) -> bool {
+        match (self, other) {
+            (Slot::Ready { preview: a, .. }, Slot::Ready { preview: b, .. }) => Arc::ptr_eq(a, b),
+            (Slot::Failed { error: a, .. }, Slot::Failed { error: b, .. }) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 impl<S: PreviewSource> PreviewCache<S> {
@@ -407,59 +470,86 @@ impl<S: PreviewSource> PreviewCache<S> {
         PreviewCache {
             source,
             metrics,
-            cache: moka::future::Cache::builder()
-                .time_to_live(ttl)
-                .max_capacity(max_entries)
-                .support_invalidation_closures()
-                .build(),
+            ttl,
+            cache: quick_cache::sync::Cache::new(
+                usize::try_from(max_entries).unwrap_or(usize::MAX),
+            ),
         }
     }
 
     /// The preview for `target`, from the cache or (once for all concurrent callers) from Daytona.
     pub async fn get(&self, target: &PreviewTarget) -> Result<Arc<Preview>, Arc<DaytonaError>> {
-        if let Some(hit) = self.cache.get(target).await {
+        let asked = Instant::now();
+        let Some(key) = PreviewKey::new(&target.sandbox_id, target.port) else {
+            // Not a sandbox id (the host parser lets none through): nothing to share or keep.
+            self.metrics.cache_miss();
+            return self
+                .source
+                .fetch(target)
+                .await
+                .map(Arc::new)
+                .map_err(Arc::new);
+        };
+        if let Some(Slot::Ready { preview, expires }) = self.cache.get(&key)
+            && asked < expires
+        {
             self.metrics.cache_hit();
-            return Ok(hit);
+            return Ok(preview);
         }
         self.metrics.cache_miss();
-        let source = Arc::clone(&self.source);
-        let key = target.clone();
-        let result = self
-            .cache
-            .try_get_with_by_ref(
-                target,
-                async move { source.fetch(&key).await.map(Arc::new) },
-            )
-            .await;
-        // Only on a miss: entry_count lags until moka's pending housekeeping has run.
-        self.cache.run_pending_tasks().await;
-        self.metrics.set_cache_entries(self.cache.entry_count());
-        result
+        loop {
+            match self.cache.get_value_or_guard_async(&key).await {
+                Ok(Slot::Ready { preview, expires }) if asked < expires => return Ok(preview),
+                Ok(Slot::Failed { error, at }) if asked <= at => return Err(error),
+                Ok(stale) => {
+                    // Expired, or a failure that ended before this request: drop it (unless
+                    // someone replaced it meanwhile) and go round for a placeholder.
+                    self.cache.remove_if(&key, |current| current.same(&stale));
+                }
+                Err(placeholder) => {
+                    let slot = match self.source.fetch(target).await {
+                        Ok(preview) => Slot::Ready {
+                            preview: Arc::new(preview),
+                            expires: Instant::now() + self.ttl,
+                        },
+                        Err(error) => Slot::Failed {
+                            error: Arc::new(error),
+                            at: Instant::now(),
+                        },
+                    };
+                    // The callers waiting on the placeholder get the slot from it directly.
+                    let _ = placeholder.insert(slot.clone());
+                    if matches!(slot, Slot::Failed { .. }) {
+                        self.cache.remove_if(&key, |current| current.same(&slot));
+                    }
+                    self.metrics.set_cache_entries(self.entry_count());
+                    return match slot {
+                        Slot::Ready { preview, .. } => Ok(preview),
+                        Slot::Failed { error, .. } => Err(error),
+                    };
+                }
+            }
+        }
     }
 
     /// Forgets one port of a sandbox, or every port of it.
     pub async fn invalidate(&self, sandbox_id: &str, port: Option<u16>) {
+        // Not a sandbox id: never cached.
+        let Some(key) = PreviewKey::new(sandbox_id, port.unwrap_or(0)) else {
+            return;
+        };
         match port {
-            Some(port) => {
-                self.cache
-                    .invalidate(&PreviewTarget {
-                        sandbox_id: sandbox_id.to_owned(),
-                        port,
-                    })
-                    .await
+            Some(_) => {
+                self.cache.remove(&key);
             }
-            None => {
-                let id = sandbox_id.to_owned();
-                // Only fails when invalidation closures are not enabled, which `new` does.
-                let _ = self
-                    .cache
-                    .invalidate_entries_if(move |key, _| key.sandbox_id == id);
-            }
+            None => self.cache.retain(|cached, _| cached.sandbox != key.sandbox),
         }
+        self.metrics.set_cache_entries(self.entry_count());
     }
 
+    /// Entries held, expired ones included until they are refetched or evicted.
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.cache.len() as u64
     }
 }
 
@@ -634,5 +724,85 @@ mod tests {
         assert_eq!(cache.get(&target()).await.unwrap().token, "token-1");
         cache.invalidate(ID, None).await;
         assert_eq!(cache.get(&target()).await.unwrap().token, "token-2");
+    }
+
+    fn counting(fail: bool, ttl: Duration) -> Arc<PreviewCache<Counting>> {
+        Arc::new(PreviewCache::new(
+            Arc::new(Counting {
+                calls: AtomicUsize::new(0),
+                fail,
+            }),
+            ttl,
+            100,
+            Arc::default(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_failure_and_the_next_caller_asks_again() {
+        let cache = counting(true, Duration::from_secs(60));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let cache = Arc::clone(&cache);
+                tokio::spawn(async move { cache.get(&target()).await })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap().is_err());
+        }
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.entry_count(), 0, "a failure is not kept");
+        assert!(cache.get(&target()).await.is_err());
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_expired_entry_is_fetched_again_once_for_all_callers() {
+        let cache = counting(false, Duration::from_millis(100));
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-0");
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-0");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = Arc::clone(&cache);
+                tokio::spawn(async move { cache.get(&target()).await })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap().token, "token-1");
+        }
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.entry_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn ports_and_sandboxes_are_separate_entries_and_invalidation_is_per_sandbox() {
+        let cache = counting(false, Duration::from_secs(60));
+        let other = "1b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
+        let at = |sandbox: &str, port| PreviewTarget {
+            sandbox_id: sandbox.into(),
+            port,
+        };
+        for t in [at(ID, 3000), at(ID, 8080), at(other, 3000)] {
+            cache.get(&t).await.unwrap();
+        }
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 3);
+        cache.invalidate(ID, None).await;
+        assert_eq!(cache.entry_count(), 1);
+        cache.get(&at(other, 3000)).await.unwrap();
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 3, "still cached");
+        // Not a sandbox id: answered, never cached.
+        cache.get(&at("not-a-uuid", 3000)).await.unwrap();
+        cache.get(&at("not-a-uuid", 3000)).await.unwrap();
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[test]
+    fn a_preview_key_is_the_uuid_as_a_number() {
+        let key = PreviewKey::new(ID, 3000).unwrap();
+        assert_eq!(key.sandbox, 0x0b8f2a4e_6c1d_4f3a_9e2b_7d5c8a1f0e93);
+        assert_eq!(key.port, 3000);
+        assert!(PreviewKey::new(&ID.to_uppercase(), 3000).is_none());
+        assert!(PreviewKey::new("0b8f2a4e6c1d4f3a9e2b7d5c8a1f0e93", 3000).is_none());
     }
 }

@@ -1,7 +1,15 @@
 //! Prometheus metrics (served at `/metrics` in the text format): decisions by result and reason,
-//! Check latency, Daytona API calls by status and latency, cache hits, misses and size, secret
-//! reloads, readiness and build info. No label ever carries a token, a host or a sandbox id:
-//! label values come from small fixed sets, so cardinality stays bounded.
+//! Check latency, Daytona API calls by status and latency, Daytona look-ups in flight, cache
+//! hits, misses and size, secret reloads, readiness, the runtime's live task count and build
+//! info. No label ever carries a token, a host or a sandbox id: label values come from small
+//! fixed sets, so cardinality stays bounded.
+//!
+//! The two gauges that show whether work piles up while Daytona is slow:
+//! `daytona_authz_daytona_api_lookups_in_flight` (preview-url look-ups started and not finished,
+//! whether waiting for one of `--max-concurrent-api-calls` slots or calling; concurrent Checks
+//! for one sandbox port share one look-up) and `daytona_authz_runtime_alive_tasks` (tasks alive
+//! on the tokio runtime, read at scrape time: Checks being answered, connections, background
+//! work). Both return to their resting level once a burst is over.
 
 use std::time::Duration;
 
@@ -47,6 +55,8 @@ pub struct Metrics {
     cache_entries: Gauge,
     secret_reloads: Family<ResultLabels, Counter>,
     ready: Gauge,
+    api_lookups_in_flight: Gauge,
+    runtime_alive_tasks: Gauge,
     introspection_calls: Family<ResultLabels, Counter>,
     introspection_seconds: Histogram,
     introspection_cache_hits: Counter,
@@ -123,6 +133,20 @@ impl Metrics {
             "1 when ready to serve (keys loaded, Daytona answered or the grace passed)",
             ready.clone(),
         );
+        let api_lookups_in_flight = Gauge::default();
+        registry.register(
+            "daytona_api_lookups_in_flight",
+            "Daytona preview-url look-ups in progress, waiting for an API call slot or calling \
+             (concurrent Checks for one sandbox port share one look-up)",
+            api_lookups_in_flight.clone(),
+        );
+        let runtime_alive_tasks = Gauge::default();
+        registry.register(
+            "runtime_alive_tasks",
+            "Tasks alive on the async runtime, read at scrape time (Checks being answered, \
+             connections, background work)",
+            runtime_alive_tasks.clone(),
+        );
         let introspection_calls = Family::<ResultLabels, Counter>::default();
         registry.register(
             "introspection_calls",
@@ -166,6 +190,8 @@ impl Metrics {
             cache_entries,
             secret_reloads,
             ready,
+            api_lookups_in_flight,
+            runtime_alive_tasks,
             introspection_calls,
             introspection_seconds,
             introspection_cache_hits,
@@ -187,6 +213,13 @@ impl Metrics {
             })
             .inc();
         self.api_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one Daytona look-up as in flight until the returned guard is dropped (finished,
+    /// failed or cancelled alike).
+    pub fn api_lookup(&self) -> InFlight {
+        self.api_lookups_in_flight.inc();
+        InFlight(self.api_lookups_in_flight.clone())
     }
 
     pub fn cache_hit(&self) {
@@ -227,12 +260,29 @@ impl Metrics {
         self.introspection_cache_misses.inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition. Gauges read at scrape time are refreshed first.
     pub fn encode(&self) -> String {
+        // Outside a runtime (unit tests) the gauge keeps its last value.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.runtime_alive_tasks
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// A Daytona look-up in flight: decrements the gauge when dropped.
+#[derive(Debug)]
+#[must_use = "the look-up counts as in flight only while the guard lives"]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -257,5 +307,45 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing:\n{text}");
         }
+    }
+
+    #[test]
+    fn lookups_in_flight_count_until_the_guard_drops() {
+        let metrics = Metrics::new();
+        let first = metrics.api_lookup();
+        let second = metrics.api_lookup();
+        assert!(
+            metrics
+                .encode()
+                .contains("daytona_authz_daytona_api_lookups_in_flight 2")
+        );
+        drop(first);
+        drop(second);
+        assert!(
+            metrics
+                .encode()
+                .contains("daytona_authz_daytona_api_lookups_in_flight 0")
+        );
+    }
+
+    #[tokio::test]
+    async fn alive_tasks_are_read_at_scrape_time() {
+        let metrics = Metrics::new();
+        let alive = |text: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("daytona_authz_runtime_alive_tasks "))
+                .expect("gauge present")
+                .parse()
+                .unwrap()
+        };
+        let before = alive(&metrics.encode());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = stopped.await;
+        });
+        assert_eq!(alive(&metrics.encode()), before + 1);
+        stop.send(()).unwrap();
+        task.await.unwrap();
+        assert_eq!(alive(&metrics.encode()), before);
     }
 }
