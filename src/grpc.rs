@@ -171,9 +171,9 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
     ) -> Result<Response<CheckResponse>, Status> {
         let started = std::time::Instant::now();
         let policy = self.policy.load();
-        let check = request.into_inner();
+        let mut check = request.into_inner();
         let client = check.get_client_address().cloned().unwrap_or_default();
-        let view = view(&check);
+        let view = take_view(&mut check);
         // Envoy's x-request-id (the one its access log and the upstream see), else its stream id.
         let request_id = view
             .as_ref()
@@ -207,7 +207,10 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                 local_response(reply)
             }
             Err(denial) => {
-                let target = check_target(&check, &policy.preview_domain);
+                let target = match &view {
+                    Ok(view) => crate::host::parse(&view.host, &policy.preview_domain).ok(),
+                    Err(_) => check_target(&check, &policy.preview_domain),
+                };
                 tracing::info!(
                     request_id,
                     client,
@@ -238,44 +241,55 @@ fn check_target(check: &CheckRequest, domain: &str) -> Option<crate::host::Previ
 /// joined `headers` map). Refused when the headers are over our limits or Envoy sent no HTTP
 /// attributes (then there is no host to authorize).
 pub fn view(check: &CheckRequest) -> Result<RequestView, Denial> {
+    take_view(&mut check.clone())
+}
+
+/// [`view`] without copying: the strings are moved out of `check` (the hot path owns it). On an
+/// error `check` keeps its host, for the denial's log line.
+pub fn take_view(check: &mut CheckRequest) -> Result<RequestView, Denial> {
     let http = check
         .attributes
-        .as_ref()
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref())
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
         .ok_or(Denial::BadHost(crate::host::HostError::Malformed))?;
     let mut headers = Vec::new();
     let mut bytes = 0usize;
-    let mut push = |name: &str, value: String| -> Result<(), Denial> {
+    let mut push = |mut name: String, value: String| -> Result<(), Denial> {
         bytes += name.len() + value.len();
         if headers.len() >= MAX_HEADERS || bytes > MAX_HEADER_BYTES {
             return Err(Denial::HeadersTooLarge);
         }
-        headers.push((name.to_ascii_lowercase(), value));
+        // Envoy sends lower-case names; anything else is made so.
+        name.make_ascii_lowercase();
+        headers.push((name, value));
         Ok(())
     };
-    match &http.header_map {
+    match &mut http.header_map {
         Some(map) if !map.headers.is_empty() => {
-            for header in &map.headers {
+            for header in &mut map.headers {
                 let value = if header.raw_value.is_empty() {
-                    header.value.clone()
+                    std::mem::take(&mut header.value)
                 } else {
-                    String::from_utf8_lossy(&header.raw_value).into_owned()
+                    match String::from_utf8(std::mem::take(&mut header.raw_value)) {
+                        Ok(text) => text,
+                        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                    }
                 };
-                push(&header.key, value)?;
+                push(std::mem::take(&mut header.key), value)?;
             }
         }
         _ => {
-            for (name, value) in &http.headers {
-                push(name, value.clone())?;
+            for (name, value) in std::mem::take(&mut http.headers) {
+                push(name, value)?;
             }
         }
     }
     Ok(RequestView {
-        method: http.method.clone(),
-        scheme: http.scheme.clone(),
-        host: http.host.clone(),
-        path: http.path.clone(),
+        method: std::mem::take(&mut http.method),
+        scheme: std::mem::take(&mut http.scheme),
+        host: std::mem::take(&mut http.host),
+        path: std::mem::take(&mut http.path),
         headers,
     })
 }
