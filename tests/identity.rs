@@ -766,6 +766,12 @@ async fn opaque_tokens_are_introspected_cached_and_refused_when_the_endpoint_is_
         ),
     ]);
     let calls = || state.calls.load(Ordering::SeqCst);
+    // Opaque tokens are secrets too: no log may contain one (tests/support checks at the end).
+    for token in state.answers.lock().unwrap().keys() {
+        support::remember_secret(token);
+    }
+    support::remember_secret("opaque-not-yet");
+    support::remember_secret("opaque-unknown-to-the-platform");
 
     // Active → allowed, and the token goes nowhere near the sandbox.
     let reply = with_bearer(&stack, &host, "opaque-active").await;
