@@ -402,7 +402,12 @@ class Stack:
             [RELEASE / "daytona-authz", "serve",
              "--grpc-addr", f"127.0.0.1:{grpc}", "--http-addr", f"127.0.0.1:{http_port}",
              "--daytona-api-url", self.api_url, "--daytona-api-key-file", self.api_key_file,
-             "--preview-domain", DOMAIN, "--jwt-secret-file", self.secret_file, *extra],
+             "--preview-domain", DOMAIN, "--jwt-secret-file", self.secret_file,
+             # The double's preview proxy listens on a free port, not the default 4000 that
+             # the allow-list derives from a local API URL.
+             *(() if "--upstream-domain" in extra
+               else ("--upstream-domain", f"proxy.localhost:{self.proxy_port}")),
+             *extra],
             env={"RUST_LOG": "info"},
         )
         wait_until(f"{name} ready (/readyz)",
@@ -412,7 +417,9 @@ class Stack:
         proc.argv_shown = (f"daytona-authz serve --grpc-addr 127.0.0.1:{grpc} --http-addr "
                            f"127.0.0.1:{http_port} --daytona-api-url {self.api_url} "
                            f"--daytona-api-key-file API_KEY_FILE --preview-domain {DOMAIN} "
-                           f"--jwt-secret-file SECRET_FILE {' '.join(extra)}").strip()
+                           f"--jwt-secret-file SECRET_FILE "
+                           f"--upstream-domain proxy.localhost:{self.proxy_port} "
+                           f"{' '.join(extra)}").strip()
         return proc
 
     def mint(self, sandbox_id):
@@ -556,7 +563,7 @@ def main():
                         help="re-render --out from --results without measuring")
     args = parser.parse_args()
     if args.report_only:
-        Path(args.out).write_text(report(json.loads(Path(args.results).read_text())))
+        write_report(args.out, report(json.loads(Path(args.results).read_text())))
         return 0
 
     quick = args.quick
@@ -792,7 +799,7 @@ def main():
         results = json.loads(json.dumps(results, default=str))
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(json.dumps(results, indent=1))
-        Path(args.out).write_text(report(results))
+        write_report(args.out, report(results))
         log(f"wrote {args.out} ({results['elapsed_s']:.0f} s)")
     except Failed as e:
         print(f"bench: {e}", file=sys.stderr)
@@ -851,6 +858,22 @@ def versions(envoy):
 # --------------------------------------------------------------------------------------------
 # BENCHMARKS.md
 # --------------------------------------------------------------------------------------------
+
+
+# bench/soak.sh keeps its own section in the same file, between these markers; a re-run of this
+# benchmark carries it over unchanged, at the end.
+SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
+
+
+def write_report(path, text):
+    try:
+        old = Path(path).read_text()
+    except OSError:
+        old = ""
+    start, end = old.find(SOAK_BEGIN), old.find(SOAK_END)
+    if 0 <= start < end:
+        text = text.rstrip("\n") + "\n\n" + old[start:end + len(SOAK_END)] + "\n"
+    Path(path).write_text(text)
 
 
 def agg(entry):
