@@ -38,7 +38,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use support::{
-    Authz, AuthzOptions, JWT_SECRET, PREVIEW_DOMAIN, PROBE_SANDBOX, Stack, echoed_headers,
+    Authz, AuthzOptions, JWT_SECRET, PREVIEW_DOMAIN, PROBE_SANDBOX, Stack, bearer, echoed_headers,
     host_for, token_for,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,10 +71,6 @@ fn our_key() -> EncodingKey {
 /// `{"sandbox_id": id, "exp": in ten minutes}` as JSON text.
 fn claims(sandbox_id: &str) -> String {
     json!({ "sandbox_id": sandbox_id, "exp": now() + 600 }).to_string()
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 /// Percent-encodes everything but unreserved characters, for a query value.

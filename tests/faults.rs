@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use daytona_authz::token::now;
-use support::{AuthzOptions, Reply, Stack, host_for, token_for};
+use support::{AuthzOptions, Reply, Stack, bearer, host_for, parse_metrics, token_for};
 
 /// `--daytona-api-timeout`: short, so a burst is over quickly.
 const API_TIMEOUT: Duration = Duration::from_millis(250);
@@ -197,10 +197,6 @@ async fn a_check_queued_for_an_api_slot_still_gets_our_answer_before_envoy_gives
     assert_daytona_unavailable(&queued);
 }
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
 /// A GET through Envoy to port 3000 of `sandbox_id`, with a valid token for it.
 async fn request(stack: &Stack, sandbox_id: &str) -> Reply {
     let auth = bearer(&token_for(sandbox_id, None, now() + 600));
@@ -256,9 +252,7 @@ impl Drop for ReportOnPanic<'_> {
 
 /// The value of one series (`name` or `name{labels}`) in the Prometheus text; 0 when absent.
 fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+    parse_metrics(text).get(series).copied().unwrap_or(0.0)
 }
 
 /// The resident set size of a process, from `/proc/<pid>/status`.

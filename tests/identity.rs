@@ -30,7 +30,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use support::{
     ADMIN_TOKEN, Authz, AuthzOptions, Envoy, JWT_SECRET, PREVIEW_DOMAIN, Proc, Reply, Stack,
-    host_for,
+    bearer, host_for,
 };
 use tonic::Request;
 use tonic::transport::Channel;
@@ -50,10 +50,6 @@ const NAVIGATE: [(&str, &str); 3] = [
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
 
 /// `GET /` on `host` through Envoy with `Authorization: Bearer <token>`.
 async fn with_bearer(stack: &Stack, host: &str, token: &str) -> Reply {

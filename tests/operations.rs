@@ -2,12 +2,12 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use daytona_authz::token::{Claims, Signer, now};
 use support::{
-    ADMIN_TOKEN, API_KEY, Authz, AuthzOptions, Double, JWT_SECRET, Stack, eventually, token_for,
+    ADMIN_TOKEN, API_KEY, Authz, AuthzOptions, Double, JWT_SECRET, Stack, eventually,
+    parse_metrics, token_for,
 };
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -119,32 +119,6 @@ async fn sigterm_drains_an_in_flight_check_and_reports_not_ready_meanwhile() {
     let status = authz.proc.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{}", authz.proc.stderr());
     assert!(authz.proc.stderr().contains("draining in-flight checks"));
-}
-
-/// `name{labels}` → value, from the Prometheus text format; panics on a malformed line.
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    let mut samples = HashMap::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        let (name, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("malformed line {line:?}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("malformed value in {line:?}"));
-        let metric = name.split('{').next().unwrap();
-        assert!(
-            metric
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "bad metric name in {line:?}"
-        );
-        samples.insert(name.to_owned(), value);
-    }
-    assert!(text.trim_end().ends_with("# EOF"), "no # EOF terminator");
-    samples
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! [`Stack`] and talks to Envoy's listener over real HTTP, as curl would.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -835,6 +835,37 @@ pub fn sign(claims: &Claims) -> String {
     let token = Signer::hs256(JWT_SECRET.as_bytes()).sign(claims).unwrap();
     remember_secret(&token);
     token
+}
+
+/// An `Authorization` header value for `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// `name{labels}` → value, from the Prometheus text format; panics on a malformed line.
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("malformed line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("malformed value in {line:?}"));
+        let metric = name.split('{').next().unwrap();
+        assert!(
+            metric
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        samples.insert(name.to_owned(), value);
+    }
+    assert!(text.trim_end().ends_with("# EOF"), "no # EOF terminator");
+    samples
 }
 
 /// The app's JSON echo: what the sandbox saw.
