@@ -365,11 +365,12 @@ class Stack:
         self.secret = self.secret_file.read_text()
 
     # --- the Daytona test double -------------------------------------------------------------
-    def start_double(self):
+    def start_double(self, any_sandbox=True):
+        """With `any_sandbox`, every UUID is a sandbox; without, unknown ids are 404."""
         self.double = self.procs.start(
             "double",
             [RELEASE / "daytona-double", "--api-addr", "127.0.0.1:0", "--proxy-addr",
-             "127.0.0.1:0", "--any-sandbox"],
+             "127.0.0.1:0", *(["--any-sandbox"] if any_sandbox else [])],
             env={"DAYTONA_DOUBLE_API_KEY": API_KEY, "RUST_LOG": "warn"},
             stdout=open(self.run_dir / "double.out", "wb"),
         )

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (bench/bench.py: Procs, Stack, /proc helpers)
-from bench import API_KEY, DOMAIN, REPO, RELEASE, Failed, http, status_kib, cpu_seconds  # noqa: E402
+from bench import DOMAIN, REPO, RELEASE, Failed, http, status_kib, cpu_seconds  # noqa: E402
 
 SAMPLE_EVERY = 5.0  # seconds between RSS/CPU/metrics samples
 CACHE_TTL = 60  # daytona-authz's --cache-ttl (its default), seconds
@@ -36,27 +36,7 @@ FLAT_SHARE, FLAT_MIB = 0.10, 3.0
 
 
 class SoakStack(bench.Stack):
-    """bench.py's Stack, with a double where only created sandboxes exist (unknown ids: 404)."""
-
-    def start_double(self):
-        self.double = self.procs.start(
-            "double",
-            [RELEASE / "daytona-double", "--api-addr", "127.0.0.1:0", "--proxy-addr",
-             "127.0.0.1:0"],
-            env={"DAYTONA_DOUBLE_API_KEY": API_KEY, "RUST_LOG": "warn"},
-            stdout=open(self.run_dir / "double.out", "wb"),
-        )
-        line = bench.wait_until(
-            "the Daytona double",
-            lambda: next((l for l in (self.run_dir / "double.out").read_text().splitlines()
-                          if "api_url" in l), None),
-            self.double, self.procs)
-        ready = json.loads(line)
-        self.api_url = ready["api_url"]
-        self.api_root = self.api_url[: -len("/api")]
-        self.proxy_port = ready["proxy_port"]
-        self.sandbox = ready["sandboxes"][0]["id"]
-        self.preview_token = ready["sandboxes"][0]["token"]
+    """bench.py's Stack, remembering Envoy's admin port (for its stats)."""
 
     def envoy_config(self, authz_port, limit):
         text, listener, admin = super().envoy_config(authz_port, limit)
@@ -242,7 +222,7 @@ def main():
         }
 
         stack = SoakStack(args, procs)
-        stack.start_double()
+        stack.start_double(any_sandbox=False)
         # (Stack adds --upstream-domain for the double's preview proxy.)
         authz = stack.start_authz("authz", [
             "--cache-ttl", f"{CACHE_TTL}s", "--revocation-db", str(run_dir / "revocations.redb")])

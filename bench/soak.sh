@@ -35,24 +35,6 @@ envoy=$(scripts/install-envoy | tail -n 1)
 say "building release binaries and the soak example"
 cargo build --quiet --locked --release --bins --example soak
 
-run=.run/soak-$$
-mkdir -p "$run"
-chmod 700 "$run"
-py=
-cleanup() {
-  # soak.py stops what it started; this is the backstop if it was killed outright.
-  if [[ -n $py ]]; then kill "$py" 2>/dev/null || true; wait "$py" 2>/dev/null || true; fi
-  if [[ -f $run/pids ]]; then
-    while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done <"$run/pids"
-  fi
-  rm -rf "$run"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-python3 bench/soak.py --envoy "$envoy" --run-dir "$run" "$@" &
-py=$!
-status=0
-wait "$py" || status=$?
-py=
-exit "$status"
+# shellcheck source=bench/supervise.sh
+source bench/supervise.sh
+supervise soak bench/soak.py "$envoy" "$@"
