@@ -7,6 +7,8 @@
 //! Everything that is answered without forwarding (a denial, a CORS preflight, the redirect that
 //! turns a share link into a cookie) is a [`LocalReply`].
 
+use std::sync::Arc;
+
 use crate::daytona::{DaytonaError, Preview};
 use crate::host::{self, HostError, PreviewTarget};
 use crate::pages;
@@ -396,7 +398,9 @@ pub fn authorize(
             Err(TokenError::Opaque) if policy.introspection => {
                 match lookups.introspected.iter().find(|(t, _)| t == candidate) {
                     None => return Ok(Verdict::Lookup(Lookup::Introspect(candidate.to_string()))),
-                    Some((_, Introspected::Active(claims))) => policy.verifier.grant(claims, now),
+                    Some((_, Introspected::Active(claims))) => {
+                        policy.verifier.grant(claims, now).map(Arc::new)
+                    }
                     Some((_, Introspected::Inactive)) => Err(TokenError::Inactive),
                     Some((_, Introspected::Unavailable)) => {
                         return Err(Denial::StatusUnknown("token introspection"));

@@ -10,12 +10,19 @@
 //! algorithm. `alg: none` and every other algorithm are refused before any signature work.
 //! Tokens that are not JWTs are "opaque": the caller may introspect them (RFC 7662).
 
+use std::sync::Arc;
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 /// Tokens longer than this are refused without parsing (a JWT we issue is a few hundred bytes).
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Tokens whose verification is remembered (see [`Verifier::verify`]). About 200 bytes each; a
+/// small set of hot tokens is the common case, and more distinct tokens only cost a re-verify.
+const VERIFIED_ENTRIES: usize = 4096;
 
 /// Default allowed clock skew between an issuer and us (`exp`, `nbf`, `iat`); `--clock-skew`.
 pub const LEEWAY_SECS: u64 = 30;
@@ -160,6 +167,14 @@ pub struct Verifier {
     audience: Option<String>,
     leeway: u64,
     mapping: ClaimMapping,
+    /// Grants of tokens this verifier (these keys and rules) has verified, by the token's
+    /// SHA-256. Shared by clones; every `with_*` starts an empty one, so a key that is gone
+    /// (SIGHUP, JWKS refresh) takes its tokens' grants with it.
+    verified: Arc<quick_cache::sync::Cache<[u8; 32], Arc<Grant>>>,
+}
+
+fn verified_cache() -> Arc<quick_cache::sync::Cache<[u8; 32], Arc<Grant>>> {
+    Arc::new(quick_cache::sync::Cache::new(VERIFIED_ENTRIES))
 }
 
 impl std::fmt::Debug for Verifier {
@@ -182,6 +197,7 @@ impl Verifier {
             audience: audience.map(str::to_owned),
             leeway: LEEWAY_SECS,
             mapping: ClaimMapping::default(),
+            verified: verified_cache(),
         }
     }
 
@@ -194,6 +210,7 @@ impl Verifier {
     /// secret; later ones are previous secrets, still accepted during a rotation.
     pub fn with_hs256(mut self, secret: &[u8]) -> Self {
         self.hs_keys.push(DecodingKey::from_secret(secret));
+        self.verified = verified_cache();
         self
     }
 
@@ -204,16 +221,19 @@ impl Verifier {
 
     pub fn with_jwks(mut self, keys: Vec<JwkKey>) -> Self {
         self.jwks = keys;
+        self.verified = verified_cache();
         self
     }
 
     pub fn with_mapping(mut self, mapping: ClaimMapping) -> Self {
         self.mapping = mapping;
+        self.verified = verified_cache();
         self
     }
 
     pub fn with_leeway(mut self, seconds: u64) -> Self {
         self.leeway = seconds;
+        self.verified = verified_cache();
         self
     }
 
@@ -221,13 +241,33 @@ impl Verifier {
         self.leeway
     }
 
-    pub fn verify(&self, token: &str, now: u64) -> Result<Grant, TokenError> {
+    /// Verifies `token` (signature, algorithm from the key, `exp`/`nbf`/`iat`, issuer and
+    /// audience when configured) and maps its claims to a grant.
+    ///
+    /// A token that verified once is not parsed or checked for its signature again: its grant is
+    /// remembered under the token's SHA-256 (so only the very same bytes match) while this
+    /// verifier's keys stay the same, and only its expiry is checked against `now` on later uses
+    /// (`nbf` and `iat` cannot become false again once true). Failures are not remembered.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Grant>, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLong);
         }
         if !looks_like_jwt(token) {
             return Err(TokenError::Opaque);
         }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(grant) = self.verified.get(&digest) {
+            if grant.expires_at.saturating_add(self.leeway) < now {
+                return Err(TokenError::Expired);
+            }
+            return Ok(grant);
+        }
+        let grant = Arc::new(self.verify_uncached(token, now)?);
+        self.verified.insert(digest, Arc::clone(&grant));
+        Ok(grant)
+    }
+
+    fn verify_uncached(&self, token: &str, now: u64) -> Result<Grant, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if has_critical_header(token) {
             // RFC 7515 §4.1.11: we understand no extensions, so a token that requires one fails.
@@ -644,6 +684,60 @@ mod tests {
         assert_eq!(
             v.verify(&"a".repeat(MAX_TOKEN_LEN + 1), now()),
             Err(TokenError::TooLong)
+        );
+    }
+
+    #[test]
+    fn a_remembered_grant_still_expires_and_only_the_same_bytes_match_it() {
+        let v = Verifier::hs256(SECRET, None, None);
+        let token = sign(&claims());
+        let first = v.verify(&token, now()).unwrap();
+        assert_eq!(v.verified.len(), 1);
+        assert!(Arc::ptr_eq(&first, &v.verify(&token, now()).unwrap()));
+        // Past exp plus the leeway: refused although the signature was checked before.
+        assert_eq!(
+            v.verify(&token, now() + 600 + LEEWAY_SECS + 1),
+            Err(TokenError::Expired)
+        );
+        // The same claims with another signature, or a changed payload: checked afresh.
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+        let forged = format!("{signed}.{flipped}{}", &signature[1..]);
+        assert_eq!(v.verify(&forged, now()), Err(TokenError::BadSignature));
+        let (header, _) = signed.split_once('.').unwrap();
+        let other_body = base64_url(
+            &serde_json::to_vec(&Claims {
+                ports: None,
+                ..claims()
+            })
+            .unwrap(),
+        );
+        let spliced = format!("{header}.{other_body}.{signature}");
+        assert_eq!(v.verify(&spliced, now()), Err(TokenError::BadSignature));
+        assert_eq!(v.verified.len(), 1, "failures are not remembered");
+    }
+
+    #[test]
+    fn new_keys_or_rules_start_with_nothing_remembered() {
+        let v = Verifier::hs256(SECRET, None, None);
+        v.verify(&sign(&claims()), now()).unwrap();
+        let shared = v.clone();
+        assert_eq!(shared.verified.len(), 1);
+        assert_eq!(v.clone().with_jwks(Vec::new()).verified.len(), 0);
+        assert_eq!(v.clone().with_hs256(b"x").verified.len(), 0);
+        assert_eq!(v.clone().with_leeway(0).verified.len(), 0);
+        assert_eq!(
+            v.clone()
+                .with_mapping(ClaimMapping::default())
+                .verified
+                .len(),
+            0
+        );
+        // A verifier without the secret refuses the token however often it passed elsewhere.
+        let rotated = Verifier::hs256(b"another-secret-another-secret-xx", None, None);
+        assert_eq!(
+            rotated.verify(&sign(&claims()), now()),
+            Err(TokenError::BadSignature)
         );
     }
 

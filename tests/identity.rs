@@ -548,6 +548,31 @@ async fn jwks_rotation_is_picked_up_on_an_unknown_kid_and_an_issuer_outage_keeps
         );
     }
     assert_eq!(forwarded(&stack).await, allowed + 1 + 2 * known.len());
+
+    // The issuer comes back having retired rsa-1. Its token was accepted (and its grant
+    // remembered) many times; once a refresh (here, triggered by an unknown kid) brings the new
+    // set, it is refused like any token signed with a key we no longer hold.
+    issuer.publish(&[&ec_1, &rsa_2]);
+    let retired = &known[0].1;
+    let unknown = rsa_2.sign_as(Algorithm::RS256, Some("kid-not-published"), &claims);
+    until_status(
+        "rsa-1's token once rsa-1 is retired",
+        401,
+        Duration::from_secs(25),
+        || async {
+            with_bearer(&stack, &host, &unknown).await;
+            with_bearer(&stack, &host, retired).await
+        },
+    )
+    .await;
+    for (kid, token) in &known[1..] {
+        let reply = with_bearer(&stack, &host, token).await;
+        assert_eq!(
+            reply.status, 200,
+            "{kid} after rsa-1 retired: {}",
+            reply.body
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
