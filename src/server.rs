@@ -9,7 +9,6 @@ use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
 use arc_swap::ArcSwapOption;
@@ -27,6 +26,7 @@ use crate::mint;
 use crate::revocation::Revocations;
 use crate::token::Verifier;
 use crate::token::{ClaimMapping, Signer};
+use crate::transport::incoming;
 
 /// The gRPC health service name Envoy checks (and `""`, the server as a whole).
 pub const HEALTH_SERVICE: &str = "envoy.service.auth.v3.Authorization";
@@ -501,13 +501,6 @@ fn reload(state: &Reloadable) -> Result<(), String> {
         check.set_token(token.expose());
     }
     Ok(())
-}
-
-/// Connections of a bound listener for tonic, with TCP_NODELAY: tonic's own `tcp_nodelay`
-/// setting only applies to listeners it binds, and without it Nagle's algorithm holds small
-/// Check answers back by tens of milliseconds.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 fn local_addr(listener: &TcpListener) -> String {
