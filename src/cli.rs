@@ -31,7 +31,7 @@ pub fn run() -> ExitCode {
                 Err(errors) => return usage(&errors),
             };
             init_tracing(config.log_format);
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match runtime(config.worker_threads) {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     eprintln!("daytona-authz: cannot start the runtime: {e}");
@@ -116,7 +116,23 @@ fn healthcheck(addr: &str, path: &str) -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// One thread: a current-thread runtime, so a Check never hops between threads (a multi-thread
+/// runtime's wake-ups and work stealing cost about a quarter of a warm Check's CPU; see
+/// BENCHMARKS.md). More: a multi-thread runtime with that many workers. Blocking work (the
+/// revocation store's writes) has its own pool either way.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(worker_threads);
+        builder
+    };
+    builder.enable_all().build()
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -129,6 +129,16 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub max_concurrent_api_calls: usize,
+    /// Threads that serve Checks (and everything else). 1, the default, is one thread with no
+    /// hand-offs between threads: the least CPU per Check, and tens of thousands of Checks per
+    /// second (BENCHMARKS.md). Raise it when daytona-authz's CPU nears a whole core.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_WORKER_THREADS",
+        default_value_t = 1,
+        value_name = "N"
+    )]
+    pub worker_threads: usize,
 
     /// Domain Daytona's preview URLs may be under (repeatable); a preview URL for any other
     /// host is refused (502), never forwarded. Default: derived from --daytona-api-url
@@ -699,6 +709,8 @@ pub struct ServeConfig {
     pub daytona_api_url: url::Url,
     pub daytona_api_timeout: Duration,
     pub max_concurrent_api_calls: usize,
+    /// 1: a current-thread runtime; more: a multi-thread runtime with that many workers.
+    pub worker_threads: usize,
     /// Lower-case; never empty.
     pub upstream_domains: Vec<String>,
     pub preview_domain: String,
@@ -873,6 +885,8 @@ impl std::fmt::Debug for Secret {
 }
 
 const MIN_SECRET_BYTES: usize = 32;
+/// `--worker-threads` at most: far beyond any core count this runs on, low enough to catch a typo.
+const MAX_WORKER_THREADS: usize = 256;
 
 impl ServeArgs {
     /// Checks everything, reporting every problem.
@@ -890,6 +904,12 @@ impl ServeArgs {
         let max_concurrent_api_calls = p.check(match self.max_concurrent_api_calls {
             1..=10_000 => Ok(self.max_concurrent_api_calls),
             _ => err("--max-concurrent-api-calls must be within 1-10000"),
+        });
+        let worker_threads = p.check(match self.worker_threads {
+            1..=MAX_WORKER_THREADS => Ok(self.worker_threads),
+            _ => err(format!(
+                "--worker-threads must be within 1-{MAX_WORKER_THREADS}"
+            )),
         });
         let upstream_domains: Vec<String> = self
             .upstream_domains
@@ -1005,6 +1025,7 @@ impl ServeArgs {
                 daytona_api_url: daytona_api_url?,
                 daytona_api_timeout: daytona_api_timeout?,
                 max_concurrent_api_calls: max_concurrent_api_calls?,
+                worker_threads: worker_threads?,
                 upstream_domains,
                 preview_domain: preview_domain?,
                 jwt_issuer: jwt_issuer?,
@@ -1209,6 +1230,7 @@ mod tests {
         assert_eq!(config.daytona_api_timeout, Duration::from_secs(5));
         assert_eq!(config.ready_grace, Some(Duration::from_secs(30)));
         assert_eq!(config.log_format, LogFormat::Pretty);
+        assert_eq!(config.worker_threads, 1);
         assert_eq!(
             config.daytona_api_url.as_str(),
             "https://app.daytona.io/api"
@@ -1219,7 +1241,7 @@ mod tests {
 
     #[test]
     fn each_bad_setting_is_named() {
-        let cases: [(&[&str], &str); 11] = [
+        let cases: [(&[&str], &str); 13] = [
             (&["--grpc-addr", "localhost"], "--grpc-addr"),
             (&["--http-addr", "nowhere"], "--http-addr"),
             (&["--daytona-api-url", "ftp://x"], "--daytona-api-url"),
@@ -1234,6 +1256,8 @@ mod tests {
                 &["--max-concurrent-api-calls", "0"],
                 "--max-concurrent-api-calls",
             ),
+            (&["--worker-threads", "0"], "--worker-threads"),
+            (&["--worker-threads", "257"], "--worker-threads"),
         ];
         for (extra, needle) in cases {
             let mut args = GOOD.to_vec();

@@ -100,6 +100,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         daytona_api_url = %config.daytona_api_url,
         daytona_api_timeout = ?config.daytona_api_timeout,
         max_concurrent_api_calls = config.max_concurrent_api_calls,
+        worker_threads = config.worker_threads,
         upstream_domains = ?config.upstream_domains,
         preview_domain = %config.preview_domain,
         cache_ttl = ?config.cache_ttl,

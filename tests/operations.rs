@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use daytona_authz::token::{Claims, Signer, now};
 use support::{
-    ADMIN_TOKEN, API_KEY, Authz, AuthzOptions, Double, JWT_SECRET, Stack, eventually,
+    ADMIN_TOKEN, API_KEY, Authz, AuthzOptions, Double, JWT_SECRET, Stack, bearer, eventually,
     parse_metrics, token_for,
 };
 use tonic_health::pb::HealthCheckRequest;
@@ -164,6 +164,38 @@ async fn metrics_parse_and_move_with_traffic() {
             .keys()
             .any(|k| k.starts_with("daytona_authz_build_info{"))
     );
+}
+
+/// `--worker-threads 2` (a multi-thread runtime instead of the default single thread) serves the
+/// same decisions: concurrent allowed and denied requests through Envoy, each answered right.
+#[tokio::test]
+async fn a_multi_thread_runtime_serves_the_same_decisions() {
+    let stack = Stack::start_with(AuthzOptions {
+        extra_args: vec!["--worker-threads".into(), "2".into()],
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        stack.authz.proc.stderr().contains("worker_threads=2"),
+        "the start-up line names the runtime"
+    );
+    let auth = bearer(&stack.token(None));
+    let host = stack.host(3000);
+    let replies = futures_util::future::join_all((0..40).map(|i| {
+        let (stack, host, auth) = (&stack, &host, &auth);
+        async move {
+            let headers: &[(&str, &str)] = if i % 2 == 0 {
+                &[("authorization", auth)]
+            } else {
+                &[]
+            };
+            (i, stack.get(host, "/", headers).await.status)
+        }
+    }))
+    .await;
+    for (i, status) in replies {
+        assert_eq!(status, if i % 2 == 0 { 200 } else { 401 }, "request {i}");
+    }
 }
 
 /// The suite-wide check (tests/support: every daytona-authz and Envoy process's output is
