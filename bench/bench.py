@@ -423,6 +423,19 @@ class Stack:
                            f"{' '.join(extra)}").strip()
         return proc
 
+    def start_floor(self, name):
+        """examples/check_floor.rs: a constant-answer `Check` server on daytona-authz's stack."""
+        out = self.run_dir / f"{name}.out"
+        proc = self.procs.start(name, [RELEASE / "examples" / "check_floor", "--addr", "127.0.0.1:0"],
+                                stdout=open(out, "wb"))
+        line = wait_until(f"{name} listening",
+                          lambda: next((l for l in out.read_text().splitlines()
+                                        if l.startswith("listening on ")), None),
+                          proc, self.procs)
+        proc.grpc_port = int(line.rsplit(":", 1)[1])
+        proc.argv_shown = "check_floor --addr 127.0.0.1:0"
+        return proc
+
     def mint(self, sandbox_id):
         out = run([RELEASE / "daytona-authz", "mint", "--jwt-secret-file", self.secret_file,
                    "--sandbox", sandbox_id, "--port", PORT, "--ttl", "1h",
@@ -733,6 +746,29 @@ def main():
             log(f"Check ({token_in}): {c['rps']:.0f}/s, {c.get('authz_cpu_us_per_request', 0):.1f} "
                 f"µs CPU each, p99 {c['p99_ms']} ms")
         results["check"] = check
+        # The same load against the floor of this stack (a server that answers every Check with
+        # a constant, examples/check_floor.rs) and against daytona-authz on a multi-thread
+        # runtime, so what daytona-authz's own work and its runtime cost shows in this run.
+        warm_bearer = ["--secret-file", stack.secret_file, "--domain", DOMAIN, "--sandbox",
+                       stack.sandbox, "--connections", 2, "--concurrency", cfg["check_concurrency"],
+                       "--warmup", cfg["warmup"], "--duration", cfg["duration"]]
+        floor = stack.start_floor("check-floor")
+        check_more = {"floor": check_load(
+            ["warm", "--addr", f"127.0.0.1:{floor.grpc_port}", "--pid", floor.pid, *warm_bearer],
+            run_dir, "check-floor")}
+        check_more["floor"]["server"] = floor.argv_shown
+        procs.stop(floor)
+        threads2 = stack.start_authz("authz-2-threads", ["--worker-threads", "2", "--revocation-db",
+                                                         str(run_dir / "authz-2-threads.redb")])
+        check_more["threads2"] = check_load(
+            ["warm", "--addr", f"127.0.0.1:{threads2.grpc_port}", "--pid", threads2.pid,
+             *warm_bearer], run_dir, "check-2-threads")
+        check_more["threads2"]["server"] = threads2.argv_shown
+        procs.stop(threads2)
+        for key, c in check_more.items():
+            log(f"Check ({key}): {c['rps']:.0f}/s, {c.get('authz_cpu_us_per_request', 0):.1f} "
+                f"µs CPU each, p99 {c['p99_ms']} ms")
+        results["check_more"] = check_more
 
         # --- 5. cold stampede ------------------------------------------------------------------
         log("5. cold stampede")
@@ -919,6 +955,11 @@ def verdict(ok):
     return "**met**" if ok else "**missed**"
 
 
+def floor_note(res):
+    floor = res.get("check_more", {}).get("floor", {}).get("authz_cpu_us_per_request")
+    return "" if floor is None else f"; the floor of this stack: {floor:.1f} µs"
+
+
 def report(res):
     cfg, tp, lat = res["cfg"], res["throughput"], res["latency"]
     a = {k: agg(v) for k, v in tp.items() if "runs" in v}
@@ -986,7 +1027,7 @@ def report(res):
     w(f"| Warm `Check` ≤ 20 µs of daytona-authz CPU | {check.get('authz_cpu_s', 0):.2f} CPU-s ÷ "
       f"{check['requests']:,} Checks = **{fmt(cpu_check, 1)} µs** (cookie: "
       f"{fmt(res['check']['cookie'].get('authz_cpu_us_per_request'), 1)} µs) | "
-      f"{verdict(cpu_check is not None and cpu_check <= 20)} |")
+      f"{floor_note(res)} | {verdict(cpu_check is not None and cpu_check <= 20)} |")
     for key, factor, name in (("ts", 10, "TypeScript"), ("go", 2, "Go")):
         if key in a:
             r = bearer["rps"] / a[key]["rps"]
@@ -1071,12 +1112,26 @@ def report(res):
     w("| token in | Checks/s | p50 ms | p99 ms | p99.9 ms | errors | authz CPU-s | authz µs/Check | "
       "authz peak RSS MiB |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for key, c in res["check"].items():
+    more = res.get("check_more", {})
+    rows = [(key, c) for key, c in res["check"].items()]
+    rows += [(label, more[key]) for key, label in (
+        ("threads2", "bearer, `--worker-threads 2`"),
+        ("floor", "the floor: `check_floor` (bearer; the server's own CPU)")) if key in more]
+    for key, c in rows:
         w(f"| {key} | **{fmt(c['rps'], 0)}** | {c['p50_ms']:.3f} | {c['p99_ms']:.3f} | "
           f"{c['p999_ms']:.3f} | {c['errors']} | {c.get('authz_cpu_s', 0):.2f} | "
           f"**{fmt(c.get('authz_cpu_us_per_request'), 1)}** | "
           f"{(c.get('authz_peak_rss_kib') or 0) / 1024:.1f} |")
     w("")
+    if "floor" in more:
+        floor_us = more["floor"].get("authz_cpu_us_per_request") or 0
+        w("The floor is `examples/check_floor.rs`: a server on the same stack as daytona-authz "
+          "(tonic, hyper, h2, prost, tokio, the same runtime and connection handling) that answers "
+          "every `Check` with one constant OK of the same shape, under the same load. It is what "
+          "any `Check` costs on this machine before any work is done: daytona-authz's own work "
+          f"(host, token, cache, response, metrics) is the difference, {fmt(cpu_check - floor_us, 1)} "
+          "µs per `Check` here. `--worker-threads 2` runs the same daytona-authz on a multi-thread "
+          "runtime: what a Check costs when it may hop between threads.\n")
 
     w("## 5. Cold stampede\n")
     e, d, cold = st["envoy"], st["direct"], st["cold"]
@@ -1129,6 +1184,9 @@ def report(res):
             w(f"{key} latency: {lat[key]['command']}")
     for key, c in res["check"].items():
         w(f"check {key}: {c['command']}")
+    for key, c in res.get("check_more", {}).items():
+        w(f"check {key} server: {c['server']}")
+        w(f"check {key}: {c['command']}")
     w(f"stampede via Envoy: {st['envoy']['command']}")
     w(f"stampede direct: {st['direct']['command']}")
     w(f"cold: {st['cold']['command']}")
@@ -1162,11 +1220,21 @@ def findings(res, a, c_limit, c_bearer, predicted, ratio, added_p99):
         f"inversely proportional to CPU per request, which predicts a ratio of {predicted:.2f}; "
         f"measured: {ratio:.2f}.")
     check = res["check"]["bearer"]
+    more = res.get("check_more", {})
+    floor = more.get("floor", {}).get("authz_cpu_us_per_request")
+    threads2 = more.get("threads2", {}).get("authz_cpu_us_per_request")
+    own = check.get("authz_cpu_us_per_request", 0)
     lines.append(
-        f"- **`Check` on its own** costs {check.get('authz_cpu_us_per_request', 0):.1f} µs of "
+        f"- **`Check` on its own** costs {own:.1f} µs of "
         f"daytona-authz CPU with 64 in flight on 2 connections; behind Envoy, where Envoy holds "
         f"one HTTP/2 connection per worker and requests arrive as fast as wrk sends them, it "
-        f"costs {authz_us:.1f} µs.")
+        f"costs {authz_us:.1f} µs."
+        + (f" A server on the same stack that does no work at all costs {floor:.1f} µs under "
+           f"the same load, so daytona-authz's own work is {own - floor:.1f} µs per `Check`."
+           if floor else "")
+        + (f" On a multi-thread runtime (`--worker-threads 2`) the same daytona-authz costs "
+           f"{threads2:.1f} µs: the hops between threads, not more work."
+           if threads2 else ""))
     added_p50 = res["latency"]["bearer"]["p50_ms"] - res["latency"]["limit"]["p50_ms"]
     why = ("one loopback gRPC round trip and a cache hit" if added_p50 < 1 else
            "far more than one loopback gRPC round trip and a cache hit (a `Check` takes about "

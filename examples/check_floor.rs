@@ -1,0 +1,103 @@
+//! `check_floor`: the least an ext_authz `Check` server built on this stack can cost. It serves
+//! Envoy's `Authorization` service on the same server set-up daytona-authz uses (the runtime for
+//! `--worker-threads`, the connection handling, the logging, default HTTP/2 settings), decodes
+//! every `CheckRequest` with prost as daytona-authz does, and answers every one with the same OK
+//! response shape daytona-authz sends for a warm, valid request (four headers set,
+//! `authorization` and `access_token` removed, values as long), built once.
+//!
+//! No host parsing, no token, no cache, no metrics, no log lines: `bench/run.sh` hammers it with
+//! the same `check_load warm` as daytona-authz, so the difference between the two is what
+//! daytona-authz's own work costs, and this server's figure is the floor of the gRPC stack
+//! (tonic, hyper, h2, prost, tokio and the kernel's loopback TCP) on the machine.
+//!
+//! `check_floor --addr 127.0.0.1:0` prints `listening on ADDR` and serves until killed.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use envoy_types::ext_authz::v3::CheckResponseExt;
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
+    HeaderValue, HeaderValueOption, HttpResponse, OkHttpResponse,
+};
+use tonic::{Request, Response, Status};
+
+/// A constant-answer ext_authz server: the floor for daytona-authz's `Check` (see the module docs).
+#[derive(Debug, Parser)]
+struct Args {
+    /// Where to serve gRPC (port 0: any free port, printed on start).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    addr: SocketAddr,
+    /// As daytona-authz's `--worker-threads`: 1 is a current-thread runtime.
+    #[arg(long, default_value_t = 1)]
+    worker_threads: usize,
+}
+
+struct Floor {
+    answer: CheckResponse,
+}
+
+#[tonic::async_trait]
+impl Authorization for Floor {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        // Decoded by tonic already; dropping it frees what prost allocated, as daytona-authz does.
+        drop(request.into_inner());
+        Ok(Response::new(self.answer.clone()))
+    }
+}
+
+fn answer() -> CheckResponse {
+    let header = |key: &str, value: &str| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            raw_value: Vec::new(),
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        ..Default::default()
+    };
+    let ok = OkHttpResponse {
+        headers: vec![
+            header(
+                "x-daytona-preview-token",
+                "0123456789abcdef0123456789abcdef",
+            ),
+            header("x-daytona-skip-preview-warning", "true"),
+            header(
+                "x-daytona-authz-upstream",
+                "3000-9fd690b8-76c6-4f52-832f-ebbad4da52c7.proxy.localhost:34363",
+            ),
+            header("x-daytona-authz-upstream-scheme", "http"),
+        ],
+        headers_to_remove: vec!["authorization".to_owned()],
+        query_parameters_to_remove: vec!["access_token".to_owned()],
+        ..Default::default()
+    };
+    let mut response = CheckResponse::with_status(Status::ok(""));
+    response.set_http_response(HttpResponse::OkResponse(ok));
+    response
+}
+
+fn main() {
+    let args = Args::parse();
+    // The logging daytona-authz installs: with no subscriber at all, tracing's `log` fallback
+    // would cost this server something daytona-authz does not pay.
+    daytona_authz::cli::init_tracing(daytona_authz::config::LogFormat::Pretty);
+    let runtime = daytona_authz::cli::runtime(args.worker_threads).expect("a tokio runtime");
+    runtime.block_on(serve(args));
+}
+
+async fn serve(args: Args) {
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .expect("can bind --addr");
+    println!("listening on {}", listener.local_addr().expect("bound"));
+    tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(Floor { answer: answer() }))
+        .serve_with_incoming(daytona_authz::transport::incoming(listener))
+        .await
+        .expect("gRPC server runs");
+}
