@@ -1026,8 +1026,8 @@ def report(res):
       f"{verdict(added_p99 <= 1 and added_p99_cookie <= 1)} |")
     w(f"| Warm `Check` ≤ 20 µs of daytona-authz CPU | {check.get('authz_cpu_s', 0):.2f} CPU-s ÷ "
       f"{check['requests']:,} Checks = **{fmt(cpu_check, 1)} µs** (cookie: "
-      f"{fmt(res['check']['cookie'].get('authz_cpu_us_per_request'), 1)} µs) | "
-      f"{floor_note(res)} | {verdict(cpu_check is not None and cpu_check <= 20)} |")
+      f"{fmt(res['check']['cookie'].get('authz_cpu_us_per_request'), 1)} µs){floor_note(res)} | "
+      f"{verdict(cpu_check is not None and cpu_check <= 20)} |")
     for key, factor, name in (("ts", 10, "TypeScript"), ("go", 2, "Go")):
         if key in a:
             r = bearer["rps"] / a[key]["rps"]
