@@ -1211,14 +1211,16 @@ def findings(res, a, c_limit, c_bearer, predicted, ratio, added_p99):
     lines = []
     authz_us = c_bearer.get("authz", 0)
     envoy_extra = c_bearer.get("envoy", 0) - c_limit.get("envoy", 0)
+    limit_us = sum(v for k, v in c_limit.items() if k not in ("machine", "authz"))
     lines.append(
         f"- **Throughput vs the limit.** Per request, the limit costs "
-        f"{sum(v for k, v in c_limit.items() if k not in ('machine', 'authz')):.0f} µs of CPU "
+        f"{limit_us:.0f} µs of CPU "
         f"across the load generator, Envoy and the double. With ext_authz, daytona-authz adds "
         f"{authz_us:.0f} µs and Envoy {envoy_extra:+.0f} µs (its ext_authz filter and gRPC "
         f"client). On a machine where every process shares the same 2 cores, throughput is "
         f"inversely proportional to CPU per request, which predicts a ratio of {predicted:.2f}; "
-        f"measured: {ratio:.2f}.")
+        f"measured: {ratio:.2f}. A daytona-authz that cost nothing at all would still leave "
+        f"Envoy's own ext_authz cost: at most {limit_us / (limit_us + envoy_extra):.2f}.")
     check = res["check"]["bearer"]
     more = res.get("check_more", {})
     floor = more.get("floor", {}).get("authz_cpu_us_per_request")
@@ -1236,7 +1238,9 @@ def findings(res, a, c_limit, c_bearer, predicted, ratio, added_p99):
            f"{threads2:.1f} µs: the hops between threads, not more work."
            if threads2 else ""))
     added_p50 = res["latency"]["bearer"]["p50_ms"] - res["latency"]["limit"]["p50_ms"]
-    why = ("one loopback gRPC round trip and a cache hit" if added_p50 < 1 else
+    why = ("one more hop, Envoy → daytona-authz → Envoy, whose time at this rate is mostly two "
+           "wake-ups of an idle process on this VM (finding 6 below); the `Check` itself is "
+           "microseconds of CPU" if added_p50 < 1.2 else
            "far more than one loopback gRPC round trip and a cache hit (a `Check` takes about "
            "0.15 ms at p50 when idle): requests are waiting, see finding 1 in the investigation "
            "below (Nagle's algorithm on daytona-authz's gRPC connections)")
@@ -1250,13 +1254,19 @@ def findings(res, a, c_limit, c_bearer, predicted, ratio, added_p99):
             f"daytona-authz uses only {c0.get('authz_cpu_s', 0) / c0['seconds']:.2f} of a core: "
             f"throughput bound by waiting (p99 {c0['p99_ms']:.0f} ms), not by CPU; the same "
             "finding 1.")
-    for key, name in (("ts", "TypeScript"), ("go", "Go")):
+    limit_rps = a["limit"]["rps"]
+    for key, name, factor in (("ts", "TypeScript", 10), ("go", "Go", 2)):
         if key in a:
             c = {k: us_per_req(v, a[key]["requests"]) for k, v in a[key]["cpu"].items()}
+            needed = factor * a[key]["rps"]
             lines.append(
                 f"- **The {name} sample** spends {c.get(key, 0):.0f} µs of its own CPU per request "
                 f"and the double {c.get('double', 0):.0f} µs "
-                f"({'an API call plus the proxied request' if key == 'ts' else 'the proxied request'}).")
+                f"({'an API call plus the proxied request' if key == 'ts' else 'the proxied request'}). "
+                f"{factor} × its throughput is {needed:,.0f} req/s: {needed / limit_rps:.2f} × what "
+                f"Envoy forwards with no ext_authz at all in this run"
+                + (", out of reach for any authorization through Envoy on this machine."
+                   if needed / limit_rps > 0.9 else "."))
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,7 @@
 
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use daytona_authz::daytona::{Preview, Upstream};
 use daytona_authz::decision::{self, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, Verdict};
 use daytona_authz::grpc;
@@ -36,6 +36,11 @@ fn policy() -> Policy {
 
 /// An access token as README documents it, signed as any issuer would.
 fn token() -> String {
+    token_expiring(now() + 3600)
+}
+
+/// The same token with another `exp`: a token the verifier has not seen before.
+fn token_expiring(exp: u64) -> String {
     #[derive(serde::Serialize)]
     struct Claims {
         sandbox_id: &'static str,
@@ -44,7 +49,7 @@ fn token() -> String {
     }
     let claims = Claims {
         sandbox_id: ID,
-        exp: now() + 3600,
+        exp,
         ports: [3000],
     };
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
@@ -163,8 +168,21 @@ fn benches(c: &mut Criterion) {
     group.bench_function("host_parse", |b| {
         b.iter(|| host::parse(black_box(&public_host), DOMAIN))
     });
+    // A token seen before: its grant is remembered (see `Verifier::verify`).
     group.bench_function("token_verify", |b| {
         b.iter(|| policy.verifier.verify(black_box(&token), now()))
+    });
+    // A token never seen before: signature, claims, and remembering it.
+    let mut exp = now() + 3600;
+    group.bench_function("token_verify_first_use", |b| {
+        b.iter_batched(
+            || {
+                exp += 1;
+                token_expiring(exp)
+            },
+            |fresh| policy.verifier.verify(black_box(&fresh), now()),
+            BatchSize::SmallInput,
+        )
     });
     group.bench_function("request_view", |b| {
         b.iter(|| grpc::view(black_box(&bearer)))
