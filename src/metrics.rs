@@ -10,7 +10,12 @@
 //! for one sandbox port share one look-up) and `daytona_authz_runtime_alive_tasks` (tasks alive
 //! on the tokio runtime, read at scrape time: Checks being answered, connections, background
 //! work). Both return to their resting level once a burst is over.
+//!
+//! Whether `--worker-threads` should be raised: `rate(daytona_authz_runtime_busy_seconds_total[1m])
+//! / daytona_authz_runtime_workers` is the share of time the runtime's threads were busy; near 1,
+//! Checks queue behind each other.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -57,6 +62,10 @@ pub struct Metrics {
     ready: Gauge,
     api_lookups_in_flight: Gauge,
     runtime_alive_tasks: Gauge,
+    runtime_workers: Gauge,
+    /// Busy time summed over the runtime's workers, brought up to date at scrape time (under the
+    /// lock, so two scrapes at once cannot add the same time twice).
+    runtime_busy_seconds: std::sync::Mutex<Counter<f64, AtomicU64>>,
     introspection_calls: Family<ResultLabels, Counter>,
     introspection_seconds: Histogram,
     introspection_cache_hits: Counter,
@@ -147,6 +156,19 @@ impl Metrics {
              connections, background work)",
             runtime_alive_tasks.clone(),
         );
+        let runtime_workers = Gauge::default();
+        registry.register(
+            "runtime_workers",
+            "Threads of the async runtime (--worker-threads), read at scrape time",
+            runtime_workers.clone(),
+        );
+        let runtime_busy_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "runtime_busy_seconds",
+            "Time the async runtime's threads spent running tasks, summed over them; its rate \
+             divided by runtime_workers near 1 means raise --worker-threads",
+            runtime_busy_seconds.clone(),
+        );
         let introspection_calls = Family::<ResultLabels, Counter>::default();
         registry.register(
             "introspection_calls",
@@ -192,6 +214,8 @@ impl Metrics {
             ready,
             api_lookups_in_flight,
             runtime_alive_tasks,
+            runtime_workers,
+            runtime_busy_seconds: std::sync::Mutex::new(runtime_busy_seconds),
             introspection_calls,
             introspection_seconds,
             introspection_cache_hits,
@@ -264,9 +288,22 @@ impl Metrics {
     pub fn encode(&self) -> String {
         // Outside a runtime (unit tests) the gauge keeps its last value.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let alive = runtime.metrics().num_alive_tasks();
+            let runtime = runtime.metrics();
+            let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
             self.runtime_alive_tasks
-                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+                .set(gauge(runtime.num_alive_tasks()));
+            self.runtime_workers.set(gauge(runtime.num_workers()));
+            let busy: f64 = (0..runtime.num_workers())
+                .map(|worker| runtime.worker_total_busy_duration(worker).as_secs_f64())
+                .sum();
+            let counter = self
+                .runtime_busy_seconds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let behind = busy - counter.get();
+            if behind > 0.0 {
+                counter.inc_by(behind);
+            }
         }
         let mut text = String::new();
         // Writing into a String cannot fail.
@@ -326,6 +363,34 @@ mod tests {
                 .encode()
                 .contains("daytona_authz_daytona_api_lookups_in_flight 0")
         );
+    }
+
+    #[tokio::test]
+    async fn runtime_workers_and_busy_time_are_read_at_scrape_time() {
+        let metrics = Metrics::new();
+        let value = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+                .parse()
+                .unwrap()
+        };
+        let busy = |text: &str| value(text, "daytona_authz_runtime_busy_seconds_total");
+        let first = metrics.encode();
+        assert_eq!(value(&first, "daytona_authz_runtime_workers"), 1.0);
+        // A task that keeps the (current-thread) runtime busy for 50 ms; the runtime hands its
+        // counts over when it next parks, hence the sleep.
+        tokio::spawn(async {
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < Duration::from_millis(50) {
+                std::hint::spin_loop();
+            }
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = metrics.encode();
+        assert!(busy(&second) - busy(&first) >= 0.04, "{first}\n{second}");
     }
 
     #[tokio::test]
