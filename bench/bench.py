@@ -423,17 +423,23 @@ class Stack:
                            f"{' '.join(extra)}").strip()
         return proc
 
-    def start_floor(self, name):
-        """examples/check_floor.rs: a constant-answer `Check` server on daytona-authz's stack."""
+    def start_floor(self, name, allow_sandbox=False):
+        """examples/check_floor.rs: a constant-answer `Check` server on daytona-authz's stack.
+        With `allow_sandbox`, its answer carries this sandbox's real preview token and host, so
+        behind Envoy it is a no-op ext_authz service that lets everything through."""
         out = self.run_dir / f"{name}.out"
-        proc = self.procs.start(name, [RELEASE / "examples" / "check_floor", "--addr", "127.0.0.1:0"],
-                                stdout=open(out, "wb"))
+        real = (["--preview-token", self.preview_token, "--upstream", self.preview_authority]
+                if allow_sandbox else [])
+        proc = self.procs.start(name, [RELEASE / "examples" / "check_floor", "--addr", "127.0.0.1:0",
+                                       *real], stdout=open(out, "wb"))
         line = wait_until(f"{name} listening",
                           lambda: next((l for l in out.read_text().splitlines()
                                         if l.startswith("listening on ")), None),
                           proc, self.procs)
         proc.grpc_port = int(line.rsplit(":", 1)[1])
-        proc.argv_shown = "check_floor --addr 127.0.0.1:0"
+        proc.argv_shown = "check_floor --addr 127.0.0.1:0" + (
+            " --preview-token PREVIEW_TOKEN --upstream " + self.preview_authority
+            if allow_sandbox else "")
         return proc
 
     def mint(self, sandbox_id):
@@ -627,6 +633,10 @@ def main():
         authz = stack.start_authz("authz")
         envoy_authz = stack.start_envoy("envoy-authz", authz.grpc_port)
         envoy_limit = stack.start_envoy("envoy-limit", authz.grpc_port, limit=True)
+        # Envoy with the same ext_authz filter in front of a service that does no work and
+        # allows everything: what Envoy's side of ext_authz costs by itself.
+        noop = stack.start_floor("noop-authz", allow_sandbox=True)
+        envoy_noop = stack.start_envoy("envoy-noop", noop.grpc_port)
         token = stack.mint(stack.sandbox)
         secrets = [token, stack.preview_token, stack.secret]
         host = f"{PORT}-{stack.sandbox}.{DOMAIN}"
@@ -642,6 +652,8 @@ def main():
                    lambda: http(f"http://127.0.0.1:{envoy_authz.port}/", dict(bearer))[0] == 200)
         wait_until("a 200 through Envoy without ext_authz",
                    lambda: http(f"http://127.0.0.1:{envoy_limit.port}/", dict(bearer))[0] == 200)
+        wait_until("a 200 through Envoy with a no-op ext_authz",
+                   lambda: http(f"http://127.0.0.1:{envoy_noop.port}/", dict(bearer))[0] == 200)
 
         pids = {"authz": authz.pid, "double": stack.double.pid}
         targets = {
@@ -656,6 +668,9 @@ def main():
                        bearer, {"envoy": envoy_authz.pid}),
             "cookie": ("2. Envoy + daytona-authz, cookie", f"http://127.0.0.1:{envoy_authz.port}/",
                        cookie, {"envoy": envoy_authz.pid}),
+            "noop": ("2. Envoy + a no-op ext_authz (`check_floor`, allows all)",
+                     f"http://127.0.0.1:{envoy_noop.port}/", bearer,
+                     {"envoy": envoy_noop.pid, "noop": noop.pid}),
         }
 
         def throughput(key, rounds=1):
@@ -690,9 +705,9 @@ def main():
                 lat[key] = result
 
         tp, lat = {}, {}
-        log("throughput: the double alone, then limit / Bearer / cookie interleaved")
+        log("throughput: the double alone, then limit / Bearer / cookie / no-op interleaved")
         tp["double"] = throughput("double")
-        interleaved = {k: None for k in ("limit", "bearer", "cookie")}
+        interleaved = {k: None for k in ("limit", "bearer", "cookie", "noop")}
         for r in range(cfg["rounds"]):
             for key in interleaved:
                 one = throughput(key)
@@ -702,8 +717,10 @@ def main():
                     interleaved[key]["runs"] += one["runs"]
         tp.update(interleaved)
         latency("double")
-        # Limit and daytona-authz at the same time: the same disturbances hit both.
-        latency("limit", "bearer", "cookie")
+        # Limit, daytona-authz and the no-op at the same time: the same disturbances hit all.
+        latency("limit", "bearer", "cookie", "noop")
+        procs.stop(envoy_noop)
+        procs.stop(noop)
 
         # --- 4. the official samples -------------------------------------------------------------
         for key, label in (("ts", "4. TypeScript sample (authenticates no one)"),
@@ -955,6 +972,17 @@ def verdict(ok):
     return "**met**" if ok else "**missed**"
 
 
+def noop_note(a, lat, what):
+    """The same figure for Envoy with a no-op ext_authz service (older results have none)."""
+    if "noop" not in a or "noop" not in lat:
+        return ""
+    if what == "throughput":
+        return (f"; with a no-op ext_authz service instead (the most any ext_authz service can "
+                f"reach here): {a['noop']['rps'] / a['limit']['rps']:.2f}")
+    return (f"; a no-op ext_authz service adds "
+            f"{lat['noop']['p99_ms'] - lat['limit']['p99_ms']:+.2f} ms")
+
+
 def floor_note(res):
     floor = res.get("check_more", {}).get("floor", {}).get("authz_cpu_us_per_request")
     return "" if floor is None else f"; the floor of this stack: {floor:.1f} µs"
@@ -1019,10 +1047,12 @@ def report(res):
     w("| target | measured (this run) | verdict |")
     w("|---|---|---|")
     w(f"| Scenario 2 throughput ≥ 0.75 × scenario 1 | Bearer {fmt(bearer['rps'], 0)} / "
-      f"{fmt(limit['rps'], 0)} req/s = **{ratio:.2f}**; cookie {ratio_cookie:.2f} | "
+      f"{fmt(limit['rps'], 0)} req/s = **{ratio:.2f}**; cookie {ratio_cookie:.2f}"
+      f"{noop_note(a, lat, 'throughput')} | "
       f"{verdict(ratio >= 0.75 and ratio_cookie >= 0.75)} |")
     w(f"| p99 added by authz ≤ 1 ms (at {cfg['rate']} req/s) | Bearer {lat['bearer']['p99_ms']:.2f} − "
-      f"{lat['limit']['p99_ms']:.2f} = **{added_p99:+.2f} ms**; cookie {added_p99_cookie:+.2f} ms | "
+      f"{lat['limit']['p99_ms']:.2f} = **{added_p99:+.2f} ms**; cookie {added_p99_cookie:+.2f} ms"
+      f"{noop_note(a, lat, 'p99')} | "
       f"{verdict(added_p99 <= 1 and added_p99_cookie <= 1)} |")
     w(f"| Warm `Check` ≤ 20 µs of daytona-authz CPU | {check.get('authz_cpu_s', 0):.2f} CPU-s ÷ "
       f"{check['requests']:,} Checks = **{fmt(cpu_check, 1)} µs** (cookie: "
@@ -1054,7 +1084,7 @@ def report(res):
     w("| scenario | req/s | per round | p50 ms | p99 ms | p99.9 ms | errors | authz CPU-s | "
       "authz µs/req | authz peak RSS MiB |")
     w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    for key in ("double", "limit", "bearer", "cookie", "ts", "go"):
+    for key in ("double", "limit", "bearer", "cookie", "noop", "ts", "go"):
         if key not in tp:
             continue
         if key not in a:
@@ -1076,14 +1106,14 @@ def report(res):
       "comment warns; the Go sample caches for 2 minutes.\n")
 
     w("### Where the CPU goes (µs of CPU per request, measured window)\n")
-    names = ["loadgen", "envoy", "authz", "double", "ts", "go"]
+    names = ["loadgen", "envoy", "authz", "noop", "double", "ts", "go"]
     w("| scenario | " + " | ".join(names) + " | sum of these | whole machine |")
     w("|---|" + "---:|" * (len(names) + 2))
-    for key in ("double", "limit", "bearer", "cookie", "ts", "go"):
+    for key in ("double", "limit", "bearer", "cookie", "noop", "ts", "go"):
         if key not in a:
             continue
         c = cpu_row(key)
-        if key in ("limit", "double", "ts", "go"):
+        if key in ("limit", "double", "noop", "ts", "go"):
             c.pop("authz", None)  # idle in these scenarios
         w(f"| {tp[key]['label']} | " + " | ".join(fmt(c.get(n), 1) if n in c else "–" for n in names)
           + f" | {fmt(ours(c), 1)} | {fmt(c['machine'], 1)} |")
@@ -1097,7 +1127,7 @@ def report(res):
       "times plus this VM's wake-up latency, not queueing.\n")
     w("| scenario | p50 ms | p99 ms | p99.9 ms | max ms | requests | errors |")
     w("|---|---:|---:|---:|---:|---:|---:|")
-    for key in ("double", "limit", "bearer", "cookie", "ts", "go"):
+    for key in ("double", "limit", "bearer", "cookie", "noop", "ts", "go"):
         if key in lat and "error" in lat[key]:
             w(f"| {lat[key]['label']} | not measured: h2load did not finish | | | | | |")
         elif key in lat:
@@ -1177,7 +1207,7 @@ def report(res):
     w("```")
     for name, command in res["commands"].items():
         w(f"{name}: {command}")
-    for key in ("double", "limit", "bearer", "cookie", "ts", "go"):
+    for key in ("double", "limit", "bearer", "cookie", "noop", "ts", "go"):
         if key in tp and "command" in tp[key]:
             w(f"{key} throughput: {tp[key]['command']}")
         if key in lat and "command" in lat[key]:
@@ -1220,7 +1250,11 @@ def findings(res, a, c_limit, c_bearer, predicted, ratio, added_p99):
         f"client). On a machine where every process shares the same 2 cores, throughput is "
         f"inversely proportional to CPU per request, which predicts a ratio of {predicted:.2f}; "
         f"measured: {ratio:.2f}. A daytona-authz that cost nothing at all would still leave "
-        f"Envoy's own ext_authz cost: at most {limit_us / (limit_us + envoy_extra):.2f}.")
+        f"Envoy's own ext_authz cost: at most {limit_us / (limit_us + envoy_extra):.2f}"
+        + (f"; measured with a service that does no work and allows everything behind the same "
+           f"Envoy (`check_floor`): {a['noop']['rps'] / a['limit']['rps']:.2f}, and daytona-authz "
+           f"reaches {a['bearer']['rps'] / a['noop']['rps']:.2f} × that."
+           if "noop" in a else "."))
     check = res["check"]["bearer"]
     more = res.get("check_more", {})
     floor = more.get("floor", {}).get("authz_cpu_us_per_request")
@@ -1244,9 +1278,14 @@ def findings(res, a, c_limit, c_bearer, predicted, ratio, added_p99):
            "far more than one loopback gRPC round trip and a cache hit (a `Check` takes about "
            "0.15 ms at p50 when idle): requests are waiting, see finding 1 in the investigation "
            "below (Nagle's algorithm on daytona-authz's gRPC connections)")
+    noop = res["latency"].get("noop")
     lines.append(
         f"- **Latency.** At {res['cfg']['rate']} req/s the ext_authz hop adds {added_p99:+.2f} ms "
-        f"at p99 and {added_p50:+.2f} ms at p50: {why}.")
+        f"at p99 and {added_p50:+.2f} ms at p50: {why}."
+        + (f" The same hop to a service that does no work adds "
+           f"{noop['p99_ms'] - res['latency']['limit']['p99_ms']:+.2f} ms at p99 and "
+           f"{noop['p50_ms'] - res['latency']['limit']['p50_ms']:+.2f} ms at p50 in the same "
+           f"window." if noop and "p99_ms" in noop else ""))
     c0 = res["check"]["bearer"]
     if c0["p99_ms"] and c0["p99_ms"] > 20:
         lines.append(

@@ -10,6 +10,9 @@
 //! daytona-authz's own work costs, and this server's figure is the floor of the gRPC stack
 //! (tonic, hyper, h2, prost, tokio and the kernel's loopback TCP) on the machine.
 //!
+//! Behind Envoy (with `--preview-token` and `--upstream` of a real sandbox) it is a no-op
+//! ext_authz service that allows everything: what Envoy's ext_authz filter costs by itself.
+//!
 //! `check_floor --addr 127.0.0.1:0` prints `listening on ADDR` and serves until killed.
 
 use std::net::SocketAddr;
@@ -31,6 +34,15 @@ struct Args {
     /// As daytona-authz's `--worker-threads`: 1 is a current-thread runtime.
     #[arg(long, default_value_t = 1)]
     worker_threads: usize,
+    /// The preview token every answer sets (behind Envoy: the sandbox's real one).
+    #[arg(long, default_value = "0123456789abcdef0123456789abcdef")]
+    preview_token: String,
+    /// The upstream authority every answer names (behind Envoy: the sandbox's preview host).
+    #[arg(
+        long,
+        default_value = "3000-9fd690b8-76c6-4f52-832f-ebbad4da52c7.proxy.localhost:34363"
+    )]
+    upstream: String,
 }
 
 struct Floor {
@@ -49,7 +61,7 @@ impl Authorization for Floor {
     }
 }
 
-fn answer() -> CheckResponse {
+fn answer(args: &Args) -> CheckResponse {
     let header = |key: &str, value: &str| HeaderValueOption {
         header: Some(HeaderValue {
             key: key.to_owned(),
@@ -61,15 +73,9 @@ fn answer() -> CheckResponse {
     };
     let ok = OkHttpResponse {
         headers: vec![
-            header(
-                "x-daytona-preview-token",
-                "0123456789abcdef0123456789abcdef",
-            ),
+            header("x-daytona-preview-token", &args.preview_token),
             header("x-daytona-skip-preview-warning", "true"),
-            header(
-                "x-daytona-authz-upstream",
-                "3000-9fd690b8-76c6-4f52-832f-ebbad4da52c7.proxy.localhost:34363",
-            ),
+            header("x-daytona-authz-upstream", &args.upstream),
             header("x-daytona-authz-upstream-scheme", "http"),
         ],
         headers_to_remove: vec!["authorization".to_owned()],
@@ -96,7 +102,9 @@ async fn serve(args: Args) {
         .expect("can bind --addr");
     println!("listening on {}", listener.local_addr().expect("bound"));
     tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(Floor { answer: answer() }))
+        .add_service(AuthorizationServer::new(Floor {
+            answer: answer(&args),
+        }))
         .serve_with_incoming(daytona_authz::transport::incoming(listener))
         .await
         .expect("gRPC server runs");
