@@ -101,7 +101,16 @@ async fn serve(args: Args) {
         .await
         .expect("can bind --addr");
     println!("listening on {}", listener.local_addr().expect("bound"));
+    // Envoy health-checks the ext_authz cluster (envoy/envoy.yaml), as daytona-authz serves it.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(
+            daytona_authz::server::HEALTH_SERVICE,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
     tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(AuthorizationServer::new(Floor {
             answer: answer(&args),
         }))
