@@ -1275,9 +1275,8 @@ def findings(res, a, c_limit, c_bearer, predicted, ratio, added_p99):
     why = ("one more hop, Envoy → daytona-authz → Envoy, whose time at this rate is mostly two "
            "wake-ups of an idle process on this VM (finding 6 below); the `Check` itself is "
            "microseconds of CPU" if added_p50 < 1.2 else
-           "far more than one loopback gRPC round trip and a cache hit (a `Check` takes about "
-           "0.15 ms at p50 when idle): requests are waiting, see finding 1 in the investigation "
-           "below (Nagle's algorithm on daytona-authz's gRPC connections)")
+           "more than two wake-ups of an idle process on this VM (finding 6 below) and the "
+           "microseconds of a `Check`: requests waited, on this shared machine")
     noop = res["latency"].get("noop")
     lines.append(
         f"- **Latency.** At {res['cfg']['rate']} req/s the ext_authz hop adds {added_p99:+.2f} ms "
