@@ -131,7 +131,8 @@ pub struct ServeArgs {
     pub max_concurrent_api_calls: usize,
     /// Threads that serve Checks (and everything else). 1, the default, is one thread with no
     /// hand-offs between threads: the least CPU per Check, and tens of thousands of Checks per
-    /// second (BENCHMARKS.md). Raise it when daytona-authz's CPU nears a whole core.
+    /// second (BENCHMARKS.md). Raise it when daytona-authz's CPU nears a whole core: the rate of
+    /// daytona_authz_runtime_busy_seconds_total over daytona_authz_runtime_workers nears 1.
     #[arg(
         long,
         env = "DAYTONA_AUTHZ_WORKER_THREADS",
