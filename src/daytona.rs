@@ -672,60 +672,6 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn concurrent_misses_make_one_call() {
-        let cache = Arc::new(PreviewCache::new(
-            Arc::new(Counting {
-                calls: AtomicUsize::new(0),
-                fail: false,
-            }),
-            Duration::from_secs(60),
-            100,
-            Arc::default(),
-        ));
-        let tasks: Vec<_> = (0..50)
-            .map(|_| {
-                let cache = Arc::clone(&cache);
-                tokio::spawn(async move { cache.get(&target()).await })
-            })
-            .collect();
-        for task in tasks {
-            assert_eq!(task.await.unwrap().unwrap().token, "token-0");
-        }
-        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn failures_are_not_cached_and_invalidation_refetches() {
-        let failing = PreviewCache::new(
-            Arc::new(Counting {
-                calls: AtomicUsize::new(0),
-                fail: true,
-            }),
-            Duration::from_secs(60),
-            100,
-            Arc::default(),
-        );
-        assert!(failing.get(&target()).await.is_err());
-        assert!(failing.get(&target()).await.is_err());
-        assert_eq!(failing.source.calls.load(Ordering::SeqCst), 2);
-
-        let cache = PreviewCache::new(
-            Arc::new(Counting {
-                calls: AtomicUsize::new(0),
-                fail: false,
-            }),
-            Duration::from_secs(60),
-            100,
-            Arc::default(),
-        );
-        assert_eq!(cache.get(&target()).await.unwrap().token, "token-0");
-        cache.invalidate(ID, Some(3000)).await;
-        assert_eq!(cache.get(&target()).await.unwrap().token, "token-1");
-        cache.invalidate(ID, None).await;
-        assert_eq!(cache.get(&target()).await.unwrap().token, "token-2");
-    }
-
     fn counting(fail: bool, ttl: Duration) -> Arc<PreviewCache<Counting>> {
         Arc::new(PreviewCache::new(
             Arc::new(Counting {
@@ -738,17 +684,53 @@ mod tests {
         ))
     }
 
-    #[tokio::test]
-    async fn concurrent_callers_share_one_failure_and_the_next_caller_asks_again() {
-        let cache = counting(true, Duration::from_secs(60));
-        let tasks: Vec<_> = (0..50)
+    /// `n` concurrent callers of `get(target())`, each one's answer.
+    async fn burst(
+        cache: &Arc<PreviewCache<Counting>>,
+        n: usize,
+    ) -> Vec<Result<Arc<Preview>, Arc<DaytonaError>>> {
+        let tasks: Vec<_> = (0..n)
             .map(|_| {
-                let cache = Arc::clone(&cache);
+                let cache = Arc::clone(cache);
                 tokio::spawn(async move { cache.get(&target()).await })
             })
             .collect();
+        let mut answers = Vec::with_capacity(n);
         for task in tasks {
-            assert!(task.await.unwrap().is_err());
+            answers.push(task.await.unwrap());
+        }
+        answers
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_call() {
+        let cache = counting(false, Duration::from_secs(60));
+        for answer in burst(&cache, 50).await {
+            assert_eq!(answer.unwrap().token, "token-0");
+        }
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn failures_are_not_cached_and_invalidation_refetches() {
+        let failing = counting(true, Duration::from_secs(60));
+        assert!(failing.get(&target()).await.is_err());
+        assert!(failing.get(&target()).await.is_err());
+        assert_eq!(failing.source.calls.load(Ordering::SeqCst), 2);
+
+        let cache = counting(false, Duration::from_secs(60));
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-0");
+        cache.invalidate(ID, Some(3000)).await;
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-1");
+        cache.invalidate(ID, None).await;
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-2");
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_failure_and_the_next_caller_asks_again() {
+        let cache = counting(true, Duration::from_secs(60));
+        for answer in burst(&cache, 50).await {
+            assert!(answer.is_err());
         }
         assert_eq!(cache.source.calls.load(Ordering::SeqCst), 1);
         assert_eq!(cache.entry_count(), 0, "a failure is not kept");
@@ -762,14 +744,8 @@ mod tests {
         assert_eq!(cache.get(&target()).await.unwrap().token, "token-0");
         assert_eq!(cache.get(&target()).await.unwrap().token, "token-0");
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let tasks: Vec<_> = (0..20)
-            .map(|_| {
-                let cache = Arc::clone(&cache);
-                tokio::spawn(async move { cache.get(&target()).await })
-            })
-            .collect();
-        for task in tasks {
-            assert_eq!(task.await.unwrap().unwrap().token, "token-1");
+        for answer in burst(&cache, 20).await {
+            assert_eq!(answer.unwrap().token, "token-1");
         }
         assert_eq!(cache.source.calls.load(Ordering::SeqCst), 2);
         assert_eq!(cache.entry_count(), 1);
