@@ -259,21 +259,6 @@ fn cold_id(i: usize) -> String {
     format!("50a1c01d-0000-4000-8000-{i:012x}")
 }
 
-fn random_id() -> String {
-    let mut b = rand::random::<u128>().to_be_bytes();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
 /// What an answer must look like.
 #[derive(Debug, Default)]
 struct Expect {
@@ -423,7 +408,7 @@ impl Planner {
                 (host, path, bearer(&token), status(403))
             }
             Kind::UnknownSandbox => {
-                let id = random_id();
+                let id = uuid::Uuid::new_v4().to_string();
                 let token = self.valid(&id, 3000);
                 let host = self.host(&id, 3000);
                 self.unknown_ids.push(id);

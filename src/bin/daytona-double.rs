@@ -239,18 +239,7 @@ fn is_valid_sandbox_id(id: &str) -> bool {
 
 /// A random lower-case UUID v4, like Daytona's sandbox ids.
 fn random_sandbox_id() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
-    b[6] = (b[6] & 0x0f) | 0x40; // version 4
-    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
-    let hex: String = b.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// `--announce-tokens`: print each issued preview token (see [`random_preview_token`]).
