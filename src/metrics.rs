@@ -365,16 +365,18 @@ mod tests {
         );
     }
 
+    /// The value of the unlabelled sample `name` in an exposition; panics when it is missing.
+    fn value(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn runtime_workers_and_busy_time_are_read_at_scrape_time() {
         let metrics = Metrics::new();
-        let value = |text: &str, name: &str| -> f64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
-                .parse()
-                .unwrap()
-        };
         let busy = |text: &str| value(text, "daytona_authz_runtime_busy_seconds_total");
         let first = metrics.encode();
         assert_eq!(value(&first, "daytona_authz_runtime_workers"), 1.0);
@@ -396,19 +398,13 @@ mod tests {
     #[tokio::test]
     async fn alive_tasks_are_read_at_scrape_time() {
         let metrics = Metrics::new();
-        let alive = |text: &str| -> i64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix("daytona_authz_runtime_alive_tasks "))
-                .expect("gauge present")
-                .parse()
-                .unwrap()
-        };
+        let alive = |text: &str| value(text, "daytona_authz_runtime_alive_tasks");
         let before = alive(&metrics.encode());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = stopped.await;
         });
-        assert_eq!(alive(&metrics.encode()), before + 1);
+        assert_eq!(alive(&metrics.encode()), before + 1.0);
         stop.send(()).unwrap();
         task.await.unwrap();
         assert_eq!(alive(&metrics.encode()), before);
