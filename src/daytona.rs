@@ -430,11 +430,7 @@ impl PreviewKey {
         if !crate::host::is_uuid(sandbox_id) {
             return None;
         }
-        let mut sandbox = 0u128;
-        for digit in sandbox_id.bytes().filter(|b| *b != b'-') {
-            let value = char::from(digit).to_digit(16)?;
-            sandbox = (sandbox << 4) | u128::from(value);
-        }
+        let sandbox = uuid::Uuid::try_parse(sandbox_id).ok()?.as_u128();
         Some(PreviewKey { sandbox, port })
     }
 }
