@@ -4,8 +4,8 @@
 //! to Daytona's preview proxy with `X-Daytona-Preview-Token` set and the caller's credentials
 //! removed. Modules by responsibility: [`config`] (flags, validation), [`host`] (public host
 //! parsing), [`token`] (access tokens), [`decision`] (pure verdicts), [`daytona`] (API client and
-//! cache), [`grpc`] (Envoy's API), [`admin`] (our own gRPC API), [`server`] (wiring), [`transport`] (how gRPC connections
-//! are accepted).
+//! cache), [`grpc`] (Envoy's API), [`admin`] (our own gRPC API), [`server`] (wiring),
+//! [`transport`] (how gRPC connections are accepted).
 #![forbid(unsafe_code)]
 
 pub mod admin;
