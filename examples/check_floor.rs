@@ -18,10 +18,12 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use envoy_types::ext_authz::v3::CheckResponseExt;
+use daytona_authz::decision::{
+    Allow, PREVIEW_TOKEN_HEADER, SKIP_WARNING_HEADER, UPSTREAM_HEADER, UPSTREAM_SCHEME_HEADER,
+};
+use daytona_authz::grpc;
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
-    HeaderValue, HeaderValueOption, HttpResponse, OkHttpResponse,
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -62,29 +64,17 @@ impl Authorization for Floor {
 }
 
 fn answer(args: &Args) -> CheckResponse {
-    let header = |key: &str, value: &str| HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            raw_value: Vec::new(),
-        }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
-        ..Default::default()
-    };
-    let ok = OkHttpResponse {
-        headers: vec![
-            header("x-daytona-preview-token", &args.preview_token),
-            header("x-daytona-skip-preview-warning", "true"),
-            header("x-daytona-authz-upstream", &args.upstream),
-            header("x-daytona-authz-upstream-scheme", "http"),
+    // Built by daytona-authz's own response code, so the shape cannot drift from the real one.
+    grpc::ok_response(Allow {
+        set_headers: vec![
+            (PREVIEW_TOKEN_HEADER, args.preview_token.clone()),
+            (SKIP_WARNING_HEADER, "true".to_owned()),
+            (UPSTREAM_HEADER, args.upstream.clone()),
+            (UPSTREAM_SCHEME_HEADER, "http".to_owned()),
         ],
-        headers_to_remove: vec!["authorization".to_owned()],
-        query_parameters_to_remove: vec!["access_token".to_owned()],
-        ..Default::default()
-    };
-    let mut response = CheckResponse::with_status(Status::ok(""));
-    response.set_http_response(HttpResponse::OkResponse(ok));
-    response
+        remove_headers: vec!["authorization".to_owned()],
+        remove_query_parameters: vec!["access_token".to_owned()],
+    })
 }
 
 fn main() {
