@@ -757,42 +757,37 @@ def main():
 
         # --- 3. Check alone ----------------------------------------------------------------------
         log("3. Check alone (gRPC, no Envoy)")
-        common = ["--addr", f"127.0.0.1:{authz.grpc_port}", "--secret-file", stack.secret_file,
-                  "--domain", DOMAIN, "--pid", authz.pid]
-        check = {}
-        for token_in in ("bearer", "cookie"):
-            check[token_in] = check_load(
-                ["warm", *common, "--sandbox", stack.sandbox, "--token-in", token_in,
+        def warm_check(server, name, token_in="bearer"):
+            """`check_load warm` against `server` (its CPU measured): the scenario's one load."""
+            c = check_load(
+                ["warm", "--addr", f"127.0.0.1:{server.grpc_port}", "--secret-file",
+                 stack.secret_file, "--domain", DOMAIN, "--pid", server.pid,
+                 "--sandbox", stack.sandbox, "--token-in", token_in,
                  "--connections", 2, "--concurrency", cfg["check_concurrency"],
                  "--warmup", cfg["warmup"], "--duration", cfg["duration"]],
-                run_dir, f"check-{token_in}")
-            c = check[token_in]
-            log(f"Check ({token_in}): {c['rps']:.0f}/s, {c.get('authz_cpu_us_per_request', 0):.1f} "
+                run_dir, f"check-{name}")
+            log(f"Check ({name}): {c['rps']:.0f}/s, {c.get('authz_cpu_us_per_request', 0):.1f} "
                 f"µs CPU each, p99 {c['p99_ms']} ms")
+            return c
+
+        check = {token_in: warm_check(authz, token_in, token_in) for token_in in ("bearer", "cookie")}
         results["check"] = check
         # The same load against the floor of this stack (a server that answers every Check with
         # a constant, examples/check_floor.rs) and against daytona-authz on a multi-thread
         # runtime, so what daytona-authz's own work and its runtime cost shows in this run.
-        warm_bearer = ["--secret-file", stack.secret_file, "--domain", DOMAIN, "--sandbox",
-                       stack.sandbox, "--connections", 2, "--concurrency", cfg["check_concurrency"],
-                       "--warmup", cfg["warmup"], "--duration", cfg["duration"]]
-        floor = stack.start_floor("check-floor")
-        check_more = {"floor": check_load(
-            ["warm", "--addr", f"127.0.0.1:{floor.grpc_port}", "--pid", floor.pid, *warm_bearer],
-            run_dir, "check-floor")}
-        check_more["floor"]["server"] = floor.argv_shown
-        procs.stop(floor)
-        threads2 = stack.start_authz("authz-2-threads", ["--worker-threads", "2", "--revocation-db",
-                                                         str(run_dir / "authz-2-threads.redb")])
-        check_more["threads2"] = check_load(
-            ["warm", "--addr", f"127.0.0.1:{threads2.grpc_port}", "--pid", threads2.pid,
-             *warm_bearer], run_dir, "check-2-threads")
-        check_more["threads2"]["server"] = threads2.argv_shown
-        procs.stop(threads2)
-        for key, c in check_more.items():
-            log(f"Check ({key}): {c['rps']:.0f}/s, {c.get('authz_cpu_us_per_request', 0):.1f} "
-                f"µs CPU each, p99 {c['p99_ms']} ms")
+        check_more = {}
+        for key, start in (
+                ("floor", lambda: stack.start_floor("check-floor")),
+                ("threads2", lambda: stack.start_authz(
+                    "authz-2-threads", ["--worker-threads", "2", "--revocation-db",
+                                        str(run_dir / "authz-2-threads.redb")]))):
+            server = start()
+            check_more[key] = warm_check(server, key)
+            check_more[key]["server"] = server.argv_shown
+            procs.stop(server)
         results["check_more"] = check_more
+        common = ["--addr", f"127.0.0.1:{authz.grpc_port}", "--secret-file", stack.secret_file,
+                  "--domain", DOMAIN, "--pid", authz.pid]
 
         # --- 5. cold stampede ------------------------------------------------------------------
         log("5. cold stampede")
