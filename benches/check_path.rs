@@ -18,6 +18,10 @@ use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, attribute_context,
 };
 
+// The allocator daytona-authz runs with (src/main.rs): allocation is part of the path's cost.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const SECRET: &[u8] = b"bench-jwt-secret-0123456789abcdef-0123456789";
 const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
 const DOMAIN: &str = "preview.example.com";

@@ -1,9 +1,9 @@
 //! `check_floor`: the least an ext_authz `Check` server built on this stack can cost. It serves
 //! Envoy's `Authorization` service on the same server set-up daytona-authz uses (the runtime for
-//! `--worker-threads`, the connection handling, the logging, default HTTP/2 settings), decodes
-//! every `CheckRequest` with prost as daytona-authz does, and answers every one with the same OK
-//! response shape daytona-authz sends for a warm, valid request (four headers set,
-//! `authorization` and `access_token` removed, values as long), built once.
+//! `--worker-threads`, the connection handling, the logging, the allocator, default HTTP/2
+//! settings), decodes every `CheckRequest` with prost as daytona-authz does, and answers every
+//! one with the same OK response shape daytona-authz sends for a warm, valid request (four
+//! headers set, `authorization` and `access_token` removed, values as long), built once.
 //!
 //! No host parsing, no token, no cache, no metrics, no log lines: `bench/run.sh` hammers it with
 //! the same `check_load warm` as daytona-authz, so the difference between the two is what
@@ -26,6 +26,10 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse,
 };
 use tonic::{Request, Response, Status};
+
+// The same allocator as daytona-authz (src/main.rs): the floor of the same stack.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A constant-answer ext_authz server: the floor for daytona-authz's `Check` (see the module docs).
 #[derive(Debug, Parser)]
