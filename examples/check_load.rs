@@ -9,6 +9,10 @@
 //! * `warm`: `--concurrency` Checks in flight over `--connections` HTTP/2 connections for
 //!   `--warmup` seconds, then measured for `--duration` seconds. With `--sandboxes N` every
 //!   request picks one of N sandboxes at random (their entries must be cached already).
+//!   With `--rate R` the load is an open loop instead: Check `n` is due at `start + n / R`
+//!   whatever became of the earlier ones, and its latency runs from when it was due (so a slow
+//!   answer never lowers the offered load or hides behind it); `--concurrency` then caps the
+//!   Checks in flight, and a due Check beyond the cap is counted as not sent.
 //! * `stampede`: `--requests` Checks for one sandbox, all sent at once; the time until all are
 //!   answered.
 //! * `cold`: one Check for each of `--sandboxes` sandboxes (`--offset` on), `--concurrency` at a
@@ -81,6 +85,10 @@ struct Args {
     warmup: f64,
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Warm: an open loop at this many Checks per second (instead of `--concurrency` in a
+    /// closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
     /// daytona-authz's process id: report its CPU time and peak RSS for the measured window.
     #[arg(long)]
     pid: Option<u32>,
@@ -329,14 +337,30 @@ const WARMING: u8 = 0;
 const MEASURING: u8 = 1;
 const STOPPED: u8 = 2;
 
-async fn warm(args: &Args) -> serde_json::Value {
-    let targets = Arc::new(match &args.sandbox {
+/// The targets of a warm run: `--sandbox`, or `--sandboxes` ids from `--seed` and `--offset`.
+fn warm_targets(args: &Args) -> Vec<Target> {
+    match &args.sandbox {
         Some(id) => targets(args, std::iter::once(id.clone())),
         None => targets(
             args,
             (args.offset..args.offset + args.sandboxes.max(1)).map(|i| sandbox_id(args.seed, i)),
         ),
-    });
+    }
+}
+
+/// xorshift64: a cheap, even spread of requests over the targets.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+async fn warm(args: &Args) -> serde_json::Value {
+    if let Some(rate) = args.rate {
+        return open_loop(args, rate).await;
+    }
+    let targets = Arc::new(warm_targets(args));
     let clients = connect(args).await;
     let phase = Arc::new(AtomicU8::new(WARMING));
     let next_id = Arc::new(AtomicU64::new(0));
@@ -352,11 +376,7 @@ async fn warm(args: &Args) -> serde_json::Value {
                 if state == STOPPED {
                     return tally;
                 }
-                // xorshift64: a cheap, even spread over the targets.
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let target = &targets[(rng % targets.len() as u64) as usize];
+                let target = &targets[(next_random(&mut rng) % targets.len() as u64) as usize];
                 let request = check_request(target, next_id.fetch_add(1, Ordering::Relaxed));
                 let start = Instant::now();
                 let answer = check(&mut client, request).await;
@@ -384,6 +404,90 @@ async fn warm(args: &Args) -> serde_json::Value {
     let mut result = tally.json(seconds);
     add_process_figures(&mut result, args.pid, cpu_before, cpu_after);
     result["sandboxes"] = targets.len().into();
+    result
+}
+
+/// `warm --rate`: Checks due at a fixed rate, paced by a thread of their own (tokio's timer ticks
+/// in milliseconds, which would send them in bursts), each answered Check timed from when it
+/// was due.
+async fn open_loop(args: &Args, rate: f64) -> serde_json::Value {
+    assert!(
+        rate.is_finite() && rate > 0.0,
+        "--rate must be a positive number"
+    );
+    let targets = Arc::new(warm_targets(args));
+    let clients = connect(args).await;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let runtime = tokio::runtime::Handle::current();
+    let (warmup, duration, cap) = (args.warmup, args.duration, args.concurrency.max(1));
+    let pacer = {
+        let (targets, in_flight) = (targets.clone(), in_flight.clone());
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+            let (mut not_sent, mut max_lag) = (0_u64, Duration::ZERO);
+            for n in 0_u64.. {
+                let offset = Duration::from_secs_f64(n as f64 / rate);
+                if offset.as_secs_f64() >= warmup + duration {
+                    break;
+                }
+                let due = start + offset;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let measured = offset.as_secs_f64() >= warmup;
+                if measured {
+                    max_lag = max_lag.max(Instant::now().saturating_duration_since(due));
+                }
+                if in_flight.load(Ordering::Relaxed) >= cap {
+                    not_sent += u64::from(measured);
+                    continue;
+                }
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                let target = &targets[(next_random(&mut rng) % targets.len() as u64) as usize];
+                let request = check_request(target, n);
+                let mut client = clients[n as usize % clients.len()].clone();
+                let (in_flight, done) = (in_flight.clone(), done_tx.clone());
+                runtime.spawn(async move {
+                    let answer = check(&mut client, request).await;
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                    if measured {
+                        let _ = done.send((answer, due.elapsed()));
+                    }
+                });
+            }
+            (not_sent, max_lag)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
+    if let Some(pid) = args.pid {
+        reset_peak_rss(pid);
+    }
+    let cpu_before = args.pid.and_then(cpu_seconds);
+    let start = Instant::now();
+    let (not_sent, max_lag) = tokio::task::spawn_blocking(move || pacer.join())
+        .await
+        .expect("pacer task")
+        .expect("pacer thread");
+    // The last Checks sent are answered within milliseconds; wait for them, boundedly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu_after = args.pid.and_then(cpu_seconds);
+    let mut tally = Tally::default();
+    while let Ok((answer, latency)) = done_rx.try_recv() {
+        tally.add(answer, latency);
+    }
+    let mut result = tally.json(seconds);
+    add_process_figures(&mut result, args.pid, cpu_before, cpu_after);
+    result["sandboxes"] = targets.len().into();
+    result["rate"] = rate.into();
+    result["not_sent"] = not_sent.into();
+    result["unanswered"] = in_flight.load(Ordering::Relaxed).into();
+    result["max_send_lag_ms"] = (max_lag.as_secs_f64() * 1000.0).into();
     result
 }
 
