@@ -167,6 +167,9 @@ pub struct Verifier {
     audience: Option<String>,
     leeway: u64,
     mapping: ClaimMapping,
+    /// What jsonwebtoken checks (HS256; the JWKS algorithms change only `algorithms`), built
+    /// when the rules change rather than for every token.
+    validation: Validation,
     /// Grants of tokens this verifier (these keys and rules) has verified, by the token's
     /// SHA-256. Shared by clones; every `with_*` starts an empty one, so a key that is gone
     /// (SIGHUP, JWKS refresh) takes its tokens' grants with it.
@@ -197,6 +200,7 @@ impl Verifier {
             audience: audience.map(str::to_owned),
             leeway: LEEWAY_SECS,
             mapping: ClaimMapping::default(),
+            validation: validation(issuer, audience, LEEWAY_SECS),
             verified: verified_cache(),
         }
     }
@@ -233,6 +237,11 @@ impl Verifier {
 
     pub fn with_leeway(mut self, seconds: u64) -> Self {
         self.leeway = seconds;
+        self.validation = validation(
+            self.issuer.as_deref(),
+            self.audience.as_deref(),
+            self.leeway,
+        );
         self.verified = verified_cache();
         self
     }
@@ -268,11 +277,7 @@ impl Verifier {
     }
 
     fn verify_uncached(&self, token: &str, now: u64) -> Result<Grant, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        if has_critical_header(token) {
-            // RFC 7515 §4.1.11: we understand no extensions, so a token that requires one fails.
-            return Err(TokenError::Malformed);
-        }
+        let header = jose_header(token)?;
         let claims = if header.alg == Algorithm::HS256 {
             self.verify_with(token, Algorithm::HS256, &self.hs_keys)?
         } else if matches!(header.alg, Algorithm::HS384 | Algorithm::HS512) {
@@ -317,26 +322,20 @@ impl Verifier {
         algorithm: Algorithm,
         keys: &[DecodingKey],
     ) -> Result<Map<String, Value>, TokenError> {
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = self.leeway;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        // A configured issuer or audience must also be present, not merely match when present.
-        let mut required = vec!["exp"];
-        required.extend(self.issuer.as_ref().map(|_| "iss"));
-        required.extend(self.audience.as_ref().map(|_| "aud"));
-        validation.set_required_spec_claims(&required);
-        match &self.issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
-            None => validation.iss = None,
-        }
-        match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
+        let other;
+        let validation = if self.validation.algorithms == [algorithm] {
+            &self.validation
+        } else {
+            other = {
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![algorithm];
+                validation
+            };
+            &other
+        };
         let mut result = Err(TokenError::BadSignature);
         for key in keys {
-            result = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
+            result = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
                 .map(|data| data.claims)
                 .map_err(classify);
             // Only a signature mismatch is worth another key; anything else is final.
@@ -424,19 +423,56 @@ fn looks_like_jwt(token: &str) -> bool {
     segments == 3
 }
 
-/// Whether the JOSE header carries `crit`.
-fn has_critical_header(token: &str) -> bool {
-    use base64::Engine as _;
-    let Some(header) = token.split('.').next() else {
-        return true;
-    };
-    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
-        return true;
-    };
-    match serde_json::from_slice::<Map<String, Value>>(&bytes) {
-        Ok(header) => header.contains_key("crit"),
-        Err(_) => true,
+/// What jsonwebtoken checks besides the signature: `exp` and `nbf` with `leeway`, and a
+/// configured issuer or audience, which must then be present, not merely match when present.
+fn validation(issuer: Option<&str>, audience: Option<&str>, leeway: u64) -> Validation {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = leeway;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp"];
+    required.extend(issuer.map(|_| "iss"));
+    required.extend(audience.map(|_| "aud"));
+    validation.set_required_spec_claims(&required);
+    match issuer {
+        Some(iss) => validation.set_issuer(&[iss]),
+        None => validation.iss = None,
     }
+    match audience {
+        Some(aud) => validation.set_audience(&[aud]),
+        None => validation.validate_aud = false,
+    }
+    validation
+}
+
+/// The members of a JWS header that verification looks at (RFC 7515 §4.1), parsed once.
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: Algorithm,
+    #[serde(default)]
+    kid: Option<String>,
+    /// Whether `crit` is there at all (any value, `null` included).
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(member: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(member).map(|_| true)
+}
+
+/// The token's header; refused if it is not base64url JSON naming a known `alg`, or if it names
+/// critical extensions: we understand none (RFC 7515 §4.1.11), so a token requiring one fails.
+fn jose_header(token: &str) -> Result<JoseHeader, TokenError> {
+    use base64::Engine as _;
+    let segment = token.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| TokenError::Malformed)?;
+    let header: JoseHeader = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    if header.crit {
+        return Err(TokenError::Malformed);
+    }
+    Ok(header)
 }
 
 fn classify(error: jsonwebtoken::errors::Error) -> TokenError {
@@ -653,6 +689,46 @@ mod tests {
         assert_eq!(grant.sandboxes, [ID]);
         assert!(grant.allows_port(3000));
         assert!(!grant.allows_port(3001));
+    }
+
+    /// A token signed with our secret under a hand-written JOSE header.
+    fn sign_with_header(header: &str) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let body = serde_json::to_vec(&claims()).unwrap();
+        let input = format!("{}.{}", b64.encode(header), b64.encode(body));
+        let key = EncodingKey::from_secret(SECRET);
+        let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::HS256);
+        format!("{input}.{}", signature.unwrap())
+    }
+
+    #[test]
+    fn the_header_is_read_once_and_critical_extensions_are_refused() {
+        let verifier = Verifier::hs256(SECRET, None, None);
+        for accepted in [
+            r#"{"alg":"HS256"}"#,
+            r#"{"alg":"HS256","typ":"JWT","kid":"k1"}"#,
+        ] {
+            assert!(
+                verifier.verify(&sign_with_header(accepted), now()).is_ok(),
+                "{accepted}"
+            );
+        }
+        for refused in [
+            r#"{"alg":"HS256","crit":["exp"]}"#,
+            r#"{"alg":"HS256","crit":[]}"#,
+            r#"{"alg":"HS256","crit":null}"#,
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"HS256","alg":"HS256"}"#,
+            r#"{"typ":"JWT"}"#,
+            r#"["HS256"]"#,
+        ] {
+            assert_eq!(
+                verifier.verify(&sign_with_header(refused), now()).err(),
+                Some(TokenError::Malformed),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

@@ -362,6 +362,7 @@ async fn forged_and_malformed_tokens_get_401_from_every_source_and_never_reach_d
             ours(r#"{"alg":"HS256","crit":["exp"]}"#, &body),
         ),
         ("crit []", ours(r#"{"alg":"HS256","crit":[]}"#, &body)),
+        ("crit null", ours(r#"{"alg":"HS256","crit":null}"#, &body)),
         (
             "crit naming an unknown header",
             ours(r#"{"alg":"HS256","crit":["x-ext"],"x-ext":1}"#, &body),
