@@ -571,6 +571,22 @@ def start_sample(stack: Stack, name, sample, procs: Procs):
 # --------------------------------------------------------------------------------------------
 
 
+def merge_runs(runs):
+    """Several `check_load warm` windows of one kind as one: requests, errors and CPU summed,
+    rates and percentiles the mean of the windows' (each window's percentiles come from its
+    own latencies), and the commands."""
+    mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
+    requests = sum(r["requests"] for r in runs)
+    cpu = sum(r.get("authz_cpu_s", 0) for r in runs)
+    return {"windows": len(runs), "requests": requests, "rps": mean("rps"),
+            "errors": sum(r["errors"] for r in runs),
+            "not_sent": sum(r.get("not_sent", 0) for r in runs),
+            "p50_ms": mean("p50_ms"), "p99_ms": mean("p99_ms"), "p999_ms": mean("p999_ms"),
+            "p99_ms_windows": [r["p99_ms"] for r in runs],
+            "authz_cpu_s": cpu, "authz_cpu_us_per_request": cpu / requests * 1e6 if requests else None,
+            "command": runs[0]["command"]}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--envoy", required=True)
@@ -597,7 +613,10 @@ def main():
         "stampede": 1000,
         "cold": 1000 if quick else 10000,
         "scale": [1, 1000, 10000] if quick else [1, 10000, 100000],
-        "scale_duration": 2 if quick else 5,
+        "scale_duration": 2 if quick else 4,
+        "scale_rounds": 1 if quick else 2,
+        "scale_rate": 2000,
+        "scale_open_duration": 2 if quick else 3,
     }
     run_dir = Path(args.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -824,10 +843,21 @@ def main():
         procs.stop(envoy_authz)
         procs.stop(authz)
         scale_authz = stack.start_authz("authz-scale", ["--cache-ttl", "10m"])
+        # The reference: a second daytona-authz that keeps one cached sandbox, asked with as
+        # many distinct tokens as the scale process has sandboxes, in alternation with it. The
+        # two differ only in the size of the preview cache, and whatever disturbs the machine
+        # disturbs both.
+        ref_authz = stack.start_authz("authz-scale-ref", [
+            "--cache-ttl", "10m", "--revocation-db", str(run_dir / "authz-scale-ref.redb")])
         common = ["--addr", f"127.0.0.1:{scale_authz.grpc_port}", "--secret-file",
                   stack.secret_file, "--domain", DOMAIN, "--pid", scale_authz.pid]
+        ref_common = ["--addr", f"127.0.0.1:{ref_authz.grpc_port}", "--secret-file",
+                      stack.secret_file, "--domain", DOMAIN, "--pid", ref_authz.pid,
+                      "--seed", seed_scale + 1]
+        check_load(["cold", *ref_common, "--sandboxes", 1, "--connections", 1, "--concurrency", 1],
+                   run_dir, "scale-ref-fill")
         scale = {"idle_rss_kib": status_kib(scale_authz.pid, "VmRSS"), "sizes": [],
-                 "command": scale_authz.argv_shown}
+                 "command": scale_authz.argv_shown, "ref_command": ref_authz.argv_shown}
         filled = 0
         for size in cfg["scale"]:
             calls_before = stack.api_stats()["preview_url_calls"]
@@ -836,18 +866,30 @@ def main():
                                "--concurrency", 64], run_dir, f"scale-fill-{size}")
             filled = size
             calls_mid = stack.api_stats()["preview_url_calls"]
-            warm = check_load(["warm", *common, "--seed", seed_scale, "--sandboxes", size,
-                               "--connections", 2, "--concurrency", 16,
-                               "--warmup", 1, "--duration", cfg["scale_duration"]],
-                              run_dir, f"scale-warm-{size}")
+            sides = {"scale": [*common, "--seed", seed_scale, "--sandboxes", size],
+                     "ref": [*ref_common, "--sandboxes", 1, "--tokens-per-sandbox", size]}
+            runs = {(kind, side): [] for kind in ("closed", "open") for side in sides}
+            for kind, load in (
+                    ("closed", ["--concurrency", 16, "--duration", cfg["scale_duration"]]),
+                    ("open", ["--rate", cfg["scale_rate"], "--concurrency", 256,
+                              "--duration", cfg["scale_open_duration"]])):
+                for r in range(cfg["scale_rounds"]):
+                    for side, argv in sides.items():
+                        runs[kind, side].append(check_load(
+                            ["warm", *argv, "--connections", 2, "--warmup", 1, *load],
+                            run_dir, f"scale-{kind}-{side}-{size}-{r}"))
             misses = stack.api_stats()["preview_url_calls"] - calls_mid
-            entry = {"entries": size, "fill": fill, "warm": warm,
-                     "fill_api_calls": calls_mid - calls_before, "warm_misses": misses,
-                     "rss_kib": status_kib(scale_authz.pid, "VmRSS")}
+            entry = {"entries": size, "fill": fill, "fill_api_calls": calls_mid - calls_before,
+                     "warm_misses": misses, "rss_kib": status_kib(scale_authz.pid, "VmRSS"),
+                     **{f"{kind}_{side}": merge_runs(x) for (kind, side), x in runs.items()}}
             scale["sizes"].append(entry)
-            log(f"{size} entries: RSS {entry['rss_kib'] / 1024:.1f} MiB, warm p99 "
-                f"{warm['p99_ms']} ms, {warm.get('authz_cpu_us_per_request', 0):.1f} µs CPU/Check, "
-                f"{misses} misses")
+            log(f"{size} entries: RSS {entry['rss_kib'] / 1024:.1f} MiB; 16 in flight: p99 "
+                f"{entry['closed_scale']['p99_ms']:.3f} ms (one cached sandbox: "
+                f"{entry['closed_ref']['p99_ms']:.3f}), "
+                f"{entry['closed_scale']['authz_cpu_us_per_request']:.1f} µs CPU/Check (one: "
+                f"{entry['closed_ref']['authz_cpu_us_per_request']:.1f}); at "
+                f"{cfg['scale_rate']}/s: p99 {entry['open_scale']['p99_ms']:.3f} ms (one: "
+                f"{entry['open_ref']['p99_ms']:.3f}); {misses} misses")
         scale["peak_rss_kib"] = status_kib(scale_authz.pid, "VmHWM")
         results["scale"] = scale
         results["elapsed_s"] = time.monotonic() - t0
@@ -1031,7 +1073,8 @@ def report(res):
     st = res["stampede"]
     sizes = res["scale"]["sizes"]
     rss_top = sizes[-1]["rss_kib"] / 1024
-    p99_0, p99_top = sizes[0]["warm"]["p99_ms"], sizes[-1]["warm"]["p99_ms"]
+    top = sizes[-1]
+    p99_0, p99_top = top["closed_ref"]["p99_ms"], top["closed_scale"]["p99_ms"]
 
     # CPU per request, by process: what each scenario costs the machine.
     def cpu_row(key):
@@ -1073,11 +1116,15 @@ def report(res):
       f"through `Check` directly | {verdict(st['envoy']['api_calls'] == 1 and st['direct']['api_calls'] == 1)} |")
     w(f"| {sizes[-1]['entries']:,} entries ≤ 64 MiB RSS | **{rss_top:.1f} MiB** "
       f"(idle {res['scale']['idle_rss_kib'] / 1024:.1f} MiB) | {verdict(rss_top <= 64)} |")
-    cpu_0 = sizes[0]["warm"].get("authz_cpu_us_per_request")
-    cpu_top = sizes[-1]["warm"].get("authz_cpu_us_per_request")
-    w(f"| p99 at {sizes[-1]['entries']:,} within 1.2 × p99 at 0 | {p99_top:.3f} / {p99_0:.3f} ms = "
-      f"**{p99_top / p99_0:.2f} ×**; CPU per `Check` {fmt(cpu_0, 1)} → {fmt(cpu_top, 1)} µs "
-      f"({(cpu_top or 0) / (cpu_0 or 1):.2f} ×) | {verdict(p99_top <= 1.2 * p99_0)}"
+    cpu_0 = top["closed_ref"]["authz_cpu_us_per_request"]
+    cpu_top = top["closed_scale"]["authz_cpu_us_per_request"]
+    open_0, open_top = top["open_ref"]["p99_ms"], top["open_scale"]["p99_ms"]
+    w(f"| p99 at {top['entries']:,} within 1.2 × p99 at 0 | {p99_top:.3f} / {p99_0:.3f} ms = "
+      f"**{p99_top / p99_0:.2f} ×** (16 in flight; \"0\": one cached sandbox asked with as many "
+      f"distinct tokens, in alternation); CPU per `Check` {fmt(cpu_0, 1)} → {fmt(cpu_top, 1)} µs "
+      f"({(cpu_top or 0) / (cpu_0 or 1):.2f} ×); at {cfg['scale_rate']:,} Checks/s (open loop) "
+      f"{open_top:.3f} / {open_0:.3f} ms = {open_top / open_0:.2f} × | "
+      f"{verdict(p99_top <= 1.2 * p99_0)}"
       f"{' (p99 only: the CPU cost grew more than 1.2 ×)' if cpu_0 and cpu_top and cpu_top > 1.2 * cpu_0 else ''} |")
     w("")
 
@@ -1186,22 +1233,38 @@ def report(res):
     w("")
 
     w("## 6. Memory scale (a fresh daytona-authz, `--cache-ttl 10m`)\n")
-    w("Each size: fill the cache with new sandboxes (each with its own access token, so as many "
-      "distinct tokens are seen), then warm Checks spread at random over all cached sandboxes "
-      "(16 in flight, 2 connections). \"0\" is the cache with the one entry its own measurement "
-      "needs.\n")
-    w("| cached entries | RSS MiB | warm Checks/s | p50 ms | p99 ms | p99.9 ms | authz µs/Check | "
-      "misses in the warm run | fill: Checks/s, API calls |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    w(f"| 0 (idle, before any Check) | {res['scale']['idle_rss_kib'] / 1024:.1f} | | | | | | | |")
+    w("Each size: fill the cache with new sandboxes, each with its own access token (so as many "
+      "distinct tokens are seen), then warm Checks spread at random over all cached sandboxes, "
+      "each with its sandbox's token. Every request so carries one of N tokens, more than "
+      "daytona-authz remembers as verified (4,096), so nearly every request verifies its token "
+      "afresh. Beside it, in alternation, a second daytona-authz with **one** cached sandbox is "
+      "asked with as many distinct tokens (\"one sandbox\" columns): the same requests but for "
+      "the size of the cache. Warm runs: 16 Checks in flight on 2 connections (closed loop; p99 "
+      f"is mostly queueing behind the one runtime thread), {cfg['scale_rounds']} window(s) of "
+      f"{cfg['scale_duration']} s per side, figures averaged over windows; then an open loop at "
+      f"{cfg['scale_rate']:,} Checks/s ({cfg['scale_rounds']} window(s) of "
+      f"{cfg['scale_open_duration']} s per side), latency from when each Check was due, where "
+      "every Check mostly wakes an idle process.\n")
+    w("| cached entries | RSS MiB | warm Checks/s | p50 ms | p99 ms | p99.9 ms | authz µs/Check "
+      "| one sandbox: p99 ms | one sandbox: µs/Check | open loop p99 ms (one sandbox) "
+      "| misses in the warm runs | fill: Checks/s, API calls |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
+    w(f"| 0 (idle, before any Check) | {res['scale']['idle_rss_kib'] / 1024:.1f} "
+      "| | | | | | | | | | |")
     for s in sizes:
-        x = s["warm"]
+        x, ref = s["closed_scale"], s["closed_ref"]
         w(f"| {s['entries']:,} | **{s['rss_kib'] / 1024:.1f}** | {fmt(x['rps'], 0)} | "
           f"{x['p50_ms']:.3f} | **{x['p99_ms']:.3f}** | {x['p999_ms']:.3f} | "
-          f"{fmt(x.get('authz_cpu_us_per_request'), 1)} | {s['warm_misses']} | "
+          f"{fmt(x['authz_cpu_us_per_request'], 1)} | {ref['p99_ms']:.3f} | "
+          f"{fmt(ref['authz_cpu_us_per_request'], 1)} | {s['open_scale']['p99_ms']:.3f} "
+          f"({s['open_ref']['p99_ms']:.3f}) | {s['warm_misses']} | "
           f"{fmt(s['fill']['rps'], 0)}/s, {s['fill_api_calls']:,} |")
     w(f"\nPeak RSS of that process over the whole scenario: "
-      f"{res['scale']['peak_rss_kib'] / 1024:.1f} MiB.\n")
+      f"{res['scale']['peak_rss_kib'] / 1024:.1f} MiB. p99 of each window, closed loop, "
+      "this process / one sandbox: " + "; ".join(
+          f"{s['entries']:,}: " + ", ".join(f"{v:.3f}" for v in s["closed_scale"]["p99_ms_windows"])
+          + " / " + ", ".join(f"{v:.3f}" for v in s["closed_ref"]["p99_ms_windows"])
+          for s in sizes) + ".\n")
 
     w("## What the figures say\n")
     w(findings(res, a, c_limit, c_bearer, predicted, ratio, added_p99))
@@ -1225,9 +1288,11 @@ def report(res):
     w(f"stampede direct: {st['direct']['command']}")
     w(f"cold: {st['cold']['command']}")
     w(f"scale authz: {res['scale']['command']}")
+    w(f"scale reference authz: {res['scale']['ref_command']}")
     for s in sizes:
         w(f"scale {s['entries']} fill: {s['fill']['command']}")
-        w(f"scale {s['entries']} warm: {s['warm']['command']}")
+        for key in ("closed_scale", "closed_ref", "open_scale", "open_ref"):
+            w(f"scale {s['entries']} warm ({key.replace('_', ', ')}): {s[key]['command']}")
     w("TypeScript sample: npm ci --ignore-scripts && npm run build; "
       "DAYTONA_API_URL=… DAYTONA_API_KEY=… PORT=… node dist/index.js")
     w("Go sample: GO111MODULE=off GOPATH=$tmp:/usr/share/gocode go build; "

@@ -70,6 +70,10 @@ struct Args {
     seed: u32,
     #[arg(long, default_value_t = 1)]
     sandboxes: usize,
+    /// Warm: as many distinct access tokens for each sandbox (they differ in `exp` by a
+    /// second each), one picked at random per request.
+    #[arg(long, default_value_t = 1)]
+    tokens_per_sandbox: usize,
     #[arg(long, default_value_t = 0)]
     offset: usize,
     #[arg(long, value_enum, default_value_t = TokenIn::Bearer)]
@@ -128,23 +132,27 @@ fn targets(args: &Args, ids: impl Iterator<Item = String>) -> Vec<Target> {
         .expect("after 1970")
         .as_secs()
         + 3600;
-    ids.map(|id| {
-        let claims = Claims {
-            sandbox_id: &id,
-            exp,
-            ports: [3000],
-        };
-        let token = jsonwebtoken::encode(&header, &claims, &key).expect("signable claims");
-        let token_header = match args.token_in {
-            TokenIn::Bearer => ("authorization", format!("Bearer {token}")),
-            TokenIn::Cookie => ("cookie", format!("theme=dark; {COOKIE_NAME}={token}")),
-        };
-        Target {
-            host: format!("3000-{id}.{}", args.domain),
-            token_header,
+    let mut targets = Vec::new();
+    for id in ids {
+        let host = format!("3000-{id}.{}", args.domain);
+        for k in 0..args.tokens_per_sandbox.max(1) as u64 {
+            let claims = Claims {
+                sandbox_id: &id,
+                exp: exp + k,
+                ports: [3000],
+            };
+            let token = jsonwebtoken::encode(&header, &claims, &key).expect("signable claims");
+            let token_header = match args.token_in {
+                TokenIn::Bearer => ("authorization", format!("Bearer {token}")),
+                TokenIn::Cookie => ("cookie", format!("theme=dark; {COOKIE_NAME}={token}")),
+            };
+            targets.push(Target {
+                host: host.clone(),
+                token_header,
+            });
         }
-    })
-    .collect()
+    }
+    targets
 }
 
 fn peer(address: &str, port: u32) -> attribute_context::Peer {
