@@ -253,32 +253,40 @@ def percentile(sorted_values, p):
     return sorted_values[rank - 1]
 
 
-def fixed_rate_together(targets, rate, seconds, warmup, log_dir):
-    """Runs one fixed-rate h2load per (url, headers, name) at the same time, so that whatever
-    else disturbs this machine meanwhile disturbs them all alike: their difference is fair."""
+def fixed_rate(url, headers, rate, seconds, warmup, log_path):
+    """One fixed-rate h2load run (10 HTTP/1.1 clients, each at rate / 10), its per-request log
+    read back; the latencies are kept (`_latencies`) so that windows can be merged."""
     clients = 10
-    running = []
-    for url, headers, name in targets:
-        log_path = log_dir / f"{name}.h2load.tsv"
-        argv = ["h2load", "--h1", "-c", clients, "--rps", max(1, rate // clients),
-                "-D", seconds, "--warm-up-time", warmup, "--log-file", log_path,
-                *header_args(headers, h2load=True), url]
-        started = time.time()
-        proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        running.append((proc, argv, log_path, seconds, started))
-    results = []
-    for proc, argv, log_path, seconds, started in running:
-        try:
-            output, _ = proc.communicate(timeout=seconds + warmup + 30)
-        except subprocess.TimeoutExpired as e:
-            for other, *_ in running:
-                other.kill()
-            raise Failed(f"h2load did not finish: {' '.join(map(str, argv))}") from e
-        if proc.returncode != 0:
-            raise Failed(f"h2load failed ({proc.returncode}):\n{output}")
-        results.append(h2load_log(log_path, argv, seconds, started + warmup))
-    return results
+    argv = ["h2load", "--h1", "-c", clients, "--rps", max(1, rate // clients),
+            "-D", seconds, "--warm-up-time", warmup, "--log-file", log_path,
+            *header_args(headers, h2load=True), url]
+    started = time.time()
+    try:
+        out = subprocess.run([str(a) for a in argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=seconds + warmup + 30)
+    except subprocess.TimeoutExpired as e:
+        raise Failed(f"h2load did not finish: {' '.join(map(str, argv))}") from e
+    if out.returncode != 0:
+        raise Failed(f"h2load failed ({out.returncode}):\n{out.stdout}")
+    return h2load_log(log_path, argv, seconds, started + warmup)
+
+
+def merge_windows(windows):
+    """Fixed-rate windows of one target as one: percentiles over all their requests, and each
+    window's p99 (to show how much it moves between windows)."""
+    latencies = sorted(x for w in windows for x in w.pop("_latencies"))
+    seconds = sum(w["seconds"] for w in windows)
+    ms = lambda us: None if us is None else us / 1000.0  # noqa: E731
+    return {
+        "requests": len(latencies), "seconds": seconds,
+        "rps": len(latencies) / seconds if seconds else 0,
+        "errors": sum(w["errors"] for w in windows),
+        "p50_ms": ms(percentile(latencies, 50)), "p99_ms": ms(percentile(latencies, 99)),
+        "p999_ms": ms(percentile(latencies, 99.9)),
+        "max_ms": ms(latencies[-1] if latencies else None),
+        "p99_ms_windows": [w["p99_ms"] for w in windows],
+        "command": windows[0]["command"],
+    }
 
 
 def h2load_log(log_path, argv, seconds, measured_from):
@@ -297,6 +305,8 @@ def h2load_log(log_path, argv, seconds, measured_from):
     ms = lambda us: None if us is None else us / 1000.0  # noqa: E731
     return {
         "requests": total,
+        "seconds": seconds,
+        "_latencies": latencies,
         "rps": total / seconds if seconds else 0,
         "errors": errors,
         "p50_ms": ms(percentile(latencies, 50)),
@@ -608,6 +618,9 @@ def main():
         "warmup": int(os.environ.get("BENCH_WARMUP", 1 if quick else 3)),
         "connections": int(os.environ.get("BENCH_CONNECTIONS", 64)),
         "rate": int(os.environ.get("BENCH_RATE", 500)),
+        "lat_rounds": 1 if quick else 3,
+        "lat_duration": 2 if quick else 5,
+        "lat_warmup": 1,
         "rounds": int(os.environ.get("BENCH_ROUNDS", 1 if quick else 2)),
         "check_concurrency": 64,
         "stampede": 1000,
@@ -711,16 +724,24 @@ def main():
                     "command": redact(runs[0]["command"], secrets)}
 
         def latency(*keys):
-            together = fixed_rate_together(
-                [(targets[k][1], targets[k][2], f"{k}-latency") for k in keys], cfg["rate"],
-                cfg["duration"], cfg["warmup"], run_dir)
-            for key, result in zip(keys, together):
+            """Each target alone at the fixed rate, in turn, for `lat_rounds` rounds, so that
+            they do not disturb one another and whatever else disturbs the machine over time
+            disturbs them alike; each target's windows are merged."""
+            windows = {key: [] for key in keys}
+            for r in range(cfg["lat_rounds"]):
+                for key in keys:
+                    windows[key].append(fixed_rate(
+                        targets[key][1], targets[key][2], cfg["rate"], cfg["lat_duration"],
+                        cfg["lat_warmup"], run_dir / f"{key}-latency-{r}.h2load.tsv"))
+            for key in keys:
+                result = merge_windows(windows[key])
                 label = targets[key][0]
                 result["command"] = redact(result["command"], secrets)
                 result["label"] = label
-                result["together_with"] = [k for k in keys if k != key]
                 log(f"{label} at {cfg['rate']} req/s: p50 {result['p50_ms']} ms, "
-                    f"p99 {result['p99_ms']} ms, errors {result['errors']}")
+                    f"p99 {result['p99_ms']} ms (windows: "
+                    f"{', '.join(str(p) for p in result['p99_ms_windows'])}), "
+                    f"errors {result['errors']}")
                 lat[key] = result
 
         tp, lat = {}, {}
@@ -736,15 +757,8 @@ def main():
                     interleaved[key]["runs"] += one["runs"]
         tp.update(interleaved)
         latency("double")
-        # The limit at the same time as each ext_authz variant, so the same disturbances hit
-        # both, and every Envoy + Check server pair gets the same 500 req/s: Bearer and the no-op
-        # service together, then the cookie (which shares Bearer's Envoy and daytona-authz).
-        latency("limit", "bearer", "noop")
-        limit_first = lat["limit"]
-        latency("limit", "cookie")
-        lat["limit_cookie"] = lat.pop("limit")
-        lat["limit_cookie"]["label"] += " (the cookie's window)"
-        lat["limit"] = limit_first
+        # The limit and every ext_authz variant in turn, round after round.
+        latency("limit", "bearer", "cookie", "noop")
         procs.stop(envoy_noop)
         procs.stop(noop)
 
@@ -1055,9 +1069,11 @@ def report(res):
         w(f"- {name}: {v}")
     w(f"- Windows: {cfg['warmup']} s warm-up (discarded), then {cfg['duration']} s measured per "
       f"run; throughput with wrk (closed loop, 1 thread, {cfg['connections']} HTTP/1.1 keep-alive "
-      f"connections); latency at a fixed {cfg['rate']} req/s with h2load (10 HTTP/1.1 clients; "
-      "scenarios 1 and 2 at the same time, each at that rate, so that whatever else disturbs the "
-      "machine disturbs them alike); "
+      f"connections); latency at a fixed {cfg['rate']} req/s with h2load (10 HTTP/1.1 clients), "
+      f"each target alone, in turn, for {cfg.get('lat_rounds', 1)} round(s) of "
+      f"{cfg.get('lat_duration', cfg['duration'])} s after {cfg.get('lat_warmup', cfg['warmup'])} s "
+      "of warm-up, so that they do not disturb one another and whatever else disturbs the "
+      "machine disturbs them alike; "
       f"scenarios 1 and 2 alternate for {cfg['rounds']} round(s) and are summed.")
     w("- Upstream everywhere: `daytona-double --any-sandbox`, its preview proxy answering the "
       "echo app's JSON (the request as the sandbox saw it), its API answering preview-url calls.\n")
@@ -1067,7 +1083,7 @@ def report(res):
     ratio = bearer["rps"] / limit["rps"]
     ratio_cookie = cookie["rps"] / limit["rps"]
     added_p99 = lat["bearer"]["p99_ms"] - lat["limit"]["p99_ms"]
-    added_p99_cookie = lat["cookie"]["p99_ms"] - lat.get("limit_cookie", lat["limit"])["p99_ms"]
+    added_p99_cookie = lat["cookie"]["p99_ms"] - lat["limit"]["p99_ms"]
     check = res["check"]["bearer"]
     cpu_check = check.get("authz_cpu_us_per_request")
     st = res["stampede"]
@@ -1171,20 +1187,20 @@ def report(res):
       "more than the sum means something else (another build, the OS) ran meanwhile.\n")
 
     w(f"## Latency at a fixed rate ({cfg['rate']} req/s)\n")
-    w("The limit ran at the same time as Bearer and the no-op service, then again at the same "
-      "time as the cookie (daytona-authz's \"added\" figures compare each with the limit of its "
-      "own window), each at this rate; the "
-      "others one at a time. At this rate every process is mostly idle, so these are service "
-      "times plus this VM's wake-up latency, not queueing.\n")
-    w("| scenario | p50 ms | p99 ms | p99.9 ms | max ms | requests | errors |")
-    w("|---|---:|---:|---:|---:|---:|---:|")
-    for key in ("double", "limit", "bearer", "noop", "limit_cookie", "cookie", "ts", "go"):
+    w("Each target alone at this rate; the limit, Bearer, cookie and the no-op service in turn, "
+      "round after round, each one's windows merged (\"p99 per window\" shows how much a p99 "
+      "moves from one window to the next here). At this rate every process is mostly idle, so "
+      "these are service times plus this VM's wake-up latency, not queueing.\n")
+    w("| scenario | p50 ms | p99 ms | p99.9 ms | max ms | requests | errors | p99 per window ms |")
+    w("|---|---:|---:|---:|---:|---:|---:|---|")
+    for key in ("double", "limit", "bearer", "cookie", "noop", "ts", "go"):
         if key in lat and "error" in lat[key]:
-            w(f"| {lat[key]['label']} | not measured: h2load did not finish | | | | | |")
+            w(f"| {lat[key]['label']} | not measured: h2load did not finish | | | | | | |")
         elif key in lat:
             x = lat[key]
             w(f"| {x['label']} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['p999_ms']:.2f} | "
-              f"{x['max_ms']:.2f} | {x['requests']:,} | {x['errors']} |")
+              f"{x['max_ms']:.2f} | {x['requests']:,} | {x['errors']} | "
+              f"{' / '.join(f'{v:.2f}' for v in x.get('p99_ms_windows', []))} |")
     w("")
 
     w("## 3. `Check` alone (gRPC, no Envoy)\n")
@@ -1352,8 +1368,8 @@ def findings(res, a, c_limit, c_bearer, predicted, ratio, added_p99):
         f"at p99 and {added_p50:+.2f} ms at p50: {why}."
         + (f" The same hop to a service that does no work adds "
            f"{noop['p99_ms'] - res['latency']['limit']['p99_ms']:+.2f} ms at p99 and "
-           f"{noop['p50_ms'] - res['latency']['limit']['p50_ms']:+.2f} ms at p50 in the same "
-           f"window." if noop and "p99_ms" in noop else ""))
+           f"{noop['p50_ms'] - res['latency']['limit']['p50_ms']:+.2f} ms at p50, measured in "
+           f"turn with them." if noop and "p99_ms" in noop else ""))
     c0 = res["check"]["bearer"]
     if c0["p99_ms"] and c0["p99_ms"] > 20:
         lines.append(
