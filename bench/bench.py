@@ -1122,8 +1122,10 @@ def report(res):
     for key, factor, name in (("ts", 10, "TypeScript"), ("go", 2, "Go")):
         if key in a:
             r = bearer["rps"] / a[key]["rps"]
+            bound = (f"; {factor} × is {fmt(factor * a[key]['rps'], 0)} req/s, a no-op ext_authz "
+                     f"service: {fmt(a['noop']['rps'], 0)}" if "noop" in a else "")
             w(f"| Scenario 2 ≥ {factor} × the {name} sample | {fmt(bearer['rps'], 0)} / "
-              f"{fmt(a[key]['rps'], 0)} req/s = **{r:.2f} ×** | {verdict(r >= factor)} |")
+              f"{fmt(a[key]['rps'], 0)} req/s = **{r:.2f} ×**{bound} | {verdict(r >= factor)} |")
         else:
             w(f"| Scenario 2 ≥ {factor} × the {name} sample | not measured: {tp[key]['error']} | "
               "**not measured** |")
@@ -1378,18 +1380,25 @@ def findings(res, a, c_limit, c_bearer, predicted, ratio, added_p99):
             f"throughput bound by waiting (p99 {c0['p99_ms']:.0f} ms), not by CPU; the same "
             "finding 1.")
     limit_rps = a["limit"]["rps"]
+    noop_rps = a["noop"]["rps"] if "noop" in a else None
     for key, name, factor in (("ts", "TypeScript", 10), ("go", "Go", 2)):
         if key in a:
             c = {k: us_per_req(v, a[key]["requests"]) for k, v in a[key]["cpu"].items()}
             needed = factor * a[key]["rps"]
+            if noop_rps and needed > noop_rps:
+                reach = (f", and more than Envoy forwards through a no-op ext_authz service "
+                         f"({noop_rps / limit_rps:.2f} × the limit, {noop_rps:,.0f} req/s): out of "
+                         f"reach for any ext_authz service behind this Envoy on this machine.")
+            elif needed / limit_rps > 0.9:
+                reach = ", out of reach for any authorization through Envoy on this machine."
+            else:
+                reach = "."
             lines.append(
                 f"- **The {name} sample** spends {c.get(key, 0):.0f} µs of its own CPU per request "
                 f"and the double {c.get('double', 0):.0f} µs "
                 f"({'an API call plus the proxied request' if key == 'ts' else 'the proxied request'}). "
                 f"{factor} × its throughput is {needed:,.0f} req/s: {needed / limit_rps:.2f} × what "
-                f"Envoy forwards with no ext_authz at all in this run"
-                + (", out of reach for any authorization through Envoy on this machine."
-                   if needed / limit_rps > 0.9 else "."))
+                f"Envoy forwards with no ext_authz at all in this run" + reach)
     return "\n".join(lines) + "\n"
 
 
