@@ -302,6 +302,14 @@ pub struct IdentityArgs {
         value_name = "DURATION"
     )]
     pub clock_skew: String,
+    /// Refuse tokens (JWTs and introspected ones) that expire further ahead than this,
+    /// whatever their `exp` says (e.g. `30d`). Default: no limit.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_MAX_TOKEN_LIFETIME",
+        value_name = "DURATION"
+    )]
+    pub max_token_lifetime: Option<String>,
     /// RFC 7662 introspection endpoint for opaque (non-JWT) tokens (https, or http on loopback).
     #[arg(long, env = "DAYTONA_AUTHZ_INTROSPECTION_URL", value_name = "URL")]
     pub introspection_url: Option<String>,
@@ -374,6 +382,7 @@ pub struct IdentityConfig {
     pub sandbox_claim: String,
     pub ports_claim: String,
     pub clock_skew: Duration,
+    pub max_token_lifetime: Option<Duration>,
     pub introspection: Option<IntrospectionSettings>,
     pub revocation_db: PathBuf,
     pub redis_url: Option<String>,
@@ -414,6 +423,16 @@ impl IdentityArgs {
             &self.clock_skew,
             Duration::ZERO..=Duration::from_secs(600),
         ));
+        let max_token_lifetime = match &self.max_token_lifetime {
+            None => Some(None),
+            Some(text) => p
+                .check(duration(
+                    "--max-token-lifetime",
+                    text,
+                    Duration::from_secs(60)..=Duration::from_secs(3650 * 86_400),
+                ))
+                .map(Some),
+        };
         let secret = p
             .check(SecretSource::one_of(
                 (
@@ -469,6 +488,7 @@ impl IdentityArgs {
                 sandbox_claim: sandbox_claim?,
                 ports_claim: ports_claim?,
                 clock_skew: clock_skew?,
+                max_token_lifetime: max_token_lifetime?,
                 introspection: introspection?,
                 revocation_db: self.revocation_db,
                 redis_url: self.redis_url,
@@ -1232,6 +1252,12 @@ mod tests {
         assert_eq!(config.ready_grace, Some(Duration::from_secs(30)));
         assert_eq!(config.log_format, LogFormat::Pretty);
         assert_eq!(config.worker_threads, 1);
+        assert_eq!(config.identity.max_token_lifetime, None);
+        let capped = serve(&[&GOOD[..], &["--max-token-lifetime", "30d"]].concat()).unwrap();
+        assert_eq!(
+            capped.identity.max_token_lifetime,
+            Some(Duration::from_secs(30 * 86_400))
+        );
         assert_eq!(
             config.daytona_api_url.as_str(),
             "https://app.daytona.io/api"
@@ -1242,7 +1268,7 @@ mod tests {
 
     #[test]
     fn each_bad_setting_is_named() {
-        let cases: [(&[&str], &str); 13] = [
+        let cases: [(&[&str], &str); 15] = [
             (&["--grpc-addr", "localhost"], "--grpc-addr"),
             (&["--http-addr", "nowhere"], "--http-addr"),
             (&["--daytona-api-url", "ftp://x"], "--daytona-api-url"),
@@ -1259,6 +1285,8 @@ mod tests {
             ),
             (&["--worker-threads", "0"], "--worker-threads"),
             (&["--worker-threads", "257"], "--worker-threads"),
+            (&["--max-token-lifetime", "30s"], "--max-token-lifetime"),
+            (&["--max-token-lifetime", "forever"], "--max-token-lifetime"),
         ];
         for (extra, needle) in cases {
             let mut args = GOOD.to_vec();

@@ -118,6 +118,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         sandbox_claim = %config.identity.sandbox_claim,
         ports_claim = %config.identity.ports_claim,
         clock_skew = ?config.identity.clock_skew,
+        max_token_lifetime = ?config.identity.max_token_lifetime,
         introspection_url = config.identity.introspection.as_ref().map(|i| i.url.as_str()),
         revocations = identity.revocations.as_ref().map(|r| r.backend()),
         "daytona-authz listening"
@@ -249,7 +250,8 @@ fn policy(config: &ServeConfig, secrets: &Secrets) -> Policy {
             sandbox: config.identity.sandbox_claim.clone(),
             ports: config.identity.ports_claim.clone(),
         })
-        .with_leeway(config.identity.clock_skew.as_secs());
+        .with_leeway(config.identity.clock_skew.as_secs())
+        .with_max_lifetime(config.identity.max_token_lifetime.map(|d| d.as_secs()));
     if let Some(current) = &secrets.jwt_secret {
         verifier = verifier.with_hs256(current.expose().as_bytes());
     }

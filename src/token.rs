@@ -100,6 +100,9 @@ pub enum TokenError {
     Expired,
     #[error("token is not valid yet")]
     NotYetValid,
+    /// Its `exp` is further ahead than `--max-token-lifetime` allows.
+    #[error("token expires too far in the future")]
+    LivesTooLong,
     #[error("token signature or algorithm is not acceptable")]
     BadSignature,
     #[error("token issuer or audience is not acceptable")]
@@ -166,6 +169,8 @@ pub struct Verifier {
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
+    /// Seconds from now past which no token may expire (`--max-token-lifetime`); `None`: any.
+    max_lifetime: Option<u64>,
     mapping: ClaimMapping,
     /// What jsonwebtoken checks (HS256; the JWKS algorithms change only `algorithms`), built
     /// when the rules change rather than for every token.
@@ -199,6 +204,7 @@ impl Verifier {
             issuer: issuer.map(str::to_owned),
             audience: audience.map(str::to_owned),
             leeway: LEEWAY_SECS,
+            max_lifetime: None,
             mapping: ClaimMapping::default(),
             validation: validation(issuer, audience, LEEWAY_SECS),
             verified: verified_cache(),
@@ -242,6 +248,14 @@ impl Verifier {
             self.audience.as_deref(),
             self.leeway,
         );
+        self.verified = verified_cache();
+        self
+    }
+
+    /// Refuses tokens that expire more than `seconds` (plus the clock skew) from now, whatever
+    /// their issuer put in `exp`; `None` accepts any `exp`.
+    pub fn with_max_lifetime(mut self, seconds: Option<u64>) -> Self {
+        self.max_lifetime = seconds;
         self.verified = verified_cache();
         self
     }
@@ -371,6 +385,14 @@ impl Verifier {
         let expires_at = time_claim(claims, "exp")?.ok_or(TokenError::Malformed)?;
         if expires_at.saturating_add(self.leeway) < now {
             return Err(TokenError::Expired);
+        }
+        // Checked once, when the grant is made: `exp - now` only shrinks, so a remembered grant
+        // stays within the limit.
+        if self
+            .max_lifetime
+            .is_some_and(|max| expires_at > now.saturating_add(max).saturating_add(self.leeway))
+        {
+            return Err(TokenError::LivesTooLong);
         }
         if time_claim(claims, "nbf")?.is_some_and(|nbf| nbf > now.saturating_add(self.leeway))
             || time_claim(claims, "iat")?.is_some_and(|iat| iat > now.saturating_add(self.leeway))
@@ -729,6 +751,42 @@ mod tests {
                 "{refused}"
             );
         }
+    }
+
+    #[test]
+    fn a_maximum_lifetime_refuses_tokens_that_expire_too_far_ahead() {
+        let t = now();
+        let expiring = |exp| sign(&Claims { exp, ..claims() });
+        let verifier = Verifier::hs256(SECRET, None, None);
+        assert!(verifier.verify(&expiring(t + 10 * 86_400), t).is_ok());
+        let capped = verifier.with_max_lifetime(Some(3600));
+        for (exp, ok) in [
+            (t + 600, true),
+            (t + 3600 + LEEWAY_SECS, true),
+            (t + 3600 + LEEWAY_SECS + 1, false),
+            (t + 10 * 86_400, false),
+        ] {
+            let result = capped.verify(&expiring(exp), t);
+            if ok {
+                assert!(result.is_ok(), "exp now + {}", exp - t);
+            } else {
+                assert_eq!(
+                    result.err(),
+                    Some(TokenError::LivesTooLong),
+                    "exp now + {}",
+                    exp - t
+                );
+            }
+        }
+        // A token remembered before the limit was set is not let through by the memory.
+        let long = expiring(t + 10 * 86_400);
+        let open = Verifier::hs256(SECRET, None, None);
+        assert!(open.verify(&long, t).is_ok());
+        let capped = open.with_max_lifetime(Some(3600));
+        assert_eq!(
+            capped.verify(&long, t).err(),
+            Some(TokenError::LivesTooLong)
+        );
     }
 
     #[test]

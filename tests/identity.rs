@@ -583,7 +583,7 @@ fn hs256(claims: &Value) -> String {
 }
 
 #[tokio::test]
-async fn claim_names_array_sandboxes_nbf_iat_and_clock_skew_are_honoured() {
+async fn claim_names_array_sandboxes_nbf_iat_clock_skew_and_max_lifetime_are_honoured() {
     let stack = Stack::start_with(AuthzOptions {
         extra_args: [
             "--sandbox-claim",
@@ -592,6 +592,8 @@ async fn claim_names_array_sandboxes_nbf_iat_and_clock_skew_are_honoured() {
             "allowed_ports",
             "--clock-skew",
             "5s",
+            "--max-token-lifetime",
+            "1h",
         ]
         .map(String::from)
         .to_vec(),
@@ -658,6 +660,8 @@ async fn claim_names_array_sandboxes_nbf_iat_and_clock_skew_are_honoured() {
         ("iat within the skew", with("iat", t + 2), 200),
         ("exp past the skew", with("exp", t - 30), 401),
         ("exp within the skew", with("exp", t - 1), 200),
+        ("exp at --max-token-lifetime", with("exp", t + 3600), 200),
+        ("exp past --max-token-lifetime", with("exp", t + 7200), 401),
     ] {
         let reply = with_bearer(&stack, &host_for(&first, 3000), &token).await;
         assert_eq!(reply.status, want, "{name}: {}", reply.body);
