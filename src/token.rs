@@ -280,7 +280,7 @@ impl Verifier {
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(grant) = self.verified.get(&digest) {
-            if grant.expires_at.saturating_add(self.leeway) < now {
+            if self.expired(grant.expires_at, now) {
                 return Err(TokenError::Expired);
             }
             return Ok(grant);
@@ -360,6 +360,11 @@ impl Verifier {
         result
     }
 
+    /// Whether a token expiring at `expires_at` has expired at `now`, clock skew allowed.
+    fn expired(&self, expires_at: u64, now: u64) -> bool {
+        expires_at.saturating_add(self.leeway) < now
+    }
+
     /// Maps verified (or introspected) claims to a grant, with the configured claim names.
     pub fn grant(&self, claims: &Map<String, Value>, now: u64) -> Result<Grant, TokenError> {
         let sandboxes = match claims.get(&self.mapping.sandbox) {
@@ -383,7 +388,7 @@ impl Verifier {
             Some(_) => return Err(TokenError::Malformed),
         };
         let expires_at = time_claim(claims, "exp")?.ok_or(TokenError::Malformed)?;
-        if expires_at.saturating_add(self.leeway) < now {
+        if self.expired(expires_at, now) {
             return Err(TokenError::Expired);
         }
         // Checked once, when the grant is made: `exp - now` only shrinks, so a remembered grant
