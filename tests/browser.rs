@@ -173,13 +173,10 @@ async fn pages_for_other_denials_are_self_contained() {
 
 #[tokio::test]
 async fn with_a_login_url_browsers_go_to_sign_in_and_scripts_get_401() {
-    let stack = Stack::start_with(AuthzOptions {
-        extra_args: vec![
-            "--login-url".into(),
-            "https://login.example.com/signin?app=previews".into(),
-        ],
-        ..Default::default()
-    })
+    let stack = Stack::start_with(AuthzOptions::args(&[
+        "--login-url",
+        "https://login.example.com/signin?app=previews",
+    ]))
     .await;
     let reply = stack
         .get(
@@ -376,11 +373,7 @@ async fn cors_preflights_are_answered_at_the_edge() {
 
 #[tokio::test]
 async fn disable_cors_hands_cors_to_the_app() {
-    let stack = Stack::start_with(AuthzOptions {
-        extra_args: vec!["--disable-cors".into()],
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::start_with(AuthzOptions::args(&["--disable-cors"])).await;
     let auth = format!("Bearer {}", stack.token(None));
     let reply = stack
         .get(
@@ -439,11 +432,7 @@ async fn a_minted_link_works_end_to_end() {
 #[tokio::test]
 async fn links_signed_with_the_previous_secret_work_during_rotation() {
     const PREVIOUS: &str = "the-previous-secret-0123456789abcdef";
-    let stack = Stack::start_with(AuthzOptions {
-        extra_args: vec!["--jwt-previous-secret".into(), PREVIOUS.into()],
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::start_with(AuthzOptions::args(&["--jwt-previous-secret", PREVIOUS])).await;
     let claims = Claims {
         sandbox_id: stack.sandbox_id().to_owned(),
         exp: now() + 600,

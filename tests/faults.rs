@@ -163,15 +163,12 @@ async fn a_slow_daytona_api_fails_closed_in_bounded_time_and_nothing_piles_up() 
 /// ext_authz timeout (4 s waiting + 4 s calling) and get Envoy's bare 503 instead of ours.
 #[tokio::test]
 async fn a_check_queued_for_an_api_slot_still_gets_our_answer_before_envoy_gives_up() {
-    let stack = Stack::start_with(AuthzOptions {
-        extra_args: vec![
-            "--daytona-api-timeout".into(),
-            "4s".into(),
-            "--max-concurrent-api-calls".into(),
-            "1".into(),
-        ],
-        ..Default::default()
-    })
+    let stack = Stack::start_with(AuthzOptions::args(&[
+        "--daytona-api-timeout",
+        "4s",
+        "--max-concurrent-api-calls",
+        "1",
+    ]))
     .await;
     let first = stack.double.create_sandbox().await.id;
     let second = stack.double.create_sandbox().await.id;

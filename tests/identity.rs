@@ -584,21 +584,16 @@ fn hs256(claims: &Value) -> String {
 
 #[tokio::test]
 async fn claim_names_array_sandboxes_nbf_iat_clock_skew_and_max_lifetime_are_honoured() {
-    let stack = Stack::start_with(AuthzOptions {
-        extra_args: [
-            "--sandbox-claim",
-            "sandboxes",
-            "--ports-claim",
-            "allowed_ports",
-            "--clock-skew",
-            "5s",
-            "--max-token-lifetime",
-            "1h",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Default::default()
-    })
+    let stack = Stack::start_with(AuthzOptions::args(&[
+        "--sandbox-claim",
+        "sandboxes",
+        "--ports-claim",
+        "allowed_ports",
+        "--clock-skew",
+        "5s",
+        "--max-token-lifetime",
+        "1h",
+    ]))
     .await;
     let first = stack.sandbox_id().to_owned();
     let second = stack.double.create_sandbox().await.id;

@@ -170,11 +170,7 @@ async fn metrics_parse_and_move_with_traffic() {
 /// same decisions: concurrent allowed and denied requests through Envoy, each answered right.
 #[tokio::test]
 async fn a_multi_thread_runtime_serves_the_same_decisions() {
-    let stack = Stack::start_with(AuthzOptions {
-        extra_args: vec!["--worker-threads".into(), "2".into()],
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::start_with(AuthzOptions::args(&["--worker-threads", "2"])).await;
     assert!(
         stack.authz.proc.stderr().contains("worker_threads=2"),
         "the start-up line names the runtime"

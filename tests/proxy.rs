@@ -319,11 +319,7 @@ async fn an_unreachable_daytona_api_gives_503() {
 
 #[tokio::test]
 async fn a_slow_daytona_api_gives_503_once_the_timeout_fires() {
-    let stack = Stack::start_with(AuthzOptions {
-        extra_args: vec!["--daytona-api-timeout".into(), "300ms".into()],
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::start_with(AuthzOptions::args(&["--daytona-api-timeout", "300ms"])).await;
     stack.double.delay(Duration::from_secs(5)).await;
     let reply = stack
         .get(
@@ -367,11 +363,7 @@ async fn fifty_concurrent_cold_requests_make_one_api_call() {
 
 #[tokio::test]
 async fn a_rotated_preview_token_is_picked_up_within_the_cache_ttl() {
-    let stack = Stack::start_with(AuthzOptions {
-        extra_args: vec!["--cache-ttl".into(), "1s".into()],
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::start_with(AuthzOptions::args(&["--cache-ttl", "1s"])).await;
     let auth = format!("Bearer {}", stack.token(None));
     let host = stack.host(3000);
     let auth = [("authorization", auth.as_str())];
@@ -394,10 +386,10 @@ async fn a_rotated_preview_token_is_picked_up_within_the_cache_ttl() {
 #[tokio::test]
 async fn a_preview_url_outside_the_upstream_domains_is_never_forwarded() {
     // The double answers http://3000-<id>.proxy.localhost:<port>; only other.localhost is allowed.
-    let stack = Stack::start_with(AuthzOptions {
-        extra_args: vec!["--upstream-domain".into(), "other.localhost".into()],
-        ..Default::default()
-    })
+    let stack = Stack::start_with(AuthzOptions::args(&[
+        "--upstream-domain",
+        "other.localhost",
+    ]))
     .await;
     let reply = stack
         .get(

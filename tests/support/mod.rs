@@ -437,6 +437,16 @@ pub struct AuthzOptions {
     pub env: Vec<(String, String)>,
 }
 
+impl AuthzOptions {
+    /// Only these extra command-line arguments.
+    pub fn args(args: &[&str]) -> Self {
+        AuthzOptions {
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+}
+
 /// A PEM certificate chain and its private key, as files.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
