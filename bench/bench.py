@@ -290,14 +290,11 @@ def merge_windows(windows):
     window's p99 (to show how much it moves between windows)."""
     latencies = sorted(x for w in windows for x in w.pop("_latencies"))
     seconds = sum(w["seconds"] for w in windows)
-    ms = lambda us: None if us is None else us / 1000.0  # noqa: E731
     return {
         "requests": len(latencies), "seconds": seconds,
         "rps": len(latencies) / seconds if seconds else 0,
         "errors": sum(w["errors"] for w in windows),
-        "p50_ms": ms(percentile(latencies, 50)), "p99_ms": ms(percentile(latencies, 99)),
-        "p999_ms": ms(percentile(latencies, 99.9)),
-        "max_ms": ms(latencies[-1] if latencies else None),
+        **latency_figures(latencies),
         "p99_ms_windows": [w["p99_ms"] for w in windows],
         "command": windows[0]["command"],
     }
@@ -316,18 +313,25 @@ def h2load_log(log_path, argv, seconds, measured_from):
             errors += 1
         latencies.append(int(fields[2]))
     latencies.sort()
-    ms = lambda us: None if us is None else us / 1000.0  # noqa: E731
     return {
         "requests": total,
         "seconds": seconds,
         "_latencies": latencies,
         "rps": total / seconds if seconds else 0,
         "errors": errors,
+        **latency_figures(latencies),
+        "command": " ".join(shell_quote(a) for a in argv),
+    }
+
+
+def latency_figures(latencies):
+    """p50, p99, p99.9 and max in ms of sorted latencies in µs (None when there are none)."""
+    ms = lambda us: None if us is None else us / 1000.0  # noqa: E731
+    return {
         "p50_ms": ms(percentile(latencies, 50)),
         "p99_ms": ms(percentile(latencies, 99)),
         "p999_ms": ms(percentile(latencies, 99.9)),
         "max_ms": ms(latencies[-1] if latencies else None),
-        "command": " ".join(shell_quote(a) for a in argv),
     }
 
 
