@@ -1367,9 +1367,11 @@ mod tests {
         if found.is_none() {
             assert!(
                 std::env::var_os("CI").is_none(),
-                "redis-server not found: scripts/install-redis must run first (or set REDIS_SERVER_BIN)"
+                "redis-server not found: scripts/install-debian redis-server redis-server must run first (or set REDIS_SERVER_BIN)"
             );
-            eprintln!("{test}: skipped, redis-server not found (run scripts/install-redis)");
+            eprintln!(
+                "{test}: skipped, redis-server not found (run scripts/install-debian redis-server redis-server)"
+            );
         }
         found
     }

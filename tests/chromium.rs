@@ -2,41 +2,24 @@
 //! daytona-authz and ends up on the sandbox app's page, not in a redirect loop and not on
 //! Daytona's preview-warning page.
 //!
-//! Needs Chromium: `CHROMIUM_BIN`, else `chromium` on PATH (`scripts/install-chromium` installs
-//! it; `scripts/test` runs it first). Without one the test skips, unless `CI` is set.
+//! Needs Chromium: `CHROMIUM_BIN`, else `chromium` on PATH (`scripts/install-debian chromium chromium`
+//! installs it; `scripts/test` runs it first). Without one the test skips, unless `CI` is set.
 
 mod support;
 
-use std::io::{Read, Write as _};
+use std::io::Read;
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use daytona_authz::token::now;
-use support::{Stack, token_for};
+use support::{Stack, optional_program, token_for};
 
 /// Chromium gets this long to load the page and print it before it is killed.
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `CHROMIUM_BIN` if set (it must exist), else `chromium` on PATH.
-fn chromium_bin() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("CHROMIUM_BIN") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "CHROMIUM_BIN={} does not exist",
-            path.display()
-        );
-        return Some(path);
-    }
-    let dirs = std::env::var_os("PATH")?;
-    std::env::split_paths(&dirs)
-        .map(|dir| dir.join("chromium"))
-        .find(|path| path.is_file())
-}
 
 /// What a finished Chromium run printed.
 struct Output {
@@ -141,17 +124,11 @@ fn png_size(path: &Path) -> Option<(u32, u32)> {
 
 #[tokio::test]
 async fn a_share_link_opens_the_sandbox_app_in_chromium() {
-    let Some(chromium) = chromium_bin() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "no chromium (CHROMIUM_BIN unset, none on PATH): scripts/install-chromium must run \
-             first (scripts/test does)"
-        );
-        // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-        let _ = writeln!(
-            std::io::stderr(),
-            "chromium test skipped: no chromium (run scripts/install-chromium)"
-        );
+    let Some(chromium) = optional_program(
+        "CHROMIUM_BIN",
+        "chromium",
+        "a_share_link_opens_the_sandbox_app_in_chromium",
+    ) else {
         return;
     };
     let stack = Stack::start().await;

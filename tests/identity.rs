@@ -30,7 +30,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use support::{
     ADMIN_TOKEN, Authz, AuthzOptions, Envoy, JWT_SECRET, PREVIEW_DOMAIN, Proc, Reply, Stack,
-    bearer, host_for,
+    bearer, host_for, optional_program,
 };
 use tonic::Request;
 use tonic::transport::Channel;
@@ -1317,26 +1317,6 @@ async fn mint_and_revoke_subcommands_talk_to_a_running_server() {
 // ---------------------------------------------------------------------------------------------
 // 6. Revocations shared through Redis
 
-/// `REDIS_SERVER_BIN`, else `redis-server` on PATH. `None` (the test skips) when there is none,
-/// unless CI is set.
-fn redis_server_bin(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("REDIS_SERVER_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::split_paths(&std::env::var_os("PATH")?)
-                .map(|dir| dir.join("redis-server"))
-                .find(|candidate| candidate.is_file())
-        });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server not found: run scripts/install-redis (or set REDIS_SERVER_BIN)"
-        );
-        eprintln!("{test}: skipped, redis-server not found (run scripts/install-redis)");
-    }
-    found
-}
-
 /// A redis-server on 127.0.0.1 without persistence, killed on drop.
 struct RedisServer {
     bin: PathBuf,
@@ -1416,9 +1396,11 @@ async fn ping(port: u16) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_shares_revocations_between_replicas_and_fails_closed_when_down() {
-    let Some(bin) =
-        redis_server_bin("redis_shares_revocations_between_replicas_and_fails_closed_when_down")
-    else {
+    let Some(bin) = optional_program(
+        "REDIS_SERVER_BIN",
+        "redis-server",
+        "redis_shares_revocations_between_replicas_and_fails_closed_when_down",
+    ) else {
         return;
     };
     let mut redis = RedisServer::start(bin).await;

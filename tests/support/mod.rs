@@ -25,6 +25,38 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A program some tests need and `scripts/test` installs from Debian (`redis-server`, `chromium`,
+/// `prometheus`): the path in the environment variable `var`, else `binary` on PATH. `None` means
+/// "skip this test", and says so on stderr; under CI a missing program fails the test instead, so
+/// a CI run cannot pass by skipping.
+pub fn optional_program(var: &str, binary: &str, test: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(var) {
+        let path = PathBuf::from(path);
+        assert!(path.is_file(), "{var}={} does not exist", path.display());
+        return Some(path);
+    }
+    let found = std::env::var_os("PATH").and_then(|dirs| {
+        std::env::split_paths(&dirs)
+            .map(|dir| dir.join(binary))
+            .find(|path| path.is_file())
+    });
+    if found.is_none() {
+        let hint = format!(
+            "run scripts/install-debian {binary} {binary} (scripts/test does), or set {var}"
+        );
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{binary} not found: {hint}"
+        );
+        // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("{test}: skipped, {binary} not found ({hint})\n"),
+        );
+    }
+    found
+}
+
 /// Envoy from `ENVOY_BIN`, else the project's venv (`scripts/install-envoy` creates it).
 pub fn envoy_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("ENVOY_BIN") {
