@@ -481,15 +481,18 @@ class Stack:
         text = (REPO / "envoy" / "envoy.yaml").read_text()
         listener, admin = free_port(), free_port()
 
-        def once(old, new):
+        def once(old, new, times=1):
             nonlocal text
-            if text.count(old) != 1:
-                raise Failed(f"envoy/envoy.yaml must contain {old!r} exactly once")
+            if text.count(old) != times:
+                raise Failed(f"envoy/envoy.yaml must contain {old!r} {times} time(s)")
             text = text.replace(old, new)
 
         once("address: 0.0.0.0, port_value: 8080", f"address: 127.0.0.1, port_value: {listener}")
-        once("port_value: 9901", f"port_value: {admin}")
+        once("port_value: 9901", f"port_value: {admin}", times=2)
         once("port_value: 9191", f"port_value: {authz_port}")
+        # The metrics listener and daytona-authz's HTTP port: unused here, kept off 0.0.0.0.
+        once("address: 0.0.0.0, port_value: 9902", "address: 127.0.0.1, port_value: 0")
+        once("port_value: 9192", f"port_value: {free_port()}")
         if limit:
             # The physical limit: the same config without ext_authz. What daytona-authz would
             # have set on the request is set at the edge instead (fixed: one sandbox), so Envoy

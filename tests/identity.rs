@@ -1069,8 +1069,7 @@ async fn restart_authz(stack: &mut Stack, options: &AuthzOptions) {
         .extra_args
         .extend(stack.double.upstream_domain_args());
     let authz = Authz::start(&stack.double.api_url, &options).await;
-    let port: u16 = authz.grpc_addr.rsplit(':').next().unwrap().parse().unwrap();
-    stack.envoy = Envoy::start(port).await;
+    stack.envoy = Envoy::start(&authz).await;
     stack.authz = authz;
 }
 

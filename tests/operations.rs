@@ -367,3 +367,44 @@ async fn sighup_rereads_secret_files_and_a_bad_file_keeps_the_old_secret() {
     assert!(stack.authz.proc.stderr().contains("secrets reloaded"));
     assert!(!stack.authz.proc.stderr().contains(NEW_SECRET));
 }
+
+#[tokio::test]
+async fn the_metrics_listener_serves_the_two_metric_sets_and_nothing_else() {
+    let stack = Stack::start().await;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", stack.envoy.metrics_port);
+    let send = |method: reqwest::Method, path: &str| {
+        let request = http.request(method, format!("{base}{path}")).send();
+        async move {
+            let response = request.await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, body) = send(reqwest::Method::GET, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("daytona_authz_ready 1"), "{body}");
+    let (status, body) = send(reqwest::Method::GET, "/stats/prometheus?filter=ext_authz").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("envoy_http_ext_authz_ok{"), "{body}");
+    // Envoy's admin interface (which can stop Envoy or dump its config) and daytona-authz's
+    // other endpoints are not reachable through it, whatever the method.
+    for (method, path) in [
+        (reqwest::Method::POST, "/quitquitquit"),
+        (reqwest::Method::POST, "/healthcheck/fail"),
+        (reqwest::Method::GET, "/config_dump"),
+        (reqwest::Method::GET, "/stats"),
+        (reqwest::Method::GET, "/readyz"),
+        (reqwest::Method::POST, "/stats/prometheus"),
+        (reqwest::Method::POST, "/metrics"),
+        (reqwest::Method::GET, "/metrics/../config_dump"),
+    ] {
+        let (status, _) = send(method.clone(), path).await;
+        assert_eq!(status, 404, "{method} {path}");
+    }
+    // Envoy is still up and still answering on its public listener.
+    let auth = bearer(&stack.token(None));
+    let reply = stack
+        .get(&stack.host(3000), "/", &[("authorization", &auth)])
+        .await;
+    assert_eq!(reply.status, 200);
+}

@@ -216,7 +216,7 @@ impl Proc {
     }
 
     /// Fails the test with the process's output if it died.
-    fn assert_running(&mut self) {
+    pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!(
                 "{} exited early ({status}):\n{}\n{}",
@@ -622,38 +622,67 @@ impl Authz {
     }
 }
 
-/// Envoy running `envoy/envoy.yaml`, moved to ephemeral loopback ports.
+/// Envoy running `envoy/envoy.yaml`, moved to loopback ports.
 pub struct Envoy {
     pub proc: Proc,
+    /// The public listener's port.
     pub port: u16,
+    /// The metrics listener's port (`/stats/prometheus`, `/metrics`).
+    pub metrics_port: u16,
     pub admin: String,
     _dir: tempfile::TempDir,
 }
 
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
 impl Envoy {
-    pub async fn start(authz_port: u16) -> Envoy {
-        Envoy::start_with(authz_port, None).await
+    pub async fn start(authz: &Authz) -> Envoy {
+        Envoy::start_with(authz, None).await
     }
 
     /// With `trusted_ca`, HTTPS upstreams are verified against that PEM bundle instead of the
     /// system one.
-    pub async fn start_with(authz_port: u16, trusted_ca: Option<&Path>) -> Envoy {
+    pub async fn start_with(authz: &Authz, trusted_ca: Option<&Path>) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let config = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
-        let config = replace_once(
+        let config = replace_n(
             &config,
+            1,
             "address: 0.0.0.0, port_value: 8080",
             "address: 127.0.0.1, port_value: 0",
         );
-        let config = replace_once(&config, "port_value: 9901", "port_value: 0");
-        let config = replace_once(
+        let config = replace_n(
             &config,
+            1,
+            "address: 0.0.0.0, port_value: 9902",
+            "address: 127.0.0.1, port_value: 0",
+        );
+        // The admin address and the cluster the metrics listener reaches it through: a port
+        // chosen here, since the cluster must know it.
+        let config = replace_n(
+            &config,
+            2,
+            "port_value: 9901",
+            &format!("port_value: {}", free_port()),
+        );
+        let config = replace_n(
+            &config,
+            1,
             "port_value: 9191",
-            &format!("port_value: {authz_port}"),
+            &format!("port_value: {}", port_of(&authz.grpc_addr)),
+        );
+        let config = replace_n(
+            &config,
+            1,
+            "port_value: 9192",
+            &format!("port_value: {}", port_of(&authz.http_addr)),
         );
         let config = match trusted_ca {
-            Some(ca) => replace_once(
+            Some(ca) => replace_n(
                 &config,
+                1,
                 "/etc/ssl/certs/ca-certificates.crt",
                 &ca.display().to_string(),
             ),
@@ -682,10 +711,13 @@ impl Envoy {
         })
         .await;
         let http = reqwest::Client::new();
+        let url = format!("http://{admin}/listeners?format=json");
         let port = eventually("Envoy's listener", READY_TIMEOUT, || {
-            let http = http.clone();
-            let url = format!("http://{admin}/listeners?format=json");
-            async move { listener_port(&http, &url).await }
+            listener_port(&http, &url, "public_http")
+        })
+        .await;
+        let metrics_port = eventually("Envoy's metrics listener", READY_TIMEOUT, || {
+            listener_port(&http, &url, "metrics")
         })
         .await;
         // LIVE once initialisation is over, health checks of the authz cluster included: only
@@ -702,6 +734,7 @@ impl Envoy {
         Envoy {
             proc,
             port,
+            metrics_port,
             admin,
             _dir: dir,
         }
@@ -722,18 +755,21 @@ impl Envoy {
     }
 }
 
-fn replace_once(text: &str, from: &str, to: &str) -> String {
+fn replace_n(text: &str, count: usize, from: &str, to: &str) -> String {
     assert_eq!(
         text.matches(from).count(),
-        1,
-        "envoy.yaml must contain {from:?} once"
+        count,
+        "envoy.yaml must contain {from:?} {count} time(s)"
     );
-    text.replacen(from, to, 1)
+    text.replace(from, to)
 }
 
-async fn listener_port(http: &reqwest::Client, url: &str) -> Option<u16> {
+async fn listener_port(http: &reqwest::Client, url: &str, name: &str) -> Option<u16> {
     let listeners: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
-    let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+    let port = listeners["listener_statuses"]
+        .as_array()?
+        .iter()
+        .find(|listener| listener["name"] == name)?["local_address"]["socket_address"]["port_value"]
         .as_u64()?;
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
@@ -792,8 +828,7 @@ impl Stack {
                 .extend(double.upstream_domain_args());
         }
         let authz = Authz::start(&api_url, &authz_options).await;
-        let authz_port: u16 = authz.grpc_addr.rsplit(':').next().unwrap().parse().unwrap();
-        let envoy = Envoy::start_with(authz_port, options.envoy_trusted_ca.as_deref()).await;
+        let envoy = Envoy::start_with(&authz, options.envoy_trusted_ca.as_deref()).await;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(20))
