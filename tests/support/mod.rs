@@ -359,7 +359,6 @@ impl Double {
         format!("{}/_double/{path}", self.api_url.trim_end_matches("/api"))
     }
 
-    /// Calls to the preview-url API so far.
     /// Calls to the preview-url API for real sandboxes: daytona-authz's readiness probe (which
     /// asks about the nil UUID, a sandbox that cannot exist) is not counted.
     pub async fn api_calls(&self) -> u64 {
