@@ -380,12 +380,26 @@ async fn the_metrics_listener_serves_the_two_metric_sets_and_nothing_else() {
             (response.status().as_u16(), response.text().await.unwrap())
         }
     };
+    // After a request has been forwarded, neither metric set names the sandbox or its host.
+    let auth = bearer(&stack.token(None));
+    let reply = stack
+        .get(&stack.host(3000), "/", &[("authorization", &auth)])
+        .await;
+    assert_eq!(reply.status, 200);
     let (status, body) = send(reqwest::Method::GET, "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("daytona_authz_ready 1"), "{body}");
-    let (status, body) = send(reqwest::Method::GET, "/stats/prometheus?filter=ext_authz").await;
+    assert!(!body.contains(stack.sandbox_id()));
+    let (status, body) = send(reqwest::Method::GET, "/stats/prometheus").await;
     assert_eq!(status, 200);
     assert!(body.contains("envoy_http_ext_authz_ok{"), "{body}");
+    assert!(!body.contains(stack.sandbox_id()));
+    let (status, body) = send(reqwest::Method::GET, "/stats/prometheus?filter=ext_authz").await;
+    assert_eq!(status, 200);
+    let other = body
+        .lines()
+        .find(|l| !l.is_empty() && !l.contains("ext_authz"));
+    assert_eq!(other, None, "the query string reaches the admin");
     // Envoy's admin interface (which can stop Envoy or dump its config) and daytona-authz's
     // other endpoints are not reachable through it, whatever the method.
     for (method, path) in [
@@ -402,7 +416,6 @@ async fn the_metrics_listener_serves_the_two_metric_sets_and_nothing_else() {
         assert_eq!(status, 404, "{method} {path}");
     }
     // Envoy is still up and still answering on its public listener.
-    let auth = bearer(&stack.token(None));
     let reply = stack
         .get(&stack.host(3000), "/", &[("authorization", &auth)])
         .await;
