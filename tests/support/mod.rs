@@ -26,7 +26,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A program some tests need and `scripts/test` installs from Debian (`redis-server`, `chromium`,
-/// `prometheus`): the path in the environment variable `var`, else `binary` on PATH. `None` means
+/// `prometheus` and `promtool`): the path in the environment variable `var`, else `binary` on PATH. `None` means
 /// "skip this test", and says so on stderr; under CI a missing program fails the test instead, so
 /// a CI run cannot pass by skipping.
 pub fn optional_program(var: &str, binary: &str, test: &str) -> Option<PathBuf> {
@@ -42,7 +42,7 @@ pub fn optional_program(var: &str, binary: &str, test: &str) -> Option<PathBuf> 
     });
     if found.is_none() {
         let hint = format!(
-            "run scripts/install-debian {binary} {binary} (scripts/test does), or set {var}"
+            "scripts/test installs it (scripts/install-debian PACKAGE {binary}), or set {var}"
         );
         assert!(
             std::env::var_os("CI").is_none(),

@@ -1,14 +1,21 @@
-//! The Grafana dashboard (`deploy/grafana/daytona-authz.json`): well formed, and every one of its
-//! queries answered by a real Prometheus that scrapes a real stack the way a deployment does,
-//! through Envoy's metrics listener (`GET /metrics` for daytona-authz, `GET /stats/prometheus`
-//! for Envoy). A renamed metric or label, or a query Prometheus cannot parse, fails here.
+//! What operators watch daytona-authz with, against the real thing:
 //!
-//! Grafana itself is not in any package registry these machines reach; what it adds to a query
-//! is its variables, which the test substitutes as Grafana would.
+//! - the Grafana dashboard (`deploy/grafana/daytona-authz.json`): well formed, and every one of
+//!   its queries answered with data by a real Prometheus that scrapes a real stack the way a
+//!   deployment does, through Envoy's metrics listener (`GET /metrics` for daytona-authz,
+//!   `GET /stats/prometheus` for Envoy). A renamed metric or label, or a query Prometheus
+//!   cannot parse, fails here. Grafana itself is not in any package registry these machines
+//!   reach; what it adds to a query is its variables, which the test substitutes as Grafana
+//!   would;
+//! - the alert rules (`deploy/prometheus/daytona-authz-rules.yaml`): `promtool check rules` and
+//!   their unit tests (`promtool test rules`, made-up series that make each alert fire and not
+//!   fire), then loaded into that same Prometheus, where every rule must evaluate without error
+//!   on the real series, read only metrics the stack exposes, and none may fire or be pending
+//!   on the healthy stack.
 //!
-//! Needs Prometheus: `PROMETHEUS_BIN`, else `prometheus` on PATH (`scripts/install-debian
-//! prometheus prometheus` installs Debian's; `scripts/test` runs it first). Without one the
-//! Prometheus test skips, unless `CI` is set.
+//! Needs Prometheus and promtool: `PROMETHEUS_BIN` / `PROMTOOL_BIN`, else both on PATH
+//! (Debian's `prometheus` package has both; `scripts/test` installs it). Without them these
+//! tests skip, unless `CI` is set.
 
 mod support;
 
@@ -24,6 +31,8 @@ use support::{
 };
 
 const DASHBOARD: &str = "deploy/grafana/daytona-authz.json";
+const RULES: &str = "deploy/prometheus/daytona-authz-rules.yaml";
+const RULE_TESTS: &str = "deploy/prometheus/daytona-authz-rules.test.yaml";
 /// Prometheus's job names for the two scrape paths, as in deploy/kubernetes/podmonitor.yaml.
 const AUTHZ_JOB: &str = "daytona-authz";
 const ENVOY_JOB: &str = "envoy";
@@ -190,13 +199,16 @@ struct Prometheus {
 impl Prometheus {
     async fn start(bin: &std::path::Path, target: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
+        let rules = repo_root().join(RULES);
         let config = format!(
-            "global: {{ scrape_interval: 1s, scrape_timeout: 1s }}\n\
+            "global: {{ scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s }}\n\
+             rule_files: ['{}']\n\
              scrape_configs:\n\
              - job_name: {AUTHZ_JOB}\n  metrics_path: /metrics\n  \
                static_configs: [{{ targets: ['{target}'] }}]\n\
              - job_name: {ENVOY_JOB}\n  metrics_path: /stats/prometheus\n  \
-               static_configs: [{{ targets: ['{target}'] }}]\n"
+               static_configs: [{{ targets: ['{target}'] }}]\n",
+            rules.display()
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();
@@ -227,6 +239,18 @@ impl Prometheus {
         }
     }
 
+    /// `GET /api/v1/{what}`'s `data`.
+    async fn get(&self, what: &str) -> Value {
+        let answer: Value = reqwest::get(format!("{}/api/v1/{what}", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["status"], "success", "{what}: {answer}");
+        answer["data"].clone()
+    }
+
     /// An instant query's result vector; panics if Prometheus refuses the query.
     async fn query(&self, expr: &str) -> Vec<Value> {
         let answer: Value = reqwest::Client::new()
@@ -249,8 +273,8 @@ impl Prometheus {
 }
 
 #[tokio::test]
-async fn every_panel_of_the_dashboard_shows_data_from_prometheus() {
-    let test = "every_panel_of_the_dashboard_shows_data_from_prometheus";
+async fn the_dashboard_and_the_alert_rules_work_on_a_real_prometheus() {
+    let test = "the_dashboard_and_the_alert_rules_work_on_a_real_prometheus";
     let Some(bin) = optional_program("PROMETHEUS_BIN", "prometheus", test) else {
         return;
     };
@@ -350,7 +374,10 @@ async fn every_panel_of_the_dashboard_shows_data_from_prometheus() {
             .iter()
             .find_map(|suffix| name.strip_suffix(suffix))
             .unwrap_or(name);
-        exposed.contains(&format!("# TYPE {family} "))
+        // OpenMetrics names a counter's family without `_total`; Envoy names it as the sample.
+        [name, family]
+            .iter()
+            .any(|family| exposed.contains(&format!("# TYPE {family} ")))
     };
 
     let dashboard = dashboard();
@@ -385,5 +412,64 @@ async fn every_panel_of_the_dashboard_shows_data_from_prometheus() {
             variable["name"]
         );
     }
+
+    // The alert rules, loaded into the same Prometheus: each evaluated without error on the
+    // real series, reading only metrics the stack exposes, and none pending or firing here.
+    let rules = eventually(
+        "every alert rule evaluated",
+        Duration::from_secs(30),
+        || async {
+            let data = prometheus.get("rules?type=alert").await;
+            let rules: Vec<Value> = data["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+                .collect();
+            rules
+                .iter()
+                .all(|rule| rule["health"] != "unknown")
+                .then_some(rules)
+        },
+    )
+    .await;
+    let written = std::fs::read_to_string(repo_root().join(RULES)).unwrap();
+    assert_eq!(rules.len(), written.matches("- alert: ").count());
+    for rule in &rules {
+        let name = &rule["name"];
+        assert_eq!(rule["health"], "ok", "{name}: {}", rule["lastError"]);
+        let query = rule["query"].as_str().unwrap();
+        for metric in metric_names(query) {
+            assert!(
+                declared(&metric),
+                "{name}: {metric} is not exposed: {query}"
+            );
+        }
+        assert_eq!(
+            rule["state"], "inactive",
+            "{name} on a healthy stack: {}",
+            rule["alerts"]
+        );
+    }
     endpoint.abort();
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    let test = "the_alert_rules_pass_promtool_and_their_unit_tests";
+    let Some(promtool) = optional_program("PROMTOOL_BIN", "promtool", test) else {
+        return;
+    };
+    for (what, file) in [("check", RULES), ("test", RULE_TESTS)] {
+        let output = Command::new(&promtool)
+            .args([what, "rules"])
+            .arg(repo_root().join(file))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "promtool {what} rules {file}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
