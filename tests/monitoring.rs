@@ -92,16 +92,19 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     text += rest;
     let mut names = BTreeSet::new();
     let mut word = String::new();
-    // Whether the word being read follows a `$` (a Grafana variable such as `$envoy_job`).
+    // Whether the word being read follows a `$` (a Grafana variable such as `$envoy_job`), or
+    // is inside a quoted label value.
     let mut variable = false;
+    let mut quoted = false;
     for c in text.chars().chain(std::iter::once(' ')) {
         if c.is_ascii_alphanumeric() || c == '_' {
             word.push(c);
             continue;
         }
-        // A label name inside `{...}` is followed by a matcher; the metric names this
-        // dashboard reads all start with one of these two prefixes.
+        // A label name inside `{...}` is followed by a matcher; the metric names these
+        // queries read all start with one of these two prefixes.
         if !variable
+            && !quoted
             && (word.starts_with("daytona_authz_") || word.starts_with("envoy_"))
             && !matches!(c, '=' | '!' | '~')
         {
@@ -109,6 +112,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         }
         word.clear();
         variable = c == '$';
+        if c == '"' {
+            quoted = !quoted;
+        }
     }
     names
 }
