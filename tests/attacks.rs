@@ -1889,3 +1889,42 @@ async fn authz_killed_and_restarted_on_the_same_port_under_load() {
     );
     assert_still_answering(&stack).await;
 }
+
+/// An app's cookie holding a byte that is not UTF-8 (Latin-1 "café"): it passes untouched while
+/// our cookie is not in its header; when ours is cut out beside it, the header is rewritten and
+/// that byte arrives as U+FFFD, because Envoy's ext_authz takes a rewritten header as a protobuf
+/// string (README, share links). Either way our token never arrives.
+#[tokio::test]
+async fn non_utf8_cookie_bytes_pass_untouched_unless_our_cookie_is_cut_out_beside_them() {
+    let stack = Stack::start().await;
+    let host = stack.host(3000);
+    let good = stack.token(None);
+    let latin1 = |request: Vec<u8>| -> Vec<u8> {
+        let text = String::from_utf8(request).unwrap();
+        let (before, after) = text.split_once("CAFE").expect("the marker");
+        [before.as_bytes(), b"caf\xe9", after.as_bytes()].concat()
+    };
+    let last_cookie = || async {
+        let received = stack.double.proxy_requests().await;
+        let last = received.last().expect("a forwarded request");
+        last.values("cookie").join(" | ")
+    };
+
+    let headers = [
+        ("Authorization", bearer(&good)),
+        ("Cookie", "lang=CAFE; theme=dark".to_owned()),
+    ];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let reply = raw(stack.envoy.port, latin1(raw_get("/", &host, &headers))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(last_cookie().await, "lang=caf\\xe9; theme=dark");
+
+    let cookie = format!("lang=CAFE; daytona_authz={good}; theme=dark");
+    let reply = raw(
+        stack.envoy.port,
+        latin1(raw_get("/", &host, &[("Cookie", &cookie)])),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(last_cookie().await, "lang=caf\u{FFFD}; theme=dark");
+}

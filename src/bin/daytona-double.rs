@@ -745,7 +745,7 @@ fn record_of(req: &Request) -> ProxyRequestRecord {
         headers: req
             .headers()
             .iter()
-            .map(|(name, value)| (name.to_string(), lossy(value)))
+            .map(|(name, value)| (name.to_string(), text_of(value)))
             .collect(),
         sni: req
             .extensions()
@@ -758,7 +758,7 @@ fn record_of(req: &Request) -> ProxyRequestRecord {
 fn request_host(req: &Request) -> String {
     req.headers()
         .get(header::HOST)
-        .map(lossy)
+        .map(text_of)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default()
 }
@@ -767,8 +767,13 @@ fn path_and_query(uri: &Uri) -> &str {
     uri.path_and_query().map_or("/", |pq| pq.as_str())
 }
 
-fn lossy(value: &HeaderValue) -> String {
-    String::from_utf8_lossy(value.as_bytes()).into_owned()
+/// A header value as text: as it is when it is UTF-8, else with its bytes escaped (`caf\xe9`), so
+/// a test can tell which bytes arrived.
+fn text_of(value: &HeaderValue) -> String {
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok(text) => text.to_owned(),
+        Err(_) => value.as_bytes().escape_ascii().to_string(),
+    }
 }
 
 /// Parses `{port}-{sandboxId}.{domain}[:port]`, case-insensitively; the first label splits at its
@@ -832,9 +837,9 @@ fn wants_preview_warning(headers: &HeaderMap) -> bool {
     let is_browser = headers
         .get_all(header::USER_AGENT)
         .iter()
-        .any(|ua| lossy(ua).contains("Mozilla"));
+        .any(|ua| text_of(ua).contains("Mozilla"));
     let accepted = headers.get_all(header::COOKIE).iter().any(|cookies| {
-        lossy(cookies)
+        text_of(cookies)
             .split(';')
             .any(|cookie| cookie.trim() == PREVIEW_ACCEPTED_COOKIE)
     });
@@ -929,7 +934,7 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::UPGRADE)
         .iter()
-        .any(|v| lossy(v).trim().eq_ignore_ascii_case("websocket"))
+        .any(|v| text_of(v).trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// Accepts the upgrade and echoes every text and binary message until the client closes.
@@ -1013,7 +1018,7 @@ async fn echo(target: &Target, req: Request) -> Response {
         headers
             .entry(name.to_string())
             .or_default()
-            .push(lossy(value));
+            .push(text_of(value));
     }
     Json(Echo {
         sandbox_id: &target.sandbox_id,
