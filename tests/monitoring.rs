@@ -198,6 +198,7 @@ fn the_dashboard_is_well_formed() {
 /// A Prometheus on a free loopback port scraping `target` every second, as two jobs.
 struct Prometheus {
     proc: Proc,
+    http: reqwest::Client,
     url: String,
     _dir: tempfile::TempDir,
 }
@@ -240,6 +241,7 @@ impl Prometheus {
         .await;
         Prometheus {
             proc,
+            http,
             url,
             _dir: dir,
         }
@@ -247,34 +249,30 @@ impl Prometheus {
 
     /// `GET /api/v1/{what}`'s `data`.
     async fn get(&self, what: &str) -> Value {
-        let answer: Value = reqwest::get(format!("{}/api/v1/{what}", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(answer["status"], "success", "{what}: {answer}");
-        answer["data"].clone()
+        let request = self.http.get(format!("{}/api/v1/{what}", self.url));
+        self.data(request, what).await
     }
 
-    /// An instant query's result vector; panics if Prometheus refuses the query.
+    /// An instant query's result vector.
     async fn query(&self, expr: &str) -> Vec<Value> {
-        let answer: Value = reqwest::Client::new()
+        let request = self
+            .http
             .post(format!("{}/api/v1/query", self.url))
-            .form(&[("query", expr)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .form(&[("query", expr)]);
+        let data = self.data(request, expr).await;
+        data["result"].as_array().unwrap().clone()
+    }
+
+    /// The `data` of an API answer; panics (with Prometheus's log) unless it is a success.
+    async fn data(&self, request: reqwest::RequestBuilder, what: &str) -> Value {
+        let answer: Value = request.send().await.unwrap().json().await.unwrap();
         assert_eq!(
             answer["status"],
             "success",
-            "{expr}: {answer}\n{}",
+            "{what}: {answer}\n{}",
             self.proc.stderr()
         );
-        answer["data"]["result"].as_array().unwrap().clone()
+        answer["data"].clone()
     }
 }
 
