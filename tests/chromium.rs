@@ -2,8 +2,9 @@
 //! daytona-authz and ends up on the sandbox app's page, not in a redirect loop and not on
 //! Daytona's preview-warning page.
 //!
-//! Needs Chromium: `CHROMIUM_BIN`, else `chromium` on PATH (`scripts/install-debian chromium chromium`
-//! installs it; `scripts/test` runs it first). Without one the test skips, unless `CI` is set.
+//! Needs Chromium: `CHROMIUM_BIN`, else `chromium` on PATH (`scripts/install-debian chromium
+//! chromium` installs it; `scripts/test` runs it first). Without one the test skips, unless `CI`
+//! is set.
 
 mod support;
 

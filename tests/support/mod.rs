@@ -26,9 +26,9 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A program some tests need and `scripts/test` installs from Debian (`redis-server`, `chromium`,
-/// `prometheus` and `promtool`): the path in the environment variable `var`, else `binary` on PATH. `None` means
-/// "skip this test", and says so on stderr; under CI a missing program fails the test instead, so
-/// a CI run cannot pass by skipping.
+/// `prometheus` and `promtool`): the path in the environment variable `var`, else `binary` on
+/// PATH. `None` means "skip this test", and says so on stderr; under CI a missing program fails
+/// the test instead, so a CI run cannot pass by skipping.
 pub fn optional_program(var: &str, binary: &str, test: &str) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(var) {
         let path = PathBuf::from(path);
@@ -711,12 +711,8 @@ impl Envoy {
         .await;
         let http = reqwest::Client::new();
         let url = format!("http://{admin}/listeners?format=json");
-        let port = eventually("Envoy's listener", READY_TIMEOUT, || {
-            listener_port(&http, &url, "public_http")
-        })
-        .await;
-        let metrics_port = eventually("Envoy's metrics listener", READY_TIMEOUT, || {
-            listener_port(&http, &url, "metrics")
+        let (port, metrics_port) = eventually("Envoy's listeners", READY_TIMEOUT, || {
+            listener_ports(&http, &url)
         })
         .await;
         // LIVE once initialisation is over, health checks of the authz cluster included: only
@@ -763,14 +759,16 @@ fn replace_n(text: &str, count: usize, from: &str, to: &str) -> String {
     text.replace(from, to)
 }
 
-async fn listener_port(http: &reqwest::Client, url: &str, name: &str) -> Option<u16> {
+/// The ports Envoy bound for its public and metrics listeners, once it has bound both.
+async fn listener_ports(http: &reqwest::Client, url: &str) -> Option<(u16, u16)> {
     let listeners: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
-    let port = listeners["listener_statuses"]
-        .as_array()?
-        .iter()
-        .find(|listener| listener["name"] == name)?["local_address"]["socket_address"]["port_value"]
-        .as_u64()?;
-    u16::try_from(port).ok().filter(|p| *p != 0)
+    let listeners = listeners["listener_statuses"].as_array()?;
+    let port = |name: &str| {
+        let listener = listeners.iter().find(|listener| listener["name"] == name)?;
+        let port = listener["local_address"]["socket_address"]["port_value"].as_u64()?;
+        u16::try_from(port).ok().filter(|p| *p != 0)
+    };
+    Some((port("public_http")?, port("metrics")?))
 }
 
 /// An HTTP answer, as a client saw it.
