@@ -1910,11 +1910,11 @@ async fn non_utf8_cookie_bytes_pass_untouched_unless_our_cookie_is_cut_out_besid
         last.values("cookie").join(" | ")
     };
 
+    let auth = bearer(&good);
     let headers = [
-        ("Authorization", bearer(&good)),
-        ("Cookie", "lang=CAFE; theme=dark".to_owned()),
+        ("Authorization", auth.as_str()),
+        ("Cookie", "lang=CAFE; theme=dark"),
     ];
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let reply = raw(stack.envoy.port, latin1(raw_get("/", &host, &headers))).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(last_cookie().await, "lang=caf\\xe9; theme=dark");
