@@ -33,6 +33,7 @@ fn policy() -> Policy {
         cookie_name: DEFAULT_COOKIE_NAME.into(),
         login_url: None,
         disable_cors: false,
+        cors_allow_origins: Vec::new(),
         introspection: false,
         jwks: false,
     }

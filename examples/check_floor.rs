@@ -77,7 +77,7 @@ fn answer(args: &Args) -> CheckResponse {
             (UPSTREAM_SCHEME_HEADER, "http".to_owned()),
         ],
         remove_headers: vec!["authorization".to_owned()],
-        remove_query_parameters: vec!["access_token".to_owned()],
+        path: None,
     })
 }
 

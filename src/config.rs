@@ -185,9 +185,20 @@ pub struct ServeArgs {
     #[arg(long, env = "DAYTONA_AUTHZ_LOGIN_URL", value_name = "URL")]
     pub login_url: Option<String>,
     /// Add `X-Daytona-Disable-CORS: true` to forwarded requests, so the app's own CORS headers
-    /// apply instead of Daytona's (preflights are still answered at the edge).
+    /// apply instead of Daytona's; CORS preflights then go to the app as well (with the preview
+    /// token, without any end-user credential), unless --cors-allow-origin answers them.
     #[arg(long, env = "DAYTONA_AUTHZ_DISABLE_CORS")]
     pub disable_cors: bool,
+    /// Approve CORS preflights at the edge only for this origin (repeatable, or comma-separated:
+    /// `https://app.example.com`); preflights from any other origin get 403. Default: the edge
+    /// approves every origin (as Daytona's proxy does), or with --disable-cors the app decides.
+    #[arg(
+        long = "cors-allow-origin",
+        env = "DAYTONA_AUTHZ_CORS_ALLOW_ORIGIN",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    pub cors_allow_origins: Vec<String>,
 
     /// How long a sandbox's preview token is cached; also how long a token Daytona regenerated
     /// (sandbox restart) can be served stale.
@@ -740,6 +751,8 @@ pub struct ServeConfig {
     pub cookie_name: String,
     pub login_url: Option<url::Url>,
     pub disable_cors: bool,
+    /// Lower-case `scheme://host[:port]`.
+    pub cors_allow_origins: Vec<String>,
     pub cache_ttl: Duration,
     pub cache_max_entries: u64,
     /// `None`: wait for the Daytona API however long it takes.
@@ -951,6 +964,11 @@ impl ServeArgs {
         let jwt_audience = p.check(nonempty("--jwt-audience", self.jwt.jwt_audience));
         let cookie_name = p.check(cookie_name(&self.cookie_name));
         let login_url = p.check(self.login_url.as_deref().map(login_url).transpose());
+        let cors_allow_origins: Vec<String> = self
+            .cors_allow_origins
+            .iter()
+            .filter_map(|o| p.check(cors_origin(o)))
+            .collect();
         let cache_ttl = p.check(duration(
             "--cache-ttl",
             &self.cache_ttl,
@@ -1054,6 +1072,7 @@ impl ServeArgs {
                 cookie_name: cookie_name?,
                 login_url: login_url?,
                 disable_cors: self.disable_cors,
+                cors_allow_origins,
                 cache_ttl: cache_ttl?,
                 cache_max_entries: self.cache_max_entries,
                 ready_grace: ready_grace.map(|g| (!g.is_zero()).then_some(g))?,
@@ -1143,6 +1162,30 @@ fn cookie_name(text: &str) -> Result<String, ConfigError> {
 }
 
 /// An absolute http(s) URL without a fragment; https unless it is on loopback.
+/// An origin as browsers send it: `http(s)://host[:port]`, nothing else; lower-cased.
+fn cors_origin(text: &str) -> Result<String, ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "--cors-allow-origin: {text:?} is not an origin like https://app.example.com \
+             (scheme and host, an optional port, no path)"
+        ))
+    };
+    let url = url::Url::parse(text.trim()).map_err(|_| bad())?;
+    let origin = url.origin();
+    let plain = matches!(url.scheme(), "http" | "https")
+        && origin.is_tuple()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && !text.trim().trim_end_matches('/').ends_with(':');
+    if !plain {
+        return Err(bad());
+    }
+    Ok(origin.ascii_serialization())
+}
+
 fn login_url(text: &str) -> Result<url::Url, ConfigError> {
     let url = url::Url::parse(text)
         .map_err(|e| ConfigError(format!("--login-url: {text:?} is not a URL ({e})")))?;

@@ -85,42 +85,40 @@ impl RequestView {
                 .any(|p| p.eq_ignore_ascii_case("https"))
     }
 
-    fn query(&self) -> Option<&str> {
-        let before_fragment = self
-            .path
-            .split_once('#')
-            .map_or(self.path.as_str(), |(p, _)| p);
-        before_fragment.split_once('?').map(|(_, q)| q)
-    }
-
-    /// The request target without `access_token` (in any spelling), for redirects and
-    /// `return_to`.
+    /// The request target without `access_token` (in any spelling) and without a fragment, for
+    /// redirects and `return_to`.
     fn path_without_token(&self) -> String {
-        let path = self.path.split(['?', '#']).next().unwrap_or_default();
-        let kept: Vec<&str> = self
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter(|pair| !pair.is_empty() && !is_token_parameter(pair))
-            .collect();
-        if kept.is_empty() {
-            path.to_owned()
-        } else {
-            format!("{path}?{}", kept.join("&"))
-        }
+        let target = self.path.split('#').next().unwrap_or_default();
+        without_token(target).unwrap_or_else(|| target.to_owned())
     }
+}
 
-    /// `access_token` plus every other spelling of it in this query (`%61ccess_token`).
-    fn token_parameter_names(&self) -> Vec<String> {
-        let mut names = vec![token::QUERY_PARAMETER.to_owned()];
-        for pair in self.query().unwrap_or_default().split('&') {
-            let raw = pair.split_once('=').map_or(pair, |(n, _)| n);
-            if is_token_parameter(pair) && !names.iter().any(|n| n == raw) {
-                names.push(raw.to_owned());
-            }
-        }
-        names
+/// `target` with every `access_token` pair (in any spelling, e.g. `%61ccess_token`) cut out of
+/// its query, and every other byte kept in its order: apps that sign or hash their query see it
+/// as the client sent it. `None` when there is no such pair (the target is then left alone).
+fn without_token(target: &str) -> Option<String> {
+    let (before_fragment, fragment) = match target.split_once('#') {
+        Some((before, fragment)) => (before, Some(fragment)),
+        None => (target, None),
+    };
+    let (path, query) = before_fragment.split_once('?')?;
+    if !query.split('&').any(is_token_parameter) {
+        return None;
     }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !is_token_parameter(pair))
+        .collect();
+    let mut out = path.to_owned();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    Some(out)
 }
 
 /// Whether a `name=value` query pair is `access_token`, once percent-decoded.
@@ -140,8 +138,12 @@ pub struct Policy {
     pub cookie_name: String,
     /// Where a browser without a valid token is sent to sign in (with `return_to`).
     pub login_url: Option<url::Url>,
-    /// Ask Daytona to leave CORS to the app (`X-Daytona-Disable-CORS: true`).
+    /// Ask Daytona to leave CORS to the app (`X-Daytona-Disable-CORS: true`); CORS preflights
+    /// then go to the app too (unless `cors_allow_origins` answers them).
     pub disable_cors: bool,
+    /// `--cors-allow-origin`: when not empty, preflights are approved at the edge only for these
+    /// origins (lower-case `scheme://host[:port]`) and refused for every other.
+    pub cors_allow_origins: Vec<String>,
     /// Opaque (non-JWT) tokens are introspected (RFC 7662).
     pub introspection: bool,
     /// JWKS sources are configured (an unknown `kid` is worth one refresh).
@@ -178,8 +180,12 @@ pub enum Denial {
     PortNotGranted,
     #[error("access to this sandbox was revoked")]
     SandboxRevoked,
-    #[error("a page of another sandbox used this sandbox's cookie")]
+    #[error(
+        "a request that is neither a navigation nor from this sandbox's own pages used its cookie"
+    )]
     CrossSandbox,
+    #[error("CORS preflight from an origin not in --cors-allow-origin")]
+    CorsOriginRefused,
     /// Whether the token is good cannot be known right now (introspection or the revocation
     /// store is unreachable): fail closed.
     #[error("{0} unavailable")]
@@ -197,7 +203,8 @@ impl Denial {
             Denial::WrongSandbox
             | Denial::PortNotGranted
             | Denial::SandboxRevoked
-            | Denial::CrossSandbox => 403,
+            | Denial::CrossSandbox
+            | Denial::CorsOriginRefused => 403,
             Denial::StatusUnknown(_) => 503,
             Denial::Daytona(e) => match e {
                 DaytonaError::NotFound => 404,
@@ -220,6 +227,7 @@ impl Denial {
             | Denial::PortNotGranted
             | Denial::SandboxRevoked
             | Denial::CrossSandbox => "insufficient_scope",
+            Denial::CorsOriginRefused => "cors_origin_refused",
             Denial::StatusUnknown(_) => "identity_unavailable",
             Denial::Daytona(e) => match e {
                 DaytonaError::NotFound => "sandbox_not_found",
@@ -245,7 +253,8 @@ impl Denial {
                     .into()
             }
             Denial::MissingToken => "An access token is required: send `Authorization: Bearer <token>` or open a share link with `?access_token=`.".into(),
-            Denial::AmbiguousToken(_) => "The request carries more than one access token; send exactly one.".into(),
+            Denial::AmbiguousToken(ExtractError::MalformedAuthorization) => "The Authorization header is not exactly `Bearer <token>`; send one Bearer token and nothing else in that header.".into(),
+            Denial::AmbiguousToken(ExtractError::Ambiguous) => "The request carries more than one access token; send exactly one.".into(),
             Denial::InvalidToken(TokenError::Expired) => "The access token has expired; ask for a new link.".into(),
             Denial::InvalidToken(TokenError::Revoked) => {
                 "The access token has been revoked; ask for a new link.".into()
@@ -255,8 +264,9 @@ impl Denial {
             Denial::PortNotGranted => "The access token does not grant this port.".into(),
             Denial::SandboxRevoked => "Access to this sandbox has been revoked.".into(),
             Denial::CrossSandbox => {
-                "Pages of one sandbox cannot use your access to another sandbox.".into()
+                "Your access to this sandbox works when you open it, and for its own pages; other pages cannot use it.".into()
             }
+            Denial::CorsOriginRefused => "This origin may not call this sandbox.".into(),
             Denial::StatusUnknown(_) => {
                 "Access cannot be checked right now; try again shortly.".into()
             }
@@ -284,6 +294,9 @@ impl Denial {
 
     /// The RFC 6750 §3 challenge for 401 and 403.
     pub fn www_authenticate(&self) -> Option<&'static str> {
+        if *self == Denial::CorsOriginRefused {
+            return None;
+        }
         match self.status() {
             401 => Some(r#"Bearer realm="daytona-authz", error="invalid_token""#),
             403 => Some(r#"Bearer realm="daytona-authz", error="insufficient_scope""#),
@@ -375,6 +388,24 @@ pub fn authorize(
 ) -> Result<Verdict, Denial> {
     let target = host::parse(&request.host, &policy.preview_domain).map_err(Denial::BadHost)?;
     if request.is_preflight() {
+        if !policy.cors_allow_origins.is_empty() {
+            return if request
+                .header_values("origin")
+                .all(|origin| is_listed(origin, &policy.cors_allow_origins))
+            {
+                Ok(Verdict::Reply(preflight(request)))
+            } else {
+                Err(Denial::CorsOriginRefused)
+            };
+        }
+        if policy.disable_cors {
+            // The app's CORS decides, preflights included: forwarded with the preview token and
+            // without any end-user credential (browsers send none on a preflight).
+            return Ok(Verdict::Forward(Authorized {
+                target,
+                source: TokenSource::None,
+            }));
+        }
         return Ok(Verdict::Reply(preflight(request)));
     }
     let authorization: Vec<&str> = request.header_values("authorization").collect();
@@ -382,11 +413,10 @@ pub fn authorize(
     let found = token::extract(&authorization, &request.path, &cookies, &policy.cookie_name)
         .map_err(Denial::AmbiguousToken)?
         .ok_or(Denial::MissingToken)?;
-    if found.source == TokenSource::Cookie && from_another_sandbox(request, policy, &target) {
-        // All preview hosts are one "site": a page in sandbox B can make the browser send the
-        // user's cookie for sandbox A (SameSite=Lax lets it), and Daytona reflects any Origin
-        // with credentials. A cookie only ever works for requests from its own sandbox's pages
-        // (any port) or from elsewhere; a sibling sandbox's page gets 403.
+    if found.source == TokenSource::Cookie && !cookie_may_be_used(request, policy, &target) {
+        // All preview hosts are one "site": a page in sandbox B, or on any other host of the
+        // site, can make the browser send the user's cookie for sandbox A (SameSite=Lax lets
+        // it), and Daytona reflects any Origin with credentials.
         return Err(Denial::CrossSandbox);
     }
     // The first candidate that verifies and grants this target wins; otherwise the first
@@ -452,16 +482,75 @@ pub fn authorize(
     }))
 }
 
-/// Whether the request's `Origin` is a preview host of a different sandbox than `target`.
-fn from_another_sandbox(request: &RequestView, policy: &Policy, target: &PreviewTarget) -> bool {
-    request.header_values("origin").any(|origin| {
-        let Some((_, rest)) = origin.trim().split_once("://") else {
-            return false;
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
+/// Whether the ambient cookie may authenticate this request: only a top-level navigation (its
+/// page cannot read the answer), or a request from this sandbox's own pages. Fetch Metadata and
+/// `Origin` are set by the browser and cannot be forged by a page; a program that sends neither
+/// (curl with a cookie jar) is not a page of another site and keeps working.
+fn cookie_may_be_used(request: &RequestView, policy: &Policy, target: &PreviewTarget) -> bool {
+    let single = |name| {
+        let mut values = request.header_values(name);
+        match (values.next(), values.next()) {
+            (Some(one), None) => Some(one.trim()),
+            _ => None,
+        }
+    };
+    let navigation = matches!(request.method.as_str(), "GET" | "HEAD")
+        && single("sec-fetch-mode").is_some_and(|mode| mode.eq_ignore_ascii_case("navigate"));
+    if navigation {
+        return true;
+    }
+    if request.has_header("origin") {
+        // `null` (an opaque origin, e.g. after a cross-origin redirect), another sandbox or any
+        // other host of the site: refused. This sandbox on any port: its own pages.
+        return request
+            .header_values("origin")
+            .all(|origin| is_sandbox_origin(origin, policy, target));
+    }
+    match request.has_header("sec-fetch-site") {
+        // No Origin: a subresource (`<script src>`, `<img>`) or a same-origin GET. Only the
+        // browser's own word that it is same-origin (or typed by the user) is enough.
+        true => request.header_values("sec-fetch-site").all(|site| {
+            let site = site.trim();
+            site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none")
+        }),
+        // No Fetch Metadata: a program, or a browser talking plain HTTP to a host it does not
+        // consider trustworthy (it sends none there). A Referer naming another sandbox or
+        // another host of the preview domain still gives a page away.
+        false => request.header_values("referer").all(|referer| {
+            let authority = origin_authority(referer).unwrap_or_default();
+            let under_domain = crate::host::strip_port(authority).is_some_and(|name| {
+                let name = name.to_ascii_lowercase();
+                name == policy.preview_domain
+                    || name.ends_with(&format!(".{}", policy.preview_domain))
+            });
+            !under_domain || is_sandbox_origin(referer, policy, target)
+        }),
+    }
+}
+
+/// Whether `origin` (or any URL) is `http(s)://` a preview host of `target`'s sandbox, any port.
+fn is_sandbox_origin(origin: &str, policy: &Policy, target: &PreviewTarget) -> bool {
+    origin_authority(origin).is_some_and(|authority| {
         host::parse(authority, &policy.preview_domain)
-            .is_ok_and(|other| other.sandbox_id != target.sandbox_id)
+            .is_ok_and(|other| other.sandbox_id == target.sandbox_id)
     })
+}
+
+/// The authority of an `http://` or `https://` URL or origin.
+fn origin_authority(url: &str) -> Option<&str> {
+    let url = url.trim();
+    let (scheme, rest) = url.split_once("://")?;
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    (!authority.is_empty() && !authority.contains('@')).then_some(authority)
+}
+
+/// Whether `origin` is one of the listed origins (compared without case).
+fn is_listed(origin: &str, listed: &[String]) -> bool {
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    listed.contains(&origin)
 }
 
 /// A share link opened in a browser: set the token as a cookie and send the browser to the same
@@ -618,10 +707,14 @@ pub struct Allow {
     /// Set, replacing any value the client sent.
     pub set_headers: Vec<(&'static str, String)>,
     pub remove_headers: Vec<String>,
-    /// `access_token` as written (possibly percent-encoded) and decoded, so Envoy removes it
-    /// however it matches names.
-    pub remove_query_parameters: Vec<String>,
+    /// The new request target (`:path`) when the query carried `access_token`: only that pair is
+    /// cut out. `None`: the target reaches the app byte for byte as the client sent it.
+    pub path: Option<String>,
 }
+
+/// Client headers with this prefix are Envoy's to set; a client's copy never reaches the app
+/// (Envoy itself strips only the ones it knows).
+const ENVOY_PREFIX: &str = "x-envoy-";
 
 pub fn allow(
     request: &RequestView,
@@ -648,7 +741,7 @@ pub fn allow(
     }
     let mut remove_headers: Vec<String> = Vec::new();
     for (name, _) in &request.headers {
-        let spoofed = name.starts_with(RESERVED_PREFIX)
+        let spoofed = (name.starts_with(RESERVED_PREFIX) || name.starts_with(ENVOY_PREFIX))
             && !set_headers.iter().any(|(set, _)| set == name)
             && !remove_headers.contains(name);
         if spoofed {
@@ -668,7 +761,7 @@ pub fn allow(
     Allow {
         set_headers,
         remove_headers,
-        remove_query_parameters: request.token_parameter_names(),
+        path: without_token(&request.path),
     }
 }
 
@@ -691,6 +784,7 @@ mod tests {
             cookie_name: DEFAULT_COOKIE_NAME.into(),
             login_url: None,
             disable_cors: false,
+            cors_allow_origins: Vec::new(),
             introspection: false,
             jwks: false,
         }
@@ -866,6 +960,240 @@ mod tests {
         let only_tossed = format!("daytona_authz={tossed}");
         let req = request(&host(3000), "/", &[("cookie", &only_tossed)]);
         assert_eq!(authorize(&req, &policy(), now()), Err(Denial::WrongSandbox));
+    }
+
+    /// The cookie of sandbox `ID`, sent by a browser with these headers.
+    fn with_cookie(method: &str, headers: &[(&str, &str)]) -> Result<Verdict, Denial> {
+        let cookie = format!("daytona_authz={}", token(ID, None, now() + 60));
+        let mut all = headers.to_vec();
+        all.push(("cookie", &cookie));
+        authorize(
+            &method_request(method, &host(3000), "/api", &all),
+            &policy(),
+            now(),
+        )
+    }
+
+    #[test]
+    fn the_cookie_works_for_navigations_and_this_sandboxs_own_pages() {
+        let own = format!("https://{}", host(8080));
+        let own_port = format!("https://{}:8443", host(3000));
+        let own_referer = format!("http://{}/page", host(3000));
+        for (method, headers) in [
+            // A top-level navigation, from anywhere: the page that started it reads nothing.
+            (
+                "GET",
+                vec![
+                    ("sec-fetch-mode", "navigate"),
+                    ("sec-fetch-site", "cross-site"),
+                ],
+            ),
+            (
+                "HEAD",
+                vec![
+                    ("sec-fetch-mode", "navigate"),
+                    ("sec-fetch-site", "same-site"),
+                ],
+            ),
+            // This sandbox's pages, any port.
+            (
+                "POST",
+                vec![("origin", own.as_str()), ("sec-fetch-site", "same-site")],
+            ),
+            (
+                "GET",
+                vec![("origin", own_port.as_str()), ("sec-fetch-mode", "cors")],
+            ),
+            (
+                "GET",
+                vec![
+                    ("sec-fetch-site", "same-origin"),
+                    ("sec-fetch-mode", "no-cors"),
+                ],
+            ),
+            (
+                "GET",
+                vec![("sec-fetch-site", "none"), ("sec-fetch-mode", "cors")],
+            ),
+            // A program with a cookie jar, and a plain-HTTP browser of this very sandbox.
+            ("GET", vec![]),
+            ("PUT", vec![]),
+            ("GET", vec![("referer", own_referer.as_str())]),
+            ("GET", vec![("referer", "https://elsewhere.example.org/")]),
+        ] {
+            assert!(
+                matches!(with_cookie(method, &headers), Ok(Verdict::Forward(_))),
+                "{method} {headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_cookie_does_not_work_for_other_pages() {
+        let sibling = format!("https://{}", host(3000).replace(ID, OTHER));
+        let sibling_referer = format!("http://{}/x", host(3000).replace(ID, OTHER));
+        let own = format!("https://{}", host(3000));
+        for (method, headers) in [
+            // Redirected from another origin: the browser says `null`.
+            ("GET", vec![("origin", "null"), ("sec-fetch-mode", "cors")]),
+            // Another sandbox, another host of the site, anything else.
+            (
+                "GET",
+                vec![("origin", sibling.as_str()), ("sec-fetch-mode", "cors")],
+            ),
+            ("GET", vec![("origin", "https://evil.preview.example.com")]),
+            ("GET", vec![("origin", "https://app.example.org")]),
+            ("GET", vec![("origin", "not an origin")]),
+            ("GET", vec![("origin", own.as_str()), ("origin", "null")]),
+            // A navigation that is not a GET (a form POST) is judged by its Origin.
+            (
+                "POST",
+                vec![("sec-fetch-mode", "navigate"), ("origin", sibling.as_str())],
+            ),
+            // Subresources of other pages (`<script src>`, `<img>`, `fetch(.., {mode: "no-cors"})`).
+            (
+                "GET",
+                vec![
+                    ("sec-fetch-site", "same-site"),
+                    ("sec-fetch-mode", "no-cors"),
+                ],
+            ),
+            (
+                "GET",
+                vec![
+                    ("sec-fetch-site", "cross-site"),
+                    ("sec-fetch-mode", "no-cors"),
+                ],
+            ),
+            (
+                "GET",
+                vec![
+                    ("sec-fetch-site", "same-site"),
+                    ("sec-fetch-mode", "navigate"),
+                    ("sec-fetch-mode", "navigate"),
+                ],
+            ),
+            // Plain HTTP, no Fetch Metadata, but the Referer gives the page away.
+            ("GET", vec![("referer", sibling_referer.as_str())]),
+            ("GET", vec![("referer", "http://evil.preview.example.com/")]),
+        ] {
+            assert_eq!(
+                with_cookie(method, &headers),
+                Err(Denial::CrossSandbox),
+                "{method} {headers:?}"
+            );
+        }
+        assert_eq!(Denial::CrossSandbox.status(), 403);
+    }
+
+    #[test]
+    fn a_bearer_or_query_token_is_not_judged_by_where_the_request_came_from() {
+        let good = token(ID, None, now() + 60);
+        let auth = bearer(&good);
+        let headers = [("origin", "null"), ("sec-fetch-site", "cross-site")];
+        let mut with_bearer = headers.to_vec();
+        with_bearer.push(("authorization", &auth));
+        let req = request(&host(3000), "/", &with_bearer);
+        assert!(matches!(
+            authorize(&req, &policy(), now()),
+            Ok(Verdict::Forward(_))
+        ));
+        let req = request(&host(3000), &format!("/?access_token={good}"), &headers);
+        assert!(matches!(
+            authorize(&req, &policy(), now()),
+            Ok(Verdict::Forward(_))
+        ));
+    }
+
+    #[test]
+    fn a_malformed_bearer_beside_our_cookie_is_refused() {
+        let good = token(ID, None, now() + 60);
+        for value in [
+            format!("Basic eA==,Bearer {good}"),
+            format!("Bearer\t{good}"),
+        ] {
+            let result = with_cookie("GET", &[("authorization", &value)]);
+            let Err(denial) = result else {
+                panic!("{value}: {result:?}");
+            };
+            assert_eq!(
+                denial,
+                Denial::AmbiguousToken(ExtractError::MalformedAuthorization)
+            );
+            assert_eq!(denial.status(), 401);
+        }
+    }
+
+    #[test]
+    fn preflights_with_an_origin_list_are_approved_only_for_listed_origins() {
+        let preflight = |origin: &str| {
+            method_request(
+                "OPTIONS",
+                &host(3000),
+                "/api",
+                &[("origin", origin), ("access-control-request-method", "PUT")],
+            )
+        };
+        for disable_cors in [false, true] {
+            let mut policy = policy();
+            policy.disable_cors = disable_cors;
+            policy.cors_allow_origins = vec!["https://app.example.com".into()];
+            let reply = replied(authorize(
+                &preflight("https://app.example.com"),
+                &policy,
+                now(),
+            ));
+            assert_eq!(reply.status, 204);
+            let reply = replied(authorize(
+                &preflight("HTTPS://APP.example.com/"),
+                &policy,
+                now(),
+            ));
+            assert_eq!(reply.status, 204);
+            for origin in ["https://evil.example.com", "null", "http://app.example.com"] {
+                let denial = authorize(&preflight(origin), &policy, now()).unwrap_err();
+                assert_eq!(denial, Denial::CorsOriginRefused);
+                let reply = render(&denial, &preflight(origin), &policy);
+                assert_eq!(reply.status, 403);
+                assert_eq!(header(&reply, "access-control-allow-origin"), None);
+                assert_eq!(header(&reply, "www-authenticate"), None);
+            }
+        }
+    }
+
+    #[test]
+    fn with_disable_cors_preflights_go_to_the_app_without_a_credential() {
+        let mut policy = policy();
+        policy.disable_cors = true;
+        let req = method_request(
+            "OPTIONS",
+            &host(3000),
+            "/api",
+            &[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "PUT"),
+            ],
+        );
+        let authorized = forwarded(authorize(&req, &policy, now()));
+        assert_eq!(authorized.source, TokenSource::None);
+        assert_eq!(authorized.target, target(3000));
+        let allow = allow(&req, &authorized, &preview(), &policy);
+        assert!(
+            allow
+                .set_headers
+                .contains(&(PREVIEW_TOKEN_HEADER, "preview-token-123".to_owned()))
+        );
+        // A bad host is still refused first.
+        let bad = method_request(
+            "OPTIONS",
+            "x",
+            "/",
+            &[("origin", "o"), ("access-control-request-method", "GET")],
+        );
+        assert!(matches!(
+            authorize(&bad, &policy, now()),
+            Err(Denial::BadHost(_))
+        ));
     }
 
     #[test]
@@ -1105,6 +1433,8 @@ mod tests {
                 ("x-daytona-disable-cors", "true"),
                 ("x-daytona-disable-cors", "true"),
                 ("x-daytona-authz-upstream", "169.254.169.254"),
+                ("x-envoy-foo", "1"),
+                ("x-envoy-retry-on", "5xx"),
                 ("cookie", "app=1"),
             ],
         );
@@ -1126,10 +1456,12 @@ mod tests {
             allow.remove_headers,
             vec![
                 "x-daytona-disable-cors".to_owned(),
+                "x-envoy-foo".to_owned(),
+                "x-envoy-retry-on".to_owned(),
                 "authorization".to_owned()
             ]
         );
-        assert_eq!(allow.remove_query_parameters, vec!["access_token"]);
+        assert_eq!(allow.path, None);
     }
 
     #[test]
@@ -1157,10 +1489,32 @@ mod tests {
                 .set_headers
                 .contains(&("cookie", "app=1; b=2".to_owned()))
         );
-        assert_eq!(
-            allow.remove_query_parameters,
-            vec!["access_token", "%61ccess_token"]
-        );
+        assert_eq!(allow.path.as_deref(), Some("/"), "both spellings cut out");
+        let req = RequestView {
+            path: "/p?z=1&access_token=t&a&&%61ccess_token=u&z=3&b=%2F+".into(),
+            ..req
+        };
+        let allow = super::allow(&req, &authorized, &preview(), &policy());
+        assert_eq!(allow.path.as_deref(), Some("/p?z=1&a&&z=3&b=%2F+"));
+    }
+
+    #[test]
+    fn only_the_token_pair_leaves_the_target() {
+        for (path, expected) in [
+            ("/?access_token=t", Some("/")),
+            ("/a/b?access_token=t&x=1", Some("/a/b?x=1")),
+            ("/?x=1&access_token=t", Some("/?x=1")),
+            ("/?&&access_token=t", Some("/?&")),
+            ("/?a&access_token=t", Some("/?a")),
+            ("/?access_token=t#f", Some("/#f")),
+            ("/?z=1&a=2&z=3", None),
+            ("/?a", None),
+            ("/?&&a=1", None),
+            ("/?access_tokens=1", None),
+            ("/", None),
+        ] {
+            assert_eq!(without_token(path).as_deref(), expected, "{path}");
+        }
     }
 
     #[test]

@@ -308,14 +308,19 @@ fn header(key: &str, value: String) -> HeaderValueOption {
 }
 
 pub fn ok_response(allow: Allow) -> CheckResponse {
+    let mut headers: Vec<HeaderValueOption> = allow
+        .set_headers
+        .into_iter()
+        .map(|(k, v)| header(k, v))
+        .collect();
+    // Not `query_parameters_to_remove`: Envoy then rebuilds the whole query (reordered, `?a`
+    // as `?a=`), which breaks apps that sign or hash it. The new target keeps every other byte.
+    if let Some(path) = allow.path {
+        headers.push(header(":path", path));
+    }
     let ok = OkHttpResponse {
-        headers: allow
-            .set_headers
-            .into_iter()
-            .map(|(k, v)| header(k, v))
-            .collect(),
+        headers,
         headers_to_remove: allow.remove_headers,
-        query_parameters_to_remove: allow.remove_query_parameters,
         ..Default::default()
     };
     let mut response = CheckResponse::with_status(Status::ok(""));

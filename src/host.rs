@@ -57,13 +57,16 @@ pub fn parse(host: &str, domain: &str) -> Result<PreviewTarget, HostError> {
     })
 }
 
-/// Removes a `:port` suffix (digits only). IP literals and other oddities are left for the domain
-/// check to refuse.
-fn strip_port(host: &str) -> Option<&str> {
+/// Removes a `:port` suffix: decimal digits naming a TCP port, 1-65535 (`:99999`, `:0` and
+/// `:` are refused). IP literals and other oddities are left for the domain check to refuse.
+pub fn strip_port(host: &str) -> Option<&str> {
     match host.rsplit_once(':') {
         None => Some(host),
         Some((name, port))
-            if !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) =>
+            if !port.is_empty()
+                && port.len() <= 5
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok_and(|p| p > 0) =>
         {
             Some(name)
         }
@@ -116,6 +119,8 @@ mod tests {
     #[test]
     fn accepts_a_port_suffix_and_upper_case() {
         assert_eq!(ok(&format!("9999-{ID}.{DOMAIN}:8080")).port, 9999);
+        assert_eq!(ok(&format!("9999-{ID}.{DOMAIN}:65535")).port, 9999);
+        assert_eq!(ok(&format!("9999-{ID}.{DOMAIN}:1")).port, 9999);
         let upper = format!("3000-{ID}.{DOMAIN}").to_ascii_uppercase();
         assert_eq!(ok(&upper).sandbox_id, ID);
     }
@@ -171,7 +176,9 @@ mod tests {
 
     #[test]
     fn refuses_a_bad_port_suffix() {
-        for suffix in [":", ":abc", ":123456", ":80:80"] {
+        for suffix in [
+            ":", ":abc", ":123456", ":80:80", ":99999", ":65536", ":0", ":00000",
+        ] {
             let host = format!("3000-{ID}.{DOMAIN}{suffix}");
             assert!(parse(&host, DOMAIN).is_err(), "{host}");
         }

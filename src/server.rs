@@ -264,6 +264,7 @@ fn policy(config: &ServeConfig, secrets: &Secrets) -> Policy {
         cookie_name: config.cookie_name.clone(),
         login_url: config.login_url.clone(),
         disable_cors: config.disable_cors,
+        cors_allow_origins: config.cors_allow_origins.clone(),
         introspection: config.identity.introspection.is_some(),
         jwks: !config.identity.jwks_urls.is_empty(),
     }

@@ -553,6 +553,9 @@ pub enum TokenSource {
     AuthorizationHeader,
     QueryParameter,
     Cookie,
+    /// No end-user credential at all: a CORS preflight handed to the app under
+    /// `--disable-cors` (browsers send preflights without credentials).
+    None,
 }
 
 /// The query parameter of RFC 6750 §2.3.
@@ -578,10 +581,17 @@ pub fn extract<'a>(
     cookies: &[&'a str],
     cookie_name: &'a str,
 ) -> Result<Option<Found<'a>>, ExtractError> {
-    let bearers: Vec<&str> = authorization
-        .iter()
-        .filter_map(|value| bearer(value))
-        .collect();
+    let mut bearers: Vec<&str> = Vec::new();
+    for value in authorization {
+        match bearer(value) {
+            Some(token) => bearers.push(token),
+            // `Basic …,Bearer <t>` (two headers joined by HTTP/1.1), `Bearer\t<t>`, `Bearer a b`:
+            // a Bearer credential we cannot read as exactly one token. Passing the header on would
+            // hand the token to the app, so the request is refused.
+            None if mentions_bearer(value) => return Err(ExtractError::MalformedAuthorization),
+            None => {}
+        }
+    }
     match bearers.as_slice() {
         [] => {}
         [one] => return Ok(Some(found(TokenSource::AuthorizationHeader, (*one).into()))),
@@ -623,6 +633,10 @@ fn found(source: TokenSource, token: std::borrow::Cow<'_, str>) -> Found<'_> {
 pub enum ExtractError {
     #[error("the request carries more than one access token")]
     Ambiguous,
+    #[error(
+        "the Authorization header holds a Bearer credential that is not exactly `Bearer <token>`"
+    )]
+    MalformedAuthorization,
 }
 
 /// The values of cookie `name` across `Cookie` header values (`a=1; b=2`, RFC 6265 §5.4).
@@ -657,12 +671,29 @@ pub fn cookies_without(cookies: &[&str], name: &str) -> Option<String> {
 }
 
 /// The credentials of `Bearer <token>` (scheme case-insensitive, RFC 7235).
+/// The token of an `Authorization` value that is exactly one `Bearer <token68>` (RFC 6750 §2.1:
+/// the scheme, one or more spaces, then the token; nothing else around or inside it).
 fn bearer(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim())
-        .filter(|token| !token.is_empty())
+    let (scheme, rest) = value.trim_matches(' ').split_once(' ')?;
+    let token = rest.trim_start_matches(' ');
+    let token68 = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.bytes().all(token68))
+        .then_some(token)
+}
+
+/// Whether any credential in an `Authorization` value (a comma-separated list, when a client
+/// sent the header twice over HTTP/1.1) is the Bearer scheme with something after it, however
+/// it is spaced. (`Bearer` alone carries no token: nothing of ours to leak.)
+fn mentions_bearer(value: &str) -> bool {
+    value.split(',').any(|credential| {
+        let mut words = credential
+            .split(|c: char| c.is_ascii_whitespace())
+            .filter(|word| !word.is_empty());
+        words
+            .next()
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer"))
+            && words.next().is_some()
+    })
 }
 
 /// Values of the query parameter `name` in a request target (`/path?query`), percent-decoded.
@@ -1000,6 +1031,39 @@ mod tests {
             extract(&[], "/", &["daytona_authzx=1"], "daytona_authz").unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn a_bearer_credential_that_is_not_exactly_one_token_is_refused() {
+        // Each of these reached the app as is while the cookie authenticated the request.
+        for value in [
+            "Basic dXNlcjpwdw==,Bearer abc",
+            "Basic dXNlcjpwdw==, bearer abc",
+            "Bearer\tabc",
+            "Bearer abc def",
+            "Bearer abc,Bearer abc",
+            "Bearer a:b",
+            "  BEARER\t\tabc",
+        ] {
+            assert_eq!(
+                extract(&[value], "/", &["c=1"], "c"),
+                Err(ExtractError::MalformedAuthorization),
+                "{value:?}"
+            );
+        }
+        // Not ours: left for the app, and the cookie authenticates.
+        for value in [
+            "Basic dXNlcjpwdw==",
+            "Bearer",
+            "Bearer ",
+            "Negotiate bearer",
+            "Digest a=b",
+        ] {
+            let found = extract(&[value], "/", &["c=1"], "c").unwrap().unwrap();
+            assert_eq!(found.source, TokenSource::Cookie, "{value:?}");
+        }
+        let got = one(extract(&["Bearer a.b-c_d~e+f/g=="], "/", &[], "c").unwrap());
+        assert_eq!(got.0, "a.b-c_d~e+f/g==");
     }
 
     #[test]

@@ -924,8 +924,8 @@ async fn a_percent_encoded_token_parameter_works_and_never_reaches_upstream() {
     let cases = [
         (format!("/p?a=1&%61ccess_token={good}&b=2"), "/p?a=1&b=2"),
         (format!("/p?access%5Ftoken={good}"), "/p"),
-        // Envoy rebuilds the query after removing the parameter: a bare `z` becomes `z=`.
-        (format!("/p?access%5ftoken={good}&z"), "/p?z="),
+        // Only the pair is cut out: a bare `z` stays `z` (Envoy's own query removal made it `z=`).
+        (format!("/p?access%5ftoken={good}&z"), "/p?z"),
         (
             format!("/p?%61%63%63%65%73%73%5f%74%6f%6b%65%6e={good}&b=%20x"),
             "/p?b=%20x",
@@ -1433,6 +1433,211 @@ async fn a_sibling_sandbox_page_cannot_read_another_sandbox_with_the_users_cooki
         reply.status,
         reply.headers
     );
+}
+
+#[tokio::test]
+async fn the_cookie_works_only_for_navigations_and_the_sandboxs_own_pages() {
+    let stack = Stack::start().await;
+    let host = stack.host(3000);
+    let sibling = stack.double.create_sandbox().await.id;
+    let port = stack.envoy.port;
+    let own_origin = format!("http://{}:{port}", stack.host(8080));
+    let sibling_origin = format!("http://{}:{port}", host_for(&sibling, 3000));
+    let same_site = format!("http://evil.{PREVIEW_DOMAIN}:{port}");
+    let sibling_page = format!("{sibling_origin}/page");
+    let cookie = format!("daytona_authz={}", stack.token(None));
+    let get = |headers: Vec<(&'static str, String)>| {
+        let stack = &stack;
+        let host = host.clone();
+        let cookie = cookie.clone();
+        async move {
+            let mut all: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            all.push(("cookie", &cookie));
+            stack.get(&host, "/secret", &all).await
+        }
+    };
+    let refused: Vec<Vec<(&'static str, String)>> = vec![
+        // A page of another origin followed a redirect to us: the browser says `null`.
+        vec![("origin", "null".into()), ("sec-fetch-mode", "cors".into())],
+        vec![
+            ("origin", sibling_origin.clone()),
+            ("sec-fetch-site", "same-site".into()),
+        ],
+        vec![
+            ("origin", same_site.clone()),
+            ("sec-fetch-site", "same-site".into()),
+        ],
+        // `<script src>` / `<img>` of another page of the site.
+        vec![
+            ("sec-fetch-site", "same-site".into()),
+            ("sec-fetch-mode", "no-cors".into()),
+        ],
+        vec![
+            ("sec-fetch-site", "cross-site".into()),
+            ("sec-fetch-dest", "script".into()),
+        ],
+        // A browser without Fetch Metadata (plain HTTP) whose Referer names a sibling.
+        vec![("referer", sibling_page.clone())],
+    ];
+    for headers in refused {
+        let reply = get(headers.clone()).await;
+        assert_eq!(reply.status, 403, "{headers:?}: {}", reply.body);
+        assert_eq!(reply.header("access-control-allow-origin"), None);
+    }
+    assert_eq!(
+        forwarded(&stack).await,
+        0,
+        "a refused request reached the sandbox"
+    );
+    let accepted: Vec<Vec<(&'static str, String)>> = vec![
+        vec![
+            ("sec-fetch-mode", "navigate".into()),
+            ("sec-fetch-site", "cross-site".into()),
+        ],
+        vec![
+            ("origin", own_origin.clone()),
+            ("sec-fetch-site", "same-site".into()),
+        ],
+        vec![
+            ("sec-fetch-site", "same-origin".into()),
+            ("sec-fetch-mode", "no-cors".into()),
+        ],
+        vec![],
+    ];
+    let count = accepted.len();
+    for headers in accepted {
+        let reply = get(headers.clone()).await;
+        assert_eq!(reply.status, 200, "{headers:?}: {}", reply.body);
+    }
+    assert_eq!(forwarded(&stack).await, count);
+    // A Bearer token is explicit: where the request came from does not matter.
+    let auth = bearer(&stack.token(None));
+    let reply = stack
+        .get(&host, "/", &[("authorization", &auth), ("origin", "null")])
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_only_reached(&stack, stack.sandbox_id()).await;
+    assert_still_answering(&stack).await;
+}
+
+#[tokio::test]
+async fn our_token_never_reaches_the_app_in_an_authorization_header_we_cannot_read() {
+    let stack = Stack::start().await;
+    let token = stack.token(None);
+    let cookie = format!("daytona_authz={token}");
+    for value in [
+        format!("Basic dXNlcjpwdw==,Bearer {token}"),
+        format!("Bearer\t{token}"),
+        format!("Bearer {token} x"),
+    ] {
+        let reply = stack
+            .get(
+                &stack.host(3000),
+                "/",
+                &[("authorization", &value), ("cookie", &cookie)],
+            )
+            .await;
+        assert_invalid_token(reply.status, &reply.body, &format!("{value:?}"));
+    }
+    assert_eq!(forwarded(&stack).await, 0);
+    // The app's own Basic credentials beside our cookie still reach it, untouched.
+    let reply = stack
+        .get(
+            &stack.host(3000),
+            "/",
+            &[("authorization", "Basic dXNlcjpwdw=="), ("cookie", &cookie)],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        echoed_headers(&reply)["authorization"],
+        ["Basic dXNlcjpwdw=="]
+    );
+    assert_still_answering(&stack).await;
+}
+
+#[tokio::test]
+async fn path_and_query_reach_the_app_byte_for_byte() {
+    let stack = Stack::start().await;
+    let token = stack.token(None);
+    let auth = bearer(&token);
+    // Without a token in the query: exactly as sent.
+    for target in [
+        "/?z=1&a=2&z=3",
+        "/p?a",
+        "/?&&a=1",
+        "/sig?b=%2F+x&a=%7e&b=1;c",
+        "/p/%2Fq?x=%41",
+    ] {
+        let reply = stack
+            .get(&stack.host(3000), target, &[("authorization", &auth)])
+            .await;
+        assert_eq!(reply.status, 200, "{target}: {}", reply.body);
+        assert_eq!(reply.json()["path"], target);
+    }
+    // With one: only that pair goes, whatever its spelling; everything else keeps its bytes.
+    for (target, seen) in [
+        (format!("/?z=1&access_token={token}&a&&z=3"), "/?z=1&a&&z=3"),
+        (format!("/p?%61ccess_token={token}&b=%2F+x"), "/p?b=%2F+x"),
+        (format!("/p?access_token={token}"), "/p"),
+    ] {
+        let reply = stack.get(&stack.host(3000), &target, &[]).await;
+        assert_eq!(reply.status, 200, "{target}: {}", reply.body);
+        assert_eq!(reply.json()["path"], seen, "{target}");
+    }
+    assert_still_answering(&stack).await;
+}
+
+#[tokio::test]
+async fn client_x_envoy_headers_never_reach_the_app() {
+    let stack = Stack::start().await;
+    let auth = bearer(&stack.token(None));
+    let reply = stack
+        .get(
+            &stack.host(3000),
+            "/",
+            &[
+                ("authorization", &auth),
+                ("x-envoy-foo", "1"),
+                ("X-Envoy-Original-Path", "/admin"),
+                ("x-envoy-retry-on", "5xx"),
+                ("x-app", "kept"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let headers = echoed_headers(&reply);
+    let envoys: Vec<&String> = headers
+        .keys()
+        .filter(|n| n.starts_with("x-envoy-"))
+        .collect();
+    assert!(envoys.is_empty(), "{envoys:?} reached the app");
+    assert_eq!(headers["x-app"], ["kept"]);
+}
+
+#[tokio::test]
+async fn a_host_port_suffix_outside_1_to_65535_is_refused() {
+    let stack = Stack::start().await;
+    let token = stack.token(None);
+    let auth = format!("Bearer {token}");
+    for suffix in [":99999", ":65536", ":0"] {
+        let host = format!("{}{suffix}", stack.host(3000));
+        let reply = raw(
+            stack.envoy.port,
+            raw_get("/", &host, &[("authorization", &auth)]),
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{host}: {}", reply.body);
+    }
+    let host = format!("{}:65535", stack.host(3000));
+    let reply = raw(
+        stack.envoy.port,
+        raw_get("/", &host, &[("authorization", &auth)]),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{host}: {}", reply.body);
+    assert_eq!(forwarded(&stack).await, 1);
 }
 
 // ---------------------------------------------------------------------------------------------

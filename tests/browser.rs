@@ -390,6 +390,71 @@ async fn disable_cors_hands_cors_to_the_app() {
     assert_eq!(reply.header("access-control-allow-origin"), None);
     let received = stack.double.proxy_requests().await;
     assert_eq!(received[0].values("x-daytona-disable-cors"), ["true"]);
+
+    // Preflights too: the edge no longer approves what the app's CORS would refuse. The
+    // preflight reaches the app (no end-user credential, the sandbox's preview token), and the
+    // app's answer (here: no CORS headers at all) is what the browser gets.
+    let reply = stack
+        .request(
+            "OPTIONS",
+            &stack.host(3000),
+            "/api/items",
+            &[
+                ("origin", "http://localhost:5173"),
+                ("access-control-request-method", "PUT"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["method"], "OPTIONS");
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+    assert_eq!(reply.header("access-control-allow-credentials"), None);
+    let received = stack.double.proxy_requests().await;
+    let preflight = received.last().unwrap();
+    assert_eq!(preflight.method, "OPTIONS");
+    assert_eq!(
+        preflight.values("x-daytona-preview-token"),
+        [stack.double.sandbox.token.as_str()]
+    );
+    assert_eq!(preflight.values("x-daytona-disable-cors"), ["true"]);
+    assert!(preflight.values("authorization").is_empty());
+    // A plain OPTIONS (not a preflight) still needs a token.
+    let reply = stack.request("OPTIONS", &stack.host(3000), "/", &[]).await;
+    assert_eq!(reply.status, 401);
+}
+
+#[tokio::test]
+async fn cors_allow_origin_approves_only_the_listed_origins() {
+    for extra in [&[][..], &["--disable-cors"][..]] {
+        let mut args = vec!["--cors-allow-origin", "https://app.example.com"];
+        args.extend_from_slice(extra);
+        let stack = Stack::start_with(AuthzOptions::args(&args)).await;
+        let preflight = |origin: &'static str| {
+            let stack = &stack;
+            async move {
+                stack
+                    .request(
+                        "OPTIONS",
+                        &stack.host(3000),
+                        "/api",
+                        &[("origin", origin), ("access-control-request-method", "PUT")],
+                    )
+                    .await
+            }
+        };
+        let reply = preflight("https://app.example.com").await;
+        assert_eq!(reply.status, 204, "{extra:?}: {}", reply.body);
+        assert_eq!(
+            reply.header("access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
+        for origin in ["https://evil.example.com", "null", "http://app.example.com"] {
+            let reply = preflight(origin).await;
+            assert_eq!(reply.status, 403, "{extra:?} {origin}: {}", reply.body);
+            assert_eq!(reply.header("access-control-allow-origin"), None);
+        }
+        assert!(stack.double.proxy_requests().await.is_empty());
+    }
 }
 
 #[tokio::test]

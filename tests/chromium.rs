@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use daytona_authz::token::now;
-use support::{Stack, optional_program, token_for};
+use support::{AuthzOptions, Stack, optional_program, token_for};
 
 /// Chromium gets this long to load the page and print it before it is killed.
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -242,4 +242,228 @@ async fn a_share_link_opens_the_sandbox_app_in_chromium() {
     );
     // Our cookie was the only one, so no Cookie header reaches Daytona at all.
     assert!(received[0].values("cookie").is_empty(), "{:?}", received[0]);
+}
+
+// --- isolation between sandboxes: what another page can do with the user's cookie -------------
+
+/// The preview domain of the isolation tests. Chromium sends Fetch Metadata (`Sec-Fetch-*`) only
+/// to hosts it considers trustworthy: HTTPS, or `localhost` and its subdomains over plain HTTP,
+/// as here. Every `*.preview.localhost` is one site, as every preview host of a real deployment is.
+const LOCAL_DOMAIN: &str = "preview.localhost";
+
+fn local_host(sandbox_id: &str, port: u16) -> String {
+    format!("{port}-{sandbox_id}.{LOCAL_DOMAIN}")
+}
+
+/// Runs headless Chromium on `url` until the page has been idle for a while (its fetches done),
+/// then returns the DOM it ended on.
+async fn dom_after_scripts(chromium: &Path, url: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_bounded(
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--host-resolver-rules=MAP *.preview.localhost 127.0.0.1, MAP * ~NOTFOUND",
+                "--no-proxy-server",
+                // Virtual time waits for pending fetches; the page's own work is bounded by it.
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.path().join("profile").display()
+            ))
+            .arg(url),
+        CHROMIUM_TIMEOUT,
+    )
+    .await;
+    assert!(
+        run.status.success(),
+        "chromium exited with {}:\n{}",
+        run.status,
+        run.stderr
+    );
+    run.stdout
+}
+
+/// A hostile page: it tries to read `victim` (a URL of sandbox A, where the browser holds the
+/// user's cookie) with `fetch` directly, through a redirect of its own origin (`bounce`, if
+/// any), and with `<script src>` / `<img>`; it reads `own` (a URL of its own) as a control.
+/// It writes what it could read into `<pre id="out">` as JSON.
+fn hostile_page(victim: &str, bounce: Option<&str>, own: &str) -> String {
+    let bounce = bounce.map_or("null".to_owned(), |b| format!("{b:?}"));
+    format!(
+        r#"<!DOCTYPE html><html><head><title>hostile</title></head><body>
+<pre id="out">pending</pre>
+<script src="{victim}?via=script"></script>
+<img src="{victim}?via=img">
+<script>
+const victim = {victim:?}, bounce = {bounce}, own = {own:?};
+async function attempt(url) {{
+  try {{
+    const r = await fetch(url, {{ credentials: "include" }});
+    return "READ " + r.status + " " + (await r.text()).slice(0, 300);
+  }} catch (e) {{
+    return "BLOCKED";
+  }}
+}}
+(async () => {{
+  const out = {{}};
+  out.own = await attempt(own);
+  out.direct = await attempt(victim + "?via=fetch");
+  if (bounce) out.redirect = await attempt(bounce + encodeURIComponent(victim + "?via=redirect"));
+  try {{
+    await fetch(victim + "?via=no-cors", {{ mode: "no-cors", credentials: "include" }});
+  }} catch (e) {{}}
+  document.getElementById("out").textContent = JSON.stringify(out);
+}})();
+</script></body></html>"#
+    )
+}
+
+/// What the hostile page wrote, parsed.
+fn page_results(dom: &str) -> serde_json::Value {
+    let start = dom.find("<pre id=\"out\">").expect("the page's output") + 14;
+    let end = start + dom[start..].find("</pre>").expect("the end of the output");
+    let text = dom[start..end]
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&");
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("the page did not finish ({e}): {text}\n{dom}"))
+}
+
+/// Every request sandbox `id`'s app received that the hostile page made (`via=` in the path).
+async fn stolen(stack: &Stack, id: &str) -> Vec<String> {
+    stack
+        .double
+        .proxy_requests()
+        .await
+        .into_iter()
+        .filter(|r| r.host.contains(id) && r.path.contains("via="))
+        .map(|r| format!("{} {} {:?}", r.method, r.path, r.headers))
+        .collect()
+}
+
+async fn local_stack() -> Stack {
+    Stack::start_with(AuthzOptions::args(&["--preview-domain", LOCAL_DOMAIN])).await
+}
+
+/// The user opens a share link of sandbox A (A's cookie is set), and A's own page sends the
+/// browser on to `next` (a top-level navigation, as a link in A's app would).
+fn through_a_share_link(stack: &Stack, a: &str, next: &str) -> String {
+    let token = token_for(a, Some(vec![3000]), now() + 600);
+    format!(
+        "http://{}:{}/redirect?to={}&access_token={token}",
+        local_host(a, 3000),
+        stack.envoy.port,
+        urlencode(next)
+    )
+}
+
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn a_sibling_sandboxs_page_cannot_read_another_sandbox_with_the_users_cookie() {
+    let Some(chromium) = optional_program(
+        "CHROMIUM_BIN",
+        "chromium",
+        "a_sibling_sandboxs_page_cannot_read_another_sandbox_with_the_users_cookie",
+    ) else {
+        return;
+    };
+    let stack = local_stack().await;
+    let a = stack.sandbox_id().to_owned();
+    let b = stack.double.create_sandbox().await.id;
+    let port = stack.envoy.port;
+    let victim = format!("http://{}:{port}/secret", local_host(&a, 3000));
+    let b_origin = format!("http://{}:{port}", local_host(&b, 3000));
+    // B's page, opened with B's own share link (the user may open both sandboxes).
+    let page = hostile_page(
+        &victim,
+        Some(&format!("{b_origin}/redirect?to=")),
+        &format!("{b_origin}/own"),
+    );
+    let b_token = token_for(&b, Some(vec![3000]), now() + 600);
+    let b_link = format!(
+        "{b_origin}/page?html={}&access_token={b_token}",
+        urlencode(&page)
+    );
+    let dom = dom_after_scripts(&chromium, &through_a_share_link(&stack, &a, &b_link)).await;
+    let results = page_results(&dom);
+
+    // The control: B's page reads B itself with B's cookie.
+    assert!(
+        results["own"].as_str().unwrap().starts_with("READ 200"),
+        "{results}"
+    );
+    // Neither directly (Origin: B) nor after B's own redirect (Origin: null).
+    assert_eq!(results["direct"], "BLOCKED", "{results}");
+    assert_eq!(results["redirect"], "BLOCKED", "{results}");
+    // And no request of B's page, `<script>`, `<img>` and no-cors fetch included, ever reached
+    // A's app: each was refused at the edge.
+    assert_eq!(stolen(&stack, &a).await, Vec::<String>::new());
+    // The user's own navigation into A worked (the share link, then A's page).
+    assert!(
+        stack
+            .double
+            .proxy_requests()
+            .await
+            .iter()
+            .any(|r| r.host.contains(&a) && r.path.starts_with("/redirect")),
+        "A's page was never opened"
+    );
+}
+
+#[tokio::test]
+async fn a_same_site_page_outside_the_sandboxes_cannot_read_one_with_the_users_cookie() {
+    let Some(chromium) = optional_program(
+        "CHROMIUM_BIN",
+        "chromium",
+        "a_same_site_page_outside_the_sandboxes_cannot_read_one_with_the_users_cookie",
+    ) else {
+        return;
+    };
+    let stack = local_stack().await;
+    let a = stack.sandbox_id().to_owned();
+    let victim = format!(
+        "http://{}:{}/secret",
+        local_host(&a, 3000),
+        stack.envoy.port
+    );
+    // `evil.preview.localhost`: same site as every preview host, but no sandbox of ours.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let evil = format!(
+        "http://evil.{LOCAL_DOMAIN}:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let page = hostile_page(&victim, None, &format!("{evil}/"));
+    let server = tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || {
+                let page = page.clone();
+                async move { axum::response::Html(page) }
+            }),
+        );
+        axum::serve(listener, app).await.unwrap();
+    });
+
+    let dom = dom_after_scripts(&chromium, &through_a_share_link(&stack, &a, &evil)).await;
+    server.abort();
+    let results = page_results(&dom);
+    assert!(
+        results["own"].as_str().unwrap().starts_with("READ 200"),
+        "{results}"
+    );
+    assert_eq!(results["direct"], "BLOCKED", "{results}");
+    assert_eq!(stolen(&stack, &a).await, Vec::<String>::new());
 }

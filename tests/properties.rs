@@ -259,6 +259,7 @@ fn policy(domain: &str) -> Policy {
         cookie_name: OURS.to_owned(),
         login_url: None,
         disable_cors: false,
+        cors_allow_origins: Vec::new(),
         introspection: false,
         jwks: false,
     }
@@ -556,6 +557,7 @@ proptest! {
                             prop_assert!(cookies.iter().any(|h| h.contains(candidate.as_ref())));
                             prop_assert!(cookie_values(&cookie_refs, OURS).any(|v| v == *candidate));
                         }
+                        TokenSource::None => prop_assert!(false, "a token found with no source"),
                     }
                 }
             }
@@ -576,7 +578,7 @@ proptest! {
     fn share_link_redirects_and_forwarded_requests_drop_every_token_spelling(
         id in uuid(),
         segment in "[a-z0-9/]{0,8}",
-        mut others in other_query_pairs(),
+        others in other_query_pairs(),
         spelling in token_parameter_spelling(),
         at in any::<prop::sample::Index>(),
         fragment in prop::option::of("[a-z=&]{0,8}"),
@@ -592,7 +594,7 @@ proptest! {
             path.push('#');
             path.push_str(fragment);
         }
-        others.retain(|p| !p.is_empty());
+        // Every other pair keeps its bytes and its place, empty ones too.
         let expected = if others.is_empty() {
             format!("/{segment}")
         } else {
@@ -609,7 +611,7 @@ proptest! {
         let location = reply.headers.iter().find(|(n, _)| *n == "location").map(|(_, v)| v.clone());
         prop_assert_eq!(location.as_deref(), Some(expected.as_str()));
 
-        // A script: forwarded, and told to remove the spelling used (raw) and the plain name.
+        // A script: forwarded with that same target (the fragment, if any, kept).
         let script = request(&host, &path, &[]);
         let authorized = match authorize(&script, &policy(domain)) {
             Ok(Verdict::Forward(authorized)) => authorized,
@@ -617,13 +619,32 @@ proptest! {
         };
         prop_assert_eq!(authorized.source, TokenSource::QueryParameter);
         let allow = decision::allow(&script, &authorized, &preview(&authorized.target), &policy(domain));
-        prop_assert!(allow.remove_query_parameters.iter().any(|n| n == spelling));
-        prop_assert!(allow.remove_query_parameters.iter().any(|n| n == QUERY_PARAMETER));
-        // Nothing else the client sent is removed from the query.
-        for pair in &others {
-            let name = pair.split_once('=').map_or(pair.as_str(), |(n, _)| n);
-            prop_assert!(!allow.remove_query_parameters.iter().any(|n| n == name), "{name} removed");
+        let mut target = expected.clone();
+        if let Some(fragment) = &fragment {
+            target.push('#');
+            target.push_str(fragment);
         }
+        prop_assert_eq!(allow.path.as_deref(), Some(target.as_str()));
+    }
+
+    #[test]
+    fn without_a_token_in_the_query_the_target_is_left_alone(
+        id in uuid(),
+        segment in "[a-z0-9/%]{0,8}",
+        others in other_query_pairs(),
+    ) {
+        let domain = "preview.example.com";
+        let host = format!("3000-{id}.{domain}");
+        let token = sign(&id);
+        let bearer = format!("Bearer {token}");
+        let path = format!("/{segment}?{}", others.join("&"));
+        let script = request(&host, &path, &[("authorization", &bearer)]);
+        let authorized = match authorize(&script, &policy(domain)) {
+            Ok(Verdict::Forward(authorized)) => authorized,
+            other => return Err(TestCaseError::fail(format!("{path}: {other:?}"))),
+        };
+        let allow = decision::allow(&script, &authorized, &preview(&authorized.target), &policy(domain));
+        prop_assert_eq!(allow.path, None);
     }
 
     #[test]

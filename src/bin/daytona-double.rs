@@ -17,8 +17,9 @@
 //!   the sandbox; with `--proxy-tls-cert`/`--proxy-tls-key` it serves HTTPS (HTTP/1.1 over TLS)
 //!   and the API hands out `https://` preview URLs, as Daytona cloud does;
 //! * a built-in **sandbox app** behind the proxy: JSON echo of the request as the sandbox sees it,
-//!   WebSocket echo, server-sent events, an HTML page, a cookie setter; port 9999 plays "nothing
-//!   listening" (502, empty body).
+//!   WebSocket echo, server-sent events, an HTML page, a cookie setter, any page given in the
+//!   query (`/page?html=`) and a redirect (`/redirect?to=`); port 9999 plays "nothing listening"
+//!   (502, empty body).
 //!
 //! Tests steer and observe it through `/_double/*` on the API listener: call counters for the
 //! preview-url endpoint, sandbox creation and restart (which regenerates the preview token, as
@@ -926,6 +927,8 @@ async fn sandbox_app(target: &Target, req: Request) -> Response {
         (&Method::GET, "/sse") => server_sent_events(req.uri()),
         (&Method::GET, "/html") => html_page(target),
         (&Method::GET, "/cookie") => set_cookie(target, req).await,
+        (&Method::GET, "/page") => page_from_query(req.uri()),
+        (&Method::GET, "/redirect") => redirect_from_query(req.uri()),
         _ => echo(target, req).await,
     }
 }
@@ -986,6 +989,20 @@ fn html_page(target: &Target) -> Response {
         target.sandbox_id
     ))
     .into_response()
+}
+
+/// `GET /page?html=H`: the page H. A sandbox runs whatever code its owner (or an attacker) put
+/// there; the browser tests use this to play a hostile sandbox's page.
+fn page_from_query(uri: &Uri) -> Response {
+    Html(query_param(uri, "html").unwrap_or_default()).into_response()
+}
+
+/// `GET /redirect?to=URL`: 302 to URL (the first step of a cross-origin redirect).
+fn redirect_from_query(uri: &Uri) -> Response {
+    match query_param(uri, "to").map(|to| HeaderValue::from_str(&to)) {
+        Some(Ok(location)) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
+        _ => (StatusCode::BAD_REQUEST, "to is required\n").into_response(),
+    }
 }
 
 /// `GET /cookie?name=N&value=V`: sets the cookie, otherwise answers like the echo.

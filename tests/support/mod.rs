@@ -538,8 +538,12 @@ impl Authz {
                 "DAYTONA_AUTHZ_REVOCATION_DB",
                 state.path().join("revocations.redb"),
             )
-            .args(["--daytona-api-url", api_url])
-            .args(["--preview-domain", PREVIEW_DOMAIN])
+            .args(["--daytona-api-url", api_url]);
+        // The tests' preview domain, unless the test named its own.
+        if !options.extra_args.iter().any(|a| a == "--preview-domain") {
+            command.args(["--preview-domain", PREVIEW_DOMAIN]);
+        }
+        command
             .args(&options.extra_args)
             .env("DAYTONA_API_KEY", API_KEY)
             .env("DAYTONA_AUTHZ_JWT_SECRET", JWT_SECRET)
