@@ -591,7 +591,9 @@ pub struct RevokeArgs {
     /// Revoke the access token with this `jti` (printed by `mint`).
     #[arg(long, value_name = "JTI")]
     pub jti: Option<String>,
-    /// When that token expires (unix seconds), so the revocation can be forgotten afterwards.
+    /// When that token expires (its `exp`, unix seconds, printed by `mint`), so the revocation
+    /// can be forgotten afterwards; must not be in the past. Without it the revocation is kept
+    /// for good.
     #[arg(long, requires = "jti", value_name = "UNIX_SECONDS")]
     pub expires_at: Option<u64>,
     /// Revoke every access token for this sandbox.
