@@ -35,8 +35,8 @@
 //! Until that succeeds the mirror is not refreshed, so after a second `check` fails closed. Each
 //! such restore logs an error and counts in `daytona_authz_revocation_store_restores_total`. What
 //! is lost for good: revocations no running replica had mirrored yet (written less than one
-//! refresh, 250 ms, before the loss), and the lifting of a sandbox revocation in that window comes
-//! back as a revocation (lift it again).
+//! refresh, 250 ms, before the loss); and a sandbox lifted in that window, or while replicas are
+//! restoring, may come back revoked (lift it again).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -718,12 +718,11 @@ return n
 /// added and the epoch afterwards.
 const RESTORE_SCRIPT: &str = r"
 -- KEYS: revoked-jtis, revoked-sandboxes, seq, changes, epoch
--- ARGV: epoch candidate, 'new' (replace the epoch) or 'nx' (set it if there is none), log
+-- ARGV: epoch candidate, the epoch to replace ('' for none: only set one if missing), log
 --       length, then (op, subject, forget_after) triples, op 't' (token) or 's+' (sandbox)
-if ARGV[2] == 'new' then
+local epoch = redis.call('GET', KEYS[5])
+if not epoch or (ARGV[2] ~= '' and epoch == ARGV[2]) then
   redis.call('SET', KEYS[5], ARGV[1])
-else
-  redis.call('SET', KEYS[5], ARGV[1], 'NX')
 end
 local written = 0
 for i = 4, #ARGV, 3 do
@@ -996,9 +995,10 @@ impl RedisLink {
 
     /// Writes every revocation the mirror holds into Redis (tokens not yet forgotten, keeping the
     /// later expiry; sandboxes), logging each one Redis lacked as a change so that replicas
-    /// already on the current epoch pick it up. `fresh_epoch`: replace the epoch (Redis went
-    /// back in time under the old one, so its change numbers are reused), else set one only if
-    /// there is none. Returns how many were written and the epoch Redis holds afterwards.
+    /// already on the current epoch pick it up. `fresh_epoch`: replace the epoch if it is still
+    /// the mirror's (Redis went back in time under it, so its change numbers are reused; a
+    /// replica that noticed first has already replaced it), else set one only if there is none.
+    /// Returns how many were written and the epoch Redis holds afterwards.
     async fn restore(
         &self,
         shared: &Shared,
@@ -1032,7 +1032,10 @@ impl RedisLink {
                 .key(&self.keys.changes)
                 .key(&self.keys.epoch)
                 .arg(random_epoch())
-                .arg(if first && fresh_epoch { "new" } else { "nx" })
+                .arg(match &self.epoch {
+                    Some(old) if first && fresh_epoch => old.as_str(),
+                    _ => "",
+                })
                 .arg(CHANGE_LOG_LEN);
             for (op, subject, forget_after) in chunk {
                 call.arg(*op).arg(&**subject).arg(*forget_after);
@@ -2042,9 +2045,9 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            // Both may notice at once and each start an epoch: then one of them goes round again.
-            within(Duration::from_secs(2), || a.restores() >= 1
-                && b.restores() >= 1)
+            // Each once: whichever notices second finds the epoch already replaced.
+            within(Duration::from_secs(2), || a.restores() == 1
+                && b.restores() == 1)
             .await,
             "restores: a {}, b {}",
             a.restores(),
