@@ -345,6 +345,31 @@ pub mod client {
 
     #[cfg(test)]
     mod tests {
+        use clap::Parser;
+
+        #[test]
+        fn expires_at_takes_unix_seconds_or_rfc3339() {
+            let parse = |value: &str| {
+                let argv = [
+                    "daytona-authz",
+                    "revoke",
+                    "--jti",
+                    "j",
+                    "--expires-at",
+                    value,
+                ];
+                match crate::config::Cli::try_parse_from(argv).map(|cli| cli.command) {
+                    Ok(crate::config::Command::Revoke(args)) => Ok(args.expires_at),
+                    Ok(_) => unreachable!(),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            assert_eq!(parse("1700000000"), Ok(Some(1_700_000_000)));
+            assert_eq!(parse("2023-11-14T22:13:20Z"), Ok(Some(1_700_000_000)));
+            assert!(parse("tomorrow").unwrap_err().contains("RFC 3339"));
+            assert!(parse("-5").is_err());
+        }
+
         #[test]
         fn an_expiry_in_the_past_is_refused_before_calling() {
             let refused = super::refuse_past_expiry(1_700_000_000, 1_700_000_001).unwrap_err();
