@@ -76,9 +76,6 @@ fn sandbox_id(text: &str) -> Result<String, Status> {
     }
 }
 
-/// Jtis revoked without an expiry are kept this long.
-const DEFAULT_REVOCATION_RETENTION: u64 = 366 * 24 * 3600;
-
 #[tonic::async_trait]
 impl<S: PreviewSource> Admin for AdminService<S> {
     async fn mint_link(
@@ -123,14 +120,12 @@ impl<S: PreviewSource> Admin for AdminService<S> {
         request: Request<RevokeTokenRequest>,
     ) -> Result<Response<RevokeTokenResponse>, Status> {
         let request = request.into_inner();
-        let expires_at = request
-            .expires_at
-            .unwrap_or_else(|| token::now() + DEFAULT_REVOCATION_RETENTION);
+        // Without the token's expiry the revocation is kept for good (see revocation.rs).
         self.revocations()?
-            .revoke_token(&request.jti, expires_at)
+            .revoke_token(&request.jti, request.expires_at)
             .await
             .map_err(store_status)?;
-        tracing::info!(jti = %request.jti, "token revoked");
+        tracing::info!(jti = %request.jti, expires_at = request.expires_at, "token revoked");
         Ok(Response::new(RevokeTokenResponse {}))
     }
 
@@ -297,9 +292,12 @@ pub mod client {
     /// Returns what to print.
     pub fn revoke(args: &RevokeArgs) -> Result<String, ConfigError> {
         block_on(async {
-            let mut client = connect(&args.admin).await?;
             match (&args.jti, &args.sandbox) {
                 (Some(jti), _) => {
+                    if let Some(at) = args.expires_at {
+                        refuse_past_expiry(at, crate::token::now())?;
+                    }
+                    let mut client = connect(&args.admin).await?;
                     client
                         .revoke_token(pb::RevokeTokenRequest {
                             jti: jti.clone(),
@@ -310,7 +308,8 @@ pub mod client {
                     Ok(format!("revoked token {jti}\n"))
                 }
                 (None, Some(sandbox)) => {
-                    client
+                    connect(&args.admin)
+                        .await?
                         .revoke_sandbox(pb::RevokeSandboxRequest {
                             sandbox_id: sandbox.clone(),
                             lift: args.lift,
@@ -326,5 +325,60 @@ pub mod client {
                 (None, None) => Err(ConfigError("give --jti or --sandbox".into())),
             }
         })
+    }
+
+    /// `--expires-at` in the past would revoke nothing (the server refuses it too): most likely
+    /// it is not the token's `exp`.
+    fn refuse_past_expiry(expires_at: u64, now: u64) -> Result<(), ConfigError> {
+        if expires_at >= now {
+            return Ok(());
+        }
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires_at),
+        );
+        Err(ConfigError(format!(
+            "--expires-at: {expires_at} ({when}) is in the past, so nothing would be revoked; give \
+             the token's own exp (`mint` prints it), or leave --expires-at out to keep the \
+             revocation for good"
+        )))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use clap::Parser;
+
+        #[test]
+        fn expires_at_takes_unix_seconds_or_rfc3339() {
+            let parse = |value: &str| {
+                let argv = [
+                    "daytona-authz",
+                    "revoke",
+                    "--jti",
+                    "j",
+                    "--expires-at",
+                    value,
+                ];
+                match crate::config::Cli::try_parse_from(argv).map(|cli| cli.command) {
+                    Ok(crate::config::Command::Revoke(args)) => Ok(args.expires_at),
+                    Ok(_) => unreachable!(),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            assert_eq!(parse("1700000000"), Ok(Some(1_700_000_000)));
+            assert_eq!(parse("2023-11-14T22:13:20Z"), Ok(Some(1_700_000_000)));
+            assert!(parse("tomorrow").unwrap_err().contains("RFC 3339"));
+            assert!(parse("-5").is_err());
+        }
+
+        #[test]
+        fn an_expiry_in_the_past_is_refused_before_calling() {
+            let refused = super::refuse_past_expiry(1_700_000_000, 1_700_000_001).unwrap_err();
+            assert!(refused.to_string().contains("--expires-at"), "{refused}");
+            assert!(
+                refused.to_string().contains("2023-11-14T22:13:20Z"),
+                "{refused}"
+            );
+            assert!(super::refuse_past_expiry(1_700_000_001, 1_700_000_001).is_ok());
+        }
     }
 }

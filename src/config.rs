@@ -602,8 +602,10 @@ pub struct RevokeArgs {
     /// Revoke the access token with this `jti` (printed by `mint`).
     #[arg(long, value_name = "JTI")]
     pub jti: Option<String>,
-    /// When that token expires (unix seconds), so the revocation can be forgotten afterwards.
-    #[arg(long, requires = "jti", value_name = "UNIX_SECONDS")]
+    /// When that token expires (its `exp`: unix seconds, or RFC 3339 as `mint` prints it), so
+    /// the revocation can be forgotten afterwards; must not be in the past. Without it the
+    /// revocation is kept for good.
+    #[arg(long, requires = "jti", value_name = "TIME", value_parser = expiry)]
     pub expires_at: Option<u64>,
     /// Revoke every access token for this sandbox.
     #[arg(long, value_name = "ID")]
@@ -613,6 +615,20 @@ pub struct RevokeArgs {
     pub lift: bool,
     #[command(flatten)]
     pub admin: AdminClientArgs,
+}
+
+/// `revoke --expires-at`: unix seconds, or an RFC 3339 time such as `2030-01-01T00:00:00Z`.
+fn expiry(text: &str) -> Result<u64, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(seconds);
+    }
+    humantime::parse_rfc3339(text)
+        .ok()
+        .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|since| since.as_secs())
+        .ok_or_else(|| {
+            format!("{text:?} is neither unix seconds nor an RFC 3339 time (2030-01-01T00:00:00Z)")
+        })
 }
 
 #[derive(Debug, Args)]

@@ -70,6 +70,7 @@ pub struct Metrics {
     introspection_seconds: Histogram,
     introspection_cache_hits: Counter,
     introspection_cache_misses: Counter,
+    revocation_store_restores: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -194,6 +195,13 @@ impl Metrics {
             "Token introspections that needed (or waited on) a call to the endpoint",
             introspection_cache_misses.clone(),
         );
+        let revocation_store_restores = Counter::default();
+        registry.register(
+            "revocation_store_restores",
+            "Times Redis was found to have lost revocations (restarted without persistence, \
+             flushed, failed over to a stale replica) and this replica wrote back the ones it held",
+            revocation_store_restores.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -220,7 +228,13 @@ impl Metrics {
             introspection_seconds,
             introspection_cache_hits,
             introspection_cache_misses,
+            revocation_store_restores,
         }
+    }
+
+    /// The counter the Redis revocation store bumps each time it restores lost data.
+    pub fn revocation_store_restores(&self) -> Counter {
+        self.revocation_store_restores.clone()
     }
 
     pub fn decision(&self, result: &'static str, reason: &'static str, elapsed: Duration) {

@@ -14,15 +14,29 @@
 //!   caller fails closed.
 //!
 //! A revoked token is remembered until its `exp` plus [`EXPIRY_GRACE_SECS`] (the token verifier
-//! allows some clock skew past `exp`; the grace must cover it), then forgotten. A revoked sandbox
-//! is remembered until [`Revocations::unrevoke_sandbox`].
+//! allows some clock skew past `exp`; the grace must cover it), then forgotten; when its `exp` is
+//! not known, for good ([`KEEP_FOREVER`]): no shorter bound is safe, since a token whose `exp` lies
+//! beyond `--max-token-lifetime` is only refused until that much time remains, then works. A
+//! revoked sandbox is remembered until [`Revocations::unrevoke_sandbox`].
 //!
 //! Redis layout, under a configurable prefix (default `daytona-authz:`): `revoked-jtis` (sorted
 //! set, jti scored by when it may be forgotten), `revoked-sandboxes` (set), `seq` (counter, one
 //! per write), `changes` (sorted set, the last writes scored by `seq`), `epoch` (random, set by
-//! the first writer or reader; a new value means the data was lost and must be reloaded). Redis
-//! must not evict these keys (`maxmemory-policy noeviction`, or no `maxmemory`) and should persist
-//! them (AOF), or a restart forgets every revocation.
+//! the first writer or reader: the generation of the data set). Redis must not evict these keys
+//! (`maxmemory-policy noeviction`, or no `maxmemory`) and should persist them (AOF).
+//!
+//! **Redis losing the data.** A Redis restarted without persistence, flushed, or failed over to a
+//! replica that had not caught up answers "no revocations" as calmly as a healthy one. Every
+//! replica remembers the epoch its mirror was loaded under and the last `seq` it applied; an epoch
+//! missing or changed, or a `seq` gone backwards, means Redis lost data. The replica then does not
+//! take Redis's word for it: its mirror stays as it was (so `check` keeps refusing what was
+//! revoked), it writes every revocation the mirror holds back into Redis (keeping the later expiry
+//! of each token, logging what it added so the other replicas pick it up), and only then reloads.
+//! Until that succeeds the mirror is not refreshed, so after a second `check` fails closed. Each
+//! such restore logs an error and counts in `daytona_authz_revocation_store_restores_total`. What
+//! is lost for good: revocations no running replica had mirrored yet (written less than one
+//! refresh, 250 ms, before the loss); and a sandbox lifted in that window, or while replicas are
+//! restoring, may come back revoked (lift it again).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -31,6 +45,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
 use redb::{ReadableTable, TableDefinition};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -53,6 +68,10 @@ pub const MAX_JTI_BYTES: usize = 256;
 /// Latest accepted `expires_at`: 9999-12-31T23:59:59Z. Also keeps Redis scores (doubles) exact.
 const MAX_EXPIRES_AT: u64 = 253_402_300_799;
 
+/// The "forget after" of a token revoked without a known expiry: never reached (2^53 seconds is
+/// hundreds of millions of years, and exact as a Redis score), so it is never pruned.
+pub const KEEP_FOREVER: u64 = 1 << 53;
+
 /// How old the Redis mirror may get before `check` stops trusting it.
 const MAX_STALENESS: Duration = Duration::from_secs(1);
 
@@ -69,6 +88,12 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bounds one write to Redis, and connecting at start.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bounds writing the mirror back into Redis after it lost its data.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Revocations written back per restore script call, so Redis is never blocked for long.
+const RESTORE_CHUNK: usize = 1000;
 
 /// After this long without a good refresh, a new connection replaces the current one (again
 /// every so long while it lasts).
@@ -175,7 +200,7 @@ impl Revocations {
                 path.display()
             ))
         })?;
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::new(Counter::default()));
         let store = LocalStore {
             db: Arc::new(db),
             write_lock: Arc::new(Mutex::new(())),
@@ -192,8 +217,13 @@ impl Revocations {
 
     /// Connects to Redis at `url` (`redis://[:password@]host[:port][/db]`), loads every
     /// revocation under `key_prefix` and starts the refresh task. Fails if Redis cannot be reached
-    /// now. Must run inside a Tokio runtime.
-    pub async fn connect_redis(url: &str, key_prefix: &str) -> Result<Self, RevocationError> {
+    /// now. Must run inside a Tokio runtime. `restores` counts the times Redis was found to have
+    /// lost our data and this replica wrote its copy back (see the module documentation).
+    pub async fn connect_redis(
+        url: &str,
+        key_prefix: &str,
+        restores: Counter,
+    ) -> Result<Self, RevocationError> {
         if key_prefix.is_empty()
             || key_prefix.len() > 128
             || key_prefix
@@ -216,14 +246,14 @@ impl Revocations {
                 .map_err(|e| context("cannot connect", e))?,
         );
 
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::new(restores));
         let mut link = RedisLink {
             conn: Arc::clone(&conn),
             keys: Keys::new(key_prefix),
             epoch: None,
         };
         let started = shared.clock_ms();
-        bounded(RELOAD_TIMEOUT, link.reload(&shared, unix_now()))
+        bounded(RELOAD_TIMEOUT, link.reload(&shared, unix_now(), None))
             .await
             .map_err(|e| context("cannot load revocations", e))?;
         shared.mark_refreshed(started);
@@ -241,20 +271,20 @@ impl Revocations {
         })
     }
 
-    /// Revokes the token with this `jti` until `expires_at` (its `exp`, unix seconds) plus
-    /// [`EXPIRY_GRACE_SECS`]. A token already past that needs nothing and is accepted as done.
-    pub async fn revoke_token(&self, jti: &str, expires_at: u64) -> Result<(), RevocationError> {
+    /// Revokes the token with this `jti`: until `expires_at` (its `exp`, unix seconds) plus
+    /// [`EXPIRY_GRACE_SECS`], or for good when its expiry is not known (`None`). An `expires_at`
+    /// in the past is refused: it would revoke nothing, and is most likely not the token's `exp`.
+    pub async fn revoke_token(
+        &self,
+        jti: &str,
+        expires_at: Option<u64>,
+    ) -> Result<(), RevocationError> {
         validate_jti(jti)?;
-        if expires_at > MAX_EXPIRES_AT {
-            return Err(RevocationError::Invalid(
-                "expires_at is past the year 9999".into(),
-            ));
-        }
         let now = unix_now();
-        let forget_after = expires_at + EXPIRY_GRACE_SECS;
-        if forget_after < now {
-            return Ok(());
-        }
+        let forget_after = match expires_at {
+            None => KEEP_FOREVER,
+            Some(at) => forget_after(at, now)?,
+        };
         self.write(
             Change::Token {
                 jti: jti.into(),
@@ -324,6 +354,11 @@ impl Revocations {
             Backend::Local(_) => "local",
             Backend::Redis(_) => "redis",
         }
+    }
+
+    /// Times Redis was found to have lost data and this replica wrote its revocations back.
+    pub fn restores(&self) -> u64 {
+        self.shared.restores.get()
     }
 
     /// How many revocations the mirror holds.
@@ -434,14 +469,17 @@ struct Shared {
     origin: Instant,
     /// Milliseconds after `origin` when the last successful Redis refresh started.
     refreshed_at_ms: AtomicU64,
+    /// Times Redis was found to have lost data and the mirror was written back.
+    restores: Counter,
 }
 
 impl Shared {
-    fn new() -> Self {
+    fn new(restores: Counter) -> Self {
         Shared {
             mirror: RwLock::new(Mirror::default()),
             origin: Instant::now(),
             refreshed_at_ms: AtomicU64::new(0),
+            restores,
         }
     }
 
@@ -675,6 +713,40 @@ redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[7]) + 1))
 return n
 ";
 
+/// Writes revocations a replica holds back into Redis after it lost them: each token (keeping the
+/// later expiry) and sandbox Redis lacks is added and logged like a write. Returns how many were
+/// added and the epoch afterwards.
+const RESTORE_SCRIPT: &str = r"
+-- KEYS: revoked-jtis, revoked-sandboxes, seq, changes, epoch
+-- ARGV: epoch candidate, the epoch to replace ('' for none: only set one if missing), log
+--       length, then (op, subject, forget_after) triples, op 't' (token) or 's+' (sandbox)
+local epoch = redis.call('GET', KEYS[5])
+if not epoch or (ARGV[2] ~= '' and epoch == ARGV[2]) then
+  redis.call('SET', KEYS[5], ARGV[1])
+end
+local written = 0
+for i = 4, #ARGV, 3 do
+  local op, subject, forget_after = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local added = false
+  if op == 't' then
+    local current = redis.call('ZSCORE', KEYS[1], subject)
+    if not current or tonumber(current) < tonumber(forget_after) then
+      redis.call('ZADD', KEYS[1], forget_after, subject)
+      added = true
+    end
+  else
+    added = redis.call('SADD', KEYS[2], subject) == 1
+  end
+  if added then
+    local n = redis.call('INCR', KEYS[3])
+    redis.call('ZADD', KEYS[4], n, n .. '|' .. op .. '|' .. forget_after .. '|' .. subject)
+    written = written + 1
+  end
+end
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[3]) + 1))
+return {written, redis.call('GET', KEYS[5])}
+";
+
 #[derive(Debug, Clone)]
 struct Keys {
     tokens: String,
@@ -862,8 +934,13 @@ impl RedisLink {
             .await?;
         let seq = seq.unwrap_or(0);
         if epoch.is_none() || epoch != self.epoch || seq < last {
-            // Redis lost its data (restart without persistence, flush, failover): start over.
-            return bounded(RELOAD_TIMEOUT, self.reload(shared, now)).await;
+            // Redis lost its data (restart without persistence, flush, failover to a replica
+            // that was behind), or another replica already found that out and restored its copy:
+            // the mirror is right, Redis is not.
+            let rolled_back = epoch.is_some() && epoch == self.epoch;
+            return self
+                .recover(shared, now, rolled_back, epoch.is_none())
+                .await;
         }
         if seq == last {
             return Ok(());
@@ -880,12 +957,110 @@ impl RedisLink {
                 Ok(())
             }
             // The log was trimmed past us (or holds something we cannot read): reload.
-            None => bounded(RELOAD_TIMEOUT, self.reload(shared, now)).await,
+            None => {
+                let epoch = self.epoch.clone();
+                bounded(RELOAD_TIMEOUT, self.reload(shared, now, epoch.as_deref())).await
+            }
         }
     }
 
-    /// Replaces the mirror with everything in Redis.
-    async fn reload(&mut self, shared: &Shared, now: u64) -> Result<(), RevocationError> {
+    /// Writes the mirror back into Redis, then reloads from it. The mirror is left untouched
+    /// until the reload, which then holds everything it held (and whatever Redis gained).
+    async fn recover(
+        &mut self,
+        shared: &Shared,
+        now: u64,
+        rolled_back: bool,
+        missing: bool,
+    ) -> Result<(), RevocationError> {
+        let (written, epoch) =
+            bounded(RESTORE_TIMEOUT, self.restore(shared, now, rolled_back)).await?;
+        bounded(RELOAD_TIMEOUT, self.reload(shared, now, Some(&epoch))).await?;
+        shared.restores.inc();
+        tracing::error!(
+            backend = "redis",
+            written,
+            cause = if missing {
+                "generation marker missing (restarted without persistence, or flushed)"
+            } else if rolled_back {
+                "change counter went backwards (failover to a replica that was behind)"
+            } else {
+                "generation marker changed (another replica restored first, or another Redis)"
+            },
+            "Redis lost revocations: this replica wrote back every revocation it held; make \
+             Redis persist its data (appendonly yes) and never evict these keys"
+        );
+        Ok(())
+    }
+
+    /// Writes every revocation the mirror holds into Redis (tokens not yet forgotten, keeping the
+    /// later expiry; sandboxes), logging each one Redis lacked as a change so that replicas
+    /// already on the current epoch pick it up. `fresh_epoch`: replace the epoch if it is still
+    /// the mirror's (Redis went back in time under it, so its change numbers are reused; a
+    /// replica that noticed first has already replaced it), else set one only if there is none.
+    /// Returns how many were written and the epoch Redis holds afterwards.
+    async fn restore(
+        &self,
+        shared: &Shared,
+        now: u64,
+        fresh_epoch: bool,
+    ) -> Result<(u64, String), RevocationError> {
+        // (op, subject, forget_after), copied so the lock is not held across the writes.
+        let entries: Vec<(&str, Box<str>, u64)> = {
+            let mirror = shared.read();
+            mirror
+                .tokens
+                .iter()
+                .filter(|&(_, &forget_after)| forget_after >= now)
+                .map(|(jti, &forget_after)| ("t", jti.clone(), forget_after))
+                .chain(mirror.sandboxes.iter().map(|id| ("s+", id.clone(), 0)))
+                .collect()
+        };
+        let script = redis::Script::new(RESTORE_SCRIPT);
+        let mut written = 0;
+        let mut epoch = String::new();
+        // At least one call, even with nothing to write: it sets the epoch.
+        let mut chunks = entries.chunks(RESTORE_CHUNK).peekable();
+        let empty: &[(&str, Box<str>, u64)] = &[];
+        let mut first = true;
+        while first || chunks.peek().is_some() {
+            let chunk = chunks.next().unwrap_or(empty);
+            let mut call = script.prepare_invoke();
+            call.key(&self.keys.tokens)
+                .key(&self.keys.sandboxes)
+                .key(&self.keys.seq)
+                .key(&self.keys.changes)
+                .key(&self.keys.epoch)
+                .arg(random_epoch())
+                .arg(match &self.epoch {
+                    Some(old) if first && fresh_epoch => old.as_str(),
+                    _ => "",
+                })
+                .arg(CHANGE_LOG_LEN);
+            for (op, subject, forget_after) in chunk {
+                call.arg(*op).arg(&**subject).arg(*forget_after);
+            }
+            let (n, current): (u64, String) = call
+                .invoke_async(&mut self.conn.get())
+                .await
+                .map_err(redis_error)?;
+            written += n;
+            epoch = current;
+            first = false;
+        }
+        Ok((written, epoch))
+    }
+
+    /// Replaces the mirror with everything in Redis. `expected`: the epoch the data must be
+    /// under (`None`, at start: whatever Redis holds); when that is the mirror's own epoch, the
+    /// data must not be behind the mirror either. Otherwise Redis changed under us: the mirror
+    /// is kept and the next refresh finds out why.
+    async fn reload(
+        &mut self,
+        shared: &Shared,
+        now: u64,
+        expected: Option<&str>,
+    ) -> Result<(), RevocationError> {
         let (epoch, seq, tokens, sandboxes): Snapshot = redis::pipe()
             .atomic()
             .cmd("SET")
@@ -907,6 +1082,15 @@ impl RedisLink {
             .query_async(&mut self.conn.get())
             .await
             .map_err(redis_error)?;
+        if let Some(expected) = expected {
+            let behind =
+                self.epoch.as_deref() == Some(expected) && seq.unwrap_or(0) < shared.read().seq;
+            if epoch.as_deref() != Some(expected) || behind {
+                return Err(RevocationError::Redis(
+                    "the revocations changed generation during a reload; the mirror is kept".into(),
+                ));
+            }
+        }
         let mirror = Mirror {
             tokens: tokens
                 .into_iter()
@@ -1031,6 +1215,24 @@ fn validate_jti(jti: &str) -> Result<(), RevocationError> {
     Ok(())
 }
 
+/// When a revocation of a token expiring at `expires_at` may be forgotten.
+fn forget_after(expires_at: u64, now: u64) -> Result<u64, RevocationError> {
+    if expires_at > MAX_EXPIRES_AT {
+        return Err(RevocationError::Invalid(
+            "expires_at is past the year 9999".into(),
+        ));
+    }
+    if expires_at < now {
+        return Err(RevocationError::Invalid(format!(
+            "expires_at {expires_at} is {} s in the past: such a revocation would revoke \
+             nothing. Give the token's own exp, or leave expires_at out to keep the revocation \
+             for good",
+            now - expires_at
+        )));
+    }
+    Ok(expires_at + EXPIRY_GRACE_SECS)
+}
+
 fn validate_sandbox(sandbox_id: &str) -> Result<(), RevocationError> {
     if !is_uuid(sandbox_id) {
         return Err(RevocationError::Invalid(
@@ -1090,7 +1292,7 @@ mod tests {
         let now = unix_now();
         let exp = now + 600;
 
-        store.revoke_token("jti-1", exp).await.unwrap();
+        store.revoke_token("jti-1", Some(exp)).await.unwrap();
 
         assert_eq!(store.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
         // The jti is revoked whatever sandbox the token names.
@@ -1122,7 +1324,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&store_path(&dir));
         let now = unix_now();
-        store.revoke_token("jti-1", now + 600).await.unwrap();
+        store.revoke_token("jti-1", Some(now + 600)).await.unwrap();
 
         store.revoke_sandbox(SANDBOX).await.unwrap();
         assert_eq!(store.check(Some("jti-2"), SANDBOX, now), SANDBOX_REVOKED);
@@ -1145,29 +1347,88 @@ mod tests {
         let path = store_path(&dir);
         let store = open(&path);
         let now = unix_now();
-        store.revoke_token("short", now + 10).await.unwrap();
-        store.revoke_token("long", now + 3600).await.unwrap();
-        // Already past exp + grace: nothing to remember.
-        store
-            .revoke_token("dead", now - EXPIRY_GRACE_SECS - 1)
-            .await
-            .unwrap();
-        assert_eq!(store.counts().tokens, 2);
+        store.revoke_token("short", Some(now + 10)).await.unwrap();
+        store.revoke_token("long", Some(now + 3600)).await.unwrap();
+        store.revoke_token("unbounded", None).await.unwrap();
+        assert_eq!(store.counts().tokens, 3);
 
         let later = now + 10 + EXPIRY_GRACE_SECS + 1;
         assert_eq!(store.check(Some("short"), SANDBOX, later), ACTIVE);
         assert_eq!(store.check(Some("long"), SANDBOX, later), TOKEN_REVOKED);
 
         assert_eq!(store.prune_expired(later).await.unwrap(), 1);
-        assert_eq!(store.counts().tokens, 1);
+        assert_eq!(store.counts().tokens, 2);
         assert_eq!(store.check(Some("long"), SANDBOX, later), TOKEN_REVOKED);
 
         // Pruned from the file too.
         drop(store);
         let store = open(&path);
-        let raw = store.shared.read();
-        assert!(!raw.tokens.contains_key("short"));
-        assert!(raw.tokens.contains_key("long"));
+        {
+            let raw = store.shared.read();
+            assert!(!raw.tokens.contains_key("short"));
+            assert!(raw.tokens.contains_key("long"));
+        }
+
+        // A revocation is never pruned while its token may still be accepted: up to exp plus
+        // the largest clock skew the verifier allows (10 minutes).
+        let exp = now + 3600;
+        assert_eq!(store.prune_expired(exp + 600).await.unwrap(), 0);
+        assert_eq!(store.check(Some("long"), SANDBOX, exp + 600), TOKEN_REVOKED);
+        assert_eq!(store.prune_expired(exp + 601).await.unwrap(), 1);
+        assert_eq!(
+            store.check(Some("unbounded"), SANDBOX, exp + 601),
+            TOKEN_REVOKED
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expiry_in_the_past_is_refused_and_revokes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&store_path(&dir));
+        let now = unix_now();
+        for past in [now - 1, now - EXPIRY_GRACE_SECS - 1, 1] {
+            let refused = store.revoke_token("jti-1", Some(past)).await;
+            assert!(
+                matches!(&refused, Err(RevocationError::Invalid(m))
+                    if m.contains("expires_at") && m.contains("past") && !m.contains("--")),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(store.counts().tokens, 0);
+        // Now itself is not the past.
+        store.revoke_token("jti-1", Some(now)).await.unwrap();
+        assert_eq!(store.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
+    }
+
+    #[tokio::test]
+    async fn local_revocation_of_unknown_expiry_is_kept_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(&dir);
+        let now = unix_now();
+        // Past the 366 days revocations used to be kept, past any exp a token may carry.
+        let far = MAX_EXPIRES_AT + EXPIRY_GRACE_SECS + 1;
+        {
+            let store = open(&path);
+            store.revoke_token("unbounded", None).await.unwrap();
+            // Revoking it again with an expiry does not shorten it; the other way round extends.
+            store
+                .revoke_token("unbounded", Some(now + 60))
+                .await
+                .unwrap();
+            store.revoke_token("bounded", Some(now + 60)).await.unwrap();
+            store.revoke_token("bounded", None).await.unwrap();
+            for jti in ["unbounded", "bounded"] {
+                assert_eq!(
+                    store.check(Some(jti), SANDBOX, now + 367 * 86_400),
+                    TOKEN_REVOKED
+                );
+                assert_eq!(store.check(Some(jti), SANDBOX, far), TOKEN_REVOKED);
+            }
+            assert_eq!(store.prune_expired(far).await.unwrap(), 0);
+        }
+        let store = open(&path);
+        assert_eq!(store.check(Some("unbounded"), SANDBOX, far), TOKEN_REVOKED);
+        assert_eq!(store.check(Some("bounded"), SANDBOX, far), TOKEN_REVOKED);
     }
 
     #[tokio::test]
@@ -1175,8 +1436,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&store_path(&dir));
         let now = unix_now();
-        store.revoke_token("jti-1", now + 3600).await.unwrap();
-        store.revoke_token("jti-1", now + 60).await.unwrap();
+        store.revoke_token("jti-1", Some(now + 3600)).await.unwrap();
+        store.revoke_token("jti-1", Some(now + 60)).await.unwrap();
         let late = now + 60 + EXPIRY_GRACE_SECS + 1;
         assert_eq!(store.check(Some("jti-1"), SANDBOX, late), TOKEN_REVOKED);
     }
@@ -1188,7 +1449,7 @@ mod tests {
         let now = unix_now();
         {
             let store = open(&path);
-            store.revoke_token("jti-1", now + 600).await.unwrap();
+            store.revoke_token("jti-1", Some(now + 600)).await.unwrap();
             store.revoke_sandbox(SANDBOX).await.unwrap();
             store.revoke_sandbox(OTHER_SANDBOX).await.unwrap();
             store.unrevoke_sandbox(OTHER_SANDBOX).await.unwrap();
@@ -1223,15 +1484,17 @@ mod tests {
         let invalid =
             |r: Result<(), RevocationError>| matches!(r, Err(RevocationError::Invalid(_)));
 
-        assert!(invalid(store.revoke_token("", exp).await));
+        assert!(invalid(store.revoke_token("", Some(exp)).await));
         assert!(invalid(
             store
-                .revoke_token(&"j".repeat(MAX_JTI_BYTES + 1), exp)
+                .revoke_token(&"j".repeat(MAX_JTI_BYTES + 1), Some(exp))
                 .await
         ));
-        assert!(invalid(store.revoke_token("a\nb", exp).await));
-        assert!(invalid(store.revoke_token("a\u{7f}b", exp).await));
-        assert!(invalid(store.revoke_token("jti", MAX_EXPIRES_AT + 1).await));
+        assert!(invalid(store.revoke_token("a\nb", Some(exp)).await));
+        assert!(invalid(store.revoke_token("a\u{7f}b", Some(exp)).await));
+        assert!(invalid(
+            store.revoke_token("jti", Some(MAX_EXPIRES_AT + 1)).await
+        ));
         for bad in [
             "",
             "not-a-uuid",
@@ -1252,14 +1515,17 @@ mod tests {
 
         // The limits themselves are fine.
         store
-            .revoke_token(&"j".repeat(MAX_JTI_BYTES), exp)
+            .revoke_token(&"j".repeat(MAX_JTI_BYTES), Some(exp))
             .await
             .unwrap();
         store
-            .revoke_token("jti with spaces/ünïcödé", exp)
+            .revoke_token("jti with spaces/ünïcödé", Some(exp))
             .await
             .unwrap();
-        store.revoke_token("jti", MAX_EXPIRES_AT).await.unwrap();
+        store
+            .revoke_token("jti", Some(MAX_EXPIRES_AT))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -1271,19 +1537,19 @@ mod tests {
             sandboxes: 1,
         };
         let now = unix_now();
-        store.revoke_token("expiring", now + 1).await.unwrap();
-        store.revoke_token("jti-1", now + 600).await.unwrap();
+        store.revoke_token("expiring", Some(now + 1)).await.unwrap();
+        store.revoke_token("jti-1", Some(now + 600)).await.unwrap();
         // Full, but an entry expired by now makes room.
         let later = now + 1 + EXPIRY_GRACE_SECS + 1;
         store.prune_expired(later).await.unwrap();
-        store.revoke_token("jti-2", now + 600).await.unwrap();
-        let refused = store.revoke_token("jti-3", now + 600).await;
+        store.revoke_token("jti-2", Some(now + 600)).await.unwrap();
+        let refused = store.revoke_token("jti-3", Some(now + 600)).await;
         assert!(
             matches!(&refused, Err(RevocationError::Invalid(m)) if m.contains("too many")),
             "{refused:?}"
         );
         // Renewing one already there is fine.
-        store.revoke_token("jti-1", now + 900).await.unwrap();
+        store.revoke_token("jti-1", Some(now + 900)).await.unwrap();
         assert_eq!(store.check(Some("jti-3"), SANDBOX, now), ACTIVE);
 
         store.revoke_sandbox(SANDBOX).await.unwrap();
@@ -1497,17 +1763,17 @@ mod tests {
             return;
         };
         let server = RedisServer::start(bin);
-        let a = Revocations::connect_redis(&server.url(), PREFIX)
+        let a = Revocations::connect_redis(&server.url(), PREFIX, Counter::default())
             .await
             .unwrap();
-        let b = Revocations::connect_redis(&server.url(), PREFIX)
+        let b = Revocations::connect_redis(&server.url(), PREFIX, Counter::default())
             .await
             .unwrap();
         assert_eq!(a.backend(), "redis");
         let now = unix_now();
         let second = Duration::from_secs(1);
 
-        a.revoke_token("jti-1", now + 600).await.unwrap();
+        a.revoke_token("jti-1", Some(now + 600)).await.unwrap();
         // At once on the replica that wrote it.
         assert_eq!(a.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
         assert!(
@@ -1536,7 +1802,7 @@ mod tests {
         assert_eq!(b.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
 
         // A replica started later loads what is already there.
-        let c = Revocations::connect_redis(&server.url(), PREFIX)
+        let c = Revocations::connect_redis(&server.url(), PREFIX, Counter::default())
             .await
             .unwrap();
         assert_eq!(c.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
@@ -1554,11 +1820,11 @@ mod tests {
             return;
         };
         let mut server = RedisServer::start(bin);
-        let store = Revocations::connect_redis(&server.url(), PREFIX)
+        let store = Revocations::connect_redis(&server.url(), PREFIX, Counter::default())
             .await
             .unwrap();
         let now = unix_now();
-        store.revoke_token("jti-1", now + 600).await.unwrap();
+        store.revoke_token("jti-1", Some(now + 600)).await.unwrap();
         assert_eq!(store.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
 
         // Hung (a partition looks the same): unknown, then back when it answers again.
@@ -1594,19 +1860,51 @@ mod tests {
             Err(RevocationError::Redis(_))
         ));
 
-        // Back on the same port, empty (no persistence): the mirror follows Redis, so the
-        // revocation Redis forgot is forgotten here too.
+        // Back on the same port, empty (no persistence): the replica does not take the empty
+        // Redis for the truth. Its mirror keeps the revocation (never Active), writes it back,
+        // and checks resume.
+        assert_eq!(store.restores(), 0);
         server.restart();
         assert!(
-            within(Duration::from_secs(10), || store
-                .check(Some("jti-1"), SANDBOX, now)
-                .is_ok())
+            within(Duration::from_secs(10), || {
+                let status = store.check(Some("jti-1"), SANDBOX, now);
+                assert_ne!(status, ACTIVE, "a revocation Redis lost was forgotten");
+                status.is_ok()
+            })
             .await,
             "check did not recover after Redis came back"
         );
-        assert_eq!(store.check(Some("jti-1"), SANDBOX, now), ACTIVE);
+        assert_eq!(store.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
+        assert_eq!(store.restores(), 1);
+        let mut raw = server.raw().await;
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(format!("{PREFIX}revoked-jtis"))
+            .arg("jti-1")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(
+            score.map(score_to_secs),
+            Some(now + 600 + EXPIRY_GRACE_SECS)
+        );
+        let epoch: Option<String> = redis::cmd("GET")
+            .arg(format!("{PREFIX}epoch"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(epoch.is_some());
+        // A replica started now finds it in Redis.
+        let fresh = Revocations::connect_redis(&server.url(), PREFIX, Counter::default())
+            .await
+            .unwrap();
+        assert_eq!(fresh.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
         store.revoke_sandbox(SANDBOX).await.unwrap();
         assert_eq!(store.check(None, SANDBOX, now), SANDBOX_REVOKED);
+        assert!(
+            within(Duration::from_secs(1), || fresh.check(None, SANDBOX, now)
+                == SANDBOX_REVOKED)
+            .await
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1616,11 +1914,11 @@ mod tests {
             return;
         };
         let server = RedisServer::start(bin);
-        let store = Revocations::connect_redis(&server.url(), "test:")
+        let store = Revocations::connect_redis(&server.url(), "test:", Counter::default())
             .await
             .unwrap();
         let now = unix_now();
-        store.revoke_token("jti-1", now + 600).await.unwrap();
+        store.revoke_token("jti-1", Some(now + 600)).await.unwrap();
 
         let mut raw = server.raw().await;
         let score: f64 = redis::cmd("ZSCORE")
@@ -1654,17 +1952,131 @@ mod tests {
             TOKEN_REVOKED
         );
 
-        // Data lost under us (FLUSHALL): a new epoch, and the mirror empties like Redis did.
+        // Data lost under us (FLUSHALL): the mirror keeps every revocation and writes them
+        // back, with the same expiry.
         redis::cmd("FLUSHALL")
             .query_async::<()>(&mut raw)
             .await
             .unwrap();
-        assert!(
-            within(Duration::from_secs(1), || store.check(None, SANDBOX, now)
-                == ACTIVE)
-            .await,
-            "the mirror kept revocations Redis no longer has"
+        let restored = async || {
+            let tokens: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg("test:revoked-jtis")
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut server.raw().await)
+                .await
+                .unwrap();
+            let sandboxes: Vec<String> = redis::cmd("SMEMBERS")
+                .arg("test:revoked-sandboxes")
+                .query_async(&mut server.raw().await)
+                .await
+                .unwrap();
+            (tokens, sandboxes)
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            assert_eq!(store.check(None, SANDBOX, now), SANDBOX_REVOKED);
+            assert_eq!(
+                store.check(Some("jti-1"), OTHER_SANDBOX, now),
+                TOKEN_REVOKED
+            );
+            if !restored().await.1.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the revocations were not written back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (tokens, sandboxes) = restored().await;
+        assert_eq!(
+            tokens,
+            [("jti-1".to_owned(), (now + 600 + EXPIRY_GRACE_SECS) as f64)]
         );
+        assert_eq!(sandboxes, [SANDBOX]);
+        assert_eq!(store.restores(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_rolled_back_is_restored_by_every_replica() {
+        let Some(bin) = redis_server_bin("redis_rolled_back_is_restored_by_every_replica") else {
+            return;
+        };
+        let server = RedisServer::start(bin);
+        let a = Revocations::connect_redis(&server.url(), PREFIX, Counter::default())
+            .await
+            .unwrap();
+        let b = Revocations::connect_redis(&server.url(), PREFIX, Counter::default())
+            .await
+            .unwrap();
+        let now = unix_now();
+        a.revoke_token("unbounded", None).await.unwrap();
+        a.revoke_sandbox(SANDBOX).await.unwrap();
+        assert!(
+            within(Duration::from_secs(1), || b.check(None, SANDBOX, now)
+                == SANDBOX_REVOKED)
+            .await
+        );
+        let mut raw = server.raw().await;
+        let score: f64 = redis::cmd("ZSCORE")
+            .arg(format!("{PREFIX}revoked-jtis"))
+            .arg("unbounded")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(score_to_secs(score), KEEP_FOREVER);
+
+        // A failover to a replica that had not caught up: the same epoch, older data and an
+        // older change counter.
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(format!("{PREFIX}revoked-jtis"))
+            .arg(format!("{PREFIX}revoked-sandboxes"))
+            .arg(format!("{PREFIX}changes"))
+            .ignore()
+            .cmd("SET")
+            .arg(format!("{PREFIX}seq"))
+            .arg(0)
+            .ignore()
+            .query_async::<()>(&mut raw)
+            .await
+            .unwrap();
+        assert!(
+            // Each once: whichever notices second finds the epoch already replaced.
+            within(Duration::from_secs(2), || a.restores() == 1
+                && b.restores() == 1)
+            .await,
+            "restores: a {}, b {}",
+            a.restores(),
+            b.restores()
+        );
+        for replica in [&a, &b] {
+            assert_eq!(replica.check(None, SANDBOX, now), SANDBOX_REVOKED);
+            assert_eq!(
+                replica.check(Some("unbounded"), OTHER_SANDBOX, KEEP_FOREVER - 1),
+                TOKEN_REVOKED
+            );
+        }
+        let c = Revocations::connect_redis(&server.url(), PREFIX, Counter::default())
+            .await
+            .unwrap();
+        assert_eq!(c.check(None, SANDBOX, now), SANDBOX_REVOKED);
+        assert_eq!(
+            c.check(Some("unbounded"), OTHER_SANDBOX, now),
+            TOKEN_REVOKED
+        );
+        // And they keep agreeing afterwards.
+        b.unrevoke_sandbox(SANDBOX).await.unwrap();
+        for replica in [&a, &c] {
+            assert!(
+                within(Duration::from_secs(1), || replica.check(None, SANDBOX, now)
+                    == ACTIVE)
+                .await
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1673,7 +2085,7 @@ mod tests {
             return;
         };
         let server = RedisServer::start(bin);
-        let mut store = Revocations::connect_redis(&server.url(), PREFIX)
+        let mut store = Revocations::connect_redis(&server.url(), PREFIX, Counter::default())
             .await
             .unwrap();
         store.limits = Limits {
@@ -1681,12 +2093,12 @@ mod tests {
             sandboxes: 1,
         };
         let now = unix_now();
-        store.revoke_token("jti-1", now + 600).await.unwrap();
+        store.revoke_token("jti-1", Some(now + 600)).await.unwrap();
         assert!(matches!(
-            store.revoke_token("jti-2", now + 600).await,
+            store.revoke_token("jti-2", Some(now + 600)).await,
             Err(RevocationError::Invalid(_))
         ));
-        store.revoke_token("jti-1", now + 900).await.unwrap();
+        store.revoke_token("jti-1", Some(now + 900)).await.unwrap();
         store.revoke_sandbox(SANDBOX).await.unwrap();
         assert!(matches!(
             store.revoke_sandbox(OTHER_SANDBOX).await,
@@ -1700,19 +2112,24 @@ mod tests {
         let url = format!("redis://127.0.0.1:{}/", free_port());
         let started = Instant::now();
         assert!(matches!(
-            Revocations::connect_redis(&url, PREFIX).await,
+            Revocations::connect_redis(&url, PREFIX, Counter::default()).await,
             Err(RevocationError::Redis(_))
         ));
         assert!(started.elapsed() <= WRITE_TIMEOUT + Duration::from_secs(1));
 
-        let bad_url = Revocations::connect_redis("http://user:hunter2@example.com", PREFIX).await;
+        let bad_url = Revocations::connect_redis(
+            "http://user:hunter2@example.com",
+            PREFIX,
+            Counter::default(),
+        )
+        .await;
         assert!(
             matches!(&bad_url, Err(RevocationError::Invalid(m)) if !m.contains("hunter2")),
             "{bad_url:?}"
         );
         for prefix in ["", "has space:", "tab\t:"] {
             assert!(matches!(
-                Revocations::connect_redis(&url, prefix).await,
+                Revocations::connect_redis(&url, prefix, Counter::default()).await,
                 Err(RevocationError::Invalid(_))
             ));
         }

@@ -314,7 +314,14 @@ async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identi
         ))
     };
     let revocations = match &settings.redis_url {
-        Some(url) => Revocations::connect_redis(url, &settings.redis_key_prefix).await,
+        Some(url) => {
+            Revocations::connect_redis(
+                url,
+                &settings.redis_key_prefix,
+                metrics.revocation_store_restores(),
+            )
+            .await
+        }
         None => Revocations::open_local(&settings.revocation_db),
     }
     .map_err(|e| ServeError::Setup(format!("revocation store: {e}")))?;

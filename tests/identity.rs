@@ -1313,6 +1313,73 @@ async fn mint_and_revoke_subcommands_talk_to_a_running_server() {
     assert_eq!(open(&link).await.status, 401, "the jti stays revoked");
 }
 
+#[tokio::test]
+async fn an_expiry_in_the_past_is_refused_by_the_admin_api_and_the_cli() {
+    let stack = Stack::start().await;
+    let mut admin_api = admin(&stack).await;
+    let admin_url = format!(
+        "http://{}",
+        stack.authz.admin_addr.as_deref().expect("admin API on")
+    );
+    let host = stack.host(3000);
+    let link = mint_link(&mut admin_api, stack.sandbox_id()).await;
+    let past = now() - 60;
+
+    // The admin API: InvalidArgument, in its own words (no CLI flag).
+    let status = admin_api
+        .revoke_token(authed(RevokeTokenRequest {
+            jti: link.jti.clone(),
+            expires_at: Some(past),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("expires_at") && status.message().contains("past"),
+        "{status:?}"
+    );
+    assert!(!status.message().contains("--"), "{status:?}");
+
+    // The CLI: exit 64 naming its flag, before calling.
+    let revoke = |expires_at: u64| {
+        cli(
+            [
+                "revoke",
+                "--admin-url",
+                &admin_url,
+                "--jti",
+                &link.jti,
+                "--expires-at",
+                &expires_at.to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec![("DAYTONA_AUTHZ_ADMIN_TOKEN", ADMIN_TOKEN.to_owned())],
+        )
+    };
+    let output = revoke(past).await;
+    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--expires-at") && stderr(&output).contains("in the past"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(stdout(&output), "");
+
+    // Nothing was revoked; the token's own expiry works.
+    let reply = with_bearer(&stack, &host, &link.token).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let output = revoke(link.expires_at).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    until_status(
+        "link revoked with its expiry",
+        401,
+        Duration::from_secs(1),
+        || with_bearer(&stack, &host, &link.token),
+    )
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Revocations shared through Redis
 
@@ -1532,4 +1599,135 @@ async fn redis_shares_revocations_between_replicas_and_fails_closed_when_down() 
         || with_bearer(&a, &host_a, &on_a.token),
     )
     .await;
+}
+
+/// When Redis will forget the revocation of `jti` (its score), if it holds one.
+async fn redis_forget_after(redis: &RedisServer, jti: &str) -> Option<f64> {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection to the test redis-server");
+    redis::cmd("ZSCORE")
+        .arg("daytona-authz:revoked-jtis")
+        .arg(jti)
+        .query_async(&mut conn)
+        .await
+        .expect("ZSCORE")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keeps_revocations_until_exp_and_restores_them_after_losing_its_data() {
+    let test = "redis_keeps_revocations_until_exp_and_restores_them_after_losing_its_data";
+    let Some(bin) = optional_program("REDIS_SERVER_BIN", "redis-server", test) else {
+        return;
+    };
+    let mut redis = RedisServer::start(bin).await;
+    let stack = Stack::start_with(AuthzOptions {
+        extra_args: vec!["--redis-url".into(), redis.url()],
+        ..Default::default()
+    })
+    .await;
+    let mut admin_api = admin(&stack).await;
+    let host = stack.host(3000);
+    let second = Duration::from_secs(1);
+
+    // A token living two years (no --max-token-lifetime), revoked without its expiry: the
+    // revocation must last at least as long as the token, not 366 days.
+    let exp = now() + 2 * 366 * 86_400;
+    let claims = daytona_authz::token::Claims {
+        sandbox_id: stack.sandbox_id().to_owned(),
+        exp,
+        ports: None,
+        iss: None,
+        aud: None,
+    };
+    let (long_lived, long_jti) = daytona_authz::token::Signer::hs256(JWT_SECRET.as_bytes())
+        .sign_link(&claims, now())
+        .unwrap();
+    support::remember_secret(&long_lived);
+    assert_eq!(with_bearer(&stack, &host, &long_lived).await.status, 200);
+    admin_api
+        .revoke_token(authed(RevokeTokenRequest {
+            jti: long_jti.clone(),
+            expires_at: None,
+        }))
+        .await
+        .expect("RevokeToken");
+    until_status("the long-lived token revoked", 401, second, || {
+        with_bearer(&stack, &host, &long_lived)
+    })
+    .await;
+    let kept = redis_forget_after(&redis, &long_jti).await.unwrap();
+    assert!(
+        kept >= (exp + 600) as f64,
+        "kept until {kept}, the token lives until {exp}"
+    );
+
+    // A link revoked with its expiry: kept until then (plus the clock-skew grace).
+    let link = mint_link(&mut admin_api, stack.sandbox_id()).await;
+    revoke_token(&mut admin_api, &link).await;
+    until_status("the link revoked", 401, second, || {
+        with_bearer(&stack, &host, &link.token)
+    })
+    .await;
+    assert_eq!(
+        redis_forget_after(&redis, &link.jti).await,
+        Some((link.expires_at + 600) as f64)
+    );
+    let restores = async || support::parse_metrics(&stack.authz.metrics().await)["daytona_authz_revocation_store_restores_total"];
+    assert_eq!(restores().await, 0.0);
+
+    // Redis restarts on the same port without persistence: it comes back empty. The revoked
+    // tokens are never let through (401 from the replica's copy, or 503 while it cannot tell),
+    // and the replica writes its revocations back into Redis.
+    redis.restart().await;
+    support::eventually(
+        "the revocations back in Redis",
+        Duration::from_secs(10),
+        || {
+            let (stack, host, redis) = (&stack, &host, &redis);
+            let (long_lived, long_jti, link) = (&long_lived, &long_jti, &link);
+            async move {
+                for token in [long_lived, &link.token] {
+                    let reply = with_bearer(stack, host, token).await;
+                    assert!(
+                        matches!(reply.status, 401 | 503),
+                        "a revoked token got {} after Redis lost its data: {}",
+                        reply.status,
+                        reply.body
+                    );
+                }
+                let long = redis_forget_after(redis, long_jti).await?;
+                let short = redis_forget_after(redis, &link.jti).await?;
+                Some((long, short))
+            }
+        },
+    )
+    .await;
+    assert!(redis_forget_after(&redis, &long_jti).await.unwrap() >= (exp + 600) as f64);
+    assert_eq!(
+        redis_forget_after(&redis, &link.jti).await,
+        Some((link.expires_at + 600) as f64)
+    );
+    for token in [&long_lived, &link.token] {
+        until_status("a revoked token after the restore", 401, second, || {
+            with_bearer(&stack, &host, token)
+        })
+        .await;
+    }
+    assert_eq!(restores().await, 1.0);
+    assert!(
+        stack
+            .authz
+            .proc
+            .stderr()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("Redis lost revocations")),
+        "no error logged for the lost revocations"
+    );
+    // A valid token still works.
+    let fresh = mint_link(&mut admin_api, stack.sandbox_id()).await;
+    let reply = with_bearer(&stack, &host, &fresh.token).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
 }
