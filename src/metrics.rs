@@ -45,6 +45,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -70,6 +75,7 @@ pub struct Metrics {
     introspection_seconds: Histogram,
     introspection_cache_hits: Counter,
     introspection_cache_misses: Counter,
+    introspection_shed: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -194,6 +200,17 @@ impl Metrics {
             "Token introspections that needed (or waited on) a call to the endpoint",
             introspection_cache_misses.clone(),
         );
+        let introspection_shed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "introspection_shed",
+            "Introspections of never-seen tokens refused (503) without calling the endpoint, by \
+             the bound they were over (concurrency, rate)",
+            introspection_shed.clone(),
+        );
+        // Both series exist from the start, so a rate over them is 0 rather than nothing.
+        for reason in ["concurrency", "rate"] {
+            drop(introspection_shed.get_or_create(&ReasonLabels { reason }));
+        }
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -220,6 +237,7 @@ impl Metrics {
             introspection_seconds,
             introspection_cache_hits,
             introspection_cache_misses,
+            introspection_shed,
         }
     }
 
@@ -282,6 +300,13 @@ impl Metrics {
 
     pub fn introspection_cache_miss(&self) {
         self.introspection_cache_misses.inc();
+    }
+
+    /// A never-seen token refused because `reason` (`concurrency`, `rate`) was used up.
+    pub fn introspection_shed(&self, reason: &'static str) {
+        self.introspection_shed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// The Prometheus text exposition. Gauges read at scrape time are refreshed first.
