@@ -475,6 +475,7 @@ impl Introspector {
             Err(IntrospectionError::Unavailable(_)) if status >= 500 => "server_error",
             Err(IntrospectionError::Unavailable(_)) => "error",
             Err(IntrospectionError::BadAnswer(_)) => "bad_answer",
+            // Shed before any call: counted in introspection_shed instead.
             Err(IntrospectionError::Shed(_)) => "shed",
         };
         self.metrics.introspection_call(label, started.elapsed());

@@ -1,7 +1,8 @@
 //! Identity sources a platform already has (issue 5), end to end through a real Envoy on
 //! 127.0.0.1: tokens from a local JWKS issuer (RS256, ES256, EdDSA, rotation, no HS/RS confusion,
 //! issuer down, floods of unknown kids), claim mapping and clock skew, RFC 7662 introspection of
-//! opaque tokens, revocation through the admin API (Bearer and cookie, by token and by sandbox,
+//! opaque tokens (and floods of made-up ones), revocation through the admin API (Bearer and
+//! cookie, by token and by sandbox,
 //! across a restart), the `mint`/`revoke` CLI against a running server, and revocations shared by
 //! two replicas through a real redis-server.
 
