@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::introspection::UnknownBudget;
+
 /// EX_USAGE from sysexits.h: the configuration is wrong.
 pub const EXIT_USAGE: u8 = 64;
 
@@ -358,6 +360,33 @@ pub struct IdentityArgs {
         value_name = "DURATION"
     )]
     pub introspection_negative_ttl: String,
+    /// Most introspection calls at once about tokens never seen active (made-up ones, or a
+    /// user's first request), out of 64; past it they get 503 without a call, and tokens seen
+    /// active before keep the other slots.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_INTROSPECTION_UNKNOWN_CONCURRENCY",
+        default_value_t = 16,
+        value_name = "N"
+    )]
+    pub introspection_unknown_concurrency: usize,
+    /// Introspection calls per second (decimals allowed) about tokens never seen active; past it
+    /// (and the burst) they get 503 without a call.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_INTROSPECTION_UNKNOWN_RATE",
+        default_value_t = 50.0,
+        value_name = "PER_SECOND"
+    )]
+    pub introspection_unknown_rate: f64,
+    /// Introspection calls about tokens never seen active allowed at once above the rate.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_INTROSPECTION_UNKNOWN_BURST",
+        default_value_t = 100,
+        value_name = "N"
+    )]
+    pub introspection_unknown_burst: u32,
     /// Embedded store of revocations (tokens by jti, sandboxes), kept across restarts.
     #[arg(
         long,
@@ -406,6 +435,7 @@ pub struct IntrospectionSettings {
     pub client_id: String,
     pub cache_ttl: Duration,
     pub negative_ttl: Duration,
+    pub unknown: UnknownBudget,
 }
 
 impl IdentityArgs {
@@ -466,6 +496,11 @@ impl IdentityArgs {
             &self.introspection_negative_ttl,
             Duration::ZERO..=Duration::from_secs(3600),
         ));
+        let unknown = p.check(unknown_budget(
+            self.introspection_unknown_concurrency,
+            self.introspection_unknown_rate,
+            self.introspection_unknown_burst,
+        ));
         let introspection = match (self.introspection_url, self.introspection_client_id) {
             (None, None) if secret.is_none() => Some(None),
             (Some(url), Some(client_id)) if secret.is_some() && !client_id.is_empty() => p
@@ -476,6 +511,7 @@ impl IdentityArgs {
                         client_id,
                         cache_ttl: cache_ttl?,
                         negative_ttl: negative_ttl?,
+                        unknown: unknown?,
                     }))
                 }),
             _ => {
@@ -508,6 +544,28 @@ impl IdentityArgs {
         })();
         (config, secret)
     }
+}
+
+/// The budget of introspection calls about never-seen tokens: at most half the call slots, so
+/// tokens seen before always keep the other half.
+fn unknown_budget(concurrency: usize, rate: f64, burst: u32) -> Result<UnknownBudget, ConfigError> {
+    let most = crate::introspection::MAX_IN_FLIGHT / 2;
+    if !(1..=most).contains(&concurrency) {
+        return err(format!(
+            "--introspection-unknown-concurrency must be within 1-{most}"
+        ));
+    }
+    if !(0.01..=100_000.0).contains(&rate) {
+        return err("--introspection-unknown-rate must be within 0.01-100000 (per second)");
+    }
+    if !(1..=100_000).contains(&burst) {
+        return err("--introspection-unknown-burst must be within 1-100000");
+    }
+    Ok(UnknownBudget {
+        concurrency,
+        rate,
+        burst,
+    })
 }
 
 /// An https URL, or http on loopback (a local issuer or a sidecar).
@@ -1388,6 +1446,68 @@ mod tests {
         let mut short = GOOD.to_vec();
         short[5] = "short";
         assert!(first_error(&short).contains("32 bytes"));
+    }
+
+    #[test]
+    fn the_budget_of_never_seen_introspected_tokens_is_checked() {
+        let introspection = [
+            "--introspection-url",
+            "http://127.0.0.1:1/introspect",
+            "--introspection-client-id",
+            "authz",
+            "--introspection-client-secret",
+            "secret",
+        ];
+        let with = |extra: &[&str]| serve(&[&GOOD[..], &introspection[..], extra].concat());
+        let budget = |config: ServeConfig| config.identity.introspection.unwrap().unknown;
+        assert_eq!(budget(with(&[]).unwrap()), UnknownBudget::default());
+        assert_eq!(
+            budget(
+                with(&[
+                    "--introspection-unknown-concurrency",
+                    "4",
+                    "--introspection-unknown-rate",
+                    "0.5",
+                    "--introspection-unknown-burst",
+                    "10",
+                ])
+                .unwrap()
+            ),
+            UnknownBudget {
+                concurrency: 4,
+                rate: 0.5,
+                burst: 10,
+            }
+        );
+        for (extra, needle) in [
+            (
+                ["--introspection-unknown-concurrency", "0"],
+                "--introspection-unknown-concurrency",
+            ),
+            (
+                ["--introspection-unknown-concurrency", "33"],
+                "--introspection-unknown-concurrency",
+            ),
+            (
+                ["--introspection-unknown-rate", "0"],
+                "--introspection-unknown-rate",
+            ),
+            (
+                ["--introspection-unknown-rate", "NaN"],
+                "--introspection-unknown-rate",
+            ),
+            (
+                ["--introspection-unknown-burst", "0"],
+                "--introspection-unknown-burst",
+            ),
+        ] {
+            let errors = with(&extra).unwrap_err();
+            assert_eq!(errors.0.len(), 1, "{extra:?}: {errors}");
+            assert!(
+                errors.0[0].to_string().contains(needle),
+                "{extra:?}: {errors}"
+            );
+        }
     }
 
     #[test]

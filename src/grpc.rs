@@ -21,7 +21,7 @@ use crate::decision::{
     self, Allow, Denial, Introspected, LocalReply, Lookup, Lookups, NoRevocations, Policy,
     RequestView, RevocationStatus, RevocationView, Verdict,
 };
-use crate::introspection::{Introspection, Introspector};
+use crate::introspection::{Introspection, IntrospectionError, Introspector};
 use crate::jwks::Jwks;
 use crate::metrics::Metrics;
 use crate::revocation::{self, Revocations, RevokedBy};
@@ -148,6 +148,11 @@ impl<S: PreviewSource> AuthzService<S> {
         match introspector.introspect(token).await {
             Ok(Introspection::Active(claims)) => Introspected::Active(claims),
             Ok(Introspection::Inactive) => Introspected::Inactive,
+            // A flood of made-up tokens is refused by the thousand: counted, not logged each.
+            Err(error) if matches!(*error, IntrospectionError::Shed(_)) => {
+                tracing::debug!(%error, "refusing the request");
+                Introspected::Unavailable
+            }
             Err(error) => {
                 tracing::warn!(%error, "token introspection failed; refusing the request");
                 Introspected::Unavailable

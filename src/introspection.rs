@@ -8,6 +8,13 @@
 //! Answers are cached under the token's SHA-256 (never the token itself): active ones for
 //! `positive_ttl`, cut short at the token's `exp`; inactive ones for `negative_ttl`. Failures are
 //! never cached. Concurrent look-ups of one token wait on the same call (moka's `try_get_with`).
+//!
+//! Calls share [`MAX_IN_FLIGHT`] slots. A token whose introspection was never seen active (made-up
+//! garbage, or a user's first request) must also get one of the few slots and a token from the
+//! rate bucket of its own [`UnknownBudget`]; without them it is refused at once
+//! ([`IntrospectionError::Shed`], 503) and the endpoint is not called. A token once seen active is
+//! remembered (by digest) until its `exp`, at most [`KNOWN_FOR`], well past its cached answer, so
+//! re-checking it keeps the remaining slots however much garbage arrives.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -39,6 +46,50 @@ pub enum IntrospectionError {
     /// An answer that is not an RFC 7662 one.
     #[error("the introspection endpoint answered something unusable: {0}")]
     BadAnswer(String),
+    /// A never-seen token over its budget: refused without calling the endpoint.
+    #[error("introspection of a never-seen token shed: {0}")]
+    Shed(Shed),
+}
+
+/// Which part of the [`UnknownBudget`] was used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Shed {
+    #[error("too many in flight")]
+    Concurrency,
+    #[error("over the rate limit")]
+    Rate,
+}
+
+impl Shed {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Shed::Concurrency => "concurrency",
+            Shed::Rate => "rate",
+        }
+    }
+}
+
+/// How much introspection tokens never seen active may use: their own slots (out of
+/// [`MAX_IN_FLIGHT`]) and a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnknownBudget {
+    /// Most calls about never-seen tokens in flight at once.
+    pub concurrency: usize,
+    /// Calls about never-seen tokens per second, on average.
+    pub rate: f64,
+    /// Calls about never-seen tokens allowed at once above the rate (the bucket's size).
+    pub burst: u32,
+}
+
+impl Default for UnknownBudget {
+    fn default() -> Self {
+        UnknownBudget {
+            concurrency: 16,
+            rate: 50.0,
+            burst: 100,
+        }
+    }
 }
 
 /// Where and how to introspect, and how long to remember answers.
@@ -54,8 +105,10 @@ pub struct IntrospectionConfig {
     pub positive_ttl: Duration,
     /// How long an inactive answer is remembered; shorter, so a fresh token works soon.
     pub negative_ttl: Duration,
-    /// Most answers remembered at once.
+    /// Most answers remembered at once (and most tokens remembered as seen active).
     pub max_entries: u64,
+    /// What never-seen tokens may use.
+    pub unknown: UnknownBudget,
 }
 
 impl std::fmt::Debug for IntrospectionConfig {
@@ -68,13 +121,16 @@ impl std::fmt::Debug for IntrospectionConfig {
             .field("positive_ttl", &self.positive_ttl)
             .field("negative_ttl", &self.negative_ttl)
             .field("max_entries", &self.max_entries)
+            .field("unknown", &self.unknown)
             .finish()
     }
 }
 
 /// Limits on what we read from the endpoint and how many calls we keep open.
 const MAX_BODY_BYTES: usize = 64 * 1024;
-const MAX_IN_FLIGHT: usize = 64;
+pub const MAX_IN_FLIGHT: usize = 64;
+/// How long a token seen active counts as known, unless its `exp` comes first.
+pub const KNOWN_FOR: Duration = Duration::from_secs(24 * 3600);
 
 /// The cache key: SHA-256 of the token, so no raw token sits in memory longer than a request.
 type TokenKey = [u8; 32];
@@ -130,6 +186,70 @@ impl moka::Expiry<TokenKey, Arc<Answer>> for AnswerExpiry {
     }
 }
 
+/// Tokens seen active: each remembered for the lifetime it carries.
+struct KnownExpiry;
+
+impl moka::Expiry<TokenKey, Duration> for KnownExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenKey,
+        ttl: &Duration,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(*ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &TokenKey,
+        ttl: &Duration,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(*ttl)
+    }
+}
+
+/// A token bucket: `burst` tokens at most, refilled at `rate` per second.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    /// Tokens left and when they were counted.
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst);
+        TokenBucket {
+            rate,
+            burst,
+            state: std::sync::Mutex::new((burst, now)),
+        }
+    }
+
+    /// Takes one token at `now`, if there is one.
+    fn take(&self, now: Instant) -> bool {
+        // Nothing can panic while the lock is held, so a poisoned lock still holds good numbers.
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, then) = *state;
+        let refill = now.saturating_duration_since(then).as_secs_f64() * self.rate;
+        let tokens = (tokens + refill).min(self.burst);
+        let (tokens, taken) = if tokens >= 1.0 {
+            (tokens - 1.0, true)
+        } else {
+            (tokens, false)
+        };
+        *state = (tokens, now.max(then));
+        taken
+    }
+}
+
 /// The introspection client and its answer cache.
 pub struct Introspector {
     http: reqwest::Client,
@@ -139,6 +259,12 @@ pub struct Introspector {
     client_secret: ArcSwap<String>,
     /// Bounds the calls in flight, so a flood of made-up tokens cannot pile up sockets.
     slots: tokio::sync::Semaphore,
+    /// Slots a call about a never-seen token needs too (never waited for).
+    unknown_slots: tokio::sync::Semaphore,
+    /// Calls about never-seen tokens over time.
+    unknown_rate: TokenBucket,
+    /// Digests of tokens seen active, each until its `exp` (at most [`KNOWN_FOR`]).
+    known: moka::future::Cache<TokenKey, Duration>,
     timeout: Duration,
     positive_ttl: Duration,
     negative_ttl: Duration,
@@ -171,6 +297,18 @@ impl Introspector {
         if config.timeout.is_zero() {
             return Err("the introspection timeout must be above zero".into());
         }
+        let unknown = config.unknown;
+        if !(1..MAX_IN_FLIGHT).contains(&unknown.concurrency) {
+            return Err(format!(
+                "calls about never-seen tokens must be limited to 1-{} at once",
+                MAX_IN_FLIGHT - 1
+            ));
+        }
+        if !(unknown.rate.is_finite() && unknown.rate > 0.0) || unknown.burst == 0 {
+            return Err(
+                "the rate and burst of calls about never-seen tokens must be above zero".into(),
+            );
+        }
         let http = crate::daytona::outbound_client(config.timeout)?;
         Ok(Introspector {
             http,
@@ -178,6 +316,12 @@ impl Introspector {
             client_id: form_encode(&config.client_id),
             client_secret: ArcSwap::from_pointee(form_encode(&config.client_secret)),
             slots: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            unknown_slots: tokio::sync::Semaphore::new(unknown.concurrency),
+            unknown_rate: TokenBucket::new(unknown.rate, unknown.burst, Instant::now()),
+            known: moka::future::Cache::builder()
+                .max_capacity(config.max_entries)
+                .expire_after(KnownExpiry)
+                .build(),
             timeout: config.timeout,
             positive_ttl: config.positive_ttl,
             negative_ttl: config.negative_ttl,
@@ -205,9 +349,63 @@ impl Introspector {
         self.metrics.introspection_cache_miss();
         let answer = self
             .cache
-            .try_get_with(key, async { self.call(token).await.map(Arc::new) })
+            .try_get_with(key, async {
+                self.budgeted_call(&key, token).await.map(Arc::new)
+            })
             .await?;
         Ok(answer.at(SystemTime::now()))
+    }
+
+    /// Calls the endpoint about a known token, or about a never-seen one within its budget; and
+    /// remembers which tokens were seen active.
+    async fn budgeted_call(
+        &self,
+        key: &TokenKey,
+        token: &str,
+    ) -> Result<Answer, IntrospectionError> {
+        let _unknown_slot = if self.known.contains_key(key) {
+            None
+        } else {
+            Some(self.admit_unknown().map_err(|shed| {
+                self.metrics.introspection_shed(shed.label());
+                IntrospectionError::Shed(shed)
+            })?)
+        };
+        let answer = self.call(token).await;
+        match &answer {
+            Ok(Answer {
+                introspection: Introspection::Active(_),
+                exp,
+                ..
+            }) => {
+                let ttl = match exp {
+                    None => KNOWN_FOR,
+                    Some(exp) => {
+                        let left = (exp - unix_seconds(SystemTime::now())).max(0.0);
+                        Duration::try_from_secs_f64(left)
+                            .map_or(KNOWN_FOR, |left| left.min(KNOWN_FOR))
+                    }
+                };
+                self.known.insert(*key, ttl).await;
+            }
+            // No longer active (expired, revoked): a stranger again.
+            Ok(_) => self.known.invalidate(key).await,
+            Err(_) => {}
+        }
+        answer
+    }
+
+    /// A slot and a rate token for a call about a never-seen token, or why not. Never waits: a
+    /// flood is refused at once instead of queueing.
+    fn admit_unknown(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Shed> {
+        let slot = self
+            .unknown_slots
+            .try_acquire()
+            .map_err(|_| Shed::Concurrency)?;
+        if !self.unknown_rate.take(Instant::now()) {
+            return Err(Shed::Rate);
+        }
+        Ok(slot)
     }
 
     async fn call(&self, token: &str) -> Result<Answer, IntrospectionError> {
@@ -277,6 +475,8 @@ impl Introspector {
             Err(IntrospectionError::Unavailable(_)) if status >= 500 => "server_error",
             Err(IntrospectionError::Unavailable(_)) => "error",
             Err(IntrospectionError::BadAnswer(_)) => "bad_answer",
+            // Shed before any call: counted in introspection_shed instead.
+            Err(IntrospectionError::Shed(_)) => "shed",
         };
         self.metrics.introspection_call(label, started.elapsed());
         result
@@ -414,6 +614,10 @@ mod tests {
         problems: Mutex<Vec<String>>,
         /// `exp` of `SHORT`: one to two seconds after start.
         short_exp: u64,
+        /// `held-*` tokens are answered (inactive) only once this turns true.
+        released: tokio::sync::watch::Sender<bool>,
+        /// `held-*` calls waiting for that.
+        held: std::sync::atomic::AtomicUsize,
     }
 
     impl Endpoint {
@@ -425,6 +629,8 @@ mod tests {
                 calls: Mutex::default(),
                 problems: Mutex::default(),
                 short_exp: now_secs() + 2,
+                released: tokio::sync::watch::Sender::new(false),
+                held: std::sync::atomic::AtomicUsize::new(0),
             });
             let app = axum::Router::new()
                 .fallback(answer)
@@ -442,6 +648,14 @@ mod tests {
             self.calls.lock().unwrap().values().sum()
         }
 
+        fn held(&self) -> usize {
+            self.held.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        fn release(&self) {
+            self.released.send_replace(true);
+        }
+
         fn assert_clean(&self) {
             let problems = self.problems.lock().unwrap();
             assert!(problems.is_empty(), "bad requests: {problems:?}");
@@ -456,6 +670,7 @@ mod tests {
                 positive_ttl: Duration::from_secs(60),
                 negative_ttl: Duration::from_secs(60),
                 max_entries: 1000,
+                unknown: UnknownBudget::default(),
             }
         }
 
@@ -538,6 +753,14 @@ mod tests {
             }))
             .into_response()
         };
+        if token.starts_with("held-") {
+            endpoint
+                .held
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut released = endpoint.released.subscribe();
+            let _ = released.wait_for(|released| *released).await;
+            return axum::Json(json!({"active": false})).into_response();
+        }
         if let Some(ms) = token.strip_prefix("slow-") {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
             return active(now_secs() + 3600);
@@ -660,6 +883,7 @@ mod tests {
                 positive_ttl: Duration::from_secs(60),
                 negative_ttl: Duration::from_secs(60),
                 max_entries: 10,
+                unknown: UnknownBudget::default(),
             },
             Arc::default(),
         )
@@ -832,6 +1056,172 @@ mod tests {
         endpoint.assert_clean();
     }
 
+    /// An introspector whose never-seen tokens get `unknown`, and its metrics.
+    fn budgeted(endpoint: &Endpoint, unknown: UnknownBudget) -> (Arc<Introspector>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let config = IntrospectionConfig {
+            unknown,
+            ..endpoint.config()
+        };
+        let introspector = Introspector::new(config, Arc::clone(&metrics)).unwrap();
+        (Arc::new(introspector), metrics)
+    }
+
+    fn shed_count(metrics: &Metrics, reason: &str) -> u64 {
+        let needle = format!("daytona_authz_introspection_shed_total{{reason=\"{reason}\"}} ");
+        let text = metrics.encode();
+        let line = text.lines().find(|l| l.starts_with(&needle));
+        line.unwrap_or_else(|| panic!("{needle} missing:\n{text}"))[needle.len()..]
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_never_seen_tokens_cannot_take_the_slots_of_known_ones() {
+        let endpoint = Endpoint::start().await;
+        let budget = UnknownBudget {
+            concurrency: 2,
+            rate: 1000.0,
+            burst: 1000,
+        };
+        let (introspector, metrics) = budgeted(&endpoint, budget);
+        // Seen active once: known from now on, beyond its cached answer.
+        assert!(matches!(
+            introspector.introspect(ACTIVE).await.unwrap(),
+            Introspection::Active(_)
+        ));
+        introspector.cache.invalidate(&token_key(ACTIVE)).await;
+
+        // More made-up tokens than there are call slots, all held by a slow endpoint.
+        let flood_size = MAX_IN_FLIGHT + 10;
+        let flood: Vec<_> = (0..flood_size)
+            .map(|i| {
+                let introspector = Arc::clone(&introspector);
+                tokio::spawn(async move { introspector.introspect(&format!("held-{i}")).await })
+            })
+            .collect();
+        // Two reach the endpoint and wait there; the rest are refused at once.
+        poll_until(async || {
+            let finished = flood.iter().filter(|task| task.is_finished()).count();
+            endpoint.held() == 2 && finished == flood_size - 2
+        })
+        .await;
+
+        // The known token is checked again at the endpoint meanwhile, and answered.
+        assert!(matches!(
+            introspector.introspect(ACTIVE).await.unwrap(),
+            Introspection::Active(_)
+        ));
+        assert_eq!(endpoint.calls(ACTIVE), 2);
+        let error = introspector.introspect("held-late").await.unwrap_err();
+        assert_eq!(*error, IntrospectionError::Shed(Shed::Concurrency));
+
+        endpoint.release();
+        let mut inactive = 0;
+        for task in flood {
+            match task.await.unwrap() {
+                Ok(Introspection::Inactive) => inactive += 1,
+                Err(error) => assert_eq!(*error, IntrospectionError::Shed(Shed::Concurrency)),
+                Ok(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(inactive, 2);
+        assert_eq!(endpoint.held(), 2, "shed tokens never reach the endpoint");
+        assert_eq!(endpoint.total_calls(), 4);
+        assert_eq!(
+            shed_count(&metrics, "concurrency"),
+            u64::try_from(flood_size - 2 + 1).unwrap()
+        );
+        assert_eq!(shed_count(&metrics, "rate"), 0);
+        // The slots came back: a never-seen token is introspected again.
+        assert_eq!(
+            introspector.introspect(INACTIVE).await.unwrap(),
+            Introspection::Inactive
+        );
+        endpoint.assert_clean();
+    }
+
+    #[tokio::test]
+    async fn over_the_rate_never_seen_tokens_are_refused_without_a_call() {
+        let endpoint = Endpoint::start().await;
+        // Three calls, then one more every 1000 s: none within this test.
+        let budget = UnknownBudget {
+            concurrency: 16,
+            rate: 0.001,
+            burst: 3,
+        };
+        let (introspector, metrics) = budgeted(&endpoint, budget);
+        assert!(matches!(
+            introspector.introspect(ACTIVE).await.unwrap(),
+            Introspection::Active(_)
+        ));
+        for token in ["garbage-1", "garbage-2"] {
+            assert_eq!(
+                introspector.introspect(token).await.unwrap(),
+                Introspection::Inactive
+            );
+        }
+        for _ in 0..2 {
+            let error = introspector.introspect("garbage-3").await.unwrap_err();
+            assert_eq!(*error, IntrospectionError::Shed(Shed::Rate));
+            assert!(!error.to_string().contains("garbage"), "{error}");
+        }
+        assert_eq!(endpoint.calls("garbage-3"), 0);
+        assert_eq!(shed_count(&metrics, "rate"), 2);
+        // Answers already cached are still served.
+        assert_eq!(
+            introspector.introspect("garbage-1").await.unwrap(),
+            Introspection::Inactive
+        );
+        // A known token needs no rate token, even once its answer has left the cache.
+        introspector.cache.invalidate(&token_key(ACTIVE)).await;
+        assert!(matches!(
+            introspector.introspect(ACTIVE).await.unwrap(),
+            Introspection::Active(_)
+        ));
+        assert_eq!(endpoint.calls(ACTIVE), 2);
+        assert_eq!(endpoint.total_calls(), 4);
+        endpoint.assert_clean();
+    }
+
+    #[tokio::test]
+    async fn only_tokens_seen_active_are_known_and_only_until_their_exp() {
+        let endpoint = Endpoint::start().await;
+        let introspector = endpoint.introspector();
+        let known = |token: &str| introspector.known.contains_key(&token_key(token));
+        for token in [ACTIVE, INACTIVE, EXPIRED, BOOM, "no-exp"] {
+            let _ = introspector.introspect(token).await;
+        }
+        assert!(known(ACTIVE) && known("no-exp"));
+        assert!(!known(INACTIVE) && !known(EXPIRED) && !known(BOOM));
+        let ttl = async |token: &str| introspector.known.get(&token_key(token)).await.unwrap();
+        assert_eq!(ttl("no-exp").await, KNOWN_FOR);
+        // ACTIVE's exp is an hour away: known for that hour (give or take the test's run).
+        let left = ttl(ACTIVE).await;
+        assert!(
+            left <= Duration::from_secs(3600) && left > Duration::from_secs(3500),
+            "{left:?}"
+        );
+    }
+
+    #[test]
+    fn the_bucket_refills_at_its_rate_up_to_its_burst() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let bucket = TokenBucket::new(2.0, 3, start);
+        assert!((0..3).all(|_| bucket.take(start)));
+        assert!(!bucket.take(start));
+        assert!(!bucket.take(at(400)));
+        assert!(bucket.take(at(600)));
+        assert!(!bucket.take(at(600)));
+        // A long pause refills up to the burst, no more.
+        assert!((0..3).all(|_| bucket.take(at(60_000))));
+        assert!(!bucket.take(at(60_000)));
+        // A clock read out of order (another thread's `now`) takes nothing back.
+        assert!(!bucket.take(at(59_000)));
+        assert!(bucket.take(at(60_500)));
+    }
+
     #[test]
     fn exp_bounds_the_ttl() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
@@ -893,6 +1283,7 @@ mod tests {
             positive_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
             max_entries: 10,
+            unknown: UnknownBudget::default(),
         };
         let printed = format!("{config:?}");
         assert!(!printed.contains(SECRET), "{printed}");
@@ -916,6 +1307,7 @@ mod tests {
             positive_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
             max_entries: 10,
+            unknown: UnknownBudget::default(),
         };
         for config in [
             IntrospectionConfig {
@@ -934,6 +1326,41 @@ mod tests {
             },
             IntrospectionConfig {
                 timeout: Duration::ZERO,
+                ..base.clone()
+            },
+            IntrospectionConfig {
+                unknown: UnknownBudget {
+                    concurrency: 0,
+                    ..UnknownBudget::default()
+                },
+                ..base.clone()
+            },
+            IntrospectionConfig {
+                unknown: UnknownBudget {
+                    concurrency: MAX_IN_FLIGHT,
+                    ..UnknownBudget::default()
+                },
+                ..base.clone()
+            },
+            IntrospectionConfig {
+                unknown: UnknownBudget {
+                    rate: 0.0,
+                    ..UnknownBudget::default()
+                },
+                ..base.clone()
+            },
+            IntrospectionConfig {
+                unknown: UnknownBudget {
+                    rate: f64::NAN,
+                    ..UnknownBudget::default()
+                },
+                ..base.clone()
+            },
+            IntrospectionConfig {
+                unknown: UnknownBudget {
+                    burst: 0,
+                    ..UnknownBudget::default()
+                },
                 ..base.clone()
             },
         ] {

@@ -45,6 +45,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -71,6 +76,7 @@ pub struct Metrics {
     introspection_cache_hits: Counter,
     introspection_cache_misses: Counter,
     revocation_store_restores: Counter,
+    introspection_shed: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -202,6 +208,17 @@ impl Metrics {
              flushed, failed over to a stale replica) and this replica wrote back the ones it held",
             revocation_store_restores.clone(),
         );
+        let introspection_shed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "introspection_shed",
+            "Introspections of never-seen tokens refused (503) without calling the endpoint, by \
+             the bound they were over (concurrency, rate)",
+            introspection_shed.clone(),
+        );
+        // Both series exist from the start, so a rate over them is 0 rather than nothing.
+        for reason in ["concurrency", "rate"] {
+            drop(introspection_shed.get_or_create(&ReasonLabels { reason }));
+        }
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -229,6 +246,7 @@ impl Metrics {
             introspection_cache_hits,
             introspection_cache_misses,
             revocation_store_restores,
+            introspection_shed,
         }
     }
 
@@ -296,6 +314,13 @@ impl Metrics {
 
     pub fn introspection_cache_miss(&self) {
         self.introspection_cache_misses.inc();
+    }
+
+    /// A never-seen token refused because `reason` (`concurrency`, `rate`) was used up.
+    pub fn introspection_shed(&self, reason: &'static str) {
+        self.introspection_shed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// The Prometheus text exposition. Gauges read at scrape time are refreshed first.

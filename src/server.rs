@@ -294,6 +294,7 @@ async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identi
                     positive_ttl: introspection.cache_ttl,
                     negative_ttl: introspection.negative_ttl,
                     max_entries: config.cache_max_entries,
+                    unknown: introspection.unknown,
                 },
                 Arc::clone(metrics),
             )

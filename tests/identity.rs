@@ -1,7 +1,8 @@
 //! Identity sources a platform already has (issue 5), end to end through a real Envoy on
 //! 127.0.0.1: tokens from a local JWKS issuer (RS256, ES256, EdDSA, rotation, no HS/RS confusion,
 //! issuer down, floods of unknown kids), claim mapping and clock skew, RFC 7662 introspection of
-//! opaque tokens, revocation through the admin API (Bearer and cookie, by token and by sandbox,
+//! opaque tokens (and floods of made-up ones), revocation through the admin API (Bearer and
+//! cookie, by token and by sandbox,
 //! across a restart), the `mint`/`revoke` CLI against a running server, and revocations shared by
 //! two replicas through a real redis-server.
 
@@ -905,6 +906,186 @@ async fn opaque_tokens_are_introspected_cached_and_refused_when_the_endpoint_is_
     // An answer cached a moment ago still holds until its (short) cache life ends.
     let reply = with_bearer(&stack, &host, "opaque-active").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+/// An introspection endpoint that vouches for its `known` tokens at once and holds every other
+/// (made-up) token until released, then calls it inactive.
+#[derive(Default)]
+struct HoldingEndpoint {
+    known: Mutex<HashMap<String, Value>>,
+    calls: Mutex<HashMap<String, usize>>,
+    /// Calls about made-up tokens that reached the endpoint.
+    made_up: AtomicUsize,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+async fn introspect_or_hold(State(state): State<Arc<HoldingEndpoint>>, body: String) -> Response {
+    let form: HashMap<String, String> = form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let token = form.get("token").cloned().unwrap_or_default();
+    *state
+        .calls
+        .lock()
+        .unwrap()
+        .entry(token.clone())
+        .or_default() += 1;
+    let known = state.known.lock().unwrap().get(&token).cloned();
+    if let Some(answer) = known {
+        return axum::Json(answer).into_response();
+    }
+    state.made_up.fetch_add(1, Ordering::SeqCst);
+    let mut released = state.released.subscribe();
+    let _ = released.wait_for(|released| *released).await;
+    axum::Json(json!({ "active": false })).into_response()
+}
+
+/// A counter of daytona-authz's, read through Envoy's metrics listener.
+async fn authz_counter(stack: &Stack, series: &str) -> f64 {
+    let url = format!("http://127.0.0.1:{}/metrics", stack.envoy.metrics_port);
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '));
+    line.unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_made_up_opaque_tokens_gets_503_and_known_tokens_keep_their_slots() {
+    const KNOWN: &str = "opaque-known-good";
+    // Two calls about never-seen tokens at once; four in all (the bucket refills one every
+    // 100 s, never within this test).
+    const CONCURRENCY: usize = 2;
+    const BURST: usize = 4;
+    // More made-up tokens at once than daytona-authz has introspection call slots (64).
+    const FLOOD: usize = 80;
+    let state = Arc::new(HoldingEndpoint::default());
+    let app = Router::new()
+        .route("/oauth2/introspect", post(introspect_or_hold))
+        .with_state(Arc::clone(&state));
+    let endpoint = LocalServer::start(app).await;
+    let stack = Stack::start_with(AuthzOptions {
+        extra_args: [
+            "--introspection-url",
+            &format!("http://{}/oauth2/introspect", endpoint.addr),
+            "--introspection-client-id",
+            INTROSPECTION_CLIENT,
+            // The known token's answer leaves the cache after a second: it is checked again
+            // at the endpoint while the flood is on.
+            "--introspection-cache-ttl",
+            "1s",
+            "--introspection-unknown-concurrency",
+            &CONCURRENCY.to_string(),
+            "--introspection-unknown-rate",
+            "0.01",
+            "--introspection-unknown-burst",
+            &BURST.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        env: vec![(
+            "DAYTONA_AUTHZ_INTROSPECTION_CLIENT_SECRET".into(),
+            INTROSPECTION_SECRET.into(),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let host = stack.host(3000);
+    state.known.lock().unwrap().insert(
+        KNOWN.into(),
+        json!({ "active": true, "sandbox_id": stack.sandbox_id(), "exp": now() + 600 }),
+    );
+    support::remember_secret(KNOWN);
+    let made_up = |_| {
+        let token = format!("made-up-{}", uuid::Uuid::new_v4());
+        support::remember_secret(&token);
+        token
+    };
+    let known_calls = || state.calls.lock().unwrap().get(KNOWN).copied().unwrap_or(0);
+    let made_up_calls = || state.made_up.load(Ordering::SeqCst);
+
+    // The user's token is seen active once: known from now on.
+    assert_eq!(with_bearer(&stack, &host, KNOWN).await.status, 200);
+    assert_eq!(known_calls(), 1);
+
+    // The flood: every request in flight at once, against an endpoint that holds them.
+    let before = forwarded(&stack).await;
+    let known_let_in = AtomicUsize::new(0);
+    let tokens: Vec<String> = (0..FLOOD).map(made_up).collect();
+    let answered = AtomicUsize::new(0);
+    let flood = futures_util::future::join_all(tokens.iter().map(|token| async {
+        let reply = with_bearer(&stack, &host, token).await;
+        answered.fetch_add(1, Ordering::SeqCst);
+        reply
+    }));
+    let meanwhile = async {
+        // Two reach the endpoint and are held there; every other one is refused at once.
+        support::eventually(
+            "the flood to be refused but for the calls in flight",
+            Duration::from_secs(30),
+            || async {
+                let refused = answered.load(Ordering::SeqCst) >= FLOOD - CONCURRENCY;
+                (refused && made_up_calls() == CONCURRENCY).then_some(())
+            },
+        )
+        .await;
+        // The known token is checked again at the endpoint during the flood, and let in.
+        support::eventually(
+            "the known token to be introspected again",
+            Duration::from_secs(10),
+            || async {
+                let reply = with_bearer(&stack, &host, KNOWN).await;
+                assert_eq!(reply.status, 200, "known token in a flood: {}", reply.body);
+                known_let_in.fetch_add(1, Ordering::SeqCst);
+                (known_calls() == 2).then_some(())
+            },
+        )
+        .await;
+        state.released.send_replace(true);
+    };
+    let (replies, ()) = tokio::join!(flood, meanwhile);
+    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
+    assert!(refused.len() >= FLOOD - CONCURRENCY, "{replies:?}");
+    for reply in &refused {
+        assert!(reply.header("retry-after").is_some(), "{reply:?}");
+    }
+    // The held ones were answered inactive once released (or, on a very slow machine, timed out).
+    assert!(replies.iter().all(|r| [401, 503].contains(&r.status)));
+    assert_eq!(
+        made_up_calls(),
+        CONCURRENCY,
+        "shed tokens never reach the endpoint"
+    );
+
+    // The rate: the bucket had BURST; the known token's first look-up and the two calls in flight
+    // took three. One more made-up token gets an answer, then every new one is refused.
+    let more: Vec<String> = (0..3).map(made_up).collect();
+    let statuses = [
+        with_bearer(&stack, &host, &more[0]).await.status,
+        with_bearer(&stack, &host, &more[1]).await.status,
+        with_bearer(&stack, &host, &more[2]).await.status,
+    ];
+    assert_eq!(statuses, [401, 503, 503]);
+    assert_eq!(made_up_calls(), BURST - 1);
+    // ... and the known token still gets in, whatever the garbage used up.
+    assert_eq!(with_bearer(&stack, &host, KNOWN).await.status, 200);
+    let let_in = known_let_in.load(Ordering::SeqCst) + 1;
+    assert_eq!(
+        forwarded(&stack).await,
+        before + let_in,
+        "only the known token got through"
+    );
+
+    let shed =
+        |reason: &str| format!("daytona_authz_introspection_shed_total{{reason=\"{reason}\"}}");
+    let by_concurrency = authz_counter(&stack, &shed("concurrency")).await;
+    assert!(
+        by_concurrency >= (FLOOD - CONCURRENCY) as f64,
+        "{by_concurrency}"
+    );
+    assert_eq!(authz_counter(&stack, &shed("rate")).await, 2.0);
 }
 
 // ---------------------------------------------------------------------------------------------
