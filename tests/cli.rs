@@ -134,7 +134,11 @@ fn mint_prints_a_share_link_and_expiry() {
         &[("DAYTONA_AUTHZ_JWT_SECRET", SECRET)],
     );
     assert_eq!(output.status.code(), Some(64));
-    assert!(stderr(&output).contains("--any-port"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--any-port"),
+        "{}",
+        stderr(&output)
+    );
     let output = run(
         &["mint", "--sandbox", id, "--any-port"],
         &[("DAYTONA_AUTHZ_JWT_SECRET", SECRET)],

@@ -289,10 +289,14 @@ async fn daytona_api_failures_become_502_and_503() {
     // Failures were not cached: once Daytona answers (and its Retry-After passed), the request
     // goes through.
     stack.double.fault(None).await;
-    let reply = support::eventually("Daytona to answer again", Duration::from_secs(10), || async {
-        let reply = stack.get(&stack.host(3000), "/", &auth).await;
-        (reply.status == 200).then_some(reply)
-    })
+    let reply = support::eventually(
+        "Daytona to answer again",
+        Duration::from_secs(10),
+        || async {
+            let reply = stack.get(&stack.host(3000), "/", &auth).await;
+            (reply.status == 200).then_some(reply)
+        },
+    )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(stack.double.proxy_requests().await.len(), 1);
