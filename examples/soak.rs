@@ -19,7 +19,7 @@
 //! | `bad_signature` / `expired` / `garbage` / `no_token` | a token signed with another key / past `exp` / not a JWT or a broken one / none | 401 |
 //! | `other_sandbox` | a valid token for another sandbox | 403 |
 //! | `wrong_port` | a valid token for port 3000, the request for 3001 | 403 |
-//! | `unknown_sandbox` | a valid token for a sandbox Daytona does not know (a fresh random id each time) | 404, one API call (failures are not cached) |
+//! | `unknown_sandbox` | a valid token for a sandbox Daytona does not know (a fresh random id each time) | 404, one API call (ids never repeat, so the negative cache never answers) |
 //! | `bad_host` | a host that is not `{port}-{uuid}.{domain}` | 400 |
 //!
 //! Every access token is minted for its request (random `jti`), so daytona-authz never sees a

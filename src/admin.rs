@@ -94,6 +94,7 @@ impl<S: PreviewSource> Admin for AdminService<S> {
         let link = LinkRequest {
             sandbox: request.sandbox_id,
             ports,
+            any_port: request.any_port,
             ttl: Duration::from_secs(request.ttl_seconds),
             max_ttl: self.minting.max_ttl,
             base_url: (!request.base_url.is_empty()).then_some(request.base_url),
@@ -276,6 +277,7 @@ pub mod client {
                     ports: request.ports.iter().map(|p| u32::from(*p)).collect(),
                     ttl_seconds: request.ttl.as_secs(),
                     base_url: request.base_url.clone().unwrap_or_default(),
+                    any_port: request.any_port,
                 })
                 .await
                 .map_err(refused)?

@@ -219,6 +219,36 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub cache_max_entries: u64,
+    /// How long Daytona's "no such sandbox" answers (404, and 400 for an invalid port) are
+    /// cached, so a token for a deleted sandbox cannot make every request an API call; 0s: not
+    /// cached. Also how long a sandbox created just after such an answer stays unknown (or use
+    /// the admin API's InvalidatePreviewToken).
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_NEGATIVE_CACHE_TTL",
+        default_value = "5s",
+        value_name = "DURATION"
+    )]
+    pub negative_cache_ttl: String,
+    /// Most distinct ports of one sandbox in use within --port-window: a request for another
+    /// port is refused with 429 and Retry-After, before any call to Daytona. Each port is a host
+    /// in Envoy's DNS cache (`max_hosts`, shared by every sandbox): see README for sizing.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_MAX_PORTS_PER_SANDBOX",
+        default_value_t = 16,
+        value_name = "N"
+    )]
+    pub max_ports_per_sandbox: usize,
+    /// How long a port counts for --max-ports-per-sandbox after its last request; keep it at
+    /// least Envoy's DNS cache `host_ttl` (5m in envoy/envoy.yaml).
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_PORT_WINDOW",
+        default_value = "5m",
+        value_name = "DURATION"
+    )]
+    pub port_window: String,
 
     /// Report ready (gRPC health SERVING, /readyz 200) after this long even if the Daytona API
     /// has not answered yet; 0s waits for it however long it takes.
@@ -587,9 +617,12 @@ pub struct MintArgs {
     /// The sandbox the token grants (its UUID).
     #[arg(long, value_name = "ID")]
     pub sandbox: String,
-    /// A port the token grants (repeatable); none: every port.
+    /// A port the token grants (repeatable); at least one, unless --any-port.
     #[arg(long = "port", value_name = "PORT")]
     pub ports: Vec<u16>,
+    /// Grant every port of the sandbox instead of naming them (a token without `ports`).
+    #[arg(long, conflicts_with = "ports")]
+    pub any_port: bool,
     /// How long the token is valid (e.g. 15m, 2h).
     #[arg(long, default_value = "15m", value_name = "DURATION")]
     pub ttl: String,
@@ -829,6 +862,10 @@ pub struct ServeConfig {
     pub cors_allow_origins: Vec<String>,
     pub cache_ttl: Duration,
     pub cache_max_entries: u64,
+    /// Zero: Daytona's 404/400 answers are not cached.
+    pub negative_cache_ttl: Duration,
+    pub max_ports_per_sandbox: usize,
+    pub port_window: Duration,
     /// `None`: wait for the Daytona API however long it takes.
     pub ready_grace: Option<Duration>,
     pub drain_timeout: Duration,
@@ -993,6 +1030,8 @@ impl std::fmt::Debug for Secret {
 }
 
 const MIN_SECRET_BYTES: usize = 32;
+/// `--max-ports-per-sandbox` at most: every port Daytona exposes (3000-9999).
+const MAX_PORTS: usize = 7000;
 /// `--worker-threads` at most: far beyond any core count this runs on, low enough to catch a typo.
 const MAX_WORKER_THREADS: usize = 256;
 
@@ -1051,6 +1090,22 @@ impl ServeArgs {
         if self.cache_max_entries == 0 {
             p.0.push(ConfigError("--cache-max-entries must be at least 1".into()));
         }
+        let negative_cache_ttl = p.check(duration(
+            "--negative-cache-ttl",
+            &self.negative_cache_ttl,
+            Duration::ZERO..=Duration::from_secs(300),
+        ));
+        let max_ports_per_sandbox = p.check(match self.max_ports_per_sandbox {
+            1..=MAX_PORTS => Ok(self.max_ports_per_sandbox),
+            _ => err(format!(
+                "--max-ports-per-sandbox must be within 1-{MAX_PORTS}"
+            )),
+        });
+        let port_window = p.check(duration(
+            "--port-window",
+            &self.port_window,
+            Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
+        ));
         let ready_grace = p.check(duration(
             "--ready-grace",
             &self.ready_grace,
@@ -1149,6 +1204,9 @@ impl ServeArgs {
                 cors_allow_origins,
                 cache_ttl: cache_ttl?,
                 cache_max_entries: self.cache_max_entries,
+                negative_cache_ttl: negative_cache_ttl?,
+                max_ports_per_sandbox: max_ports_per_sandbox?,
+                port_window: port_window?,
                 ready_grace: ready_grace.map(|g| (!g.is_zero()).then_some(g))?,
                 drain_timeout: drain_timeout?,
                 log_format: log_format?,
@@ -1370,6 +1428,11 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Pretty);
         assert_eq!(config.worker_threads, 1);
         assert_eq!(config.identity.max_token_lifetime, None);
+        assert_eq!(config.negative_cache_ttl, Duration::from_secs(5));
+        assert_eq!(config.max_ports_per_sandbox, 16);
+        assert_eq!(config.port_window, Duration::from_secs(300));
+        let uncached = serve(&[&GOOD[..], &["--negative-cache-ttl", "0s"]].concat()).unwrap();
+        assert_eq!(uncached.negative_cache_ttl, Duration::ZERO);
         let capped = serve(&[&GOOD[..], &["--max-token-lifetime", "30d"]].concat()).unwrap();
         assert_eq!(
             capped.identity.max_token_lifetime,
@@ -1385,7 +1448,7 @@ mod tests {
 
     #[test]
     fn each_bad_setting_is_named() {
-        let cases: [(&[&str], &str); 15] = [
+        let cases: [(&[&str], &str); 20] = [
             (&["--grpc-addr", "localhost"], "--grpc-addr"),
             (&["--http-addr", "nowhere"], "--http-addr"),
             (&["--daytona-api-url", "ftp://x"], "--daytona-api-url"),
@@ -1404,6 +1467,14 @@ mod tests {
             (&["--worker-threads", "257"], "--worker-threads"),
             (&["--max-token-lifetime", "30s"], "--max-token-lifetime"),
             (&["--max-token-lifetime", "forever"], "--max-token-lifetime"),
+            (&["--negative-cache-ttl", "1h"], "--negative-cache-ttl"),
+            (&["--max-ports-per-sandbox", "0"], "--max-ports-per-sandbox"),
+            (
+                &["--max-ports-per-sandbox", "7001"],
+                "--max-ports-per-sandbox",
+            ),
+            (&["--port-window", "0s"], "--port-window"),
+            (&["--port-window", "2d"], "--port-window"),
         ];
         for (extra, needle) in cases {
             let mut args = GOOD.to_vec();

@@ -1,9 +1,13 @@
 //! The Daytona API client and the preview-token cache in front of it.
 //!
 //! One call per (sandbox, port) however many requests arrive at once: concurrent misses for one
-//! key wait on the same API call (a `quick_cache` placeholder), and failures are never cached, so
-//! the next request after a failure asks again. Entries live `--cache-ttl`, which bounds how long a token
-//! that Daytona regenerated on a sandbox restart can be served stale.
+//! key wait on the same API call (a `quick_cache` placeholder). Entries live `--cache-ttl`, which
+//! bounds how long a token that Daytona regenerated on a sandbox restart can be served stale.
+//! Daytona's "no such sandbox" (404) and "invalid" (400) answers are kept `--negative-cache-ttl`
+//! (seconds), so a token for a deleted sandbox cannot turn every request into an API call; other
+//! failures are never cached, so the next request after one asks again. A 429 puts the API key
+//! in back-off for Daytona's `Retry-After`: until it passes no call is made and look-ups that
+//! would need one fail at once (503 with the time left).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +75,8 @@ pub struct DaytonaApi {
     metrics: Arc<Metrics>,
     /// Set once Daytona has answered a call with our key accepted.
     answered: tokio::sync::watch::Sender<bool>,
+    /// Daytona rate limited our key (429): no call until this passes.
+    backoff: Backoff,
     /// Domains preview URLs may be under (lower-case).
     upstream_domains: Vec<String>,
 }
@@ -103,13 +109,16 @@ impl DaytonaApi {
             timeout,
             metrics,
             answered: tokio::sync::watch::channel(false).0,
+            backoff: Backoff::default(),
             upstream_domains,
         })
     }
 
-    /// Uses `api_key` from the next call on (SIGHUP reload).
+    /// Uses `api_key` from the next call on (SIGHUP reload). A back-off Daytona imposed on the
+    /// previous key does not apply to the new one.
     pub fn set_api_key(&self, api_key: &str) -> Result<(), String> {
         self.authorization.store(Arc::new(bearer(api_key)?));
+        self.backoff.clear();
         Ok(())
     }
 
@@ -149,6 +158,13 @@ impl DaytonaApi {
     /// One look-up, bounded as a whole by `timeout`: the wait for a slot and the call share it,
     /// so a `Check` gets its answer before Envoy's own ext_authz timeout gives up on it.
     async fn call(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
+        if let Some(seconds) = self.backoff.remaining(Instant::now()) {
+            // Daytona asked us to wait: asking again now would only prolong its rate limit.
+            self.metrics.api_backoff_refusal();
+            return Err(DaytonaError::RateLimited {
+                retry_after: Some(seconds),
+            });
+        }
         let _in_flight = self.metrics.api_lookup();
         let started = Instant::now();
         let deadline = started + self.timeout;
@@ -203,10 +219,63 @@ impl DaytonaApi {
             400 => Err(DaytonaError::BadRequest(error_message(&body))),
             401 | 403 => Err(DaytonaError::Unauthorized(status)),
             404 => Err(DaytonaError::NotFound),
-            429 => Err(DaytonaError::RateLimited { retry_after }),
+            429 => {
+                let seconds = self.backoff.start(Instant::now(), retry_after);
+                tracing::warn!(
+                    retry_after = seconds,
+                    "Daytona is rate limiting our API key; no calls until the back-off ends"
+                );
+                Err(DaytonaError::RateLimited {
+                    retry_after: Some(seconds),
+                })
+            }
             500..=599 => Err(DaytonaError::Unavailable(format!("HTTP {status}"))),
             other => Err(DaytonaError::BadAnswer(format!("HTTP {other}"))),
         }
+    }
+}
+
+/// Longest back-off a 429 can impose (a larger `Retry-After` is capped), and the back-off when
+/// Daytona gives no usable `Retry-After`.
+const MAX_BACKOFF_SECONDS: u64 = 300;
+const DEFAULT_BACKOFF_SECONDS: u64 = 5;
+
+/// The rate-limit back-off of one API key: no call before `until`.
+#[derive(Debug, Default)]
+struct Backoff {
+    until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Backoff {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whole seconds left (rounded up), while backing off.
+    fn remaining(&self, now: Instant) -> Option<u64> {
+        let until = (*self.lock())?;
+        let left = until.checked_duration_since(now).filter(|d| !d.is_zero())?;
+        Some(left.as_secs() + u64::from(left.subsec_nanos() > 0))
+    }
+
+    /// Backs off for Daytona's `Retry-After` (1 s to 5 min; 5 s without one); returns the
+    /// seconds. A later end already set is kept.
+    fn start(&self, now: Instant, retry_after: Option<u64>) -> u64 {
+        let seconds = retry_after
+            .unwrap_or(DEFAULT_BACKOFF_SECONDS)
+            .clamp(1, MAX_BACKOFF_SECONDS);
+        let end = now + Duration::from_secs(seconds);
+        let mut until = self.lock();
+        if until.is_none_or(|current| current < end) {
+            *until = Some(end);
+        }
+        seconds
+    }
+
+    fn clear(&self) {
+        *self.lock() = None;
     }
 }
 
@@ -406,14 +475,16 @@ fn parse_upstream(
 ///
 /// A `quick_cache` (S3-FIFO eviction) keyed by the sandbox UUID's 128 bits and the port: about
 /// 250 bytes an entry where moka with a `String` key took about 700 (bench/NOTES.md, finding 3).
-/// Concurrent misses for one key wait on one placeholder while its holder asks Daytona. A failure
-/// is handed to exactly the callers that were waiting for that call, then forgotten, so the next
-/// request asks again. A success lives `ttl` from when it was fetched; an expired entry is
-/// refetched (once, however many ask) by the first request that finds it.
+/// Concurrent misses for one key wait on one placeholder while its holder asks Daytona. A success
+/// lives `ttl` from when it was fetched; an expired entry is refetched (once, however many ask)
+/// by the first request that finds it. Daytona's 404 and 400 (the sandbox or port does not
+/// exist) live `negative_ttl` (zero: not kept). Any other failure is handed to exactly the
+/// callers that were waiting for that call, then forgotten, so the next request asks again.
 pub struct PreviewCache<S> {
     source: Arc<S>,
     cache: quick_cache::sync::Cache<PreviewKey, Slot>,
     ttl: Duration,
+    negative_ttl: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -443,6 +514,11 @@ enum Slot {
         preview: Arc<Preview>,
         expires: Instant,
     },
+    /// Daytona said there is no such sandbox port (404, 400): the answer until `expires`.
+    Absent {
+        error: Arc<DaytonaError>,
+        expires: Instant,
+    },
     /// The call that ended at `at` failed: the answer for whoever asked before then, never after.
     Failed {
         error: Arc<DaytonaError>,
@@ -455,18 +531,27 @@ impl Slot {
     fn same(&self, other: &Slot) -> bool {
         match (self, other) {
             (Slot::Ready { preview: a, .. }, Slot::Ready { preview: b, .. }) => Arc::ptr_eq(a, b),
-            (Slot::Failed { error: a, .. }, Slot::Failed { error: b, .. }) => Arc::ptr_eq(a, b),
+            (Slot::Absent { error: a, .. }, Slot::Absent { error: b, .. })
+            | (Slot::Failed { error: a, .. }, Slot::Failed { error: b, .. }) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
 }
 
 impl<S: PreviewSource> PreviewCache<S> {
-    pub fn new(source: Arc<S>, ttl: Duration, max_entries: u64, metrics: Arc<Metrics>) -> Self {
+    /// `ttl` for preview tokens, `negative_ttl` for "no such sandbox" answers (zero: not kept).
+    pub fn new(
+        source: Arc<S>,
+        ttl: Duration,
+        negative_ttl: Duration,
+        max_entries: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         PreviewCache {
             source,
             metrics,
             ttl,
+            negative_ttl,
             cache: quick_cache::sync::Cache::new(
                 usize::try_from(max_entries).unwrap_or(usize::MAX),
             ),
@@ -486,16 +571,22 @@ impl<S: PreviewSource> PreviewCache<S> {
                 .map(Arc::new)
                 .map_err(Arc::new);
         };
-        if let Some(Slot::Ready { preview, expires }) = self.cache.get(&key)
-            && asked < expires
-        {
-            self.metrics.cache_hit();
-            return Ok(preview);
+        match self.cache.get(&key) {
+            Some(Slot::Ready { preview, expires }) if asked < expires => {
+                self.metrics.cache_hit();
+                return Ok(preview);
+            }
+            Some(Slot::Absent { error, expires }) if asked < expires => {
+                self.metrics.negative_cache_hit();
+                return Err(error);
+            }
+            _ => {}
         }
         self.metrics.cache_miss();
         loop {
             match self.cache.get_value_or_guard_async(&key).await {
                 Ok(Slot::Ready { preview, expires }) if asked < expires => return Ok(preview),
+                Ok(Slot::Absent { error, expires }) if asked < expires => return Err(error),
                 Ok(Slot::Failed { error, at }) if asked <= at => return Err(error),
                 Ok(stale) => {
                     // Expired, or a failure that ended before this request: drop it (unless
@@ -508,6 +599,14 @@ impl<S: PreviewSource> PreviewCache<S> {
                             preview: Arc::new(preview),
                             expires: Instant::now() + self.ttl,
                         },
+                        Err(error @ (DaytonaError::NotFound | DaytonaError::BadRequest(_)))
+                            if !self.negative_ttl.is_zero() =>
+                        {
+                            Slot::Absent {
+                                error: Arc::new(error),
+                                expires: Instant::now() + self.negative_ttl,
+                            }
+                        }
                         Err(error) => Slot::Failed {
                             error: Arc::new(error),
                             at: Instant::now(),
@@ -521,7 +620,7 @@ impl<S: PreviewSource> PreviewCache<S> {
                     self.metrics.set_cache_entries(self.entry_count());
                     return match slot {
                         Slot::Ready { preview, .. } => Ok(preview),
-                        Slot::Failed { error, .. } => Err(error),
+                        Slot::Absent { error, .. } | Slot::Failed { error, .. } => Err(error),
                     };
                 }
             }
@@ -649,12 +748,17 @@ mod tests {
     struct Counting {
         calls: AtomicUsize,
         fail: bool,
+        /// Answer this instead (when set).
+        error: Option<DaytonaError>,
     }
 
     impl PreviewSource for Counting {
         async fn fetch(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(error) = &self.error {
+                return Err(error.clone());
+            }
             if self.fail {
                 return Err(DaytonaError::Unavailable("down".into()));
             }
@@ -673,8 +777,25 @@ mod tests {
             Arc::new(Counting {
                 calls: AtomicUsize::new(0),
                 fail,
+                error: None,
             }),
             ttl,
+            Duration::ZERO,
+            100,
+            Arc::default(),
+        ))
+    }
+
+    /// A cache whose source always answers `error`, keeping 404/400 for `negative_ttl`.
+    fn answering(error: DaytonaError, negative_ttl: Duration) -> Arc<PreviewCache<Counting>> {
+        Arc::new(PreviewCache::new(
+            Arc::new(Counting {
+                calls: AtomicUsize::new(0),
+                fail: false,
+                error: Some(error),
+            }),
+            Duration::from_secs(60),
+            negative_ttl,
             100,
             Arc::default(),
         ))
@@ -767,6 +888,77 @@ mod tests {
         cache.get(&at("not-a-uuid", 3000)).await.unwrap();
         cache.get(&at("not-a-uuid", 3000)).await.unwrap();
         assert_eq!(cache.source.calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn no_such_sandbox_answers_are_kept_for_the_negative_ttl() {
+        for error in [
+            DaytonaError::NotFound,
+            DaytonaError::BadRequest("Invalid port".into()),
+        ] {
+            let cache = answering(error.clone(), Duration::from_millis(200));
+            for answer in burst(&cache, 20).await {
+                assert_eq!(*answer.unwrap_err(), error);
+            }
+            for _ in 0..20 {
+                assert_eq!(*cache.get(&target()).await.unwrap_err(), error);
+            }
+            assert_eq!(cache.source.calls.load(Ordering::SeqCst), 1, "{error}");
+            assert!(
+                cache
+                    .metrics
+                    .encode()
+                    .contains("daytona_authz_preview_cache_negative_hits_total 20")
+            );
+            // Invalidation forgets it at once; otherwise it expires.
+            cache.invalidate(ID, None).await;
+            assert!(cache.get(&target()).await.is_err());
+            assert_eq!(cache.source.calls.load(Ordering::SeqCst), 2);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            assert!(cache.get(&target()).await.is_err());
+            assert_eq!(cache.source.calls.load(Ordering::SeqCst), 3);
+        }
+    }
+
+    #[tokio::test]
+    async fn other_failures_and_a_zero_negative_ttl_keep_nothing() {
+        for (error, negative_ttl) in [
+            (DaytonaError::NotFound, Duration::ZERO),
+            (
+                DaytonaError::RateLimited {
+                    retry_after: Some(7),
+                },
+                Duration::from_secs(60),
+            ),
+            (DaytonaError::Unauthorized(401), Duration::from_secs(60)),
+        ] {
+            let cache = answering(error.clone(), negative_ttl);
+            assert!(cache.get(&target()).await.is_err());
+            assert!(cache.get(&target()).await.is_err());
+            assert_eq!(cache.source.calls.load(Ordering::SeqCst), 2, "{error}");
+            assert_eq!(cache.entry_count(), 0);
+        }
+    }
+
+    #[test]
+    fn a_rate_limit_backs_off_for_retry_after_within_bounds() {
+        let backoff = Backoff::default();
+        let t0 = Instant::now();
+        assert_eq!(backoff.remaining(t0), None);
+        assert_eq!(backoff.start(t0, Some(7)), 7);
+        assert_eq!(backoff.remaining(t0), Some(7));
+        assert_eq!(backoff.remaining(t0 + Duration::from_millis(500)), Some(7));
+        assert_eq!(backoff.remaining(t0 + Duration::from_millis(6500)), Some(1));
+        assert_eq!(backoff.remaining(t0 + Duration::from_secs(7)), None);
+        // A shorter back-off does not cut a longer one short.
+        assert_eq!(backoff.start(t0, Some(2)), 2);
+        assert_eq!(backoff.remaining(t0 + Duration::from_secs(3)), Some(4));
+        backoff.clear();
+        assert_eq!(backoff.remaining(t0), None);
+        // No Retry-After: 5 s; 0 or huge: 1 s to 5 min.
+        assert_eq!(Backoff::default().start(t0, None), 5);
+        assert_eq!(Backoff::default().start(t0, Some(0)), 1);
+        assert_eq!(Backoff::default().start(t0, Some(86_400)), 300);
     }
 
     #[test]

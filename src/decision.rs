@@ -192,6 +192,10 @@ pub enum Denial {
     StatusUnknown(&'static str),
     #[error("{0}")]
     Daytona(DaytonaError),
+    /// The sandbox already has `limit` other ports in use (`--max-ports-per-sandbox`); one frees
+    /// up in `retry_after` seconds.
+    #[error("sandbox has {limit} other ports in use")]
+    TooManyPorts { limit: usize, retry_after: u64 },
 }
 
 impl Denial {
@@ -206,6 +210,7 @@ impl Denial {
             | Denial::CrossSandbox
             | Denial::CorsOriginRefused => 403,
             Denial::StatusUnknown(_) => 503,
+            Denial::TooManyPorts { .. } => 429,
             Denial::Daytona(e) => match e {
                 DaytonaError::NotFound => 404,
                 DaytonaError::BadRequest(_) => 400,
@@ -229,6 +234,7 @@ impl Denial {
             | Denial::CrossSandbox => "insufficient_scope",
             Denial::CorsOriginRefused => "cors_origin_refused",
             Denial::StatusUnknown(_) => "identity_unavailable",
+            Denial::TooManyPorts { .. } => "too_many_ports",
             Denial::Daytona(e) => match e {
                 DaytonaError::NotFound => "sandbox_not_found",
                 DaytonaError::BadRequest(_) => "bad_request",
@@ -270,6 +276,11 @@ impl Denial {
             Denial::StatusUnknown(_) => {
                 "Access cannot be checked right now; try again shortly.".into()
             }
+            Denial::TooManyPorts { limit, retry_after } => format!(
+                "This sandbox already has {limit} other ports open, the most allowed at once. \
+                 Ports already open keep working; this one can be opened in {retry_after} s, \
+                 once one of them has been left unused long enough."
+            ),
 
             Denial::Daytona(DaytonaError::NotFound) => "No such sandbox (it may have been deleted).".into(),
             Denial::Daytona(DaytonaError::BadRequest(m)) => format!("Daytona refused the request: {m}"),
@@ -279,9 +290,10 @@ impl Denial {
         }
     }
 
-    /// For 503: how long a client should wait, in seconds.
+    /// For 503 and 429: how long a client should wait, in seconds.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
+            Denial::TooManyPorts { retry_after, .. } => Some((*retry_after).max(1)),
             Denial::Daytona(DaytonaError::RateLimited { retry_after }) => {
                 Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER).clamp(1, 300))
             }

@@ -24,6 +24,7 @@ use crate::decision::{
 use crate::introspection::{Introspection, IntrospectionError, Introspector};
 use crate::jwks::Jwks;
 use crate::metrics::Metrics;
+use crate::port_limit::PortLimit;
 use crate::revocation::{self, Revocations, RevokedBy};
 use crate::token;
 use crate::token::JwkKey;
@@ -37,6 +38,8 @@ pub struct AuthzService<S> {
     /// Swapped whole when keys change (SIGHUP, JWKS refresh); each decision uses one snapshot.
     policy: Arc<ArcSwap<Policy>>,
     previews: Arc<PreviewCache<S>>,
+    /// Distinct ports per sandbox, checked before the preview-token look-up.
+    ports: Arc<PortLimit>,
     identity: Arc<Identity>,
     metrics: Arc<Metrics>,
 }
@@ -85,12 +88,14 @@ impl<S: PreviewSource> AuthzService<S> {
     pub fn new(
         policy: Arc<ArcSwap<Policy>>,
         previews: Arc<PreviewCache<S>>,
+        ports: Arc<PortLimit>,
         identity: Arc<Identity>,
         metrics: Arc<Metrics>,
     ) -> Self {
         AuthzService {
             policy,
             previews,
+            ports,
             identity,
             metrics,
         }
@@ -126,6 +131,9 @@ impl<S: PreviewSource> AuthzService<S> {
                     continue;
                 }
             };
+            // One sandbox cannot take more than its share of Envoy's DNS cache (nor make one
+            // Daytona call per port it walks).
+            self.ports.admit(&authorized.target)?;
             let preview = self
                 .previews
                 .get(&authorized.target)

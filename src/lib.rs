@@ -4,8 +4,8 @@
 //! to Daytona's preview proxy with `X-Daytona-Preview-Token` set and the caller's credentials
 //! removed. Modules by responsibility: [`config`] (flags, validation), [`host`] (public host
 //! parsing), [`token`] (access tokens), [`decision`] (pure verdicts), [`daytona`] (API client and
-//! cache), [`grpc`] (Envoy's API), [`admin`] (our own gRPC API), [`server`] (wiring),
-//! [`transport`] (how gRPC connections are accepted).
+//! cache), [`port_limit`] (distinct ports per sandbox), [`grpc`] (Envoy's API), [`admin`] (our
+//! own gRPC API), [`server`] (wiring), [`transport`] (how gRPC connections are accepted).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -21,6 +21,7 @@ pub mod jwks;
 pub mod metrics;
 pub mod mint;
 pub mod pages;
+pub mod port_limit;
 pub mod revocation;
 pub mod server;
 pub mod token;

@@ -1,6 +1,7 @@
 //! Prometheus metrics (served at `/metrics` in the text format): decisions by result and reason,
 //! Check latency, Daytona API calls by status and latency, Daytona look-ups in flight, cache
-//! hits, misses and size, secret reloads, readiness, the runtime's live task count and build
+//! hits, misses and size, cached "no such sandbox" answers, look-ups refused during a Daytona
+//! rate-limit back-off, secret reloads, readiness, the runtime's live task count and build
 //! info. No label ever carries a token, a host or a sandbox id: label values come from small
 //! fixed sets, so cardinality stays bounded.
 //!
@@ -63,6 +64,8 @@ pub struct Metrics {
     cache_hits: Counter,
     cache_misses: Counter,
     cache_entries: Gauge,
+    negative_cache_hits: Counter,
+    api_backoff_refusals: Counter,
     secret_reloads: Family<ResultLabels, Counter>,
     ready: Gauge,
     api_lookups_in_flight: Gauge,
@@ -136,6 +139,20 @@ impl Metrics {
             "preview_cache_entries",
             "Preview tokens in the cache",
             cache_entries.clone(),
+        );
+        let negative_cache_hits = Counter::default();
+        registry.register(
+            "preview_cache_negative_hits",
+            "Preview-token look-ups answered from a cached \"no such sandbox\" (Daytona's 404 or \
+             400, kept --negative-cache-ttl) without an API call",
+            negative_cache_hits.clone(),
+        );
+        let api_backoff_refusals = Counter::default();
+        registry.register(
+            "daytona_api_backoff_refusals",
+            "Daytona look-ups refused without a call because Daytona rate limited the API key \
+             (429) and its Retry-After has not passed",
+            api_backoff_refusals.clone(),
         );
         let secret_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -235,6 +252,8 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_entries,
+            negative_cache_hits,
+            api_backoff_refusals,
             secret_reloads,
             ready,
             api_lookups_in_flight,
@@ -284,6 +303,14 @@ impl Metrics {
 
     pub fn cache_miss(&self) {
         self.cache_misses.inc();
+    }
+
+    pub fn negative_cache_hit(&self) {
+        self.negative_cache_hits.inc();
+    }
+
+    pub fn api_backoff_refusal(&self) {
+        self.api_backoff_refusals.inc();
     }
 
     pub fn set_cache_entries(&self, entries: u64) {
@@ -372,8 +399,12 @@ mod tests {
         metrics.decision("deny", "invalid_token", Duration::from_micros(80));
         metrics.api_call("200", Duration::from_millis(12));
         metrics.cache_hit();
+        metrics.negative_cache_hit();
+        metrics.api_backoff_refusal();
         let text = metrics.encode();
         for needle in [
+            "daytona_authz_preview_cache_negative_hits_total 1",
+            "daytona_authz_daytona_api_backoff_refusals_total 1",
             "daytona_authz_decisions_total{result=\"deny\",reason=\"invalid_token\"} 1",
             "daytona_authz_daytona_api_calls_total{status=\"200\"} 1",
             "daytona_authz_preview_cache_hits_total 1",

@@ -11,8 +11,10 @@ use crate::token::{self, Claims, QUERY_PARAMETER, Signer};
 #[derive(Debug, Clone)]
 pub struct LinkRequest {
     pub sandbox: String,
-    /// Empty: every port.
+    /// The ports the token grants; empty only with `any_port`.
     pub ports: Vec<u16>,
+    /// A token for every port (no `ports` claim): only when asked for explicitly.
+    pub any_port: bool,
     pub ttl: Duration,
     pub max_ttl: Duration,
     /// Template with `{port}` and `{id}`; one link per port.
@@ -55,6 +57,19 @@ pub fn mint_link(
             humantime::format_duration(request.ttl),
             humantime::format_duration(request.max_ttl)
         )));
+    }
+    match (request.ports.is_empty(), request.any_port) {
+        (true, false) => {
+            return Err(ConfigError(
+                "--port: name the ports the link opens (repeat --port), or --any-port for a token that opens every port".into(),
+            ));
+        }
+        (false, true) => {
+            return Err(ConfigError(
+                "--any-port and --port exclude each other".into(),
+            ));
+        }
+        _ => {}
     }
     if request.base_url.is_some() && request.ports.is_empty() {
         return Err(ConfigError(
@@ -100,6 +115,7 @@ pub fn mint(args: MintArgs) -> Result<String, ConfigError> {
     let request = LinkRequest {
         sandbox: args.sandbox.clone(),
         ports: args.ports.clone(),
+        any_port: args.any_port,
         ttl,
         max_ttl,
         base_url: args.base_url.clone(),
@@ -210,6 +226,43 @@ mod tests {
         );
         assert!(run(&["--ttl", "2h", "--max-ttl", "1h"]).is_err());
         assert!(run(&["--port", "80"]).is_err());
-        assert!(run(&["--base-url", "https://x"]).is_err());
+        assert!(run(&["--port", "3000", "--base-url", "ftp://x"]).is_err());
+        assert!(run(&["--any-port", "--base-url", "https://x"]).is_err());
+    }
+
+    /// The token `run` printed, verified.
+    fn grant(out: &str) -> std::sync::Arc<token::Grant> {
+        let token = out.lines().find_map(|l| l.strip_prefix("token: ")).unwrap();
+        token::Verifier::hs256(SECRET.as_bytes(), None, None)
+            .verify(token, token::now())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_token_opens_the_ports_asked_for_and_every_port_only_when_asked() {
+        let error = run(&[]).unwrap_err().to_string();
+        assert!(
+            error.contains("--port") && error.contains("--any-port"),
+            "{error}"
+        );
+        assert_eq!(
+            grant(&run(&["--port", "3000", "--port", "8080"]).unwrap()).ports,
+            Some(vec![3000, 8080])
+        );
+        assert_eq!(grant(&run(&["--any-port"]).unwrap()).ports, None);
+        // Through the library (the admin API's MintLink) the same rules hold.
+        let request = |ports: Vec<u16>, any_port| LinkRequest {
+            sandbox: ID.into(),
+            ports,
+            any_port,
+            ttl: Duration::from_secs(60),
+            max_ttl: DEFAULT_MAX_TTL,
+            base_url: None,
+        };
+        let signer = Signer::hs256(SECRET.as_bytes());
+        let now = token::now();
+        assert!(mint_link(&signer, None, None, &request(vec![], false), now).is_err());
+        assert!(mint_link(&signer, None, None, &request(vec![3000], true), now).is_err());
+        assert!(mint_link(&signer, None, None, &request(vec![], true), now).is_ok());
     }
 }

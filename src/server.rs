@@ -23,6 +23,7 @@ use crate::introspection::{IntrospectionConfig, Introspector};
 use crate::jwks::Jwks;
 use crate::metrics::Metrics;
 use crate::mint;
+use crate::port_limit::PortLimit;
 use crate::revocation::Revocations;
 use crate::token::Verifier;
 use crate::token::{ClaimMapping, Signer};
@@ -61,14 +62,21 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let previews = Arc::new(PreviewCache::new(
         Arc::clone(&api),
         config.cache_ttl,
+        config.negative_cache_ttl,
         config.cache_max_entries,
         Arc::clone(&metrics),
+    ));
+    let ports = Arc::new(PortLimit::new(
+        config.max_ports_per_sandbox,
+        config.port_window,
+        config.cache_max_entries,
     ));
     let identity = Arc::new(identity(&config, &metrics).await?);
     let policy = Arc::new(ArcSwap::from_pointee(policy(&config, &config.secrets)));
     let authz = AuthzService::new(
         Arc::clone(&policy),
         Arc::clone(&previews),
+        ports,
         Arc::clone(&identity),
         Arc::clone(&metrics),
     );
@@ -105,6 +113,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         preview_domain = %config.preview_domain,
         cache_ttl = ?config.cache_ttl,
         cache_max_entries = config.cache_max_entries,
+        negative_cache_ttl = ?config.negative_cache_ttl,
+        max_ports_per_sandbox = config.max_ports_per_sandbox,
+        port_window = ?config.port_window,
         jwt_issuer = config.jwt_issuer.as_deref(),
         jwt_audience = config.jwt_audience.as_deref(),
         jwt_previous_secret = config.secrets.jwt_previous_secret.is_some(),

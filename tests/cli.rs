@@ -127,6 +127,24 @@ fn mint_prints_a_share_link_and_expiry() {
     );
     assert_eq!(output.status.code(), Some(64));
     assert!(stderr(&output).contains("--ttl"));
+
+    // No --port: refused, rather than a token for every port of the sandbox.
+    let output = run(
+        &["mint", "--sandbox", id],
+        &[("DAYTONA_AUTHZ_JWT_SECRET", SECRET)],
+    );
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        stderr(&output).contains("--any-port"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(
+        &["mint", "--sandbox", id, "--any-port"],
+        &[("DAYTONA_AUTHZ_JWT_SECRET", SECRET)],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("token: ey"));
 }
 
 #[test]

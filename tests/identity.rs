@@ -1117,6 +1117,7 @@ async fn mint_link(admin: &mut AdminClient<Channel>, sandbox_id: &str) -> MintLi
             ports: vec![3000],
             ttl_seconds: 600,
             base_url: format!("http://{{port}}-{{id}}.{PREVIEW_DOMAIN}/"),
+            any_port: false,
         }))
         .await
         .expect("MintLink")
@@ -1339,6 +1340,7 @@ async fn the_admin_api_refuses_revocations_without_its_credential() {
             ports: vec![3000],
             ttl_seconds: 60,
             base_url: String::new(),
+            any_port: false,
         }))
         .await
         .unwrap_err();

@@ -23,9 +23,9 @@
 //!
 //! Tests steer and observe it through `/_double/*` on the API listener: call counters for the
 //! preview-url endpoint, sandbox creation and restart (which regenerates the preview token, as
-//! every start does in Daytona), fault injection (status and delay), and the log of every request
-//! the proxy received, headers as they arrived (over TLS, with the server name the client sent as
-//! SNI).
+//! every start does in Daytona), fault injection (status, delay, a 429's Retry-After), and the
+//! log of every request the proxy received, headers as they arrived (over TLS, with the server
+//! name the client sent as SNI).
 //!
 //! Benchmarks run it with `--any-sandbox`: then every lower-case UUID is a sandbox (its preview
 //! token made on first use), so any number of distinct sandboxes can be asked for.
@@ -298,6 +298,8 @@ struct Fault {
     status: Option<u16>,
     /// Delay every answer by this many milliseconds.
     delay_ms: Option<u64>,
+    /// With status 429: the `Retry-After` seconds sent (default 7).
+    retry_after: Option<u64>,
 }
 
 /// One request as the preview proxy received it, before anything was stripped.
@@ -517,7 +519,7 @@ async fn preview_url(
     }
     let path = uri.path();
     if let Some(status) = fault.status {
-        return injected_fault(status, path);
+        return injected_fault(status, fault.retry_after, path);
     }
     if !has_api_key(&headers, &double.api_key) {
         return daytona_error(StatusCode::UNAUTHORIZED, path, "Unauthorized");
@@ -568,7 +570,7 @@ fn parse_port(s: &str) -> Option<u16> {
     }
 }
 
-fn injected_fault(status: u16, path: &str) -> Response {
+fn injected_fault(status: u16, retry_after: Option<u64>, path: &str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let message = if status == StatusCode::TOO_MANY_REQUESTS {
         "ThrottlerException: Too Many Requests"
@@ -577,9 +579,10 @@ fn injected_fault(status: u16, path: &str) -> Response {
     };
     let mut response = daytona_error(status, path, message);
     if status == StatusCode::TOO_MANY_REQUESTS {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after.unwrap_or(7)),
+        );
     }
     response
 }
@@ -640,7 +643,8 @@ async fn restart_sandbox(
     }
 }
 
-/// `POST /_double/fault`: `{"status": 503|null, "delay_ms": N|null}` replaces the fault in force.
+/// `POST /_double/fault`: `{"status": 503|null, "delay_ms": N|null, "retry_after": N|null}`
+/// replaces the fault in force (`retry_after`: the `Retry-After` of a 429, default 7).
 async fn set_fault(State(double): State<Arc<Double>>, uri: Uri, body: Bytes) -> Response {
     let fault: Fault = match parse_optional_json(&body) {
         Ok(fault) => fault,
@@ -651,7 +655,7 @@ async fn set_fault(State(double): State<Arc<Double>>, uri: Uri, body: Bytes) -> 
         return daytona_error(StatusCode::BAD_REQUEST, uri.path(), message);
     }
     double.lock().fault = fault;
-    info!(status = ?fault.status, delay_ms = ?fault.delay_ms, "preview-url fault set");
+    info!(status = ?fault.status, delay_ms = ?fault.delay_ms, retry_after = ?fault.retry_after, "preview-url fault set");
     Json(fault).into_response()
 }
 

@@ -407,6 +407,16 @@ impl Double {
             .await;
     }
 
+    /// Makes the preview-url API answer 429 with `Retry-After: {seconds}`.
+    pub async fn rate_limit(&self, seconds: u64) {
+        let _: serde_json::Value = self
+            .post(
+                "fault",
+                serde_json::json!({ "status": 429, "retry_after": seconds }),
+            )
+            .await;
+    }
+
     async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> T {
         let response = self
             .http
@@ -494,6 +504,8 @@ pub struct StackOptions {
     pub double_tls: Option<TlsFiles>,
     /// The CA bundle Envoy trusts for HTTPS upstreams, in place of the system bundle.
     pub envoy_trusted_ca: Option<PathBuf>,
+    /// The `max_hosts` of Envoy's DNS cache, in place of envoy.yaml's.
+    pub envoy_max_hosts: Option<u32>,
 }
 
 impl From<AuthzOptions> for StackOptions {
@@ -648,6 +660,15 @@ impl Envoy {
     /// With `trusted_ca`, HTTPS upstreams are verified against that PEM bundle instead of the
     /// system one.
     pub async fn start_with(authz: &Authz, trusted_ca: Option<&Path>) -> Envoy {
+        Envoy::start_configured(authz, trusted_ca, None).await
+    }
+
+    /// Also with `max_hosts`, the DNS cache's bound in place of envoy.yaml's.
+    pub async fn start_configured(
+        authz: &Authz,
+        trusted_ca: Option<&Path>,
+        max_hosts: Option<u32>,
+    ) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let config = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
         let config = replace_n(
@@ -689,6 +710,10 @@ impl Envoy {
                 "/etc/ssl/certs/ca-certificates.crt",
                 &ca.display().to_string(),
             ),
+            None => config,
+        };
+        let config = match max_hosts {
+            Some(n) => replace_n(&config, 1, "max_hosts: 8192", &format!("max_hosts: {n}")),
             None => config,
         };
         let config_path = dir.path().join("envoy.yaml");
@@ -829,7 +854,12 @@ impl Stack {
                 .extend(double.upstream_domain_args());
         }
         let authz = Authz::start(&api_url, &authz_options).await;
-        let envoy = Envoy::start_with(&authz, options.envoy_trusted_ca.as_deref()).await;
+        let envoy = Envoy::start_configured(
+            &authz,
+            options.envoy_trusted_ca.as_deref(),
+            options.envoy_max_hosts,
+        )
+        .await;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(20))
