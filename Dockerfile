@@ -1,30 +1,48 @@
 # syntax=docker/dockerfile:1
-# daytona-authz image: the ext_authz service (entrypoint) plus the Daytona test double
-# (`daytona-double`, used only by docker-compose's `local` profile).
+# The daytona-authz image (the default, last stage): the ext_authz service only.
 #   docker build -t daytona-authz .
+# The Daytona test double, for docker-compose's `local` profile only, is a stage of its own
+# (never in the product image):
+#   docker build --target daytona-double -t daytona-double .
 FROM rust:1-bookworm AS build
 WORKDIR /src
 # protoc comes vendored (protoc-bin-vendored): no system packages needed to build.
+# benches/ because Cargo.toml declares `[[bench]] check_path`: cargo refuses a manifest whose
+# bench file is missing, even for `--bin` builds (scripts/check-deploy loads the manifest from
+# exactly what these COPY lines copy).
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
+COPY benches benches
 COPY src src
-RUN cargo build --release --locked --bins
+# Both binaries in one build (they share the library); each image below takes one.
+RUN cargo build --release --locked --bin daytona-authz --bin daytona-double
 
-FROM debian:bookworm-slim
+# Shared runtime base: non-root (the distroless "nonroot" id), nothing but the C runtime and CAs.
+FROM debian:bookworm-slim AS runtime
 # The Daytona API client trusts the Mozilla roots compiled in (webpki-roots); ca-certificates
 # is here for operators who mount extra tooling.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/daytona-authz /src/target/release/daytona-double /usr/local/bin/
+
+# The test double (API on 127.0.0.1:3000, preview proxy on 127.0.0.1:4000 in compose).
+FROM runtime AS daytona-double
+COPY --from=build /src/target/release/daytona-double /usr/local/bin/
+USER 65532:65532
+ENTRYPOINT ["daytona-double"]
+
+# The product image: the last stage, so a plain `docker build .` builds it.
+FROM runtime AS daytona-authz
+COPY --from=build /src/target/release/daytona-authz /usr/local/bin/
 # The embedded revocation store lives here (mount a volume to keep it across containers).
 RUN mkdir -p /var/lib/daytona-authz && chown 65532:65532 /var/lib/daytona-authz
 WORKDIR /var/lib/daytona-authz
 ENV DAYTONA_AUTHZ_REVOCATION_DB=/var/lib/daytona-authz/revocations.redb
-# Non-root (the distroless "nonroot" id); only the revocation store is written.
+# Only the revocation store is written.
 USER 65532:65532
-# ext_authz gRPC + grpc.health.v1 (9191) and /healthz /readyz /metrics (9192). Both bind
-# 127.0.0.1 by default: run beside Envoy in one pod / network namespace.
+# ext_authz gRPC + grpc.health.v1 (9191), /healthz /readyz /metrics (9192) and the admin gRPC API
+# (9193, only with an admin token). All bind 127.0.0.1 by default: run beside Envoy in one pod /
+# network namespace.
 EXPOSE 9191 9192
 # Ready = keys loaded and the Daytona API answered (or --ready-grace passed), not draining.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
