@@ -421,3 +421,101 @@ async fn the_metrics_listener_serves_the_two_metric_sets_and_nothing_else() {
         .await;
     assert_eq!(reply.status, 200);
 }
+
+/// Envoy's edge health listener (`edge_health`, 9903 in envoy.yaml): a load balancer's
+/// `GET /healthz`, without a token or a preview host, is 200 while Envoy's own gRPC health check
+/// finds daytona-authz healthy and 503 once it does not (or once the admin's
+/// `/healthcheck/fail` says the pod is going away, as the Kubernetes preStop does). No Check runs
+/// for it, and it answers nothing else.
+#[tokio::test]
+async fn the_edge_health_endpoint_follows_authz_health_and_answers_nothing_else() {
+    let mut stack = Stack::start().await;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", stack.envoy.health_port);
+    let send = |method: reqwest::Method, path: &str| {
+        let request = http.request(method, format!("{base}{path}")).send();
+        async move { request.await.unwrap().status().as_u16() }
+    };
+    let checks = |metrics: &str| {
+        parse_metrics(metrics)
+            .get("daytona_authz_check_duration_seconds_count")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let checks_before = checks(&stack.authz.metrics().await);
+
+    // Envoy marks daytona-authz healthy after its first health check; until then it may be 503.
+    eventually(
+        "the edge health endpoint to say 200",
+        Duration::from_secs(15),
+        || {
+            let status = send(reqwest::Method::GET, "/healthz");
+            async move { (status.await == 200).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(send(reqwest::Method::GET, "/healthz").await, 200);
+    for (method, path) in [
+        (reqwest::Method::GET, "/"),
+        (reqwest::Method::GET, "/healthz/"),
+        (reqwest::Method::GET, "/healthz?x=1"),
+        (reqwest::Method::GET, "/ready"),
+        (reqwest::Method::GET, "/metrics"),
+        (reqwest::Method::GET, "/stats/prometheus"),
+        (reqwest::Method::POST, "/healthz"),
+        (reqwest::Method::PUT, "/healthz"),
+        (reqwest::Method::DELETE, "/healthz"),
+        (reqwest::Method::POST, "/healthcheck/fail"),
+        (reqwest::Method::POST, "/quitquitquit"),
+    ] {
+        assert_eq!(send(method.clone(), path).await, 404, "{method} {path}");
+    }
+    // A preview host on this port does not reach a sandbox either.
+    let status = http
+        .get(format!("{base}/"))
+        .header("host", stack.host(3000))
+        .header("authorization", bearer(&stack.token(None)))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+    assert_eq!(stack.double.proxy_requests().await.len(), 0);
+    assert_eq!(
+        checks(&stack.authz.metrics().await),
+        checks_before,
+        "an edge health request made daytona-authz run a Check"
+    );
+
+    // The pod's preStop fails the endpoint through Envoy's admin before draining.
+    let admin = |path: &str| {
+        let request = http
+            .post(format!("http://{}{path}", stack.envoy.admin))
+            .send();
+        async move { assert_eq!(request.await.unwrap().status(), 200) }
+    };
+    admin("/healthcheck/fail").await;
+    assert_eq!(send(reqwest::Method::GET, "/healthz").await, 503);
+    admin("/healthcheck/ok").await;
+    assert_eq!(send(reqwest::Method::GET, "/healthz").await, 200);
+
+    // daytona-authz dies (SIGKILL): once Envoy's health check notices, 503.
+    stack.authz.proc.kill();
+    eventually(
+        "the edge health endpoint to say 503",
+        Duration::from_secs(15),
+        || {
+            let status = send(reqwest::Method::GET, "/healthz");
+            async move { (status.await == 503).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        stack
+            .envoy
+            .stat("cluster.daytona_authz.membership_healthy")
+            .await,
+        0
+    );
+    assert_eq!(send(reqwest::Method::GET, "/healthz").await, 503);
+}

@@ -644,6 +644,8 @@ pub struct Envoy {
     pub port: u16,
     /// The metrics listener's port (`/stats/prometheus`, `/metrics`).
     pub metrics_port: u16,
+    /// The edge health listener's port (`GET /healthz`).
+    pub health_port: u16,
     pub admin: String,
     _dir: tempfile::TempDir,
 }
@@ -681,6 +683,12 @@ impl Envoy {
             &config,
             1,
             "address: 0.0.0.0, port_value: 9902",
+            "address: 127.0.0.1, port_value: 0",
+        );
+        let config = replace_n(
+            &config,
+            1,
+            "address: 0.0.0.0, port_value: 9903",
             "address: 127.0.0.1, port_value: 0",
         );
         // The admin address and the cluster the metrics listener reaches it through: a port
@@ -740,10 +748,11 @@ impl Envoy {
         .await;
         let http = reqwest::Client::new();
         let url = format!("http://{admin}/listeners?format=json");
-        let (port, metrics_port) = eventually("Envoy's listeners", READY_TIMEOUT, || {
-            listener_ports(&http, &url)
-        })
-        .await;
+        let (port, metrics_port, health_port) =
+            eventually("Envoy's listeners", READY_TIMEOUT, || {
+                listener_ports(&http, &url)
+            })
+            .await;
         // LIVE once initialisation is over, health checks of the authz cluster included: only
         // then does the listener accept connections.
         eventually("Envoy to be LIVE", READY_TIMEOUT, || {
@@ -759,6 +768,7 @@ impl Envoy {
             proc,
             port,
             metrics_port,
+            health_port,
             admin,
             _dir: dir,
         }
@@ -788,8 +798,8 @@ fn replace_n(text: &str, count: usize, from: &str, to: &str) -> String {
     text.replace(from, to)
 }
 
-/// The ports Envoy bound for its public and metrics listeners, once it has bound both.
-async fn listener_ports(http: &reqwest::Client, url: &str) -> Option<(u16, u16)> {
+/// The ports Envoy bound for its public, metrics and edge health listeners, once it has bound all.
+async fn listener_ports(http: &reqwest::Client, url: &str) -> Option<(u16, u16, u16)> {
     let listeners: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
     let listeners = listeners["listener_statuses"].as_array()?;
     let port = |name: &str| {
@@ -797,7 +807,7 @@ async fn listener_ports(http: &reqwest::Client, url: &str) -> Option<(u16, u16)>
         let port = listener["local_address"]["socket_address"]["port_value"].as_u64()?;
         u16::try_from(port).ok().filter(|p| *p != 0)
     };
-    Some((port("public_http")?, port("metrics")?))
+    Some((port("public_http")?, port("metrics")?, port("edge_health")?))
 }
 
 /// An HTTP answer, as a client saw it.
