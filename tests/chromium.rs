@@ -394,7 +394,7 @@ async fn a_sibling_sandboxs_page_cannot_read_another_sandbox_with_the_users_cook
     );
     let b_token = token_for(&b, Some(vec![3000]), now() + 600);
     let b_link = format!(
-        "{b_origin}/page?html={}&access_token={b_token}",
+        "{b_origin}/html-from-query?html={}&access_token={b_token}",
         urlencode(&page)
     );
     let dom = dom_after_scripts(&chromium, &through_a_share_link(&stack, &a, &b_link)).await;

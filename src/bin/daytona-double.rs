@@ -18,8 +18,8 @@
 //!   and the API hands out `https://` preview URLs, as Daytona cloud does;
 //! * a built-in **sandbox app** behind the proxy: JSON echo of the request as the sandbox sees it,
 //!   WebSocket echo, server-sent events, an HTML page, a cookie setter, any page given in the
-//!   query (`/page?html=`) and a redirect (`/redirect?to=`); port 9999 plays "nothing listening"
-//!   (502, empty body).
+//!   query (`/html-from-query?html=`) and a redirect (`/redirect?to=`); port 9999 plays "nothing
+//!   listening" (502, empty body).
 //!
 //! Tests steer and observe it through `/_double/*` on the API listener: call counters for the
 //! preview-url endpoint, sandbox creation and restart (which regenerates the preview token, as
@@ -931,7 +931,7 @@ async fn sandbox_app(target: &Target, req: Request) -> Response {
         (&Method::GET, "/sse") => server_sent_events(req.uri()),
         (&Method::GET, "/html") => html_page(target),
         (&Method::GET, "/cookie") => set_cookie(target, req).await,
-        (&Method::GET, "/page") => page_from_query(req.uri()),
+        (&Method::GET, "/html-from-query") => page_from_query(req.uri()),
         (&Method::GET, "/redirect") => redirect_from_query(req.uri()),
         _ => echo(target, req).await,
     }
@@ -995,8 +995,8 @@ fn html_page(target: &Target) -> Response {
     .into_response()
 }
 
-/// `GET /page?html=H`: the page H. A sandbox runs whatever code its owner (or an attacker) put
-/// there; the browser tests use this to play a hostile sandbox's page.
+/// `GET /html-from-query?html=H`: the page H. A sandbox runs whatever code its owner (or an
+/// attacker) put there; the browser tests use this to play a hostile sandbox's page.
 fn page_from_query(uri: &Uri) -> Response {
     Html(query_param(uri, "html").unwrap_or_default()).into_response()
 }
