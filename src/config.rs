@@ -187,13 +187,14 @@ pub struct ServeArgs {
     #[arg(long, env = "DAYTONA_AUTHZ_LOGIN_URL", value_name = "URL")]
     pub login_url: Option<String>,
     /// Add `X-Daytona-Disable-CORS: true` to forwarded requests, so the app's own CORS headers
-    /// apply instead of Daytona's; CORS preflights then go to the app as well (with the preview
-    /// token, without any end-user credential), unless --cors-allow-origin answers them.
+    /// apply instead of Daytona's; CORS preflights (answered at the edge) are then approved only
+    /// for the sandbox's own pages and the --cors-allow-origin origins.
     #[arg(long, env = "DAYTONA_AUTHZ_DISABLE_CORS")]
     pub disable_cors: bool,
     /// Approve CORS preflights at the edge only for this origin (repeatable, or comma-separated:
-    /// `https://app.example.com`); preflights from any other origin get 403. Default: the edge
-    /// approves every origin (as Daytona's proxy does), or with --disable-cors the app decides.
+    /// `https://app.example.com`) and the sandbox's own pages; any other origin gets 403.
+    /// Default: every origin (as Daytona's proxy does), or with --disable-cors none but the
+    /// sandbox's own pages.
     #[arg(
         long = "cors-allow-origin",
         env = "DAYTONA_AUTHZ_CORS_ALLOW_ORIGIN",

@@ -115,10 +115,13 @@ impl DaytonaApi {
     }
 
     /// Uses `api_key` from the next call on (SIGHUP reload). A back-off Daytona imposed on the
-    /// previous key does not apply to the new one.
+    /// previous key does not apply to a new one (a reload that keeps the key keeps its back-off).
     pub fn set_api_key(&self, api_key: &str) -> Result<(), String> {
-        self.authorization.store(Arc::new(bearer(api_key)?));
-        self.backoff.clear();
+        let authorization = bearer(api_key)?;
+        let previous = self.authorization.swap(Arc::new(authorization.clone()));
+        if *previous != authorization {
+            self.backoff.clear();
+        }
         Ok(())
     }
 
@@ -175,6 +178,13 @@ impl DaytonaApi {
                 "too many Daytona API calls in flight".into(),
             ));
         };
+        // A 429 may have come back while this look-up waited for its slot.
+        if let Some(seconds) = self.backoff.remaining(Instant::now()) {
+            self.metrics.api_backoff_refusal();
+            return Err(DaytonaError::RateLimited {
+                retry_after: Some(seconds),
+            });
+        }
         let response = self
             .http
             .get(self.preview_url(target))
@@ -261,17 +271,20 @@ impl Backoff {
     }
 
     /// Backs off for Daytona's `Retry-After` (1 s to 5 min; 5 s without one); returns the
-    /// seconds. A later end already set is kept.
+    /// seconds left. A later end already set is kept (and its seconds are returned).
     fn start(&self, now: Instant, retry_after: Option<u64>) -> u64 {
         let seconds = retry_after
             .unwrap_or(DEFAULT_BACKOFF_SECONDS)
             .clamp(1, MAX_BACKOFF_SECONDS);
         let end = now + Duration::from_secs(seconds);
         let mut until = self.lock();
-        if until.is_none_or(|current| current < end) {
-            *until = Some(end);
-        }
-        seconds
+        let end = match *until {
+            Some(current) if current > end => current,
+            _ => end,
+        };
+        *until = Some(end);
+        let left = end.saturating_duration_since(now);
+        left.as_secs() + u64::from(left.subsec_nanos() > 0)
     }
 
     fn clear(&self) {
@@ -951,7 +964,11 @@ mod tests {
         assert_eq!(backoff.remaining(t0 + Duration::from_millis(6500)), Some(1));
         assert_eq!(backoff.remaining(t0 + Duration::from_secs(7)), None);
         // A shorter back-off does not cut a longer one short.
-        assert_eq!(backoff.start(t0, Some(2)), 2);
+        assert_eq!(
+            backoff.start(t0, Some(2)),
+            7,
+            "the time actually left is told"
+        );
         assert_eq!(backoff.remaining(t0 + Duration::from_secs(3)), Some(4));
         backoff.clear();
         assert_eq!(backoff.remaining(t0), None);
