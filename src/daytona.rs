@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::host::PreviewTarget;
 use crate::metrics::Metrics;
+use crate::trust::TrustRoots;
 
 /// What the preview-url API answers for one sandbox port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,9 +99,10 @@ impl DaytonaApi {
         timeout: Duration,
         max_in_flight: usize,
         upstream_domains: Vec<String>,
+        trust: &TrustRoots,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let http = outbound_client(timeout)?;
+        let http = outbound_client(timeout, trust)?;
         Ok(DaytonaApi {
             http,
             base,
@@ -307,16 +309,10 @@ pub fn default_upstream_domains(api: &url::Url) -> Vec<String> {
     }
 }
 
-/// The HTTP client for every outbound call (Daytona, JWKS, introspection): rustls, `timeout`
-/// bounding connection and whole call, no redirects followed, our user agent.
-pub fn outbound_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("daytona-authz/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+/// The HTTP client for every outbound call (Daytona, JWKS, introspection): see
+/// [`TrustRoots::http_client`].
+pub fn outbound_client(timeout: Duration, trust: &TrustRoots) -> Result<reqwest::Client, String> {
+    trust.http_client(timeout)
 }
 
 fn bearer(api_key: &str) -> Result<reqwest::header::HeaderValue, String> {
@@ -353,9 +349,18 @@ fn describe(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         "timed out".into()
     } else if error.is_connect() {
-        "connection failed".into()
+        connect_failure(error)
     } else {
         error.without_url_ref().to_string()
+    }
+}
+
+/// "connection failed", with the TLS reason when the handshake failed (an unknown CA: see
+/// `--ca-file`).
+pub(crate) fn connect_failure(error: &reqwest::Error) -> String {
+    match crate::trust::tls_reason(error) {
+        Some(reason) => format!("connection failed: {reason}"),
+        None => "connection failed".into(),
     }
 }
 

@@ -318,6 +318,16 @@ impl Double {
     }
 
     async fn launch(api_addr: &str, tls: Option<&TlsFiles>) -> Double {
+        Double::launch_with(api_addr, tls, None).await
+    }
+
+    /// With `api_tls`, the API serves HTTPS (`https://127.0.0.1:…/api`) and the test's own
+    /// calls to the double trust the CA in the PEM file given with it.
+    async fn launch_with(
+        api_addr: &str,
+        tls: Option<&TlsFiles>,
+        api_tls: Option<(&TlsFiles, &Path)>,
+    ) -> Double {
         let mut command = Command::new(env!("CARGO_BIN_EXE_daytona-double"));
         command
             .args(["--api-addr", api_addr, "--proxy-addr", "127.0.0.1:0"])
@@ -331,6 +341,16 @@ impl Double {
                 .arg("--proxy-tls-key")
                 .arg(&tls.key);
         }
+        let mut http = reqwest::Client::builder();
+        if let Some((api_tls, ca)) = api_tls {
+            command
+                .arg("--api-tls-cert")
+                .arg(&api_tls.cert)
+                .arg("--api-tls-key")
+                .arg(&api_tls.key);
+            let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+            http = http.add_root_certificate(ca);
+        }
         let mut proc = Proc::spawn("daytona-double", &mut command);
         TOKEN_ANNOUNCEMENTS
             .lock()
@@ -343,7 +363,7 @@ impl Double {
             api_url: ready.api_url,
             proxy_port: ready.proxy_port,
             sandbox: ready.sandboxes[0].clone(),
-            http: reqwest::Client::new(),
+            http: http.build().unwrap(),
         }
     }
 
@@ -506,6 +526,8 @@ pub struct StackOptions {
     pub envoy_trusted_ca: Option<PathBuf>,
     /// The `max_hosts` of Envoy's DNS cache, in place of envoy.yaml's.
     pub envoy_max_hosts: Option<u32>,
+    /// The double's API serves HTTPS with this certificate, issued by the CA in this PEM file.
+    pub double_api_tls: Option<(TlsFiles, PathBuf)>,
 }
 
 impl From<AuthzOptions> for StackOptions {
@@ -835,7 +857,17 @@ impl Stack {
     /// Takes [`StackOptions`], or just [`AuthzOptions`].
     pub async fn start_with(options: impl Into<StackOptions>) -> Stack {
         let options: StackOptions = options.into();
-        let double = Double::start_with(options.double_tls.as_ref()).await;
+        let double = match &options.double_api_tls {
+            Some((api_tls, ca)) => {
+                Double::launch_with(
+                    "127.0.0.1:0",
+                    options.double_tls.as_ref(),
+                    Some((api_tls, ca)),
+                )
+                .await
+            }
+            None => Double::start_with(options.double_tls.as_ref()).await,
+        };
         let api_url = options
             .authz
             .api_url
