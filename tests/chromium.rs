@@ -566,7 +566,10 @@ async fn a_host_cookie_share_link_opens_the_app_over(edge: HttpsEdge, test: &str
 
     let url = format!("https://{host}:{port}/html?access_token={token}");
     let dom = chromium_dom(&chromium, &url, &spki).await;
-    assert!(dom.contains("<title>Sandbox app</title>"), "not the app:\n{dom}");
+    assert!(
+        dom.contains("<title>Sandbox app</title>"),
+        "not the app:\n{dom}"
+    );
     // The page came by the cookie alone, after the link's redirect.
     let received = stack.double.proxy_requests().await;
     assert_eq!(received[0].path, "/html", "{received:#?}");
