@@ -32,7 +32,8 @@ const RESERVED_PREFIX: &str = "x-daytona-";
 #[derive(Debug, Clone, Default)]
 pub struct RequestView {
     pub method: String,
-    /// `http` or `https`, as Envoy saw the client's request.
+    /// `:scheme` as Envoy passed it on. Not evidence of TLS: an HTTP/2 client sets it itself,
+    /// even on a plain-HTTP listener (`is_https` asks X-Forwarded-Proto instead).
     pub scheme: String,
     pub host: String,
     /// The request target with its query string, undecoded.
