@@ -32,7 +32,8 @@ const RESERVED_PREFIX: &str = "x-daytona-";
 #[derive(Debug, Clone, Default)]
 pub struct RequestView {
     pub method: String,
-    /// `http` or `https`, as Envoy saw the client's request.
+    /// `:scheme` as Envoy passed it on. Not evidence of TLS: an HTTP/2 client sets it itself,
+    /// even on a plain-HTTP listener (`is_https` asks X-Forwarded-Proto instead).
     pub scheme: String,
     pub host: String,
     /// The request target with its query string, undecoded.
@@ -77,12 +78,17 @@ impl RequestView {
             && self.has_header("access-control-request-method")
     }
 
-    /// Whether the client reached us over TLS (directly, or through a proxy Envoy trusts).
+    /// Whether the client reached the edge over TLS, as Envoy's `X-Forwarded-Proto` says: Envoy
+    /// replaces any client-sent value with the scheme of the client's own connection, unless it
+    /// trusts a proxy in front (`xff_num_trusted_hops`), whose value it keeps. Only that header
+    /// counts, and only as a single `https`: `:scheme` is the client's choice over HTTP/2 (and
+    /// in an absolute request target), even on a plain-HTTP listener, so it proves nothing.
     fn is_https(&self) -> bool {
-        self.scheme.eq_ignore_ascii_case("https")
-            || self
-                .header_values("x-forwarded-proto")
-                .any(|p| p.eq_ignore_ascii_case("https"))
+        let mut values = self.header_values("x-forwarded-proto");
+        matches!(
+            (values.next(), values.next()),
+            (Some(proto), None) if proto.trim().eq_ignore_ascii_case("https")
+        )
     }
 
     /// The request target without `access_token` (in any spelling) and without a fragment, for
@@ -659,10 +665,13 @@ pub fn render(denial: &Denial, request: &RequestView, policy: &Policy) -> LocalR
                 .next()
                 .is_some()
         {
+            // Secure over https, as the cookie was set: browsers ignore a `__Host-` cookie
+            // (and anything overwriting a Secure one) without it.
+            let secure = if request.is_https() { "; Secure" } else { "" };
             headers.push((
                 "set-cookie",
                 format!(
-                    "{}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax",
+                    "{}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax{secure}",
                     policy.cookie_name
                 ),
             ));
@@ -938,9 +947,9 @@ mod tests {
             format!("daytona_authz={t}; Max-Age=600; Path=/; HttpOnly; SameSite=Lax")
         );
 
-        // https (directly or as Envoy's x-forwarded-proto says) adds Secure.
-        let mut secure = request(&host(3000), &format!("/?access_token={t}"), &[HTML]);
-        secure.scheme = "https".into();
+        // https, as Envoy's x-forwarded-proto says, adds Secure.
+        let link = format!("/?access_token={t}");
+        let secure = request(&host(3000), &link, &[HTML, ("x-forwarded-proto", "https")]);
         let reply = replied(authorize(&secure, &policy(), now));
         assert!(header(&reply, "set-cookie").unwrap().ends_with("; Secure"));
         assert_eq!(header(&reply, "location"), Some("/"));
@@ -1482,6 +1491,75 @@ mod tests {
             header(&reply, "set-cookie"),
             Some("daytona_authz=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax")
         );
+
+        // Over https the clearing cookie is Secure, like the cookie it replaces: browsers
+        // ignore a `__Host-` cookie without it, and the stale one would stay.
+        let mut policy = policy();
+        policy.cookie_name = "__Host-daytona_authz".into();
+        let req = request(
+            &host(3000),
+            "/",
+            &[
+                ("cookie", "__Host-daytona_authz=stale"),
+                ("x-forwarded-proto", "https"),
+            ],
+        );
+        let reply = render(&Denial::InvalidToken(TokenError::Expired), &req, &policy);
+        assert_eq!(
+            header(&reply, "set-cookie"),
+            Some("__Host-daytona_authz=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure")
+        );
+    }
+
+    /// https is what Envoy's X-Forwarded-Proto says (Envoy sets it from the client's connection
+    /// or keeps a trusted proxy's), never `:scheme`, which an HTTP/2 client picks itself.
+    #[test]
+    fn only_a_single_forwarded_proto_https_means_https() {
+        let now = now();
+        let t = token(ID, None, now + 600);
+        let link = format!("/?access_token={t}");
+        let secure = |headers: &[(&str, &str)], scheme: &str| {
+            let mut headers = headers.to_vec();
+            headers.push(HTML);
+            let mut req = request(&host(3000), &link, &headers);
+            req.scheme = scheme.into();
+            let reply = replied(authorize(&req, &policy(), now));
+            header(&reply, "set-cookie").unwrap().ends_with("; Secure")
+        };
+        assert!(secure(&[("x-forwarded-proto", "https")], "http"));
+        assert!(secure(&[("x-forwarded-proto", "HTTPS")], "http"));
+        assert!(!secure(&[], "https"));
+        assert!(!secure(&[("x-forwarded-proto", "http")], "https"));
+        assert!(!secure(&[("x-forwarded-proto", "https, http")], "http"));
+        assert!(!secure(
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-proto", "http")
+            ],
+            "http"
+        ));
+        assert!(!secure(&[("forwarded", "proto=https")], "http"));
+
+        let mut policy = policy();
+        policy.login_url = Some(url::Url::parse("https://login.example.com/signin").unwrap());
+        let return_to = |headers: &[(&str, &str)], scheme: &str| {
+            let mut headers = headers.to_vec();
+            headers.push(HTML);
+            let mut req = request(&host(3000), "/p", &headers);
+            req.scheme = scheme.into();
+            let reply = render(&Denial::MissingToken, &req, &policy);
+            let location = url::Url::parse(header(&reply, "location").unwrap()).unwrap();
+            let (_, to) = location
+                .query_pairs()
+                .find(|(k, _)| k == "return_to")
+                .unwrap();
+            to.into_owned()
+        };
+        let https = format!("https://{}/p", host(3000));
+        let http = format!("http://{}/p", host(3000));
+        assert_eq!(return_to(&[("x-forwarded-proto", "https")], "http"), https);
+        assert_eq!(return_to(&[], "https"), http);
+        assert_eq!(return_to(&[("x-forwarded-proto", "http")], "https"), http);
     }
 
     #[test]
