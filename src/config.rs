@@ -102,6 +102,11 @@ pub struct ServeArgs {
         value_name = "URL"
     )]
     pub daytona_api_url: String,
+    /// PEM bundle of CA certificates trusted, besides the compiled-in roots, by every outbound
+    /// TLS connection: the Daytona API, JWKS, introspection and Redis (rediss://). For a
+    /// self-hosted Daytona, an issuer or a Redis behind a private CA. Read at start-up.
+    #[arg(long, env = "DAYTONA_AUTHZ_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
     /// Daytona organization API key. Prefer --daytona-api-key-file: flags show in `ps`.
     #[arg(
         long,
@@ -187,13 +192,14 @@ pub struct ServeArgs {
     #[arg(long, env = "DAYTONA_AUTHZ_LOGIN_URL", value_name = "URL")]
     pub login_url: Option<String>,
     /// Add `X-Daytona-Disable-CORS: true` to forwarded requests, so the app's own CORS headers
-    /// apply instead of Daytona's; CORS preflights then go to the app as well (with the preview
-    /// token, without any end-user credential), unless --cors-allow-origin answers them.
+    /// apply instead of Daytona's; CORS preflights (answered at the edge) are then approved only
+    /// for the sandbox's own pages and the --cors-allow-origin origins.
     #[arg(long, env = "DAYTONA_AUTHZ_DISABLE_CORS")]
     pub disable_cors: bool,
     /// Approve CORS preflights at the edge only for this origin (repeatable, or comma-separated:
-    /// `https://app.example.com`); preflights from any other origin get 403. Default: the edge
-    /// approves every origin (as Daytona's proxy does), or with --disable-cors the app decides.
+    /// `https://app.example.com`) and the sandbox's own pages; any other origin gets 403.
+    /// Default: every origin (as Daytona's proxy does), or with --disable-cors none but the
+    /// sandbox's own pages.
     #[arg(
         long = "cors-allow-origin",
         env = "DAYTONA_AUTHZ_CORS_ALLOW_ORIGIN",
@@ -558,6 +564,12 @@ impl IdentityArgs {
                 "--redis-url must be a redis:// or rediss:// URL".into(),
             ));
         }
+        if self.redis_url.as_ref().is_some_and(|url| url.contains('#')) {
+            p.0.push(ConfigError(
+                "--redis-url must not have a #fragment (#insecure would turn off certificate checks)"
+                    .into(),
+            ));
+        }
         let config = (|| {
             Some(IdentityConfig {
                 jwks_urls,
@@ -872,6 +884,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     pub admin_addr: SocketAddr,
     pub identity: IdentityConfig,
+    /// The CAs outbound TLS trusts: the compiled-in roots and `--ca-file`'s.
+    pub trust: crate::trust::TrustRoots,
     /// Where the secrets come from, to read them again on SIGHUP.
     pub secret_sources: SecretSources,
     /// The secrets as read at start-up.
@@ -1043,6 +1057,11 @@ impl ServeArgs {
         let http_addr = p.check(socket_addr("--http-addr", &self.http_addr));
         let admin_addr = p.check(socket_addr("--admin-addr", &self.admin_addr));
         let daytona_api_url = p.check(api_url(&self.daytona_api_url));
+        let trust = p.check(match &self.ca_file {
+            None => Ok(crate::trust::TrustRoots::compiled_in()),
+            Some(path) => crate::trust::TrustRoots::with_ca_file(path)
+                .map_err(|e| ConfigError(format!("--ca-file: {e}"))),
+        });
         let daytona_api_timeout = p.check(duration(
             "--daytona-api-timeout",
             &self.daytona_api_timeout,
@@ -1212,6 +1231,7 @@ impl ServeArgs {
                 log_format: log_format?,
                 admin_addr: admin_addr?,
                 identity: identity?,
+                trust: trust?,
                 secret_sources: sources?,
                 secrets: secrets?,
             })
@@ -1646,5 +1666,42 @@ mod tests {
         std::fs::write(&file, "cache-ttl = [1]\n").unwrap();
         assert!(parse_from(["daytona-authz", "serve", "--config", path]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_ca_file_is_read_and_checked_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.pem()).unwrap();
+        let config = serve(&[&GOOD[..], &["--ca-file", good.to_str().unwrap()]].concat()).unwrap();
+        assert_eq!(config.trust.added(), 1);
+        assert_eq!(config.trust.ca_file(), Some(good.as_path()));
+        assert_eq!(serve(&GOOD).unwrap().trust.added(), 0);
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+        for (path, says) in [
+            (&empty, "holds no PEM certificate"),
+            (&missing, "cannot read"),
+        ] {
+            let error = first_error(&[&GOOD[..], &["--ca-file", path.to_str().unwrap()]].concat());
+            assert!(error.starts_with("--ca-file: "), "{error}");
+            assert!(error.contains(says), "{error}");
+        }
+        let error = first_error(
+            &[
+                &GOOD[..],
+                &["--redis-url", "rediss://:pw@127.0.0.1:6380/#insecure"],
+            ]
+            .concat(),
+        );
+        assert!(error.contains("#fragment"), "{error}");
+        assert!(serve(&[&GOOD[..], &["--redis-url", "rediss://127.0.0.1:6380/"]].concat()).is_ok());
     }
 }

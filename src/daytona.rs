@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::host::PreviewTarget;
 use crate::metrics::Metrics;
+use crate::trust::TrustRoots;
 
 /// What the preview-url API answers for one sandbox port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,9 +99,10 @@ impl DaytonaApi {
         timeout: Duration,
         max_in_flight: usize,
         upstream_domains: Vec<String>,
+        trust: &TrustRoots,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let http = outbound_client(timeout)?;
+        let http = outbound_client(timeout, trust)?;
         Ok(DaytonaApi {
             http,
             base,
@@ -115,10 +117,13 @@ impl DaytonaApi {
     }
 
     /// Uses `api_key` from the next call on (SIGHUP reload). A back-off Daytona imposed on the
-    /// previous key does not apply to the new one.
+    /// previous key does not apply to a new one (a reload that keeps the key keeps its back-off).
     pub fn set_api_key(&self, api_key: &str) -> Result<(), String> {
-        self.authorization.store(Arc::new(bearer(api_key)?));
-        self.backoff.clear();
+        let authorization = bearer(api_key)?;
+        let previous = self.authorization.swap(Arc::new(authorization.clone()));
+        if *previous != authorization {
+            self.backoff.clear();
+        }
         Ok(())
     }
 
@@ -175,6 +180,13 @@ impl DaytonaApi {
                 "too many Daytona API calls in flight".into(),
             ));
         };
+        // A 429 may have come back while this look-up waited for its slot.
+        if let Some(seconds) = self.backoff.remaining(Instant::now()) {
+            self.metrics.api_backoff_refusal();
+            return Err(DaytonaError::RateLimited {
+                retry_after: Some(seconds),
+            });
+        }
         let response = self
             .http
             .get(self.preview_url(target))
@@ -261,17 +273,20 @@ impl Backoff {
     }
 
     /// Backs off for Daytona's `Retry-After` (1 s to 5 min; 5 s without one); returns the
-    /// seconds. A later end already set is kept.
+    /// seconds left. A later end already set is kept (and its seconds are returned).
     fn start(&self, now: Instant, retry_after: Option<u64>) -> u64 {
         let seconds = retry_after
             .unwrap_or(DEFAULT_BACKOFF_SECONDS)
             .clamp(1, MAX_BACKOFF_SECONDS);
         let end = now + Duration::from_secs(seconds);
         let mut until = self.lock();
-        if until.is_none_or(|current| current < end) {
-            *until = Some(end);
-        }
-        seconds
+        let end = match *until {
+            Some(current) if current > end => current,
+            _ => end,
+        };
+        *until = Some(end);
+        let left = end.saturating_duration_since(now);
+        left.as_secs() + u64::from(left.subsec_nanos() > 0)
     }
 
     fn clear(&self) {
@@ -294,16 +309,10 @@ pub fn default_upstream_domains(api: &url::Url) -> Vec<String> {
     }
 }
 
-/// The HTTP client for every outbound call (Daytona, JWKS, introspection): rustls, `timeout`
-/// bounding connection and whole call, no redirects followed, our user agent.
-pub fn outbound_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("daytona-authz/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+/// The HTTP client for every outbound call (Daytona, JWKS, introspection): see
+/// [`TrustRoots::http_client`].
+pub fn outbound_client(timeout: Duration, trust: &TrustRoots) -> Result<reqwest::Client, String> {
+    trust.http_client(timeout)
 }
 
 fn bearer(api_key: &str) -> Result<reqwest::header::HeaderValue, String> {
@@ -340,9 +349,18 @@ fn describe(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         "timed out".into()
     } else if error.is_connect() {
-        "connection failed".into()
+        connect_failure(error)
     } else {
         error.without_url_ref().to_string()
+    }
+}
+
+/// "connection failed", with the TLS reason when the handshake failed (an unknown CA: see
+/// `--ca-file`).
+pub(crate) fn connect_failure(error: &reqwest::Error) -> String {
+    match crate::trust::tls_reason(error) {
+        Some(reason) => format!("connection failed: {reason}"),
+        None => "connection failed".into(),
     }
 }
 
@@ -951,7 +969,11 @@ mod tests {
         assert_eq!(backoff.remaining(t0 + Duration::from_millis(6500)), Some(1));
         assert_eq!(backoff.remaining(t0 + Duration::from_secs(7)), None);
         // A shorter back-off does not cut a longer one short.
-        assert_eq!(backoff.start(t0, Some(2)), 2);
+        assert_eq!(
+            backoff.start(t0, Some(2)),
+            7,
+            "the time actually left is told"
+        );
         assert_eq!(backoff.remaining(t0 + Duration::from_secs(3)), Some(4));
         backoff.clear();
         assert_eq!(backoff.remaining(t0), None);

@@ -32,7 +32,8 @@ const RESERVED_PREFIX: &str = "x-daytona-";
 #[derive(Debug, Clone, Default)]
 pub struct RequestView {
     pub method: String,
-    /// `http` or `https`, as Envoy saw the client's request.
+    /// `:scheme` as Envoy passed it on. Not evidence of TLS: an HTTP/2 client sets it itself,
+    /// even on a plain-HTTP listener (`is_https` asks X-Forwarded-Proto instead).
     pub scheme: String,
     pub host: String,
     /// The request target with its query string, undecoded.
@@ -77,12 +78,17 @@ impl RequestView {
             && self.has_header("access-control-request-method")
     }
 
-    /// Whether the client reached us over TLS (directly, or through a proxy Envoy trusts).
+    /// Whether the client reached the edge over TLS, as Envoy's `X-Forwarded-Proto` says: Envoy
+    /// replaces any client-sent value with the scheme of the client's own connection, unless it
+    /// trusts a proxy in front (`xff_num_trusted_hops`), whose value it keeps. Only that header
+    /// counts, and only as a single `https`: `:scheme` is the client's choice over HTTP/2 (and
+    /// in an absolute request target), even on a plain-HTTP listener, so it proves nothing.
     fn is_https(&self) -> bool {
-        self.scheme.eq_ignore_ascii_case("https")
-            || self
-                .header_values("x-forwarded-proto")
-                .any(|p| p.eq_ignore_ascii_case("https"))
+        let mut values = self.header_values("x-forwarded-proto");
+        matches!(
+            (values.next(), values.next()),
+            (Some(proto), None) if proto.trim().eq_ignore_ascii_case("https")
+        )
     }
 
     /// The request target without `access_token` (in any spelling) and without a fragment, for
@@ -138,11 +144,11 @@ pub struct Policy {
     pub cookie_name: String,
     /// Where a browser without a valid token is sent to sign in (with `return_to`).
     pub login_url: Option<url::Url>,
-    /// Ask Daytona to leave CORS to the app (`X-Daytona-Disable-CORS: true`); CORS preflights
-    /// then go to the app too (unless `cors_allow_origins` answers them).
+    /// Ask Daytona to leave CORS to the app (`X-Daytona-Disable-CORS: true`); preflights are
+    /// then approved only for the sandbox's own pages and `cors_allow_origins`.
     pub disable_cors: bool,
-    /// `--cors-allow-origin`: when not empty, preflights are approved at the edge only for these
-    /// origins (lower-case `scheme://host[:port]`) and refused for every other.
+    /// `--cors-allow-origin`: when not empty, preflights are approved only for these origins
+    /// (lower-case `scheme://host[:port]`) and the sandbox's own pages, refused for every other.
     pub cors_allow_origins: Vec<String>,
     /// Opaque (non-JWT) tokens are introspected (RFC 7662).
     pub introspection: bool,
@@ -400,31 +406,38 @@ pub fn authorize(
 ) -> Result<Verdict, Denial> {
     let target = host::parse(&request.host, &policy.preview_domain).map_err(Denial::BadHost)?;
     if request.is_preflight() {
-        if !policy.cors_allow_origins.is_empty() {
-            return if request
-                .header_values("origin")
-                .all(|origin| is_listed(origin, &policy.cors_allow_origins))
-            {
-                Ok(Verdict::Reply(preflight(request)))
-            } else {
-                Err(Denial::CorsOriginRefused)
-            };
-        }
-        if policy.disable_cors {
-            // The app's CORS decides, preflights included: forwarded with the preview token and
-            // without any end-user credential (browsers send none on a preflight).
-            return Ok(Verdict::Forward(Authorized {
-                target,
-                source: TokenSource::None,
-            }));
-        }
-        return Ok(Verdict::Reply(preflight(request)));
+        // Preflights carry no credential, so they are answered here and never forwarded: an
+        // unauthenticated request must not reach a sandbox, nor cost a Daytona call or a port.
+        // By default every origin is approved, as Daytona's proxy does. With --disable-cors or
+        // --cors-allow-origin the edge approves only the sandbox's own pages (any port) and the
+        // listed origins; the app's own CORS headers still decide what the page may read.
+        let restricted = policy.disable_cors || !policy.cors_allow_origins.is_empty();
+        let approved = !restricted
+            || request.header_values("origin").all(|origin| {
+                is_listed(origin, &policy.cors_allow_origins)
+                    || is_sandbox_origin(origin, policy, &target)
+            });
+        return if approved {
+            Ok(Verdict::Reply(preflight(request)))
+        } else {
+            Err(Denial::CorsOriginRefused)
+        };
     }
     let authorization: Vec<&str> = request.header_values("authorization").collect();
     let cookies: Vec<&str> = request.header_values("cookie").collect();
     let found = token::extract(&authorization, &request.path, &cookies, &policy.cookie_name)
         .map_err(Denial::AmbiguousToken)?
         .ok_or(Denial::MissingToken)?;
+    if found.source != TokenSource::AuthorizationHeader
+        && authorization
+            .iter()
+            .any(|value| found.candidates.iter().any(|c| value.contains(c.as_ref())))
+    {
+        // The cookie's (or the query's) token also sits in an `Authorization` header we could
+        // not read as `Bearer <token>` (`Bearer,<t>`, `Token <t>`, ...): that header would carry
+        // it to the app.
+        return Err(Denial::AmbiguousToken(ExtractError::MalformedAuthorization));
+    }
     if found.source == TokenSource::Cookie && !cookie_may_be_used(request, policy, &target) {
         // All preview hosts are one "site": a page in sandbox B, or on any other host of the
         // site, can make the browser send the user's cookie for sandbox A (SameSite=Lax lets
@@ -639,16 +652,26 @@ pub fn render(denial: &Denial, request: &RequestView, policy: &Policy) -> LocalR
     let browser = request.wants_html();
     let mut headers: Vec<(&'static str, String)> = vec![("cache-control", "no-store".into())];
     if denial.status() == 401 {
-        // A cookie of ours that did not work: have the browser forget it.
+        // A cookie of ours that did not work: have the browser forget it. Only when the cookie
+        // was the credential that failed: another page must not be able to sign the user out by
+        // sending a bad `?access_token=` or `Authorization` beside the user's good cookie.
+        let authorization: Vec<&str> = request.header_values("authorization").collect();
         let cookies: Vec<&str> = request.header_values("cookie").collect();
-        if token::cookie_values(&cookies, &policy.cookie_name)
-            .next()
-            .is_some()
+        let only_the_cookie =
+            token::extract(&authorization, &request.path, &[], &policy.cookie_name)
+                .is_ok_and(|other| other.is_none());
+        if only_the_cookie
+            && token::cookie_values(&cookies, &policy.cookie_name)
+                .next()
+                .is_some()
         {
+            // Secure over https, as the cookie was set: browsers ignore a `__Host-` cookie
+            // (and anything overwriting a Secure one) without it.
+            let secure = if request.is_https() { "; Secure" } else { "" };
             headers.push((
                 "set-cookie",
                 format!(
-                    "{}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax",
+                    "{}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax{secure}",
                     policy.cookie_name
                 ),
             ));
@@ -924,9 +947,9 @@ mod tests {
             format!("daytona_authz={t}; Max-Age=600; Path=/; HttpOnly; SameSite=Lax")
         );
 
-        // https (directly or as Envoy's x-forwarded-proto says) adds Secure.
-        let mut secure = request(&host(3000), &format!("/?access_token={t}"), &[HTML]);
-        secure.scheme = "https".into();
+        // https, as Envoy's x-forwarded-proto says, adds Secure.
+        let link = format!("/?access_token={t}");
+        let secure = request(&host(3000), &link, &[HTML, ("x-forwarded-proto", "https")]);
         let reply = replied(authorize(&secure, &policy(), now));
         assert!(header(&reply, "set-cookie").unwrap().ends_with("; Secure"));
         assert_eq!(header(&reply, "location"), Some("/"));
@@ -1174,27 +1197,40 @@ mod tests {
     }
 
     #[test]
-    fn with_disable_cors_preflights_go_to_the_app_without_a_credential() {
+    fn with_disable_cors_preflights_are_approved_only_for_the_sandboxs_own_pages() {
         let mut policy = policy();
         policy.disable_cors = true;
-        let req = method_request(
-            "OPTIONS",
-            &host(3000),
-            "/api",
-            &[
-                ("origin", "https://app.example.com"),
-                ("access-control-request-method", "PUT"),
-            ],
+        let preflight = |origin: &str| {
+            method_request(
+                "OPTIONS",
+                &host(3000),
+                "/api",
+                &[("origin", origin), ("access-control-request-method", "PUT")],
+            )
+        };
+        let own = format!("https://{}", host(8080));
+        let reply = replied(authorize(&preflight(&own), &policy, now()));
+        assert_eq!(reply.status, 204);
+        assert_eq!(
+            header(&reply, "access-control-allow-origin"),
+            Some(own.as_str())
         );
-        let authorized = forwarded(authorize(&req, &policy, now()));
-        assert_eq!(authorized.source, TokenSource::None);
-        assert_eq!(authorized.target, target(3000));
-        let allow = allow(&req, &authorized, &preview(), &policy);
-        assert!(
-            allow
-                .set_headers
-                .contains(&(PREVIEW_TOKEN_HEADER, "preview-token-123".to_owned()))
-        );
+        let sibling = format!("https://{}", host(3000).replace(ID, OTHER));
+        for origin in [sibling.as_str(), "https://evil.preview.example.com", "null"] {
+            assert_eq!(
+                authorize(&preflight(origin), &policy, now()),
+                Err(Denial::CorsOriginRefused),
+                "{origin}"
+            );
+        }
+        // Listed origins too; never a forward (nothing unauthenticated reaches the sandbox).
+        policy.cors_allow_origins = vec!["https://app.example.com".into()];
+        let reply = replied(authorize(
+            &preflight("https://app.example.com"),
+            &policy,
+            now(),
+        ));
+        assert_eq!(reply.status, 204);
         // A bad host is still refused first.
         let bad = method_request(
             "OPTIONS",
@@ -1206,6 +1242,60 @@ mod tests {
             authorize(&bad, &policy, now()),
             Err(Denial::BadHost(_))
         ));
+    }
+
+    #[test]
+    fn a_token_of_ours_in_an_unreadable_authorization_header_is_refused() {
+        let good = token(ID, None, now() + 60);
+        for value in [
+            format!("Bearer,{good}"),
+            format!("Token {good}"),
+            format!("Bearer={good}"),
+            good.clone(),
+        ] {
+            assert_eq!(
+                with_cookie("GET", &[("authorization", &value)]),
+                Err(Denial::AmbiguousToken(ExtractError::MalformedAuthorization)),
+                "{value}"
+            );
+            let req = request(
+                &host(3000),
+                &format!("/?access_token={good}"),
+                &[("authorization", &value)],
+            );
+            assert_eq!(
+                authorize(&req, &policy(), now()),
+                Err(Denial::AmbiguousToken(ExtractError::MalformedAuthorization)),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_good_cookie_is_not_cleared_when_another_credential_fails() {
+        let good = format!("daytona_authz={}", token(ID, None, now() + 60));
+        let bad_query = request(&host(3000), "/?access_token=nope", &[("cookie", &good)]);
+        let denial = authorize(&bad_query, &policy(), now()).unwrap_err();
+        assert_eq!(denial.status(), 401);
+        assert_eq!(
+            header(&render(&denial, &bad_query, &policy()), "set-cookie"),
+            None
+        );
+        let bad_header = request(
+            &host(3000),
+            "/",
+            &[("cookie", &good), ("authorization", "Bearer\tx")],
+        );
+        let denial = authorize(&bad_header, &policy(), now()).unwrap_err();
+        assert_eq!(
+            header(&render(&denial, &bad_header, &policy()), "set-cookie"),
+            None
+        );
+        // The cookie itself failing still clears it.
+        let tossed = format!("daytona_authz={}", token(ID, None, now() - 3600));
+        let req = request(&host(3000), "/", &[("cookie", &tossed)]);
+        let denial = authorize(&req, &policy(), now()).unwrap_err();
+        assert!(header(&render(&denial, &req, &policy()), "set-cookie").is_some());
     }
 
     #[test]
@@ -1401,6 +1491,75 @@ mod tests {
             header(&reply, "set-cookie"),
             Some("daytona_authz=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax")
         );
+
+        // Over https the clearing cookie is Secure, like the cookie it replaces: browsers
+        // ignore a `__Host-` cookie without it, and the stale one would stay.
+        let mut policy = policy();
+        policy.cookie_name = "__Host-daytona_authz".into();
+        let req = request(
+            &host(3000),
+            "/",
+            &[
+                ("cookie", "__Host-daytona_authz=stale"),
+                ("x-forwarded-proto", "https"),
+            ],
+        );
+        let reply = render(&Denial::InvalidToken(TokenError::Expired), &req, &policy);
+        assert_eq!(
+            header(&reply, "set-cookie"),
+            Some("__Host-daytona_authz=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure")
+        );
+    }
+
+    /// https is what Envoy's X-Forwarded-Proto says (Envoy sets it from the client's connection
+    /// or keeps a trusted proxy's), never `:scheme`, which an HTTP/2 client picks itself.
+    #[test]
+    fn only_a_single_forwarded_proto_https_means_https() {
+        let now = now();
+        let t = token(ID, None, now + 600);
+        let link = format!("/?access_token={t}");
+        let secure = |headers: &[(&str, &str)], scheme: &str| {
+            let mut headers = headers.to_vec();
+            headers.push(HTML);
+            let mut req = request(&host(3000), &link, &headers);
+            req.scheme = scheme.into();
+            let reply = replied(authorize(&req, &policy(), now));
+            header(&reply, "set-cookie").unwrap().ends_with("; Secure")
+        };
+        assert!(secure(&[("x-forwarded-proto", "https")], "http"));
+        assert!(secure(&[("x-forwarded-proto", "HTTPS")], "http"));
+        assert!(!secure(&[], "https"));
+        assert!(!secure(&[("x-forwarded-proto", "http")], "https"));
+        assert!(!secure(&[("x-forwarded-proto", "https, http")], "http"));
+        assert!(!secure(
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-proto", "http")
+            ],
+            "http"
+        ));
+        assert!(!secure(&[("forwarded", "proto=https")], "http"));
+
+        let mut policy = policy();
+        policy.login_url = Some(url::Url::parse("https://login.example.com/signin").unwrap());
+        let return_to = |headers: &[(&str, &str)], scheme: &str| {
+            let mut headers = headers.to_vec();
+            headers.push(HTML);
+            let mut req = request(&host(3000), "/p", &headers);
+            req.scheme = scheme.into();
+            let reply = render(&Denial::MissingToken, &req, &policy);
+            let location = url::Url::parse(header(&reply, "location").unwrap()).unwrap();
+            let (_, to) = location
+                .query_pairs()
+                .find(|(k, _)| k == "return_to")
+                .unwrap();
+            to.into_owned()
+        };
+        let https = format!("https://{}/p", host(3000));
+        let http = format!("http://{}/p", host(3000));
+        assert_eq!(return_to(&[("x-forwarded-proto", "https")], "http"), https);
+        assert_eq!(return_to(&[], "https"), http);
+        assert_eq!(return_to(&[("x-forwarded-proto", "http")], "https"), http);
     }
 
     #[test]

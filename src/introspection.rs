@@ -281,7 +281,17 @@ impl std::fmt::Debug for Introspector {
 }
 
 impl Introspector {
+    /// With the compiled-in roots only (see [`Introspector::new_trusting`]).
     pub fn new(config: IntrospectionConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        Introspector::new_trusting(config, &crate::trust::TrustRoots::compiled_in(), metrics)
+    }
+
+    /// An HTTPS endpoint is verified against `trust` (`--ca-file`).
+    pub fn new_trusting(
+        config: IntrospectionConfig,
+        trust: &crate::trust::TrustRoots,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         if !matches!(config.url.scheme(), "http" | "https") {
             return Err("the introspection URL must be http or https".into());
         }
@@ -309,7 +319,7 @@ impl Introspector {
                 "the rate and burst of calls about never-seen tokens must be above zero".into(),
             );
         }
-        let http = crate::daytona::outbound_client(config.timeout)?;
+        let http = crate::daytona::outbound_client(config.timeout, trust)?;
         Ok(Introspector {
             http,
             url: config.url,
@@ -550,7 +560,7 @@ fn describe(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         "timed out".into()
     } else if error.is_connect() {
-        "connection failed".into()
+        crate::daytona::connect_failure(error)
     } else {
         let mut text = error.to_string();
         if let Some(url) = error.url() {

@@ -63,8 +63,9 @@ impl Jwks {
         sources: Vec<url::Url>,
         timeout: Duration,
         min_refresh_interval: Duration,
+        trust: &crate::trust::TrustRoots,
     ) -> Result<Self, String> {
-        let http = crate::daytona::outbound_client(timeout)?;
+        let http = crate::daytona::outbound_client(timeout, trust)?;
         let count = sources.len();
         Ok(Jwks {
             http,
@@ -142,7 +143,10 @@ impl Jwks {
                 fail(if e.is_timeout() {
                     "timed out".into()
                 } else {
-                    "unreachable".into()
+                    match crate::trust::tls_reason(&e) {
+                        Some(reason) => format!("unreachable: {reason}"),
+                        None => "unreachable".into(),
+                    }
                 })
             })?;
         if !response.status().is_success() {

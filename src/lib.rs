@@ -5,7 +5,8 @@
 //! removed. Modules by responsibility: [`config`] (flags, validation), [`host`] (public host
 //! parsing), [`token`] (access tokens), [`decision`] (pure verdicts), [`daytona`] (API client and
 //! cache), [`port_limit`] (distinct ports per sandbox), [`grpc`] (Envoy's API), [`admin`] (our
-//! own gRPC API), [`server`] (wiring), [`transport`] (how gRPC connections are accepted).
+//! own gRPC API), [`server`] (wiring), [`transport`] (how gRPC connections are accepted), [`trust`] (the CAs
+//! outbound TLS trusts).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -26,3 +27,4 @@ pub mod revocation;
 pub mod server;
 pub mod token;
 pub mod transport;
+pub mod trust;

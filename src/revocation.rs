@@ -224,6 +224,18 @@ impl Revocations {
         key_prefix: &str,
         restores: Counter,
     ) -> Result<Self, RevocationError> {
+        let trust = crate::trust::TrustRoots::compiled_in();
+        Revocations::connect_redis_trusting(url, &trust, key_prefix, restores).await
+    }
+
+    /// [`Revocations::connect_redis`], a `rediss://` server verified against `trust`
+    /// (`--ca-file`).
+    pub async fn connect_redis_trusting(
+        url: &str,
+        trust: &crate::trust::TrustRoots,
+        key_prefix: &str,
+        restores: Counter,
+    ) -> Result<Self, RevocationError> {
         if key_prefix.is_empty()
             || key_prefix.len() > 128
             || key_prefix
@@ -235,11 +247,7 @@ impl Revocations {
             ));
         }
         // The URL may carry a password: it is never put in an error or a log line.
-        let client = redis::Client::open(url).map_err(|_| {
-            RevocationError::Invalid(
-                "the Redis URL must look like redis://[:password@]host[:port][/db]".into(),
-            )
-        })?;
+        let client = trust.redis_client(url).map_err(RevocationError::Invalid)?;
         let conn = Arc::new(
             bounded(WRITE_TIMEOUT, RedisConn::connect(client))
                 .await

@@ -48,6 +48,13 @@ pub enum ServeError {
 
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
+    if let Some(ca_file) = config.trust.ca_file() {
+        tracing::info!(
+            ca_file = %ca_file.display(),
+            certificates = config.trust.added(),
+            "outbound TLS trusts --ca-file besides the compiled-in roots"
+        );
+    }
     let api = Arc::new(
         DaytonaApi::new(
             config.daytona_api_url.clone(),
@@ -55,6 +62,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             config.daytona_api_timeout,
             config.max_concurrent_api_calls,
             config.upstream_domains.clone(),
+            &config.trust,
             Arc::clone(&metrics),
         )
         .map_err(ServeError::Setup)?,
@@ -296,7 +304,7 @@ async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identi
         &config.secrets.introspection_client_secret,
     ) {
         (Some(introspection), Some(secret)) => Some(
-            Introspector::new(
+            Introspector::new_trusting(
                 IntrospectionConfig {
                     url: introspection.url.clone(),
                     client_id: introspection.client_id.clone(),
@@ -307,6 +315,7 @@ async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identi
                     max_entries: config.cache_max_entries,
                     unknown: introspection.unknown,
                 },
+                &config.trust,
                 Arc::clone(metrics),
             )
             .map_err(ServeError::Setup)?,
@@ -321,14 +330,16 @@ async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identi
                 settings.jwks_urls.clone(),
                 config.daytona_api_timeout,
                 JWKS_MIN_REFRESH_INTERVAL,
+                &config.trust,
             )
             .map_err(ServeError::Setup)?,
         ))
     };
     let revocations = match &settings.redis_url {
         Some(url) => {
-            Revocations::connect_redis(
+            Revocations::connect_redis_trusting(
                 url,
+                &config.trust,
                 &settings.redis_key_prefix,
                 metrics.revocation_store_restores(),
             )

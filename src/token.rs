@@ -553,9 +553,6 @@ pub enum TokenSource {
     AuthorizationHeader,
     QueryParameter,
     Cookie,
-    /// No end-user credential at all: a CORS preflight handed to the app under
-    /// `--disable-cors` (browsers send preflights without credentials).
-    None,
 }
 
 /// The query parameter of RFC 6750 §2.3.

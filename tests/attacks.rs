@@ -1511,6 +1511,13 @@ async fn the_cookie_works_only_for_navigations_and_the_sandboxs_own_pages() {
         assert_eq!(reply.status, 200, "{headers:?}: {}", reply.body);
     }
     assert_eq!(forwarded(&stack).await, count);
+    // Another page cannot sign the user out either: a bad `?access_token=` beside the user's
+    // good cookie (`<img src="…?access_token=x">`) is refused without clearing the cookie.
+    let reply = stack
+        .get(&host, "/?access_token=x", &[("cookie", &cookie)])
+        .await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert_eq!(reply.header("set-cookie"), None);
     // A Bearer token is explicit: where the request came from does not matter.
     let auth = bearer(&stack.token(None));
     let reply = stack
@@ -1530,6 +1537,8 @@ async fn our_token_never_reaches_the_app_in_an_authorization_header_we_cannot_re
         format!("Basic dXNlcjpwdw==,Bearer {token}"),
         format!("Bearer\t{token}"),
         format!("Bearer {token} x"),
+        format!("Bearer,{token}"),
+        format!("Token {token}"),
     ] {
         let reply = stack
             .get(

@@ -391,36 +391,51 @@ async fn disable_cors_hands_cors_to_the_app() {
     let received = stack.double.proxy_requests().await;
     assert_eq!(received[0].values("x-daytona-disable-cors"), ["true"]);
 
-    // Preflights too: the edge no longer approves what the app's CORS would refuse. The
-    // preflight reaches the app (no end-user credential, the sandbox's preview token), and the
-    // app's answer (here: no CORS headers at all) is what the browser gets.
-    let reply = stack
-        .request(
-            "OPTIONS",
-            &stack.host(3000),
-            "/api/items",
-            &[
-                ("origin", "http://localhost:5173"),
-                ("access-control-request-method", "PUT"),
-            ],
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.json()["method"], "OPTIONS");
-    assert_eq!(reply.header("access-control-allow-origin"), None);
-    assert_eq!(reply.header("access-control-allow-credentials"), None);
-    let received = stack.double.proxy_requests().await;
-    let preflight = received.last().unwrap();
-    assert_eq!(preflight.method, "OPTIONS");
+    // Preflights: the edge no longer approves any origin. The sandbox's own pages (any port)
+    // are approved; a page elsewhere gets 403, so the browser never sends the actual request
+    // (and nothing unauthenticated reaches the sandbox, nor costs a Daytona call).
+    let preflight = |origin: String| {
+        let stack = &stack;
+        async move {
+            stack
+                .request(
+                    "OPTIONS",
+                    &stack.host(3000),
+                    "/api/items",
+                    &[
+                        ("origin", origin.as_str()),
+                        ("access-control-request-method", "PUT"),
+                    ],
+                )
+                .await
+        }
+    };
+    let own = format!("http://{}:{}", stack.host(8080), stack.envoy.port);
+    let reply = preflight(own.clone()).await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
     assert_eq!(
-        preflight.values("x-daytona-preview-token"),
-        [stack.double.sandbox.token.as_str()]
+        reply.header("access-control-allow-origin"),
+        Some(own.as_str())
     );
-    assert_eq!(preflight.values("x-daytona-disable-cors"), ["true"]);
-    assert!(preflight.values("authorization").is_empty());
-    // A plain OPTIONS (not a preflight) still needs a token.
-    let reply = stack.request("OPTIONS", &stack.host(3000), "/", &[]).await;
-    assert_eq!(reply.status, 401);
+    let reply = preflight("http://localhost:5173".into()).await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+    assert_eq!(reply.json()["error"], "cors_origin_refused");
+    assert_eq!(stack.double.proxy_requests().await.len(), 1, "only the GET");
+    let calls = stack.double.api_calls().await;
+    let reply = preflight(format!(
+        "http://{}",
+        stack
+            .host(3000)
+            .replace(stack.sandbox_id(), "11111111-2222-4333-8444-555555555555")
+    ))
+    .await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(
+        stack.double.api_calls().await,
+        calls,
+        "a preflight costs no Daytona call"
+    );
 }
 
 #[tokio::test]

@@ -17,7 +17,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use daytona_authz::token::now;
-use support::{AuthzOptions, Stack, optional_program, token_for};
+use support::{
+    AuthzOptions, Edge, EdgeCertificate, FrontProxy, Stack, StackOptions, TestCa, optional_program,
+    token_for,
+};
 
 /// Chromium gets this long to load the page and print it before it is killed.
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -394,7 +397,7 @@ async fn a_sibling_sandboxs_page_cannot_read_another_sandbox_with_the_users_cook
     );
     let b_token = token_for(&b, Some(vec![3000]), now() + 600);
     let b_link = format!(
-        "{b_origin}/page?html={}&access_token={b_token}",
+        "{b_origin}/html-from-query?html={}&access_token={b_token}",
         urlencode(&page)
     );
     let dom = dom_after_scripts(&chromium, &through_a_share_link(&stack, &a, &b_link)).await;
@@ -466,4 +469,139 @@ async fn a_same_site_page_outside_the_sandboxes_cannot_read_one_with_the_users_c
     );
     assert_eq!(results["direct"], "BLOCKED", "{results}");
     assert_eq!(stolen(&stack, &a).await, Vec::<String>::new());
+}
+
+/// Where the `__Host-` cookie test reaches the edge from.
+enum HttpsEdge {
+    /// envoy-tls.yaml: Envoy ends TLS.
+    Envoy,
+    /// envoy-behind-proxy.yaml behind a TLS-ending proxy (another Envoy, as a load balancer).
+    ProxyInFront,
+}
+
+/// The SPKI hash Chromium's `--ignore-certificate-errors-spki-list` takes: Chromium then trusts
+/// the edge certificate with this key (and no other), as if the test CA were installed.
+fn spki_hash(key_pem: &str) -> String {
+    use base64::Engine as _;
+    use rcgen::PublicKeyData as _;
+    use sha2::Digest as _;
+    let key = rcgen::KeyPair::from_pem(key_pem).unwrap();
+    let digest = sha2::Sha256::digest(key.subject_public_key_info());
+    base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
+/// Opens `url` in headless Chromium, trusting the certificate whose key hashes to `spki`; the
+/// DOM it ended on.
+async fn chromium_dom(chromium: &Path, url: &str, spki: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_bounded(
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--host-resolver-rules=MAP *.preview.test 127.0.0.1, MAP * ~NOTFOUND",
+                "--no-proxy-server",
+                "--dump-dom",
+            ])
+            .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.path().join("profile").display()
+            ))
+            .arg(url),
+        CHROMIUM_TIMEOUT,
+    )
+    .await;
+    assert!(
+        run.status.success(),
+        "chromium exited with {}:\n{}",
+        run.status,
+        run.stderr
+    );
+    run.stdout
+}
+
+/// SECURITY.md recommends `--cookie-name __Host-daytona_authz` over https. Browsers keep such a
+/// cookie only if it is `Secure`, has `Path=/` and no `Domain`, and was set over https: a share
+/// link then opens the app only if daytona-authz knew the edge was https and said `Secure`.
+async fn a_host_cookie_share_link_opens_the_app_over(edge: HttpsEdge, test: &str) {
+    let Some(chromium) = optional_program("CHROMIUM_BIN", "chromium", test) else {
+        return;
+    };
+    let ca = TestCa::new("edge test CA");
+    let (cert, key) = ca.leaf(&["*.preview.test"]);
+    let certificate = EdgeCertificate::new(&cert, &key);
+    let authz = AuthzOptions::args(&["--cookie-name", "__Host-daytona_authz"]);
+    let (stack, front) = match edge {
+        HttpsEdge::Envoy => {
+            let options = StackOptions {
+                authz,
+                edge: Edge::Tls(certificate.dir()),
+                ..Default::default()
+            };
+            (Stack::start_with(options).await, None)
+        }
+        HttpsEdge::ProxyInFront => {
+            let options = StackOptions {
+                authz,
+                edge: Edge::BehindProxy,
+                ..Default::default()
+            };
+            let stack = Stack::start_with(options).await;
+            let front = FrontProxy::start(stack.envoy.port, &certificate).await;
+            (stack, Some(front))
+        }
+    };
+    let port = front.as_ref().map_or(stack.envoy.port, |f| f.port);
+    let id = stack.sandbox_id().to_owned();
+    let token = token_for(&id, Some(vec![3000]), now() + 600);
+    let host = stack.host(3000);
+    let spki = spki_hash(&key);
+
+    let url = format!("https://{host}:{port}/html?access_token={token}");
+    let dom = chromium_dom(&chromium, &url, &spki).await;
+    assert!(
+        dom.contains("<title>Sandbox app</title>"),
+        "not the app:\n{dom}"
+    );
+    // The page came by the cookie alone, after the link's redirect.
+    let received = stack.double.proxy_requests().await;
+    assert_eq!(received[0].path, "/html", "{received:#?}");
+
+    // Control: the same link over plain HTTP (straight to the edge Envoy, where it listens in
+    // plain HTTP) gets a cookie without Secure, which Chromium refuses for a `__Host-` name:
+    // the page after the redirect is the 401, not the app.
+    if front.is_some() {
+        let url = format!(
+            "http://{host}:{}/html?access_token={token}",
+            stack.envoy.port
+        );
+        let dom = chromium_dom(&chromium, &url, &spki).await;
+        assert!(!dom.contains("<title>Sandbox app</title>"), "{dom}");
+        assert_eq!(stack.double.proxy_requests().await.len(), received.len());
+    }
+}
+
+#[tokio::test]
+async fn a_host_cookie_share_link_opens_the_app_over_envoy_ended_tls() {
+    a_host_cookie_share_link_opens_the_app_over(
+        HttpsEdge::Envoy,
+        "a_host_cookie_share_link_opens_the_app_over_envoy_ended_tls",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_host_cookie_share_link_opens_the_app_behind_a_tls_ending_proxy() {
+    a_host_cookie_share_link_opens_the_app_over(
+        HttpsEdge::ProxyInFront,
+        "a_host_cookie_share_link_opens_the_app_behind_a_tls_ending_proxy",
+    )
+    .await;
 }

@@ -15,11 +15,13 @@
 //!   authentication) and origins are reflected with credentials unless
 //!   `X-Daytona-Disable-CORS: true`; Daytona's own headers are stripped before the request reaches
 //!   the sandbox; with `--proxy-tls-cert`/`--proxy-tls-key` it serves HTTPS (HTTP/1.1 over TLS)
-//!   and the API hands out `https://` preview URLs, as Daytona cloud does;
+//!   and the API hands out `https://` preview URLs, as Daytona cloud does (and with
+//!   `--api-tls-cert`/`--api-tls-key` the API itself is HTTPS, as a self-hosted Daytona behind a
+//!   private CA is);
 //! * a built-in **sandbox app** behind the proxy: JSON echo of the request as the sandbox sees it,
 //!   WebSocket echo, server-sent events, an HTML page, a cookie setter, any page given in the
-//!   query (`/page?html=`) and a redirect (`/redirect?to=`); port 9999 plays "nothing listening"
-//!   (502, empty body).
+//!   query (`/html-from-query?html=`) and a redirect (`/redirect?to=`); port 9999 plays "nothing
+//!   listening" (502, empty body).
 //!
 //! Tests steer and observe it through `/_double/*` on the API listener: call counters for the
 //! preview-url endpoint, sandbox creation and restart (which regenerates the preview token, as
@@ -174,6 +176,25 @@ struct Cli {
         requires = "proxy_tls_cert"
     )]
     proxy_tls_key: Option<PathBuf>,
+
+    /// Serve the API over TLS with this PEM certificate chain (leaf first); the API URL then is
+    /// `https://{api_addr}/api`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "DAYTONA_DOUBLE_API_TLS_CERT",
+        requires = "api_tls_key"
+    )]
+    api_tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of `--api-tls-cert`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "DAYTONA_DOUBLE_API_TLS_KEY",
+        requires = "api_tls_cert"
+    )]
+    api_tls_key: Option<PathBuf>,
 
     /// Benchmarks: every well-formed sandbox id (a lower-case UUID) exists. A sandbox not seen
     /// before gets its random preview token on first use (API, proxy or restart) and keeps it
@@ -931,7 +952,7 @@ async fn sandbox_app(target: &Target, req: Request) -> Response {
         (&Method::GET, "/sse") => server_sent_events(req.uri()),
         (&Method::GET, "/html") => html_page(target),
         (&Method::GET, "/cookie") => set_cookie(target, req).await,
-        (&Method::GET, "/page") => page_from_query(req.uri()),
+        (&Method::GET, "/html-from-query") => page_from_query(req.uri()),
         (&Method::GET, "/redirect") => redirect_from_query(req.uri()),
         _ => echo(target, req).await,
     }
@@ -995,8 +1016,8 @@ fn html_page(target: &Target) -> Response {
     .into_response()
 }
 
-/// `GET /page?html=H`: the page H. A sandbox runs whatever code its owner (or an attacker) put
-/// there; the browser tests use this to play a hostile sandbox's page.
+/// `GET /html-from-query?html=H`: the page H. A sandbox runs whatever code its owner (or an
+/// attacker) put there; the browser tests use this to play a hostile sandbox's page.
 fn page_from_query(uri: &Uri) -> Response {
     Html(query_param(uri, "html").unwrap_or_default()).into_response()
 }
@@ -1201,7 +1222,7 @@ impl Connected<IncomingStream<'_, TlsListener>> for TlsInfo {
     }
 }
 
-/// The preview proxy's listener: plain HTTP, or HTTPS.
+/// A listener (the preview proxy's, or the API's): plain HTTP, or HTTPS.
 enum ProxyListener {
     Plain(TcpListener),
     Tls(TlsListener),
@@ -1230,9 +1251,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         _ => None,
     };
+    let api_tls = match (&cli.api_tls_cert, &cli.api_tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let api_listener = bind(cli.api_addr, "API").await?;
     let proxy_listener = bind(cli.proxy_addr, "preview proxy").await?;
     let api_addr = api_listener.local_addr()?;
+    let (api_scheme, api_listener) = match api_tls {
+        Some(acceptor) => (
+            "https",
+            ProxyListener::Tls(TlsListener::new(api_listener, acceptor)),
+        ),
+        None => ("http", ProxyListener::Plain(api_listener)),
+    };
     let proxy_addr = proxy_listener.local_addr()?;
     let (proxy_scheme, proxy_listener) = match tls {
         Some(acceptor) => (
@@ -1254,7 +1286,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ));
 
     announce_ready(&ReadyLine {
-        api_url: format!("http://{api_addr}/api"),
+        api_url: format!("{api_scheme}://{api_addr}/api"),
         proxy_port: proxy_addr.port(),
         proxy_domain: &cli.proxy_domain,
         sandboxes: &sandboxes,
@@ -1316,7 +1348,7 @@ fn announce_ready(line: &ReadyLine<'_>) -> std::io::Result<()> {
 
 /// Serves both listeners until SIGTERM or SIGINT, then lets in-flight requests finish for a moment.
 async fn serve_until_signal(
-    (api_listener, api): (TcpListener, Router),
+    (api_listener, api): (ProxyListener, Router),
     (proxy_listener, proxy): (ProxyListener, Router),
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (stop, stopped) = watch::channel(false);
@@ -1324,11 +1356,18 @@ async fn serve_until_signal(
         // An error means the sender is gone, which is a stop too.
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let api = tokio::spawn(
-        axum::serve(api_listener, api)
-            .with_graceful_shutdown(until_stopped(stopped.clone()))
-            .into_future(),
-    );
+    let api = match api_listener {
+        ProxyListener::Plain(listener) => tokio::spawn(
+            axum::serve(listener, api)
+                .with_graceful_shutdown(until_stopped(stopped.clone()))
+                .into_future(),
+        ),
+        ProxyListener::Tls(listener) => tokio::spawn(
+            axum::serve(listener, api)
+                .with_graceful_shutdown(until_stopped(stopped.clone()))
+                .into_future(),
+        ),
+    };
     let proxy = match proxy_listener {
         ProxyListener::Plain(listener) => tokio::spawn(
             axum::serve(listener, proxy)

@@ -318,6 +318,16 @@ impl Double {
     }
 
     async fn launch(api_addr: &str, tls: Option<&TlsFiles>) -> Double {
+        Double::launch_with(api_addr, tls, None).await
+    }
+
+    /// With `api_tls`, the API serves HTTPS (`https://127.0.0.1:…/api`) and the test's own
+    /// calls to the double trust the CA in the PEM file given with it.
+    async fn launch_with(
+        api_addr: &str,
+        tls: Option<&TlsFiles>,
+        api_tls: Option<(&TlsFiles, &Path)>,
+    ) -> Double {
         let mut command = Command::new(env!("CARGO_BIN_EXE_daytona-double"));
         command
             .args(["--api-addr", api_addr, "--proxy-addr", "127.0.0.1:0"])
@@ -331,6 +341,16 @@ impl Double {
                 .arg("--proxy-tls-key")
                 .arg(&tls.key);
         }
+        let mut http = reqwest::Client::builder();
+        if let Some((api_tls, ca)) = api_tls {
+            command
+                .arg("--api-tls-cert")
+                .arg(&api_tls.cert)
+                .arg("--api-tls-key")
+                .arg(&api_tls.key);
+            let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+            http = http.add_root_certificate(ca);
+        }
         let mut proc = Proc::spawn("daytona-double", &mut command);
         TOKEN_ANNOUNCEMENTS
             .lock()
@@ -343,7 +363,7 @@ impl Double {
             api_url: ready.api_url,
             proxy_port: ready.proxy_port,
             sandbox: ready.sandboxes[0].clone(),
-            http: reqwest::Client::new(),
+            http: http.build().unwrap(),
         }
     }
 
@@ -506,6 +526,10 @@ pub struct StackOptions {
     pub envoy_trusted_ca: Option<PathBuf>,
     /// The `max_hosts` of Envoy's DNS cache, in place of envoy.yaml's.
     pub envoy_max_hosts: Option<u32>,
+    /// The double's API serves HTTPS with this certificate, issued by the CA in this PEM file.
+    pub double_api_tls: Option<(TlsFiles, PathBuf)>,
+    /// Which shipped Envoy config runs: how clients reach the edge.
+    pub edge: Edge,
 }
 
 impl From<AuthzOptions> for StackOptions {
@@ -671,14 +695,49 @@ impl Envoy {
         trusted_ca: Option<&Path>,
         max_hosts: Option<u32>,
     ) -> Envoy {
+        Envoy::start_edge(authz, trusted_ca, max_hosts, &Edge::Plain).await
+    }
+
+    /// Runs the shipped config for `edge` (envoy.yaml, envoy-behind-proxy.yaml or
+    /// envoy-tls.yaml, as they are in the repository).
+    pub async fn start_edge(
+        authz: &Authz,
+        trusted_ca: Option<&Path>,
+        max_hosts: Option<u32>,
+        edge: &Edge,
+    ) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
-        let config = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
-        let config = replace_n(
-            &config,
-            1,
-            "address: 0.0.0.0, port_value: 8080",
-            "address: 127.0.0.1, port_value: 0",
-        );
+        let config = std::fs::read_to_string(repo_root().join(edge.config_file())).unwrap();
+        let config = match edge {
+            Edge::Plain | Edge::BehindProxy => replace_n(
+                &config,
+                1,
+                "address: 0.0.0.0, port_value: 8080",
+                "address: 127.0.0.1, port_value: 0",
+            ),
+            Edge::Tls(certificate_dir) => {
+                // The SDS file as shipped, pointed at the test's certificate directory, in a
+                // directory of its own as envoy-tls.yaml expects.
+                let sds_dir = dir.path().join("sds");
+                std::fs::create_dir(&sds_dir).unwrap();
+                let sds = std::fs::read_to_string(repo_root().join(EDGE_CERTIFICATE_SDS)).unwrap();
+                let sds = replace_n(
+                    &sds,
+                    4,
+                    "/etc/envoy/tls",
+                    &certificate_dir.display().to_string(),
+                );
+                std::fs::write(sds_dir.join("edge-certificate.yaml"), sds).unwrap();
+                let config =
+                    replace_n(&config, 3, "/etc/envoy/sds", &sds_dir.display().to_string());
+                replace_n(
+                    &config,
+                    1,
+                    "address: 0.0.0.0, port_value: 8443",
+                    "address: 127.0.0.1, port_value: 0",
+                )
+            }
+        };
         let config = replace_n(
             &config,
             1,
@@ -807,7 +866,8 @@ async fn listener_ports(http: &reqwest::Client, url: &str) -> Option<(u16, u16, 
         let port = listener["local_address"]["socket_address"]["port_value"].as_u64()?;
         u16::try_from(port).ok().filter(|p| *p != 0)
     };
-    Some((port("public_http")?, port("metrics")?, port("edge_health")?))
+    let public = port("public_http").or_else(|| port("public_https"))?;
+    Some((public, port("metrics")?, port("edge_health")?))
 }
 
 /// An HTTP answer, as a client saw it.
@@ -845,7 +905,17 @@ impl Stack {
     /// Takes [`StackOptions`], or just [`AuthzOptions`].
     pub async fn start_with(options: impl Into<StackOptions>) -> Stack {
         let options: StackOptions = options.into();
-        let double = Double::start_with(options.double_tls.as_ref()).await;
+        let double = match &options.double_api_tls {
+            Some((api_tls, ca)) => {
+                Double::launch_with(
+                    "127.0.0.1:0",
+                    options.double_tls.as_ref(),
+                    Some((api_tls, ca)),
+                )
+                .await
+            }
+            None => Double::start_with(options.double_tls.as_ref()).await,
+        };
         let api_url = options
             .authz
             .api_url
@@ -864,10 +934,11 @@ impl Stack {
                 .extend(double.upstream_domain_args());
         }
         let authz = Authz::start(&api_url, &authz_options).await;
-        let envoy = Envoy::start_configured(
+        let envoy = Envoy::start_edge(
             &authz,
             options.envoy_trusted_ca.as_deref(),
             options.envoy_max_hosts,
+            &options.edge,
         )
         .await;
         let http = reqwest::Client::builder()
@@ -989,4 +1060,382 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
 /// The app's JSON echo: what the sandbox saw.
 pub fn echoed_headers(reply: &Reply) -> BTreeMap<String, Vec<String>> {
     serde_json::from_value(reply.json()["headers"].clone()).expect("echo has headers")
+}
+
+// -------------------------------------------------------------------------------------------------
+// TLS at the edge: the shipped Envoy variants, certificates, a TLS-ending proxy in front
+// -------------------------------------------------------------------------------------------------
+
+/// The SDS file envoy-tls.yaml reads its certificate through.
+pub const EDGE_CERTIFICATE_SDS: &str = "envoy/sds/edge-certificate.yaml";
+
+/// How clients reach Envoy, i.e. which shipped config runs.
+#[derive(Debug, Clone, Default)]
+pub enum Edge {
+    /// `envoy/envoy.yaml`: Envoy is the edge, plain HTTP.
+    #[default]
+    Plain,
+    /// `envoy/envoy-behind-proxy.yaml`: one trusted proxy in front of Envoy ends TLS.
+    BehindProxy,
+    /// `envoy/envoy-tls.yaml`: Envoy ends TLS with `tls.crt` and `tls.key` from this directory
+    /// (an [`EdgeCertificate`]'s).
+    Tls(PathBuf),
+}
+
+impl Edge {
+    /// The shipped config file, relative to the repository.
+    pub fn config_file(&self) -> &'static str {
+        match self {
+            Edge::Plain => "envoy/envoy.yaml",
+            Edge::BehindProxy => "envoy/envoy-behind-proxy.yaml",
+            Edge::Tls(_) => "envoy/envoy-tls.yaml",
+        }
+    }
+}
+
+/// The first lines of every generated variant.
+const GENERATED: &str = "\
+# GENERATED from envoy/envoy.yaml: do not edit. Change envoy.yaml, then run
+#   UPDATE_ENVOY_VARIANTS=1 cargo test --test edge_tls shipped_variants
+# (tests/support/mod.rs, `edge_variant`, says what differs; the test fails while they disagree).
+#
+";
+
+/// `envoy.yaml`'s text turned into the variant for `edge`: the only source of
+/// envoy-behind-proxy.yaml and envoy-tls.yaml, so the three never drift apart.
+pub fn edge_variant(base: &str, edge: &Edge) -> String {
+    const HOPS: &str = "\
+          # --- edge hardening -------------------------------------------------------------
+          # Envoy is the edge: X-Forwarded-For and X-Forwarded-Proto are set from the client's
+          # own connection (a client-sent value is replaced: nobody can pass for https on this
+          # plain-HTTP listener) and x-envoy-* headers from the client are dropped. TLS ended
+          # by a proxy in front: envoy-behind-proxy.yaml (xff_num_trusted_hops: 1).
+          use_remote_address: true
+          xff_num_trusted_hops: 0
+";
+    const LISTENER: &str = "\
+  - name: public_http
+    address:
+      # Public listener, plain HTTP. Over TLS, run envoy-tls.yaml (Envoy ends TLS) or
+      # envoy-behind-proxy.yaml (a proxy in front ends it): README, \"TLS at the edge\".
+      socket_address: { address: 0.0.0.0, port_value: 8080 }
+    per_connection_buffer_limit_bytes: 1048576   # 1 MiB read/write buffer per connection
+    filter_chains:
+    - filters:
+";
+    let one = |text: &str, from: &str, to: &str| {
+        assert_eq!(
+            text.matches(from).count(),
+            1,
+            "envoy.yaml must contain this exactly once:\n{from}"
+        );
+        text.replacen(from, to, 1)
+    };
+    match edge {
+        Edge::Plain => base.to_owned(),
+        Edge::BehindProxy => {
+            let text = one(
+                base,
+                HOPS,
+                "\
+          # --- edge hardening -------------------------------------------------------------
+          # TLS ends at ONE trusted proxy in front (load balancer, ingress): Envoy believes the
+          # X-Forwarded-Proto it sets (`https`: share-link cookies get Secure) and the client
+          # address it appends to X-Forwarded-For; x-envoy-* headers from the client are
+          # dropped. Only that proxy may reach this listener (firewall, NetworkPolicy): anyone
+          # else reaching it could claim https. N proxies in a chain: xff_num_trusted_hops: N.
+          use_remote_address: true
+          xff_num_trusted_hops: 1
+",
+            );
+            let text = one(
+                &text,
+                LISTENER,
+                &LISTENER.replace(
+                    "\
+      # Public listener, plain HTTP. Over TLS, run envoy-tls.yaml (Envoy ends TLS) or
+      # envoy-behind-proxy.yaml (a proxy in front ends it): README, \"TLS at the edge\".
+",
+                    "\
+      # Public listener, plain HTTP from the TLS-ending proxy in front (and only from it).
+",
+                ),
+            );
+            format!(
+                "{GENERATED}\
+# Variant: TLS ended by one trusted proxy in front of Envoy (xff_num_trusted_hops: 1).\n\
+#\n{text}"
+            )
+        }
+        Edge::Tls(_) => {
+            let text = one(
+                base,
+                LISTENER,
+                "\
+  - name: public_https
+    address:
+      # Public listener: Envoy ends TLS here (HTTP/1.1 and HTTP/2 by ALPN, TLS 1.2+).
+      socket_address: { address: 0.0.0.0, port_value: 8443 }
+    per_connection_buffer_limit_bytes: 1048576   # 1 MiB read/write buffer per connection
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [\"h2\", \"http/1.1\"]
+            tls_params: { tls_minimum_protocol_version: TLSv1_2 }
+            # The certificate and key come from files through SDS (sds/edge-certificate.yaml
+            # names them): Envoy reloads them when they change, without a restart or a dropped
+            # connection. Rotate by replacing the files with a rename (a Kubernetes Secret
+            # volume, cert-manager and certbot's symlinks all do); the SDS file itself is
+            # watched too.
+            tls_certificate_sds_secret_configs:
+            - name: edge_certificate
+              sds_config:
+                path_config_source:
+                  path: /etc/envoy/sds/edge-certificate.yaml
+                  watched_directory: { path: /etc/envoy/sds }
+                resource_api_version: V3
+      filters:
+",
+            );
+            let text = one(
+                &text,
+                "codec_type: AUTO                    # HTTP/1.1 and cleartext HTTP/2 (h2c)",
+                "codec_type: AUTO                    # HTTP/1.1 and HTTP/2 (ALPN)",
+            );
+            let text = one(
+                &text,
+                "\nstatic_resources:\n",
+                "\n# SDS (the certificate files) needs a node name; nothing else uses it.\n\
+node: { id: daytona-edge, cluster: daytona-edge }\n\nstatic_resources:\n",
+            );
+            format!(
+                "{GENERATED}\
+# Variant: Envoy ends TLS itself on port 8443, with the certificate files named in\n\
+# sds/edge-certificate.yaml (mounted at /etc/envoy/sds; the PEM files at /etc/envoy/tls).\n\
+#\n{text}"
+            )
+        }
+    }
+}
+
+/// A throwaway certificate authority, for certificates Envoy serves or trusts.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
+        TestCa { issuer }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A server certificate for `names` (e.g. `*.preview.test`): (chain PEM, key PEM).
+    pub fn leaf(&self, names: &[&str]) -> (String, String) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, &names[0]);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// The edge's certificate as a Kubernetes Secret volume holds it: `tls.crt` and `tls.key` are
+/// symlinks through `..data`, a symlink to a timestamped directory, and an update swaps `..data`
+/// with a rename (what the kubelet does; cert-manager and certbot work alike).
+pub struct EdgeCertificate {
+    dir: tempfile::TempDir,
+    generation: u32,
+}
+
+impl EdgeCertificate {
+    pub fn new(cert_pem: &str, key_pem: &str) -> EdgeCertificate {
+        let mut files = EdgeCertificate {
+            dir: tempfile::tempdir().unwrap(),
+            generation: 0,
+        };
+        files.replace(cert_pem, key_pem);
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), files.dir.path().join(name))
+                .unwrap();
+        }
+        files
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    /// Puts a new certificate and key in place, atomically.
+    pub fn replace(&mut self, cert_pem: &str, key_pem: &str) {
+        self.generation += 1;
+        let version = format!("..{}", self.generation);
+        let version_dir = self.dir.path().join(&version);
+        std::fs::create_dir(&version_dir).unwrap();
+        std::fs::write(version_dir.join("tls.crt"), cert_pem).unwrap();
+        std::fs::write(version_dir.join("tls.key"), key_pem).unwrap();
+        let staged = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &staged).unwrap();
+        std::fs::rename(&staged, self.dir.path().join("..data")).unwrap();
+    }
+}
+
+/// A client that trusts only `ca_pem` and reaches `host` at `127.0.0.1:port` (as a browser
+/// would with DNS pointing there); no redirects followed, a fresh connection pool.
+pub fn https_client(ca_pem: &str, host: &str, port: u16) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// A GET of `https://{host}:{port}{path}` with `client`, as a [`Reply`].
+pub async fn https_get(
+    client: &reqwest::Client,
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, reqwest::Error> {
+    let mut request = client.get(format!("https://{host}:{port}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await?;
+    Ok(Reply {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.text().await.unwrap_or_default(),
+    })
+}
+
+/// What a load balancer or ingress in front of Envoy does, played by a second Envoy: it ends TLS
+/// (certificate files given), sets `X-Forwarded-Proto` from its own connection and appends the
+/// client to `X-Forwarded-For`, and forwards everything to the edge Envoy on `upstream_port`.
+pub struct FrontProxy {
+    pub proc: Proc,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl FrontProxy {
+    pub async fn start(upstream_port: u16, cert: &EdgeCertificate) -> FrontProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = cert.dir();
+        let config = format!(
+            r#"
+static_resources:
+  listeners:
+  - name: front
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: ["h2", "http/1.1"]
+            tls_certificates:
+            - certificate_chain: {{ filename: {certs}/tls.crt }}
+              private_key: {{ filename: {certs}/tls.key }}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: front
+          use_remote_address: true
+          upgrade_configs: [{{ upgrade_type: websocket }}]
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: edge, timeout: 0s }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: edge
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: edge
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+"#,
+            certs = certs.display(),
+        );
+        let config_path = dir.path().join("front.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let admin_path = dir.path().join("admin-address");
+        let mut proc = Proc::spawn(
+            "envoy",
+            Command::new(envoy_bin())
+                .arg("-c")
+                .arg(&config_path)
+                .arg("--admin-address-path")
+                .arg(&admin_path)
+                .args(["--disable-hot-restart", "--log-level", "warn"])
+                .args(["--concurrency", "1"]),
+        );
+        let admin = eventually("the front proxy's admin address", READY_TIMEOUT, || {
+            proc.assert_running();
+            let text = std::fs::read_to_string(&admin_path).ok();
+            async move {
+                text.filter(|t| t.contains(':'))
+                    .map(|t| t.trim().to_owned())
+            }
+        })
+        .await;
+        let http = reqwest::Client::new();
+        let port = eventually("the front proxy's listener", READY_TIMEOUT, || {
+            let http = http.clone();
+            let url = format!("http://{admin}/listeners?format=json");
+            async move {
+                let listeners: serde_json::Value =
+                    http.get(url).send().await.ok()?.json().await.ok()?;
+                let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+                    ["port_value"]
+                    .as_u64()?;
+                u16::try_from(port).ok().filter(|p| *p != 0)
+            }
+        })
+        .await;
+        FrontProxy {
+            proc,
+            port,
+            _dir: dir,
+        }
+    }
 }
