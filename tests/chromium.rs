@@ -261,6 +261,19 @@ fn local_host(sandbox_id: &str, port: u16) -> String {
 /// Runs headless Chromium on `url` until the page has been idle for a while (its fetches done),
 /// then returns the DOM it ended on.
 async fn dom_after_scripts(chromium: &Path, url: &str) -> String {
+    // Virtual time waits for pending fetches; the page's own work is bounded by it.
+    dump_dom(
+        chromium,
+        url,
+        LOCAL_DOMAIN,
+        &["--virtual-time-budget=10000".into()],
+    )
+    .await
+}
+
+/// Headless Chromium on `url` with a fresh profile, no proxy, `*.{domain}` resolved to loopback
+/// and every other name to nothing, plus `extra` flags; the DOM it ended on.
+async fn dump_dom(chromium: &Path, url: &str, domain: &str, extra: &[String]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let run = run_bounded(
         Command::new(chromium)
@@ -273,12 +286,13 @@ async fn dom_after_scripts(chromium: &Path, url: &str) -> String {
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
-                "--host-resolver-rules=MAP *.preview.localhost 127.0.0.1, MAP * ~NOTFOUND",
                 "--no-proxy-server",
-                // Virtual time waits for pending fetches; the page's own work is bounded by it.
-                "--virtual-time-budget=10000",
                 "--dump-dom",
             ])
+            .arg(format!(
+                "--host-resolver-rules=MAP *.{domain} 127.0.0.1, MAP * ~NOTFOUND"
+            ))
+            .args(extra)
             .arg(format!(
                 "--user-data-dir={}",
                 dir.path().join("profile").display()
@@ -493,38 +507,8 @@ fn spki_hash(key_pem: &str) -> String {
 /// Opens `url` in headless Chromium, trusting the certificate whose key hashes to `spki`; the
 /// DOM it ended on.
 async fn chromium_dom(chromium: &Path, url: &str, spki: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let run = run_bounded(
-        Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--host-resolver-rules=MAP *.preview.test 127.0.0.1, MAP * ~NOTFOUND",
-                "--no-proxy-server",
-                "--dump-dom",
-            ])
-            .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
-            .arg(format!(
-                "--user-data-dir={}",
-                dir.path().join("profile").display()
-            ))
-            .arg(url),
-        CHROMIUM_TIMEOUT,
-    )
-    .await;
-    assert!(
-        run.status.success(),
-        "chromium exited with {}:\n{}",
-        run.status,
-        run.stderr
-    );
-    run.stdout
+    let trust = format!("--ignore-certificate-errors-spki-list={spki}");
+    dump_dom(chromium, url, "preview.test", &[trust]).await
 }
 
 /// SECURITY.md recommends `--cookie-name __Host-daytona_authz` over https. Browsers keep such a

@@ -783,28 +783,7 @@ impl Envoy {
             Some(n) => replace_n(&config, 1, "max_hosts: 8192", &format!("max_hosts: {n}")),
             None => config,
         };
-        let config_path = dir.path().join("envoy.yaml");
-        std::fs::write(&config_path, config).unwrap();
-        let admin_path = dir.path().join("admin-address");
-        let mut proc = Proc::spawn(
-            "envoy",
-            Command::new(envoy_bin())
-                .arg("-c")
-                .arg(&config_path)
-                .arg("--admin-address-path")
-                .arg(&admin_path)
-                .args(["--disable-hot-restart", "--log-level", "warn"])
-                .args(["--concurrency", "2"]),
-        );
-        let admin = eventually("Envoy's admin address", READY_TIMEOUT, || {
-            proc.assert_running();
-            let text = std::fs::read_to_string(&admin_path).ok();
-            async move {
-                text.filter(|t| t.contains(':'))
-                    .map(|t| t.trim().to_owned())
-            }
-        })
-        .await;
+        let (proc, admin) = spawn_envoy("Envoy", dir.path(), "envoy.yaml", &config, 2).await;
         let http = reqwest::Client::new();
         let url = format!("http://{admin}/listeners?format=json");
         let (port, metrics_port, health_port) =
@@ -846,6 +825,39 @@ impl Envoy {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// Writes `config` as `dir/file`, starts Envoy on it and waits for its admin address.
+async fn spawn_envoy(
+    what: &str,
+    dir: &Path,
+    file: &str,
+    config: &str,
+    concurrency: u32,
+) -> (Proc, String) {
+    let config_path = dir.join(file);
+    std::fs::write(&config_path, config).unwrap();
+    let admin_path = dir.join(format!("{file}.admin-address"));
+    let mut proc = Proc::spawn(
+        "envoy",
+        Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--disable-hot-restart", "--log-level", "warn"])
+            .args(["--concurrency", &concurrency.to_string()]),
+    );
+    let admin = eventually(&format!("{what}'s admin address"), READY_TIMEOUT, || {
+        proc.assert_running();
+        let text = std::fs::read_to_string(&admin_path).ok();
+        async move {
+            text.filter(|t| t.contains(':'))
+                .map(|t| t.trim().to_owned())
+        }
+    })
+    .await;
+    (proc, admin)
 }
 
 fn replace_n(text: &str, count: usize, from: &str, to: &str) -> String {
@@ -1396,28 +1408,8 @@ admin:
 "#,
             certs = certs.display(),
         );
-        let config_path = dir.path().join("front.yaml");
-        std::fs::write(&config_path, config).unwrap();
-        let admin_path = dir.path().join("admin-address");
-        let mut proc = Proc::spawn(
-            "envoy",
-            Command::new(envoy_bin())
-                .arg("-c")
-                .arg(&config_path)
-                .arg("--admin-address-path")
-                .arg(&admin_path)
-                .args(["--disable-hot-restart", "--log-level", "warn"])
-                .args(["--concurrency", "1"]),
-        );
-        let admin = eventually("the front proxy's admin address", READY_TIMEOUT, || {
-            proc.assert_running();
-            let text = std::fs::read_to_string(&admin_path).ok();
-            async move {
-                text.filter(|t| t.contains(':'))
-                    .map(|t| t.trim().to_owned())
-            }
-        })
-        .await;
+        let (proc, admin) =
+            spawn_envoy("the front proxy", dir.path(), "front.yaml", &config, 1).await;
         let http = reqwest::Client::new();
         let port = eventually("the front proxy's listener", READY_TIMEOUT, || {
             let http = http.clone();
