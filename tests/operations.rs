@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use daytona_authz::token::{Claims, Signer, now};
@@ -518,4 +520,368 @@ async fn the_edge_health_endpoint_follows_authz_health_and_answers_nothing_else(
         0
     );
     assert_eq!(send(reqwest::Method::GET, "/healthz").await, 503);
+}
+
+// -------------------------------------------------------------------------------------------------
+// A rollout, played as the kubelet plays it
+// -------------------------------------------------------------------------------------------------
+
+/// How the manifest stops a pod (deploy/kubernetes/deployment.yaml), read from the file itself.
+#[derive(Debug)]
+struct Termination {
+    /// Envoy's preStop, the `bash -c` script as the kubelet runs it.
+    envoy_pre_stop: String,
+    /// The `sleep` that ends Envoy's preStop, in seconds.
+    envoy_sleep: u64,
+    /// Envoy's `--drain-time-s`.
+    envoy_drain_time: u64,
+    /// Envoy's `--drain-strategy`.
+    envoy_drain_strategy: String,
+    /// daytona-authz's preStop: `sleep N`.
+    authz_sleep: u64,
+    /// `terminationGracePeriodSeconds`.
+    grace: u64,
+}
+
+/// The manifest's value of `key` (a flow sequence or a scalar on one or more lines), the first
+/// after `anchor`. The project has no YAML parser; flow sequences of quoted strings are JSON.
+fn manifest_value(manifest: &str, anchor: &str, key: &str) -> String {
+    let start = manifest
+        .find(anchor)
+        .unwrap_or_else(|| panic!("deployment.yaml has no {anchor:?}"));
+    let mut lines = manifest[start..].lines();
+    let first = lines
+        .find_map(|line| line.trim_start().strip_prefix(key))
+        .unwrap_or_else(|| panic!("deployment.yaml has no {key:?} after {anchor:?}"));
+    let mut value = first.trim().to_owned();
+    while value.matches('[').count() > value.matches(']').count() {
+        value.push(' ');
+        value.push_str(lines.next().expect("an unclosed flow sequence").trim());
+    }
+    value
+}
+
+/// The folded block scalar (`- >-`) after `anchor`: its lines joined by single spaces, which is
+/// what YAML makes of a folded block without blank or more-indented lines.
+fn manifest_folded_block(manifest: &str, anchor: &str) -> String {
+    let start = manifest
+        .find(anchor)
+        .unwrap_or_else(|| panic!("deployment.yaml has no {anchor:?}"));
+    let mut lines = manifest[start..].lines();
+    let header = lines
+        .find(|line| line.trim() == "- >-")
+        .expect("a folded block scalar");
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let block: Vec<&str> = lines
+        .take_while(|line| indent(line) > indent(header) && !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    block.join(" ")
+}
+
+fn read_termination() -> Termination {
+    let manifest =
+        std::fs::read_to_string(support::repo_root().join("deploy/kubernetes/deployment.yaml"))
+            .unwrap();
+    let envoy = "- name: envoy";
+    let authz = "- name: daytona-authz";
+    let envoy_pre_stop = manifest_folded_block(&manifest, &format!("{envoy}\n"));
+    // The hook the test runs is the manifest's, which must fail the edge health endpoint, then
+    // drain the listeners gracefully, then wait.
+    let fail = envoy_pre_stop.find("post /healthcheck/fail;");
+    let drain = envoy_pre_stop.find("post '/drain_listeners?graceful';");
+    let sleep = envoy_pre_stop.rfind("; sleep ");
+    assert!(
+        fail.is_some() && fail < drain && drain < sleep,
+        "Envoy's preStop must fail health, drain, then sleep: {envoy_pre_stop}"
+    );
+    assert_eq!(envoy_pre_stop.matches("/dev/tcp/127.0.0.1/9901").count(), 1);
+    let envoy_sleep = envoy_pre_stop[sleep.unwrap() + "; sleep ".len()..]
+        .parse()
+        .expect("Envoy's preStop ends with `sleep <seconds>`");
+
+    let args: Vec<String> =
+        serde_json::from_str(&manifest_value(&manifest, envoy, "args:")).unwrap();
+    let after = |flag: &str| {
+        let at = args.iter().position(|a| a == flag);
+        at.and_then(|i| args.get(i + 1))
+            .unwrap_or_else(|| panic!("Envoy's args have no {flag}"))
+            .clone()
+    };
+    let authz_pre_stop: Vec<String> =
+        serde_json::from_str(&manifest_value(&manifest, authz, "command:")).unwrap();
+    assert_eq!(authz_pre_stop.len(), 2, "{authz_pre_stop:?}");
+    assert_eq!(authz_pre_stop[0], "sleep");
+    Termination {
+        envoy_pre_stop,
+        envoy_sleep,
+        envoy_drain_time: after("--drain-time-s").parse().unwrap(),
+        envoy_drain_strategy: after("--drain-strategy"),
+        authz_sleep: authz_pre_stop[1].parse().unwrap(),
+        grace: manifest_value(&manifest, "spec:", "terminationGracePeriodSeconds:")
+            .parse()
+            .unwrap(),
+    }
+}
+
+/// daytona-authz's `--drain-timeout` in the pod: the default (README), which the manifests do not
+/// change.
+fn authz_drain_timeout_in_pod() -> u64 {
+    let readme = std::fs::read_to_string(support::repo_root().join("README.md")).unwrap();
+    assert!(
+        readme.contains("| `--drain-timeout` | `DAYTONA_AUTHZ_DRAIN_TIMEOUT` | `10s` |"),
+        "README documents another --drain-timeout default"
+    );
+    for file in ["deployment.yaml", "kustomization.yaml"] {
+        let text =
+            std::fs::read_to_string(support::repo_root().join("deploy/kubernetes").join(file))
+                .unwrap();
+        assert!(!text.contains("DRAIN_TIMEOUT") && !text.contains("drain-timeout\""));
+    }
+    10
+}
+
+/// The test plays the manifest's timings this many times faster, keeping their order.
+const ROLLOUT_SPEED_UP: u64 = 5;
+
+fn sigterm(proc: &support::Proc) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM");
+}
+
+/// What the clients saw during the rollout.
+#[derive(Debug, Default)]
+struct Outcomes {
+    ok: u64,
+    /// 200s of requests sent after the preStop hooks began.
+    ok_while_stopping: u64,
+    /// Could not connect: the listener was closed, nothing was accepted (in Kubernetes, the
+    /// Service sends new connections to another pod by then).
+    not_accepted: u64,
+    /// Any other answer: a request Envoy accepted and failed.
+    failed: Vec<String>,
+    /// Connected, then no answer: (path, error). Envoy's access log tells whether it accepted
+    /// the request (then it failed) or the kernel reset the connection from the closing
+    /// listener's accept queue (never accepted).
+    cut: Vec<(String, String)>,
+}
+
+/// A rollout as Kubernetes stops the old pod, with the hooks, signals and timings of
+/// deploy/kubernetes/deployment.yaml (sped up, in the same order): both preStop hooks start
+/// together; Envoy's (run as written, against the test Envoy's admin) fails the edge health
+/// endpoint and drains the listeners, then sleeps; SIGTERM reaches Envoy when its hook ends and
+/// daytona-authz when its own, longer, hook ends; the grace period bounds it all. Under a steady
+/// load of allowed requests, every request that got an answer got a 200: none was cut, none got
+/// a 503 from a stopped daytona-authz. Requests refused at connect (the listener had closed) are
+/// counted apart. Takes about 10 s.
+#[tokio::test]
+async fn a_rollout_played_as_kubernetes_does_loses_no_accepted_request() {
+    let t = read_termination();
+    let authz_drain_timeout = authz_drain_timeout_in_pod();
+    // The order the manifest promises: Envoy's listeners close before Envoy is stopped, Envoy is
+    // gone before daytona-authz is told to stop, and daytona-authz's drain ends within the grace
+    // period.
+    assert!(t.envoy_drain_time < t.envoy_sleep, "{t:?}");
+    assert!(t.envoy_sleep < t.authz_sleep, "{t:?}");
+    assert!(t.authz_sleep + authz_drain_timeout < t.grace, "{t:?}");
+    let scaled = |seconds: u64| Duration::from_millis(seconds * 1000 / ROLLOUT_SPEED_UP);
+    let drain_time = t.envoy_drain_time.div_ceil(ROLLOUT_SPEED_UP);
+    assert!(Duration::from_secs(drain_time) < scaled(t.envoy_sleep));
+    let envoy_sleep = scaled(t.envoy_sleep);
+    let authz_sleep = scaled(t.authz_sleep);
+    let grace = scaled(t.grace);
+
+    let mut stack = Stack::start_with(support::StackOptions {
+        authz: AuthzOptions::args(&[
+            "--drain-timeout",
+            &format!("{}ms", scaled(authz_drain_timeout).as_millis()),
+        ]),
+        envoy_args: vec![
+            "--drain-time-s".into(),
+            drain_time.to_string(),
+            "--drain-strategy".into(),
+            t.envoy_drain_strategy.clone(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let health_url = format!("http://127.0.0.1:{}/healthz", stack.envoy.health_port);
+    let health = || {
+        let request = http.get(&health_url).send();
+        async move { request.await.ok().map(|r| r.status().as_u16()) }
+    };
+    eventually(
+        "the edge health endpoint to say 200",
+        Duration::from_secs(15),
+        || {
+            let status = health();
+            async move { (status.await == Some(200)).then_some(()) }
+        },
+    )
+    .await;
+
+    // The steady load: a few clients on loopback, each sending one request after another.
+    let stopping = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let url = format!("http://127.0.0.1:{}", stack.envoy.port);
+    let clients: Vec<_> = (0..6)
+        .map(|client| {
+            let (http, url) = (http.clone(), url.clone());
+            let (stopping, stop, outcomes) = (stopping.clone(), stop.clone(), outcomes.clone());
+            let (host, auth) = (stack.host(3000), bearer(&stack.token(None)));
+            tokio::spawn(async move {
+                for n in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let late = stopping.load(Ordering::SeqCst);
+                    let path = format!("/rollout/{client}/{n}");
+                    let sent = http
+                        .get(format!("{url}{path}"))
+                        .header("host", &host)
+                        .header("authorization", &auth)
+                        .send()
+                        .await;
+                    let outcome = match sent {
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            match response.text().await {
+                                Ok(_) if status == 200 => Ok(()),
+                                Ok(body) => Err(format!("{status}: {body}")),
+                                Err(e) => Err(format!("{status}, body cut: {e:?}")),
+                            }
+                        }
+                        Err(e) if e.is_connect() => {
+                            outcomes.lock().unwrap().not_accepted += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                        Err(e) => {
+                            outcomes.lock().unwrap().cut.push((path, format!("{e:?}")));
+                            continue;
+                        }
+                    };
+                    let mut outcomes = outcomes.lock().unwrap();
+                    match outcome {
+                        Ok(()) => {
+                            outcomes.ok += 1;
+                            outcomes.ok_while_stopping += u64::from(late);
+                        }
+                        Err(failure) => outcomes.failed.push(failure),
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually("the load to flow", Duration::from_secs(10), || {
+        let ok = outcomes.lock().unwrap().ok;
+        async move { (ok >= 20).then_some(()) }
+    })
+    .await;
+
+    // The kubelet stops the pod: both preStop hooks at once.
+    let begun = std::time::Instant::now();
+    stopping.store(true, Ordering::SeqCst);
+    let admin_port = stack.envoy.admin.rsplit(':').next().unwrap().to_owned();
+    let envoy_hook = t
+        .envoy_pre_stop
+        .replace(
+            "/dev/tcp/127.0.0.1/9901",
+            &format!("/dev/tcp/127.0.0.1/{admin_port}"),
+        )
+        .replace(
+            &format!("; sleep {}", t.envoy_sleep),
+            &format!("; sleep {}", envoy_sleep.as_secs_f64()),
+        );
+    let mut envoy_hook = support::Proc::spawn(
+        "Envoy's preStop",
+        std::process::Command::new("bash").args(["-c", &envoy_hook]),
+    );
+    let mut authz_hook = support::Proc::spawn(
+        "daytona-authz's preStop",
+        std::process::Command::new("sleep").arg(authz_sleep.as_secs_f64().to_string()),
+    );
+    // The edge health endpoint fails at once (load balancers stop sending), then the listeners
+    // close while Envoy still runs: it takes no new connection.
+    eventually("the edge health endpoint to say 503", envoy_sleep, || {
+        let status = health();
+        async move { (status.await == Some(503)).then_some(()) }
+    })
+    .await;
+    eventually("Envoy's listener to close", envoy_sleep, || {
+        let port = stack.envoy.port;
+        async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+                .then_some(())
+        }
+    })
+    .await;
+    stack.envoy.proc.assert_running();
+
+    // Envoy's hook ends: SIGTERM to Envoy.
+    let status = envoy_hook.wait_exit(grace).await;
+    assert!(status.success(), "Envoy's preStop failed: {status}");
+    sigterm(&stack.envoy.proc);
+    let left = grace.saturating_sub(begun.elapsed());
+    let status = stack.envoy.proc.wait_exit(left).await;
+    assert!(status.success(), "Envoy: {status}");
+    // Until Envoy was gone, daytona-authz answered Checks, untold to stop.
+    stack.authz.proc.assert_running();
+    assert_eq!(
+        grpc_health(&stack.authz.grpc_addr).await,
+        Some(ServingStatus::Serving)
+    );
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        tokio::time::timeout(Duration::from_secs(15), client)
+            .await
+            .expect("a client to finish")
+            .unwrap();
+    }
+
+    // daytona-authz's hook ends: SIGTERM; it exits within what is left of the grace period.
+    let status = authz_hook.wait_exit(grace).await;
+    assert!(status.success());
+    stack.authz.signal("TERM");
+    let left = grace.saturating_sub(begun.elapsed());
+    let status = stack.authz.proc.wait_exit(left).await;
+    assert_eq!(status.code(), Some(0), "{}", stack.authz.proc.stderr());
+
+    let mut outcomes = outcomes.lock().unwrap();
+    // A connection cut without an answer: a failure if Envoy had the request (its access log
+    // records every request it accepted, cut ones included).
+    let access_log = stack.envoy.proc.stdout();
+    let (seen, unseen): (Vec<_>, Vec<_>) = outcomes
+        .cut
+        .drain(..)
+        .partition(|(path, _)| access_log.contains(&format!("\"{path}\"")));
+    outcomes
+        .failed
+        .extend(seen.into_iter().map(|(path, e)| format!("{path} cut: {e}")));
+    outcomes.cut = unseen;
+    assert!(
+        access_log.matches("\"/rollout/").count() as u64 >= outcomes.ok,
+        "Envoy's access log does not record the load's requests"
+    );
+    // Each listener socket (one per Envoy worker, two here) can reset at most one queued
+    // connection per client when it closes.
+    assert!(outcomes.cut.len() <= 2 * 6, "{outcomes:?}");
+    assert!(
+        outcomes.failed.is_empty(),
+        "{} accepted request(s) failed during the rollout ({outcomes:?})",
+        outcomes.failed.len()
+    );
+    assert!(outcomes.ok_while_stopping > 0, "{outcomes:?}");
+    assert!(outcomes.not_accepted > 0, "{outcomes:?}");
+    eprintln!("rollout: {outcomes:?}");
 }

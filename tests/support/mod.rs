@@ -530,6 +530,8 @@ pub struct StackOptions {
     pub double_api_tls: Option<(TlsFiles, PathBuf)>,
     /// Which shipped Envoy config runs: how clients reach the edge.
     pub edge: Edge,
+    /// More command-line arguments for Envoy (e.g. the manifest's `--drain-time-s`).
+    pub envoy_args: Vec<String>,
 }
 
 impl From<AuthzOptions> for StackOptions {
@@ -706,6 +708,17 @@ impl Envoy {
         max_hosts: Option<u32>,
         edge: &Edge,
     ) -> Envoy {
+        Envoy::launch(authz, trusted_ca, max_hosts, edge, &[]).await
+    }
+
+    /// [`Envoy::start_edge`], with more command-line arguments for Envoy.
+    pub async fn launch(
+        authz: &Authz,
+        trusted_ca: Option<&Path>,
+        max_hosts: Option<u32>,
+        edge: &Edge,
+        extra_args: &[String],
+    ) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let config = std::fs::read_to_string(repo_root().join(edge.config_file())).unwrap();
         let config = match edge {
@@ -783,7 +796,8 @@ impl Envoy {
             Some(n) => replace_n(&config, 1, "max_hosts: 8192", &format!("max_hosts: {n}")),
             None => config,
         };
-        let (proc, admin) = spawn_envoy("Envoy", dir.path(), "envoy.yaml", &config, 2).await;
+        let (proc, admin) =
+            spawn_envoy_with("Envoy", dir.path(), "envoy.yaml", &config, 2, extra_args).await;
         let http = reqwest::Client::new();
         let url = format!("http://{admin}/listeners?format=json");
         let (port, metrics_port, health_port) =
@@ -835,6 +849,18 @@ async fn spawn_envoy(
     config: &str,
     concurrency: u32,
 ) -> (Proc, String) {
+    spawn_envoy_with(what, dir, file, config, concurrency, &[]).await
+}
+
+/// [`spawn_envoy`], with more command-line arguments for Envoy.
+async fn spawn_envoy_with(
+    what: &str,
+    dir: &Path,
+    file: &str,
+    config: &str,
+    concurrency: u32,
+    extra_args: &[String],
+) -> (Proc, String) {
     let config_path = dir.join(file);
     std::fs::write(&config_path, config).unwrap();
     let admin_path = dir.join(format!("{file}.admin-address"));
@@ -846,7 +872,8 @@ async fn spawn_envoy(
             .arg("--admin-address-path")
             .arg(&admin_path)
             .args(["--disable-hot-restart", "--log-level", "warn"])
-            .args(["--concurrency", &concurrency.to_string()]),
+            .args(["--concurrency", &concurrency.to_string()])
+            .args(extra_args),
     );
     let admin = eventually(&format!("{what}'s admin address"), READY_TIMEOUT, || {
         proc.assert_running();
@@ -946,11 +973,12 @@ impl Stack {
                 .extend(double.upstream_domain_args());
         }
         let authz = Authz::start(&api_url, &authz_options).await;
-        let envoy = Envoy::start_edge(
+        let envoy = Envoy::launch(
             &authz,
             options.envoy_trusted_ca.as_deref(),
             options.envoy_max_hosts,
             &options.edge,
+            &options.envoy_args,
         )
         .await;
         let http = reqwest::Client::builder()
