@@ -878,8 +878,11 @@ async fn a_rollout_played_as_kubernetes_does_loses_no_accepted_request() {
     assert!(outcomes.cut.len() <= 2 * 6, "{outcomes:?}");
     assert!(
         outcomes.failed.is_empty(),
-        "{} accepted request(s) failed during the rollout ({outcomes:?})",
-        outcomes.failed.len()
+        "{} accepted request(s) failed during the rollout ({} ok, {} not accepted), e.g. {:?}",
+        outcomes.failed.len(),
+        outcomes.ok,
+        outcomes.not_accepted,
+        &outcomes.failed[..outcomes.failed.len().min(5)]
     );
     assert!(outcomes.ok_while_stopping > 0, "{outcomes:?}");
     assert!(outcomes.not_accepted > 0, "{outcomes:?}");
