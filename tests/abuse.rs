@@ -9,10 +9,9 @@ mod support;
 use std::time::Duration;
 
 use daytona_authz::admin::pb::InvalidatePreviewTokenRequest;
-use daytona_authz::admin::pb::admin_client::AdminClient;
 use daytona_authz::token::now;
 use support::{
-    ADMIN_TOKEN, AuthzOptions, Reply, Stack, StackOptions, bearer, eventually, host_for,
+    AuthzOptions, Reply, Stack, StackOptions, admin_client, authed, bearer, eventually, host_for,
     parse_metrics, token_for,
 };
 
@@ -156,18 +155,14 @@ async fn a_token_for_an_unknown_sandbox_costs_one_api_call_not_one_per_request()
     let reply = get(&stack, gone, 3000, &token, "application/json").await;
     assert_eq!(reply.status, 404, "{}", reply.body);
     assert_eq!(stack.double.api_calls().await - before, 1);
-    let addr = stack.authz.admin_addr.as_deref().expect("admin API on");
-    let mut admin = AdminClient::connect(format!("http://{addr}"))
+    let mut admin = admin_client(&stack).await;
+    admin
+        .invalidate_preview_token(authed(InvalidatePreviewTokenRequest {
+            sandbox_id: gone.to_owned(),
+            port: None,
+        }))
         .await
         .unwrap();
-    let mut request = tonic::Request::new(InvalidatePreviewTokenRequest {
-        sandbox_id: gone.to_owned(),
-        port: None,
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", bearer(ADMIN_TOKEN).parse().unwrap());
-    admin.invalidate_preview_token(request).await.unwrap();
     let reply = get(&stack, gone, 3000, &token, "application/json").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(stack.double.api_calls().await - before, 2);

@@ -3,24 +3,8 @@
 mod support;
 
 use daytona_authz::admin::pb::InvalidatePreviewTokenRequest;
-use daytona_authz::admin::pb::admin_client::AdminClient;
-use support::{ADMIN_TOKEN, Stack};
+use support::{ADMIN_TOKEN, Stack, admin_client, with_credential};
 use tonic::Request;
-
-async fn client(stack: &Stack) -> AdminClient<tonic::transport::Channel> {
-    let addr = stack.authz.admin_addr.as_deref().expect("admin API on");
-    AdminClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-}
-
-fn with_credential<T>(message: T, credential: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", credential.parse().unwrap());
-    request
-}
 
 #[tokio::test]
 async fn invalidating_a_preview_token_recovers_a_restarted_sandbox_at_once() {
@@ -34,7 +18,7 @@ async fn invalidating_a_preview_token_recovers_a_restarted_sandbox_at_once() {
     // Stale cached token: Daytona's proxy sends the caller to its login page.
     assert_eq!(stack.get(&host, "/", &auth).await.status, 307);
 
-    let mut admin = client(&stack).await;
+    let mut admin = admin_client(&stack).await;
     let request = InvalidatePreviewTokenRequest {
         sandbox_id: stack.sandbox_id().to_owned(),
         port: None,
@@ -55,7 +39,7 @@ async fn invalidating_a_preview_token_recovers_a_restarted_sandbox_at_once() {
 #[tokio::test]
 async fn the_admin_api_refuses_calls_without_its_credential() {
     let stack = Stack::start().await;
-    let mut admin = client(&stack).await;
+    let mut admin = admin_client(&stack).await;
     let request = || InvalidatePreviewTokenRequest {
         sandbox_id: stack.sandbox_id().to_owned(),
         port: Some(3000),

@@ -9,11 +9,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
-use support::{Reply, Stack, StackOptions, TlsFiles};
+use support::{Reply, Stack, StackOptions, TestCa, TlsFiles};
 
 /// The sandbox port every test asks for.
 const PORT: u16 = 3000;
@@ -22,52 +18,20 @@ const PROXY_DOMAIN: &str = "proxy.localhost";
 /// Envoy's stats for the HTTPS cluster's upstream TLS.
 const SSL_STATS: &str = "cluster.daytona_preview_https.ssl";
 
-/// A throwaway certificate authority.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Ca { issuer }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A server certificate for `dns_name` signed by this CA.
-    fn leaf(&self, dns_name: &str) -> Leaf {
-        let mut params = CertificateParams::new(vec![dns_name.to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, dns_name);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-}
-
+/// A server certificate and its key, PEM.
 struct Leaf {
     cert_pem: String,
     key_pem: String,
 }
 
+fn leaf(ca: &TestCa, dns_name: &str) -> Leaf {
+    let (cert_pem, key_pem) = ca.leaf(&[dns_name]);
+    Leaf { cert_pem, key_pem }
+}
+
 /// The stack with the double serving `leaf` over TLS and Envoy trusting `trusted` only. The
 /// PEM files live in `dir`, which the caller keeps until the stack is gone.
-async fn https_stack(dir: &tempfile::TempDir, leaf: &Leaf, trusted: &Ca) -> Stack {
+async fn https_stack(dir: &tempfile::TempDir, leaf: &Leaf, trusted: &TestCa) -> Stack {
     let write = |name: &str, text: &str| -> PathBuf {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
@@ -142,8 +106,8 @@ async fn assert_refused_upstream(stack: &Stack, reply: &Reply, failed_stat: &str
 #[tokio::test]
 async fn a_valid_bearer_token_reaches_the_sandbox_over_verified_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("daytona-authz test CA");
-    let stack = https_stack(&dir, &ca.leaf(&format!("*.{PROXY_DOMAIN}")), &ca).await;
+    let ca = TestCa::new("daytona-authz test CA");
+    let stack = https_stack(&dir, &leaf(&ca, &format!("*.{PROXY_DOMAIN}")), &ca).await;
 
     let reply = get_with_token(&stack).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -175,9 +139,9 @@ async fn a_valid_bearer_token_reaches_the_sandbox_over_verified_tls() {
 #[tokio::test]
 async fn a_certificate_from_an_untrusted_ca_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let daytona_ca = Ca::new("the CA Daytona's proxy uses");
-    let trusted_ca = Ca::new("the CA Envoy trusts");
-    let leaf = daytona_ca.leaf(&format!("*.{PROXY_DOMAIN}"));
+    let daytona_ca = TestCa::new("the CA Daytona's proxy uses");
+    let trusted_ca = TestCa::new("the CA Envoy trusts");
+    let leaf = leaf(&daytona_ca, &format!("*.{PROXY_DOMAIN}"));
     let stack = https_stack(&dir, &leaf, &trusted_ca).await;
 
     let reply = get_with_token(&stack).await;
@@ -187,8 +151,8 @@ async fn a_certificate_from_an_untrusted_ca_is_refused() {
 #[tokio::test]
 async fn a_certificate_for_another_name_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("daytona-authz test CA");
-    let stack = https_stack(&dir, &ca.leaf("*.other.localhost"), &ca).await;
+    let ca = TestCa::new("daytona-authz test CA");
+    let stack = https_stack(&dir, &leaf(&ca, "*.other.localhost"), &ca).await;
 
     let reply = get_with_token(&stack).await;
     assert_refused_upstream(&stack, &reply, "fail_verify_san").await;

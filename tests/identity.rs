@@ -31,7 +31,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use support::{
     ADMIN_TOKEN, Authz, AuthzOptions, Envoy, JWT_SECRET, PREVIEW_DOMAIN, Proc, Reply, Stack,
-    bearer, host_for, optional_program,
+    admin_client, authed, bearer, host_for, mint_link, optional_program, with_credential,
 };
 use tonic::Request;
 use tonic::transport::Channel;
@@ -431,7 +431,7 @@ async fn jwks_rs256_es256_and_eddsa_tokens_are_accepted_without_algorithm_confus
     with_jti["jti"] = json!("idp-token-42");
     let token = ec_1.sign(&with_jti);
     assert_eq!(with_bearer(&stack, &host, &token).await.status, 200);
-    admin(&stack)
+    admin_client(&stack)
         .await
         .revoke_token(authed(RevokeTokenRequest {
             jti: "idp-token-42".into(),
@@ -621,7 +621,7 @@ async fn claim_names_array_sandboxes_nbf_iat_clock_skew_and_max_lifetime_are_hon
     }
 
     // Revoking one of the listed sandboxes closes that one only.
-    let mut admin_api = admin(&stack).await;
+    let mut admin_api = admin_client(&stack).await;
     revoke_sandbox(&mut admin_api, &second, false).await;
     let reply = with_bearer(&stack, &host_for(&second, 8080), &both).await;
     assert_eq!(reply.status, 403, "{}", reply.body);
@@ -859,7 +859,7 @@ async fn opaque_tokens_are_introspected_cached_and_refused_when_the_endpoint_is_
         with_bearer(&stack, &host, "opaque-with-jti").await.status,
         200
     );
-    let mut admin_api = admin(&stack).await;
+    let mut admin_api = admin_client(&stack).await;
     admin_api
         .revoke_token(authed(RevokeTokenRequest {
             jti: "platform-jti-1".into(),
@@ -1091,39 +1091,6 @@ async fn a_flood_of_made_up_opaque_tokens_gets_503_and_known_tokens_keep_their_s
 // ---------------------------------------------------------------------------------------------
 // 4. Revocation through the admin API
 
-async fn admin(stack: &Stack) -> AdminClient<Channel> {
-    let addr = stack.authz.admin_addr.as_deref().expect("admin API on");
-    AdminClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-}
-
-fn with_credential<T>(message: T, credential: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", credential.parse().unwrap());
-    request
-}
-
-fn authed<T>(message: T) -> Request<T> {
-    with_credential(message, &bearer(ADMIN_TOKEN))
-}
-
-async fn mint_link(admin: &mut AdminClient<Channel>, sandbox_id: &str) -> MintLinkResponse {
-    admin
-        .mint_link(authed(MintLinkRequest {
-            sandbox_id: sandbox_id.to_owned(),
-            ports: vec![3000],
-            ttl_seconds: 600,
-            base_url: format!("http://{{port}}-{{id}}.{PREVIEW_DOMAIN}/"),
-            any_port: false,
-        }))
-        .await
-        .expect("MintLink")
-        .into_inner()
-}
-
 async fn revoke_token(admin: &mut AdminClient<Channel>, minted: &MintLinkResponse) {
     admin
         .revoke_token(authed(RevokeTokenRequest {
@@ -1163,7 +1130,7 @@ async fn cookie_from_link(stack: &Stack, host: &str, token: &str) -> String {
 #[tokio::test]
 async fn revocation_by_token_and_by_sandbox_takes_effect_within_a_second_for_bearer_and_cookie() {
     let stack = Stack::start().await;
-    let mut admin = admin(&stack).await;
+    let mut admin = admin_client(&stack).await;
     let id = stack.sandbox_id().to_owned();
     let other = stack.double.create_sandbox().await.id;
     let host = stack.host(3000);
@@ -1264,7 +1231,7 @@ async fn revocations_survive_a_restart() {
         ..Default::default()
     };
     let mut stack = Stack::start_with(options.clone()).await;
-    let mut admin_api = admin(&stack).await;
+    let mut admin_api = admin_client(&stack).await;
     let id = stack.sandbox_id().to_owned();
     let other = stack.double.create_sandbox().await.id;
     let host = stack.host(3000);
@@ -1301,7 +1268,7 @@ async fn revocations_survive_a_restart() {
 #[tokio::test]
 async fn the_admin_api_refuses_revocations_without_its_credential() {
     let stack = Stack::start().await;
-    let mut admin = admin(&stack).await;
+    let mut admin = admin_client(&stack).await;
     let host = stack.host(3000);
     let link = mint_link(&mut admin, stack.sandbox_id()).await;
     let revoke = || RevokeTokenRequest {
@@ -1499,7 +1466,7 @@ async fn mint_and_revoke_subcommands_talk_to_a_running_server() {
 #[tokio::test]
 async fn an_expiry_in_the_past_is_refused_by_the_admin_api_and_the_cli() {
     let stack = Stack::start().await;
-    let mut admin_api = admin(&stack).await;
+    let mut admin_api = admin_client(&stack).await;
     let admin_url = format!(
         "http://{}",
         stack.authz.admin_addr.as_deref().expect("admin API on")
@@ -1661,8 +1628,8 @@ async fn redis_shares_revocations_between_replicas_and_fails_closed_when_down() 
         Stack::start_with(options.clone()),
         Stack::start_with(options.clone())
     );
-    let mut admin_a = admin(&a).await;
-    let mut admin_b = admin(&b).await;
+    let mut admin_a = admin_client(&a).await;
+    let mut admin_b = admin_client(&b).await;
     let second = Duration::from_secs(1);
     // Each replica here fronts its own Daytona double; a token for B's sandbox, minted by A
     // (they share the signing secret), is what a user of replica B would carry.
@@ -1811,7 +1778,7 @@ async fn redis_keeps_revocations_until_exp_and_restores_them_after_losing_its_da
         ..Default::default()
     })
     .await;
-    let mut admin_api = admin(&stack).await;
+    let mut admin_api = admin_client(&stack).await;
     let host = stack.host(3000);
     let second = Duration::from_secs(1);
 

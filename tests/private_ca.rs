@@ -15,19 +15,14 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
-use daytona_authz::admin::pb::admin_client::AdminClient;
-use daytona_authz::admin::pb::{MintLinkRequest, MintLinkResponse, RevokeTokenRequest};
+use daytona_authz::admin::pb::RevokeTokenRequest;
 use daytona_authz::token::now;
 use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use serde_json::{Value, json};
 use support::{
-    ADMIN_TOKEN, API_KEY, Authz, AuthzOptions, JWT_SECRET, PREVIEW_DOMAIN, Proc, Reply, Stack,
-    StackOptions, TlsFiles, bearer, optional_program,
+    API_KEY, Authz, AuthzOptions, JWT_SECRET, PREVIEW_DOMAIN, Proc, Reply, Stack, StackOptions,
+    TestCa, TlsFiles, admin_client, authed, bearer, mint_link, optional_program,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -50,26 +45,9 @@ struct Pki {
 }
 
 fn pki() -> Pki {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "daytona-authz test private CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let ca = TestCa::new("daytona-authz test private CA");
     // "127.0.0.1" becomes an IP address SAN.
-    let mut params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "127.0.0.1");
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
+    let (cert, key) = ca.leaf(&["127.0.0.1", "localhost"]);
 
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| -> PathBuf {
@@ -79,8 +57,8 @@ fn pki() -> Pki {
     };
     let ca_file = write("ca.pem", &ca.pem());
     let server = TlsFiles {
-        cert: write("server.pem", &cert.pem()),
-        key: write("server-key.pem", &key.serialize_pem()),
+        cert: write("server.pem", &cert),
+        key: write("server-key.pem", &key),
     };
     Pki {
         _dir: dir,
@@ -176,7 +154,7 @@ struct Idp {
 
 impl Idp {
     async fn start(pki: &Pki) -> Idp {
-        let pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
         let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
         jwk.common.key_id = Some("private-ca-key".into());
@@ -446,38 +424,6 @@ impl TlsRedis {
     }
 }
 
-async fn admin(stack: &Stack) -> AdminClient<tonic::transport::Channel> {
-    let addr = stack.authz.admin_addr.as_deref().expect("admin API on");
-    AdminClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-}
-
-fn authed<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", bearer(ADMIN_TOKEN).parse().unwrap());
-    request
-}
-
-async fn mint_link(
-    admin: &mut AdminClient<tonic::transport::Channel>,
-    sandbox_id: &str,
-) -> MintLinkResponse {
-    admin
-        .mint_link(authed(MintLinkRequest {
-            sandbox_id: sandbox_id.to_owned(),
-            ports: vec![3000],
-            ttl_seconds: 600,
-            base_url: format!("http://{{port}}-{{id}}.{PREVIEW_DOMAIN}/"),
-            any_port: false,
-        }))
-        .await
-        .expect("MintLink")
-        .into_inner()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_private_ca_shares_revocations_and_without_the_ca_file_refuses_to_start() {
     let test =
@@ -502,7 +448,7 @@ async fn rediss_with_a_private_ca_shares_revocations_and_without_the_ca_file_ref
         Stack::start_with(options.clone())
     );
     // A token for B's sandbox, minted by A, revoked through A: B refuses it within a second.
-    let mut admin_a = admin(&a).await;
+    let mut admin_a = admin_client(&a).await;
     let link = mint_link(&mut admin_a, b.sandbox_id()).await;
     assert_eq!(with_bearer(&b, &link.token).await.status, 200);
     admin_a

@@ -1037,6 +1037,48 @@ impl Stack {
     }
 }
 
+/// A client of daytona-authz's admin gRPC API in `stack`.
+pub async fn admin_client(
+    stack: &Stack,
+) -> daytona_authz::admin::pb::admin_client::AdminClient<tonic::transport::Channel> {
+    let addr = stack.authz.admin_addr.as_deref().expect("admin API on");
+    daytona_authz::admin::pb::admin_client::AdminClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// An admin API request carrying `credential` as its `authorization` metadata.
+pub fn with_credential<T>(message: T, credential: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", credential.parse().unwrap());
+    request
+}
+
+/// An admin API request with the suite's admin token.
+pub fn authed<T>(message: T) -> tonic::Request<T> {
+    with_credential(message, &bearer(ADMIN_TOKEN))
+}
+
+/// A link for port 3000 of `sandbox_id`, valid 10 minutes, minted by the admin API.
+pub async fn mint_link(
+    admin: &mut daytona_authz::admin::pb::admin_client::AdminClient<tonic::transport::Channel>,
+    sandbox_id: &str,
+) -> daytona_authz::admin::pb::MintLinkResponse {
+    admin
+        .mint_link(authed(daytona_authz::admin::pb::MintLinkRequest {
+            sandbox_id: sandbox_id.to_owned(),
+            ports: vec![3000],
+            ttl_seconds: 600,
+            base_url: format!("http://{{port}}-{{id}}.{PREVIEW_DOMAIN}/"),
+            any_port: false,
+        }))
+        .await
+        .expect("MintLink")
+        .into_inner()
+}
+
 /// A loopback port that was free a moment ago, for a process that must keep its address across
 /// a restart (`--grpc-addr 127.0.0.1:<port>` in [`AuthzOptions::extra_args`]).
 pub fn free_port() -> u16 {
