@@ -14,8 +14,14 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY benches benches
 COPY src src
-# Both binaries in one build (they share the library); each image below takes one.
-RUN cargo build --release --locked --bin daytona-authz --bin daytona-double
+# Both binaries in one build (they share the library); each image below takes one. The crate
+# registry and target/ are build caches (BuildKit, buildah/podman): a rebuild after a change
+# compiles only what changed. They are not in any layer, so the binaries are copied out.
+RUN --mount=type=cache,id=daytona-authz-cargo-registry,target=/usr/local/cargo/registry \
+    --mount=type=cache,id=daytona-authz-target,target=/src/target \
+    cargo build --release --locked --bin daytona-authz --bin daytona-double \
+ && mkdir -p /out \
+ && cp target/release/daytona-authz target/release/daytona-double /out/
 
 # Shared runtime base: non-root (the distroless "nonroot" id), nothing but the C runtime and CAs.
 FROM debian:bookworm-slim AS runtime
@@ -27,13 +33,13 @@ RUN apt-get update \
 
 # The test double (API on 127.0.0.1:3000, preview proxy on 127.0.0.1:4000 in compose).
 FROM runtime AS daytona-double
-COPY --from=build /src/target/release/daytona-double /usr/local/bin/
+COPY --from=build /out/daytona-double /usr/local/bin/
 USER 65532:65532
 ENTRYPOINT ["daytona-double"]
 
 # The product image: the last stage, so a plain `docker build .` builds it.
 FROM runtime AS daytona-authz
-COPY --from=build /src/target/release/daytona-authz /usr/local/bin/
+COPY --from=build /out/daytona-authz /usr/local/bin/
 # The embedded revocation store lives here (mount a volume to keep it across containers).
 RUN mkdir -p /var/lib/daytona-authz && chown 65532:65532 /var/lib/daytona-authz
 WORKDIR /var/lib/daytona-authz
