@@ -15,11 +15,15 @@ COPY proto proto
 COPY benches benches
 COPY src src
 # Both binaries in one build (they share the library); each image below takes one. The crate
-# registry and target/ are build caches (BuildKit, buildah/podman): a rebuild after a change
-# compiles only what changed. They are not in any layer, so the binaries are copied out.
+# registry and target/ are build caches (BuildKit or buildah/podman; the legacy builder cannot
+# build this file): a rebuild recompiles this crate, never the dependencies. They are not in any
+# layer, so the binaries are copied out. The cache outlives checkouts and cargo decides freshness
+# by file times, which COPY keeps: touching the sources makes cargo rebuild this crate from
+# exactly what was copied.
 RUN --mount=type=cache,id=daytona-authz-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=daytona-authz-target,target=/src/target \
-    cargo build --release --locked --bin daytona-authz --bin daytona-double \
+    find build.rs proto benches src -type f -exec touch {} + \
+ && cargo build --release --locked --bin daytona-authz --bin daytona-double \
  && mkdir -p /out \
  && cp target/release/daytona-authz target/release/daytona-double /out/
 

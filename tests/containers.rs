@@ -30,6 +30,11 @@ const SANDBOX: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
 /// Starting containers, building from a warm layer cache, pulling nothing: generous, bounded.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// One container test at a time: they share podman's storage lock, and a liveness probe
+/// (`podman exec`) waiting on it behind another test's build or compose run could miss its
+/// timeout and restart a container under test.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn images_ready(test: &str) -> bool {
     if std::env::var_os("DAYTONA_AUTHZ_CONTAINER_IMAGES").is_some() {
         return true;
@@ -223,6 +228,7 @@ async fn the_image_holds_daytona_authz_only_runs_as_non_root_and_answers_healthc
     {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().await;
     let timeout = Duration::from_secs(60);
     let version = run_ok(
         "daytona-authz --version in the image",
@@ -283,7 +289,10 @@ async fn the_image_holds_daytona_authz_only_runs_as_non_root_and_answers_healthc
     }
     let [api, proxy, grpc, http, admin] = [(); 5].map(|()| free_port());
     let suffix = format!("{}-{}", std::process::id(), free_port());
-    let containers = Containers(vec![format!("double-{suffix}"), format!("authz-{suffix}")]);
+    let containers = Containers(vec![
+        format!("dz-image-double-{suffix}"),
+        format!("dz-image-authz-{suffix}"),
+    ]);
     run_ok(
         "the double's image",
         podman()
@@ -377,11 +386,12 @@ fn set_mode(path: &Path, mode: u32) {
 /// API service running in a network namespace of the test's: compose's bridge network and its
 /// published ports exist only in there.
 struct Compose {
+    // Dropped in this order: the API service, then its namespace, then the folder.
+    _service: Proc,
+    netns: Netns,
     dir: tempfile::TempDir,
     project: String,
     socket: PathBuf,
-    _service: Proc,
-    netns: Netns,
 }
 
 impl Compose {
@@ -395,6 +405,7 @@ impl Compose {
             "Cargo.lock",
             "build.rs",
             "docker-compose.yml",
+            "docker-compose.redis.yml",
         ] {
             std::fs::copy(root.join(entry), dir.path().join(entry)).unwrap();
         }
@@ -531,6 +542,7 @@ async fn compose_local_profile_serves_the_readmes_share_link_and_down_leaves_not
     {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().await;
     let compose = Compose::new().await;
 
     // The README's command for everything local (with the layer cache of scripts/container-images,
@@ -556,6 +568,19 @@ async fn compose_local_profile_serves_the_readmes_share_link_and_down_leaves_not
 
     // Envoy's edge health: 200 once Envoy reaches a healthy daytona-authz.
     curl_until("http://127.0.0.1/healthz", health, 200, &[]).await;
+    // The service's compose healthcheck command, as Docker runs it (podman runs healthchecks
+    // from systemd timers, which these machines lack, so the test runs it).
+    run_ok(
+        "docker compose exec daytona-authz daytona-authz healthcheck",
+        compose.command().args([
+            "exec",
+            "-T",
+            "daytona-authz",
+            "daytona-authz",
+            "healthcheck",
+        ]),
+        Duration::from_secs(60),
+    );
 
     // The documented mint command, word for word, with no variable exported. docker-compose 1.x
     // links a one-off container to the running containers of its service, and podman's API
@@ -650,6 +675,44 @@ async fn compose_local_profile_serves_the_readmes_share_link_and_down_leaves_not
         "",
         "left behind by `docker compose down -v`"
     );
+
+    // Several replicas: docker-compose.redis.yml on top points daytona-authz at the shared Redis,
+    // and compose refuses to start without REDIS_URL rather than fall back to the local store.
+    let with_redis = |url: Option<&str>| {
+        let mut command = compose.command();
+        command.args([
+            "-f",
+            "docker-compose.yml",
+            "-f",
+            "docker-compose.redis.yml",
+            "config",
+        ]);
+        if let Some(url) = url {
+            command.env("REDIS_URL", url);
+        }
+        run(
+            "docker compose config",
+            &mut command,
+            Duration::from_secs(60),
+        )
+    };
+    let refused = with_redis(None);
+    assert!(
+        !refused.status.success(),
+        "compose must refuse an unset REDIS_URL"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("set REDIS_URL to the shared Redis"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let rendered = with_redis(Some("rediss://redis.internal:6380/0"));
+    assert!(
+        String::from_utf8_lossy(&rendered.stdout)
+            .contains("DAYTONA_AUTHZ_REDIS_URL: rediss://redis.internal:6380/0"),
+        "{}",
+        String::from_utf8_lossy(&rendered.stdout)
+    );
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -716,10 +779,16 @@ impl Pod {
 
         // kubectl create secret generic daytona-authz --from-file=…, as the README says.
         let secret = tempfile::tempdir().unwrap();
-        std::fs::write(secret.path().join("daytona-api-key"), random_hex(24)).unwrap();
-        std::fs::write(secret.path().join("jwt-secret"), random_hex(32)).unwrap();
         let admin_token = secret.path().join("admin-token");
-        std::fs::write(&admin_token, random_hex(32)).unwrap();
+        for (key, value) in [
+            ("daytona-api-key", random_hex(24)),
+            ("jwt-secret", random_hex(32)),
+            ("admin-token", random_hex(32)),
+        ] {
+            // No container log may print them (checked when the pod is deleted).
+            support::remember_secret(&value);
+            std::fs::write(secret.path().join(key), value).unwrap();
+        }
 
         let name = format!("dz-pod-{}-{}", std::process::id(), free_port());
         let logs = tempfile::tempdir().unwrap();
@@ -797,8 +866,14 @@ impl Drop for Pod {
         if has_event(&self.runner, "deleted") {
             return;
         }
-        // The test failed half-way: remove the pod at once.
+        // The test failed half-way: remove the pod at once, and the runner's copies of the
+        // Secret's files.
         self.runner.kill();
+        for event in events(&self.runner) {
+            if let Some(dir) = event["state_dir"].as_str() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
         for container in ["envoy", "daytona-authz", "daytona-double"] {
             let _ = podman()
                 .args(["rm", "-f", "-t", "0", &self.container(container)])
@@ -815,6 +890,7 @@ async fn the_kubernetes_pod_serves_the_share_link_and_stops_in_drain_order() {
     if !images_ready("the_kubernetes_pod_serves_the_share_link_and_stops_in_drain_order") {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut pod = Pod::start("", None);
     pod.wait_event("the pod to be ready", START_TIMEOUT, |e| {
         e["event"] == "ready"
@@ -924,10 +1000,14 @@ async fn the_kubernetes_pod_serves_the_share_link_and_stops_in_drain_order() {
         envoy_done < authz_done,
         "Envoy stops before daytona-authz (envoy {envoy_done} s, daytona-authz {authz_done} s)"
     );
+    let authz_log = pod.log("daytona-authz");
     assert!(
-        !pod.log("daytona-authz").is_empty(),
-        "the runner kept daytona-authz's log"
+        authz_log.contains("daytona-authz listening"),
+        "the runner kept daytona-authz's log: {authz_log}"
     );
+    for container in ["envoy", "daytona-authz"] {
+        support::assert_no_secret(container, &pod.log(container));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -935,6 +1015,7 @@ async fn the_pod_as_first_shipped_cannot_read_its_secret_and_never_becomes_ready
     if !images_ready("the_pod_as_first_shipped_cannot_read_its_secret_and_never_becomes_ready") {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().await;
     // Item 3 of issue 15: no fsGroup, the Secret 0400. The kubelet mounts the files root:root
     // 0400; daytona-authz (uid 65532) cannot read its API key and exits 64.
     let mut pod = Pod::start(
@@ -942,16 +1023,18 @@ async fn the_pod_as_first_shipped_cannot_read_its_secret_and_never_becomes_ready
          \x20     volumes:\n        - name: secrets\n          secret:\n            defaultMode: 0400\n",
         Some(1),
     );
-    pod.wait_event("daytona-authz to exit", START_TIMEOUT, |e| {
-        e["event"] == "exited" && e["container"] == "daytona-authz"
+    // It exits, is restarted (a new container, after the kubelet's 10 s back-off) and exits again.
+    pod.wait_event("daytona-authz to exit twice", START_TIMEOUT, |e| {
+        e["event"] == "exited" && e["container"] == "daytona-authz" && e["restarts"] == 1
     })
     .await;
     let events = pod.delete(Duration::from_secs(60)).await;
-    let exited = events
+    for exited in events
         .iter()
-        .find(|e| e["event"] == "exited" && e["container"] == "daytona-authz")
-        .unwrap();
-    assert_eq!(exited["code"], 64, "exit 64 (configuration): {exited}");
+        .filter(|e| e["event"] == "exited" && e["container"] == "daytona-authz")
+    {
+        assert_eq!(exited["code"], 64, "exit 64 (configuration): {exited}");
+    }
     assert!(
         !events.iter().any(|e| e["event"] == "ready"),
         "the pod must never be ready: {events:?}"

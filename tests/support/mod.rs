@@ -154,7 +154,7 @@ fn find_secret(output: &str) -> Option<String> {
 }
 
 /// Fails the test if a daytona-authz or Envoy process printed a secret.
-fn assert_no_secret(name: &str, output: &str) {
+pub fn assert_no_secret(name: &str, output: &str) {
     if let Some(hit) = find_secret(output)
         && !std::thread::panicking()
     {
