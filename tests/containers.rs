@@ -733,8 +733,19 @@ struct Pod {
 impl Pod {
     /// `extra_patch` is YAML merged into the Deployment (strategic merge, as kustomize does).
     fn start(extra_patch: &str, grace_period: Option<u32>) -> Pod {
+        Pod::start_from("deploy/kubernetes", extra_patch, &[], grace_period)
+    }
+
+    /// A pod of the kustomization in `base` (relative to the repository), with `extra_secret`
+    /// keys in the daytona-authz Secret beside the README's three.
+    fn start_from(
+        base: &str,
+        extra_patch: &str,
+        extra_secret: &[(&str, &str)],
+        grace_period: Option<u32>,
+    ) -> Pod {
         let overlay = tempfile::tempdir().unwrap();
-        let base = repo_root().join("deploy/kubernetes");
+        let base = repo_root().join(base);
         std::fs::write(
             overlay.path().join("kustomization.yaml"),
             format!(
@@ -787,6 +798,9 @@ impl Pod {
         ] {
             // No container log may print them (checked when the pod is deleted).
             support::remember_secret(&value);
+            std::fs::write(secret.path().join(key), value).unwrap();
+        }
+        for (key, value) in extra_secret {
             std::fs::write(secret.path().join(key), value).unwrap();
         }
 
@@ -874,7 +888,7 @@ impl Drop for Pod {
                 let _ = std::fs::remove_dir_all(dir);
             }
         }
-        for container in ["envoy", "daytona-authz", "daytona-double"] {
+        for container in ["envoy", "daytona-authz", "daytona-double", "redis"] {
             let _ = podman()
                 .args(["rm", "-f", "-t", "0", &self.container(container)])
                 .output();
@@ -1043,5 +1057,91 @@ async fn the_pod_as_first_shipped_cannot_read_its_secret_and_never_becomes_ready
     assert!(
         log.to_lowercase().contains("permission denied"),
         "daytona-authz says why: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_replicas_overlay_keeps_revocations_in_redis_from_its_secret() {
+    if !images_ready("the_replicas_overlay_keeps_revocations_in_redis_from_its_secret") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    // deploy/kubernetes/replicas as applied (`kubectl apply -k`), with a Redis beside the pod's
+    // containers standing in for the shared Redis, its URL in the Secret's `redis-url` key.
+    let mut pod = Pod::start_from(
+        "deploy/kubernetes/replicas",
+        "spec:\n  template:\n    spec:\n      containers:\n\
+         \x20       - name: redis\n\
+         \x20         image: redis:7-bookworm\n\
+         \x20         args: [redis-server, --port, \"6379\", --bind, 127.0.0.1, --save, \"\"]\n\
+         \x20         securityContext: { runAsUser: 65534 }\n",
+        &[("redis-url", "redis://127.0.0.1:6379/0")],
+        Some(3),
+    );
+    pod.wait_event("the pod to be ready", START_TIMEOUT, |e| {
+        e["event"] == "ready"
+    })
+    .await;
+    let ports = forwards(&pod.runner, 4).await;
+    let (edge, admin) = (ports[&8080], ports[&9193]);
+    let cli = env!("CARGO_BIN_EXE_daytona-authz");
+    let admin_url = format!("http://127.0.0.1:{admin}");
+    let minted = run_ok(
+        "daytona-authz mint --admin-url …",
+        Command::new(cli)
+            .args(["mint", "--admin-url", &admin_url, "--admin-token-file"])
+            .arg(&pod.admin_token)
+            .args(["--sandbox", SANDBOX, "--port", "3000", "--ttl", "1h"])
+            .args(["--base-url", "http://{port}-{id}.preview.localhost:8080/"]),
+        Duration::from_secs(30),
+    );
+    let link = minted
+        .lines()
+        .find(|l| l.starts_with("http://"))
+        .unwrap_or_else(|| panic!("mint printed no link: {minted}"))
+        .trim()
+        .to_owned();
+    assert_eq!(curl(&link, edge, &[]).0, 200, "the share link");
+    run_ok(
+        "daytona-authz revoke --admin-url …",
+        Command::new(cli)
+            .args(["revoke", "--admin-url", &admin_url, "--admin-token-file"])
+            .arg(&pod.admin_token)
+            .args(["--sandbox", SANDBOX]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(curl(&link, edge, &[]).0, 403, "revoked");
+    // The revocation is in Redis, where every replica reads it.
+    let keys = run_ok(
+        "redis-cli --scan",
+        podman().args(["exec", &pod.container("redis"), "redis-cli", "--scan"]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        keys.lines().any(|k| k.starts_with("daytona-authz:")),
+        "daytona-authz's keys in Redis: {keys:?}"
+    );
+    let values = run_ok(
+        "redis-cli dump",
+        podman().args([
+            "exec",
+            &pod.container("redis"),
+            "sh",
+            "-c",
+            "redis-cli --scan | while read -r k; do redis-cli --raw type \"$k\"; \
+             redis-cli --raw hgetall \"$k\" 2>/dev/null; redis-cli --raw smembers \"$k\" 2>/dev/null; \
+             redis-cli --raw zrange \"$k\" 0 -1 2>/dev/null; redis-cli --raw get \"$k\" 2>/dev/null; done",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        values.contains(SANDBOX),
+        "the revoked sandbox in Redis: {values}"
+    );
+    pod.delete(Duration::from_secs(60)).await;
+    let log = pod.log("daytona-authz");
+    assert!(
+        log.contains("\"revocations\":\"redis\""),
+        "daytona-authz used Redis: {log}"
     );
 }
