@@ -4,28 +4,40 @@
 # The Daytona test double, for docker-compose's `local` profile only, is a stage of its own
 # (never in the product image):
 #   docker build --target daytona-double -t daytona-double .
-FROM rust:1-bookworm AS build
+FROM rust:1-bookworm AS sources
 WORKDIR /src
 # protoc comes vendored (protoc-bin-vendored): no system packages needed to build.
-# benches/ because Cargo.toml declares `[[bench]] check_path`: cargo refuses a manifest whose
-# bench file is missing, even for `--bin` builds (scripts/check-deploy loads the manifest from
-# exactly what these COPY lines copy).
+# benches/ because Cargo.toml declares `[[bench]] check_path`, and daytona-double/ because the
+# workspace names it: cargo refuses a manifest whose files are missing, even for `-p` builds
+# (scripts/check-deploy loads the manifest from exactly what these COPY lines copy).
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY benches benches
 COPY src src
-# Both binaries in one build (they share the library); each image below takes one. The crate
-# registry and target/ are build caches (BuildKit or buildah/podman; the legacy builder cannot
-# build this file): a rebuild recompiles this crate, never the dependencies. They are not in any
-# layer, so the binaries are copied out. The cache outlives checkouts and cargo decides freshness
-# by file times, which COPY keeps: touching the sources makes cargo rebuild this crate from
-# exactly what was copied.
+COPY daytona-double daytona-double
+# The crate registry and target/ are build caches (BuildKit or buildah/podman; the legacy builder
+# cannot build this file): a rebuild recompiles only our crates, never the dependencies. They are
+# in no layer, so binaries are copied out. The cache outlives checkouts and cargo decides
+# freshness by file times, which COPY keeps: touching the sources makes cargo rebuild from exactly
+# what was copied.
+
+# The product: only the daytona-authz package is compiled.
+FROM sources AS build
 RUN --mount=type=cache,id=daytona-authz-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=daytona-authz-target,target=/src/target \
     find build.rs proto benches src -type f -exec touch {} + \
- && cargo build --release --locked --bin daytona-authz --bin daytona-double \
+ && cargo build --release --locked -p daytona-authz --bin daytona-authz \
  && mkdir -p /out \
- && cp target/release/daytona-authz target/release/daytona-double /out/
+ && cp target/release/daytona-authz /out/
+
+# The test double, built only for its own target.
+FROM sources AS build-double
+RUN --mount=type=cache,id=daytona-authz-cargo-registry,target=/usr/local/cargo/registry \
+    --mount=type=cache,id=daytona-authz-target,target=/src/target \
+    find daytona-double -type f -exec touch {} + \
+ && cargo build --release --locked -p daytona-double \
+ && mkdir -p /out \
+ && cp target/release/daytona-double /out/
 
 # Shared runtime base: non-root (the distroless "nonroot" id), nothing but the C runtime and CAs.
 FROM debian:bookworm-slim AS runtime
@@ -37,7 +49,7 @@ RUN apt-get update \
 
 # The test double (API on 127.0.0.1:3000, preview proxy on 127.0.0.1:4000 in compose).
 FROM runtime AS daytona-double
-COPY --from=build /out/daytona-double /usr/local/bin/
+COPY --from=build-double /out/daytona-double /usr/local/bin/
 USER 65532:65532
 ENTRYPOINT ["daytona-double"]
 

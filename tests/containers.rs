@@ -409,7 +409,7 @@ impl Compose {
         ] {
             std::fs::copy(root.join(entry), dir.path().join(entry)).unwrap();
         }
-        for folder in ["proto", "benches", "src", "envoy"] {
+        for folder in ["proto", "benches", "src", "daytona-double", "envoy"] {
             run_ok(
                 "copy the build context",
                 Command::new("cp")

@@ -57,6 +57,48 @@ pub fn optional_program(var: &str, binary: &str, test: &str) -> Option<PathBuf> 
     found
 }
 
+/// The Daytona test double's binary (the workspace's `daytona-double` package) in the same
+/// target folder and profile as this test binary. `cargo test` does not build other packages'
+/// binaries for a package's tests, so the first call in each test binary runs `cargo build -p
+/// daytona-double` (a no-op when it is up to date; `scripts/test` builds it beforehand).
+pub fn double_bin() -> PathBuf {
+    static BUILT: LazyLock<PathBuf> = LazyLock::new(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        // target/<profile>/deps/<test binary> -> target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binaries live in target/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("target/<profile>");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "daytona-double",
+                "--bin",
+                "daytona-double",
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(repo_root());
+        if profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .expect("cannot run cargo to build daytona-double");
+        assert!(status.success(), "cargo build -p daytona-double: {status}");
+        profile_dir.join("daytona-double")
+    });
+    BUILT.clone()
+}
+
 /// Envoy from `ENVOY_BIN`, else the project's venv (`scripts/install-envoy` creates it).
 pub fn envoy_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("ENVOY_BIN") {
@@ -328,7 +370,7 @@ impl Double {
         tls: Option<&TlsFiles>,
         api_tls: Option<(&TlsFiles, &Path)>,
     ) -> Double {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_daytona-double"));
+        let mut command = Command::new(double_bin());
         command
             .args(["--api-addr", api_addr, "--proxy-addr", "127.0.0.1:0"])
             .args(["--api-key", API_KEY])
