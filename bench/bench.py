@@ -361,7 +361,7 @@ def h2load_burst(url, headers, requests, clients, streams, log_dir, name):
 
 
 def check_load(args_list, log_dir, name):
-    argv = [RELEASE / "examples" / "check_load", *args_list]
+    argv = [RELEASE / "check_load", *args_list]
     try:
         out = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired as e:
@@ -452,13 +452,13 @@ class Stack:
         return proc
 
     def start_floor(self, name, allow_sandbox=False):
-        """examples/check_floor.rs: a constant-answer `Check` server on daytona-authz's stack.
+        """load-tools/src/bin/check_floor.rs: a constant-answer `Check` server on daytona-authz's stack.
         With `allow_sandbox`, its answer carries this sandbox's real preview token and host, so
         behind Envoy it is a no-op ext_authz service that lets everything through."""
         out = self.run_dir / f"{name}.out"
         real = (["--preview-token", self.preview_token, "--upstream", self.preview_authority]
                 if allow_sandbox else [])
-        proc = self.procs.start(name, [RELEASE / "examples" / "check_floor", "--addr", "127.0.0.1:0",
+        proc = self.procs.start(name, [RELEASE / "check_floor", "--addr", "127.0.0.1:0",
                                        *real], stdout=open(out, "wb"))
         line = wait_until(f"{name} listening",
                           lambda: next((l for l in out.read_text().splitlines()
@@ -842,7 +842,7 @@ def main():
         check = {token_in: warm_check(authz, token_in, token_in) for token_in in ("bearer", "cookie")}
         results["check"] = check
         # The same load against the floor of this stack (a server that answers every Check with
-        # a constant, examples/check_floor.rs) and against daytona-authz on a multi-thread
+        # a constant, load-tools/src/bin/check_floor.rs) and against daytona-authz on a multi-thread
         # runtime, so what daytona-authz's own work and its runtime cost shows in this run.
         check_more = {}
         for key, start in (
@@ -1274,7 +1274,7 @@ def report(res):
     w("")
     if "floor" in more:
         floor_us = more["floor"].get("authz_cpu_us_per_request") or 0
-        w("The floor is `examples/check_floor.rs`: a server on the same stack as daytona-authz "
+        w("The floor is `load-tools/src/bin/check_floor.rs`: a server on the same stack as daytona-authz "
           "(tonic, hyper, h2, prost, tokio, the same runtime and connection handling) that answers "
           "every `Check` with one constant OK of the same shape, under the same load. It is what "
           "any `Check` costs on this machine before any work is done: daytona-authz's own work "

@@ -8,9 +8,9 @@
 #
 # Installs what it needs, idempotently: wrk and h2load (Debian `wrk`, `nghttp2-client`), Go with
 # Debian's packages of the Go sample's two modules, Envoy (scripts/install-envoy); builds release
-# binaries and the `check_load` example; builds the samples from a read-only copy in
-# ../shared/peers/daytona-proxy-samples (or DAYTONA_PROXY_SAMPLES) in a temporary directory
-# (TypeScript with npm; Go with Debian's go, no module downloads). Starts everything itself and
+# binaries, among them the load tools (load-tools/: check_load, check_floor); builds the samples
+# from a read-only copy in ../shared/peers/daytona-proxy-samples (or DAYTONA_PROXY_SAMPLES) in a
+# temporary directory (TypeScript with npm; Go with Debian's go, no module downloads). Starts everything itself and
 # stops it all on exit. Knobs: BENCH_DURATION, BENCH_WARMUP (seconds), BENCH_CONNECTIONS,
 # BENCH_RATE (fixed-rate latency runs, requests/s), BENCH_ROUNDS, BENCH_BIN_DIR (measure the
 # binaries of another build, e.g. a scratch copy with a change, instead of target/release).
@@ -47,8 +47,8 @@ fi
 say "installing Envoy (once)"
 envoy=$(scripts/install-envoy | tail -n 1)
 
-say "building release binaries and the check_load example"
-cargo build --quiet --locked --release --bins --examples
+say "building release binaries (daytona-authz, the double and the load tools)"
+cargo build --quiet --locked --release --bins
 
 # shellcheck source=bench/supervise.sh
 source bench/supervise.sh

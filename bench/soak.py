@@ -2,7 +2,7 @@
 """The soak run behind bench/soak.sh (run that: it installs and builds what this needs).
 
 Starts the Daytona test double (without --any-sandbox, so unknown sandboxes are 404),
-daytona-authz and Envoy on 127.0.0.1 with bench.py's Stack, runs the `soak` example (an
+daytona-authz and Envoy on 127.0.0.1 with bench.py's Stack, runs the `soak` tool (load-tools/; an
 open-loop driver with a mix of valid, invalid and cold requests, each checked against its
 expected outcome) for SOAK_DURATION seconds at SOAK_RATE requests/s, samples daytona-authz's RSS
 and CPU (and its /metrics) every 5 s meanwhile, and writes the figures into BENCHMARKS.md between
@@ -241,7 +241,7 @@ def main():
                      "--disable-hot-restart",
         }
         driver_out = run_dir / "soak.json"
-        argv = [RELEASE / "examples" / "soak",
+        argv = [RELEASE / "soak",
                 "--envoy", f"http://127.0.0.1:{envoy.port}", "--double", stack.api_root,
                 "--secret-file", stack.secret_file, "--domain", DOMAIN,
                 "--rate", cfg["rate"], "--duration", cfg["duration"],
@@ -399,7 +399,7 @@ def section(res):
       f"(`--cache-ttl {cfg['cache_ttl']}s`, the default; other settings default) → the Daytona "
       "double *without* `--any-sandbox` (only the sandboxes the driver created exist; any other "
       "id is 404).")
-    w(f"- Load: `examples/soak`, open loop: request *n* is due at start + *n* / rate whatever "
+    w(f"- Load: `soak` (load-tools/), open loop: request *n* is due at start + *n* / rate whatever "
       "became of the earlier ones; HTTP/1.1 keep-alive; latency from the due time to the last "
       f"byte of the answer. {d['sent']:,} requests in {d['elapsed_s']:.1f} s "
       f"({d['achieved_rate']:.1f} req/s; target {cfg['rate']:.0f} for {cfg['duration']:.0f} s); "

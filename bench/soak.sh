@@ -12,7 +12,7 @@
 # 200), SOAK_COLD_POOL (distinct cold sandboxes, cycled; default 768; above Envoy's `max_hosts`,
 # 8,192 in envoy/envoy.yaml, Envoy answers 503 "DNS cache overflow"), SOAK_WARM_SANDBOXES
 # (default 4), BENCH_BIN_DIR (binaries of another build).
-# Installs Envoy (scripts/install-envoy), builds the release binaries and the `soak` example,
+# Installs Envoy (scripts/install-envoy), builds the release binaries (the `soak` tool among them, load-tools/),
 # starts everything itself on 127.0.0.1 with free ports and stops it all on exit (Ctrl-C too).
 # Raw results: .run/soak-results.json; the processes' logs: .run/soak-logs/.
 # Exit status: 0 PASS, 1 FAIL (figures written, marked FAIL), 2 the run could not be made.
@@ -32,8 +32,8 @@ command -v cargo >/dev/null || die "a Rust toolchain is needed"
 say "installing Envoy (once)"
 envoy=$(scripts/install-envoy | tail -n 1)
 
-say "building release binaries and the soak example"
-cargo build --quiet --locked --release --bins --example soak
+say "building release binaries (daytona-authz, the double and the load tools)"
+cargo build --quiet --locked --release --bins
 
 # shellcheck source=bench/supervise.sh
 source bench/supervise.sh

@@ -409,7 +409,14 @@ impl Compose {
         ] {
             std::fs::copy(root.join(entry), dir.path().join(entry)).unwrap();
         }
-        for folder in ["proto", "benches", "src", "daytona-double", "envoy"] {
+        for folder in [
+            "proto",
+            "benches",
+            "src",
+            "daytona-double",
+            "load-tools",
+            "envoy",
+        ] {
             run_ok(
                 "copy the build context",
                 Command::new("cp")

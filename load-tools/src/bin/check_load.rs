@@ -1,6 +1,6 @@
 //! `check_load`: a load client for daytona-authz's ext_authz `Check`, with no Envoy in between.
 //! `bench/run.sh` uses it for the gRPC-only scenarios; build it with
-//! `cargo build --release --examples`.
+//! `cargo build --release -p load-tools`.
 //!
 //! It sends what Envoy sends (`envoy/envoy.yaml`: `encode_raw_headers`, a Bearer token or our
 //! cookie, Envoy's forwarding headers), signs its own access tokens with the secret daytona-authz

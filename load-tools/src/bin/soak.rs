@@ -1,6 +1,6 @@
 //! `soak`: the load driver of `bench/soak.sh` (run that: it starts Envoy, daytona-authz and the
 //! Daytona test double, samples daytona-authz's memory and CPU and writes the figures into
-//! BENCHMARKS.md). Build it with `cargo build --release --example soak`.
+//! BENCHMARKS.md). Build it with `cargo build --release -p load-tools`.
 //!
 //! It sends requests through Envoy's listener **open-loop**: request `n` is due at
 //! `start + n / --rate`, whatever happened to the earlier ones, so a slow answer never lowers the
