@@ -39,15 +39,11 @@ fn images_ready(test: &str) -> bool {
     if std::env::var_os("DAYTONA_AUTHZ_CONTAINER_IMAGES").is_some() {
         return true;
     }
-    let hint = "run scripts/container-images (scripts/test does), then set \
-                DAYTONA_AUTHZ_CONTAINER_IMAGES=1";
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: no container images: {hint}"
-    );
-    let _ = std::io::Write::write_fmt(
-        &mut std::io::stderr(),
-        format_args!("{test}: skipped, no container images ({hint})\n"),
+    support::skip(
+        test,
+        "no container images",
+        "run scripts/container-images (scripts/test does), then set \
+         DAYTONA_AUTHZ_CONTAINER_IMAGES=1",
     );
     false
 }
@@ -97,6 +93,16 @@ fn run_ok(what: &str, command: &mut Command, timeout: Duration) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The share link in what `daytona-authz mint` printed.
+fn link_in(minted: &str) -> String {
+    minted
+        .lines()
+        .find(|l| l.starts_with("http://"))
+        .unwrap_or_else(|| panic!("mint printed no link: {minted}"))
+        .trim()
+        .to_owned()
 }
 
 /// What curl says: status and body. `connect_to` sends every connection to 127.0.0.1:that port
@@ -619,12 +625,7 @@ async fn compose_local_profile_serves_the_readmes_share_link_and_down_leaves_not
         ]),
         Duration::from_secs(120),
     );
-    let link = link
-        .lines()
-        .find(|l| l.starts_with("http://"))
-        .unwrap_or_else(|| panic!("mint printed no link: {link}"))
-        .trim()
-        .to_owned();
+    let link = link_in(&link);
     assert!(
         link.starts_with(&format!("http://3000-{SANDBOX}.preview.localhost:8080/")),
         "{link}"
@@ -860,6 +861,54 @@ impl Pod {
         .await
     }
 
+    /// Waits for the pod to be ready; its port-forwards, pod port → this machine's port.
+    async fn ready(&self) -> HashMap<u16, u16> {
+        self.wait_event("the pod to be ready", START_TIMEOUT, |e| {
+            e["event"] == "ready"
+        })
+        .await;
+        forwards(&self.runner, 4).await
+    }
+
+    /// `daytona-authz ARGS --admin-url … --admin-token-file …` on this machine, against the
+    /// pod's admin API through the port-forward at `admin_port`.
+    fn admin_cli(&self, admin_port: u16, args: &[&str]) -> String {
+        let (command, rest) = args.split_first().expect("a subcommand");
+        run_ok(
+            &format!("daytona-authz {command} --admin-url …"),
+            Command::new(env!("CARGO_BIN_EXE_daytona-authz"))
+                .arg(command)
+                .args(["--admin-url", &format!("http://127.0.0.1:{admin_port}")])
+                .arg("--admin-token-file")
+                .arg(&self.admin_token)
+                .args(rest),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// A share link for port 3000 of the double's sandbox, minted by the pod's admin API.
+    fn mint(&self, admin_port: u16) -> String {
+        link_in(&self.admin_cli(
+            admin_port,
+            &[
+                "mint",
+                "--sandbox",
+                SANDBOX,
+                "--port",
+                "3000",
+                "--ttl",
+                "1h",
+                "--base-url",
+                "http://{port}-{id}.preview.localhost:8080/",
+            ],
+        ))
+    }
+
+    /// Revokes the double's sandbox through the pod's admin API.
+    fn revoke(&self, admin_port: u16) {
+        self.admin_cli(admin_port, &["revoke", "--sandbox", SANDBOX]);
+    }
+
     fn container(&self, name: &str) -> String {
         format!("{}-{name}", self.name)
     }
@@ -913,11 +962,7 @@ async fn the_kubernetes_pod_serves_the_share_link_and_stops_in_drain_order() {
     }
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut pod = Pod::start("", None);
-    pod.wait_event("the pod to be ready", START_TIMEOUT, |e| {
-        e["event"] == "ready"
-    })
-    .await;
-    let ports = forwards(&pod.runner, 4).await;
+    let ports = pod.ready().await;
     let (edge, metrics, health, admin) = (ports[&8080], ports[&9902], ports[&9903], ports[&9193]);
 
     // The Secret as the kubelet mounts it: root-owned, group fsGroup, 0440; read by uid 65532.
@@ -951,23 +996,7 @@ async fn the_kubernetes_pod_serves_the_share_link_and_stops_in_drain_order() {
 
     // An operator's mint and revoke through `kubectl port-forward deploy/daytona-authz 9193`, with
     // daytona-authz on this machine as the README shows.
-    let cli = env!("CARGO_BIN_EXE_daytona-authz");
-    let admin_url = format!("http://127.0.0.1:{admin}");
-    let minted = run_ok(
-        "daytona-authz mint --admin-url …",
-        Command::new(cli)
-            .args(["mint", "--admin-url", &admin_url, "--admin-token-file"])
-            .arg(&pod.admin_token)
-            .args(["--sandbox", SANDBOX, "--port", "3000", "--ttl", "1h"])
-            .args(["--base-url", "http://{port}-{id}.preview.localhost:8080/"]),
-        Duration::from_secs(30),
-    );
-    let link = minted
-        .lines()
-        .find(|l| l.starts_with("http://"))
-        .unwrap_or_else(|| panic!("mint printed no link: {minted}"))
-        .trim()
-        .to_owned();
+    let link = pod.mint(admin);
     let (status, body) = curl(&link, edge, &[]);
     assert_eq!(
         status, 200,
@@ -979,14 +1008,7 @@ async fn the_kubernetes_pod_serves_the_share_link_and_stops_in_drain_order() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("daytona_authz_"));
 
-    run_ok(
-        "daytona-authz revoke --admin-url …",
-        Command::new(cli)
-            .args(["revoke", "--admin-url", &admin_url, "--admin-token-file"])
-            .arg(&pod.admin_token)
-            .args(["--sandbox", SANDBOX]),
-        Duration::from_secs(30),
-    );
+    pod.revoke(admin);
     let (status, _) = curl(&link, edge, &[]);
     assert_eq!(status, 403, "the share link after the sandbox was revoked");
 
@@ -1085,38 +1107,11 @@ async fn the_replicas_overlay_keeps_revocations_in_redis_from_its_secret() {
         &[("redis-url", "redis://127.0.0.1:6379/0")],
         Some(3),
     );
-    pod.wait_event("the pod to be ready", START_TIMEOUT, |e| {
-        e["event"] == "ready"
-    })
-    .await;
-    let ports = forwards(&pod.runner, 4).await;
+    let ports = pod.ready().await;
     let (edge, admin) = (ports[&8080], ports[&9193]);
-    let cli = env!("CARGO_BIN_EXE_daytona-authz");
-    let admin_url = format!("http://127.0.0.1:{admin}");
-    let minted = run_ok(
-        "daytona-authz mint --admin-url …",
-        Command::new(cli)
-            .args(["mint", "--admin-url", &admin_url, "--admin-token-file"])
-            .arg(&pod.admin_token)
-            .args(["--sandbox", SANDBOX, "--port", "3000", "--ttl", "1h"])
-            .args(["--base-url", "http://{port}-{id}.preview.localhost:8080/"]),
-        Duration::from_secs(30),
-    );
-    let link = minted
-        .lines()
-        .find(|l| l.starts_with("http://"))
-        .unwrap_or_else(|| panic!("mint printed no link: {minted}"))
-        .trim()
-        .to_owned();
+    let link = pod.mint(admin);
     assert_eq!(curl(&link, edge, &[]).0, 200, "the share link");
-    run_ok(
-        "daytona-authz revoke --admin-url …",
-        Command::new(cli)
-            .args(["revoke", "--admin-url", &admin_url, "--admin-token-file"])
-            .arg(&pod.admin_token)
-            .args(["--sandbox", SANDBOX]),
-        Duration::from_secs(30),
-    );
+    pod.revoke(admin);
     assert_eq!(curl(&link, edge, &[]).0, 403, "revoked");
     // The revocation is in Redis, where every replica reads it.
     let keys = run_ok(

@@ -41,26 +41,32 @@ pub fn optional_program(var: &str, binary: &str, test: &str) -> Option<PathBuf> 
             .find(|path| path.is_file())
     });
     if found.is_none() {
-        let hint = format!(
-            "scripts/test installs it (scripts/install-debian PACKAGE {binary}), or set {var}"
-        );
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{binary} not found: {hint}"
-        );
-        // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("{test}: skipped, {binary} not found ({hint})\n"),
+        skip(
+            test,
+            &format!("{binary} not found"),
+            &format!(
+                "scripts/test installs it (scripts/install-debian PACKAGE {binary}), or set {var}"
+            ),
         );
     }
     found
 }
 
+/// Says on stderr that `test` skips because of `missing` (with a `hint` to fix it); under CI it
+/// fails the test instead, so a CI run cannot pass by skipping.
+pub fn skip(test: &str, missing: &str, hint: &str) {
+    assert!(std::env::var_os("CI").is_none(), "{missing}: {hint}");
+    // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+    let _ = std::io::Write::write_fmt(
+        &mut std::io::stderr(),
+        format_args!("{test}: skipped, {missing} ({hint})\n"),
+    );
+}
+
 /// The Daytona test double's binary (the workspace's `daytona-double` package) in the same
 /// target folder and profile as this test binary. `cargo test` does not build other packages'
 /// binaries for a package's tests, so the first call in each test binary runs `cargo build -p
-/// daytona-double` (a no-op when it is up to date; `scripts/test` builds it beforehand).
+/// daytona-double` (a no-op when it is up to date).
 pub fn double_bin() -> PathBuf {
     static BUILT: LazyLock<PathBuf> = LazyLock::new(|| {
         let exe = std::env::current_exe().expect("the test binary's path");
