@@ -8,11 +8,13 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use daytona_authz::authz::decision::{
+    self, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, Verdict,
+};
+use daytona_authz::authz::host;
 use daytona_authz::daytona::{Preview, Upstream};
-use daytona_authz::decision::{self, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, Verdict};
-use daytona_authz::grpc;
-use daytona_authz::host;
-use daytona_authz::token::{Verifier, now};
+use daytona_authz::identity::token::{Verifier, now};
+use daytona_authz::serve::grpc;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, attribute_context,

@@ -2,29 +2,24 @@
 //!
 //! Request path: client → Envoy → `Check` here (token → grant → preview token) → Envoy forwards
 //! to Daytona's preview proxy with `X-Daytona-Preview-Token` set and the caller's credentials
-//! removed. Modules by responsibility: [`config`] (flags, validation), [`host`] (public host
-//! parsing), [`token`] (access tokens), [`decision`] (pure verdicts), [`daytona`] (API client and
-//! cache), [`port_limit`] (distinct ports per sandbox), [`grpc`] (Envoy's API), [`admin`] (our
-//! own gRPC API), [`server`] (wiring), [`transport`] (how gRPC connections are accepted), [`trust`] (the CAs
-//! outbound TLS trusts).
+//! removed.
+//!
+//! Layers, each importing only those below it:
+//! - [`serve`]: the running servers (ext_authz, admin API, HTTP) and their lifecycle; the only
+//!   layer that sees all the others. [`cli`] is the process entry and the client commands.
+//! - [`config`]: flags, environment, config file and secrets, validated as a whole.
+//! - [`daytona`] (API client, preview-URL allow-list, preview-token cache) and [`identity`]
+//!   (tokens, JWKS, introspection, revocation, minting): the edges that do I/O.
+//! - [`authz`]: the decision core, no I/O. [`outbound`] (HTTP client plumbing, trusted CAs),
+//!   [`metrics`] and [`proto`] are shared leaves.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod daytona;
-pub mod decision;
-pub mod grpc;
-pub mod host;
-pub mod http;
-pub mod introspection;
-pub mod jwks;
+pub mod identity;
 pub mod metrics;
-pub mod mint;
-pub mod pages;
-pub mod port_limit;
-pub mod revocation;
-pub mod server;
-pub mod token;
-pub mod transport;
-pub mod trust;
+pub mod outbound;
+pub mod proto;
+pub mod serve;

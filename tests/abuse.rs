@@ -8,8 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use daytona_authz::admin::pb::InvalidatePreviewTokenRequest;
-use daytona_authz::token::now;
+use daytona_authz::identity::token::now;
+use daytona_authz::proto::admin::InvalidatePreviewTokenRequest;
 use support::{
     AuthzOptions, Reply, Stack, StackOptions, admin_client, authed, bearer, eventually, host_for,
     parse_metrics, token_for,
@@ -121,7 +121,7 @@ async fn a_token_walking_ports_cannot_fill_envoys_dns_cache_for_other_sandboxes(
 #[tokio::test]
 async fn a_token_for_an_unknown_sandbox_costs_one_api_call_not_one_per_request() {
     // A minute, so nothing here depends on how fast the requests go (the unit tests in
-    // src/daytona.rs show the answer expiring, and a 400 kept alike).
+    // src/daytona/ show the answer expiring, and a 400 kept alike).
     let stack = Stack::start_with(AuthzOptions::args(&["--negative-cache-ttl", "60s"])).await;
     // A sandbox Daytona does not know (deleted, or never there).
     let gone = "5d1c3a9e-0b7f-4e2a-8c6d-3f9e1a2b4c5d";

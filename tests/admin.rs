@@ -2,7 +2,7 @@
 
 mod support;
 
-use daytona_authz::admin::pb::InvalidatePreviewTokenRequest;
+use daytona_authz::proto::admin::InvalidatePreviewTokenRequest;
 use support::{ADMIN_TOKEN, Stack, admin_client, with_credential};
 use tonic::Request;
 

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use daytona_authz::token::{Claims, Signer, now};
+use daytona_authz::identity::token::{Claims, Signer, now};
 use futures_util::{SinkExt, StreamExt};
 use support::{AuthzOptions, JWT_SECRET, Reply, Stack, echoed_headers, token_for};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use daytona_authz::token::now;
+use daytona_authz::identity::token::now;
 use support::{
     AuthzOptions, Edge, EdgeCertificate, FrontProxy, Stack, StackOptions, TestCa, optional_program,
     token_for,

@@ -14,7 +14,7 @@ mod support;
 
 use std::time::Duration;
 
-use daytona_authz::token::now;
+use daytona_authz::identity::token::now;
 use support::{
     AuthzOptions, Edge, EdgeCertificate, FrontProxy, Reply, Stack, StackOptions, TestCa,
     edge_variant, https_client, https_get, repo_root, token_for,

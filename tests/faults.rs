@@ -10,7 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use daytona_authz::token::now;
+use daytona_authz::identity::token::now;
 use support::{AuthzOptions, Reply, Stack, bearer, host_for, parse_metrics, token_for};
 
 /// `--daytona-api-timeout`: short, so a burst is over quickly.

@@ -21,11 +21,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
-use daytona_authz::admin::pb::admin_client::AdminClient;
-use daytona_authz::admin::pb::{
+use daytona_authz::identity::token::now;
+use daytona_authz::proto::admin::admin_client::AdminClient;
+use daytona_authz::proto::admin::{
     MintLinkRequest, MintLinkResponse, RevokeSandboxRequest, RevokeTokenRequest,
 };
-use daytona_authz::token::now;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -1785,16 +1785,17 @@ async fn redis_keeps_revocations_until_exp_and_restores_them_after_losing_its_da
     // A token living two years (no --max-token-lifetime), revoked without its expiry: the
     // revocation must last at least as long as the token, not 366 days.
     let exp = now() + 2 * 366 * 86_400;
-    let claims = daytona_authz::token::Claims {
+    let claims = daytona_authz::identity::token::Claims {
         sandbox_id: stack.sandbox_id().to_owned(),
         exp,
         ports: None,
         iss: None,
         aud: None,
     };
-    let (long_lived, long_jti) = daytona_authz::token::Signer::hs256(JWT_SECRET.as_bytes())
-        .sign_link(&claims, now())
-        .unwrap();
+    let (long_lived, long_jti) =
+        daytona_authz::identity::token::Signer::hs256(JWT_SECRET.as_bytes())
+            .sign_link(&claims, now())
+            .unwrap();
     support::remember_secret(&long_lived);
     assert_eq!(with_bearer(&stack, &host, &long_lived).await.status, 200);
     admin_api

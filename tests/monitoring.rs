@@ -23,7 +23,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::process::Command;
 use std::time::Duration;
 
-use daytona_authz::token::now;
+use daytona_authz::identity::token::now;
 use serde_json::Value;
 use support::{
     AuthzOptions, Proc, Stack, bearer, eventually, free_port, optional_program, repo_root,

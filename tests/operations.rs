@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use daytona_authz::token::{Claims, Signer, now};
+use daytona_authz::identity::token::{Claims, Signer, now};
 use support::{
     ADMIN_TOKEN, API_KEY, Authz, AuthzOptions, Double, JWT_SECRET, Stack, bearer, eventually,
     parse_metrics, token_for,

@@ -19,12 +19,12 @@
 
 use std::borrow::Cow;
 
-use daytona_authz::daytona::{Preview, Upstream};
-use daytona_authz::decision::{
+use daytona_authz::authz::decision::{
     self, Authorized, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, RequestView, Verdict,
 };
-use daytona_authz::host::{self, PORT_RANGE, PreviewTarget};
-use daytona_authz::token::{
+use daytona_authz::authz::host::{self, PORT_RANGE, PreviewTarget};
+use daytona_authz::daytona::{Preview, Upstream};
+use daytona_authz::identity::token::{
     self, Claims, QUERY_PARAMETER, Signer, TokenSource, Verifier, cookie_values, cookies_without,
     extract, query_values,
 };

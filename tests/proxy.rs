@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use daytona_authz::token::{Claims, now};
+use daytona_authz::identity::token::{Claims, now};
 use support::{AuthzOptions, Stack, echoed_headers, host_for, token_for};
 
 fn assert_no_secret(body: &str, secrets: &[&str]) {
@@ -86,15 +86,16 @@ async fn bad_tokens_get_401_with_a_challenge_and_never_call_daytona() {
     let mut tampered = good.clone();
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
-    let wrong_key = daytona_authz::token::Signer::hs256(b"some-other-secret-some-other-secret")
-        .sign(&Claims {
-            sandbox_id: id.clone(),
-            exp: now() + 600,
-            ports: None,
-            iss: None,
-            aud: None,
-        })
-        .unwrap();
+    let wrong_key =
+        daytona_authz::identity::token::Signer::hs256(b"some-other-secret-some-other-secret")
+            .sign(&Claims {
+                sandbox_id: id.clone(),
+                exp: now() + 600,
+                ports: None,
+                iss: None,
+                aud: None,
+            })
+            .unwrap();
     let (_, body, _) = {
         let mut parts = good.splitn(3, '.');
         (parts.next(), parts.next().unwrap(), parts.next())

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use daytona_authz::token::{Claims, Signer, now};
+use daytona_authz::identity::token::{Claims, Signer, now};
 
 pub const API_KEY: &str = "test-organization-api-key";
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123456789";
@@ -1088,9 +1088,9 @@ impl Stack {
 /// A client of daytona-authz's admin gRPC API in `stack`.
 pub async fn admin_client(
     stack: &Stack,
-) -> daytona_authz::admin::pb::admin_client::AdminClient<tonic::transport::Channel> {
+) -> daytona_authz::proto::admin::admin_client::AdminClient<tonic::transport::Channel> {
     let addr = stack.authz.admin_addr.as_deref().expect("admin API on");
-    daytona_authz::admin::pb::admin_client::AdminClient::connect(format!("http://{addr}"))
+    daytona_authz::proto::admin::admin_client::AdminClient::connect(format!("http://{addr}"))
         .await
         .unwrap()
 }
@@ -1111,11 +1111,11 @@ pub fn authed<T>(message: T) -> tonic::Request<T> {
 
 /// A link for port 3000 of `sandbox_id`, valid 10 minutes, minted by the admin API.
 pub async fn mint_link(
-    admin: &mut daytona_authz::admin::pb::admin_client::AdminClient<tonic::transport::Channel>,
+    admin: &mut daytona_authz::proto::admin::admin_client::AdminClient<tonic::transport::Channel>,
     sandbox_id: &str,
-) -> daytona_authz::admin::pb::MintLinkResponse {
+) -> daytona_authz::proto::admin::MintLinkResponse {
     admin
-        .mint_link(authed(daytona_authz::admin::pb::MintLinkRequest {
+        .mint_link(authed(daytona_authz::proto::admin::MintLinkRequest {
             sandbox_id: sandbox_id.to_owned(),
             ports: vec![3000],
             ttl_seconds: 600,

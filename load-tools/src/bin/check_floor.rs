@@ -18,10 +18,10 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use daytona_authz::decision::{
+use daytona_authz::authz::decision::{
     Allow, PREVIEW_TOKEN_HEADER, SKIP_WARNING_HEADER, UPSTREAM_HEADER, UPSTREAM_SCHEME_HEADER,
 };
-use daytona_authz::grpc;
+use daytona_authz::serve::grpc;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse,
 };
@@ -99,7 +99,7 @@ async fn serve(args: Args) {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(
-            daytona_authz::server::HEALTH_SERVICE,
+            daytona_authz::serve::HEALTH_SERVICE,
             tonic_health::ServingStatus::Serving,
         )
         .await;
@@ -108,7 +108,7 @@ async fn serve(args: Args) {
         .add_service(AuthorizationServer::new(Floor {
             answer: answer(&args),
         }))
-        .serve_with_incoming(daytona_authz::transport::incoming(listener))
+        .serve_with_incoming(daytona_authz::serve::transport::incoming(listener))
         .await
         .expect("gRPC server runs");
 }

@@ -1,6 +1,13 @@
 //! `daytona-authz serve`: wires the validated configuration into running servers (ext_authz +
 //! health on gRPC, health/readiness/metrics on HTTP, the admin API), and owns the lifecycle:
-//! readiness, SIGHUP secret reloads, SIGTERM/SIGINT drain.
+//! readiness, SIGHUP secret reloads, SIGTERM/SIGINT drain. The only layer that sees all others:
+//! [`grpc`] translates Envoy's `Check`, [`admin`] serves our own API, [`http`] health, readiness
+//! and metrics, [`transport`] accepts gRPC connections.
+
+pub mod admin;
+pub mod grpc;
+pub mod http;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,21 +20,21 @@ use tonic_health::server::HealthReporter;
 
 use arc_swap::ArcSwapOption;
 
-use crate::admin::{self, AdminService, BearerCheck, MintSettings};
+use crate::authz::decision::Policy;
+use crate::authz::port_limit::PortLimit;
 use crate::config::{Secrets, ServeConfig};
 use crate::daytona::{DaytonaApi, PreviewCache};
-use crate::decision::Policy;
-use crate::grpc::{AuthzService, Identity, install_jwks};
-use crate::http::{self, HttpState, Readiness};
-use crate::introspection::{IntrospectionConfig, Introspector};
-use crate::jwks::Jwks;
+use crate::identity::introspection::{IntrospectionConfig, Introspector};
+use crate::identity::jwks::Jwks;
+use crate::identity::mint;
+use crate::identity::revocation::Revocations;
+use crate::identity::token::Verifier;
+use crate::identity::token::{ClaimMapping, Signer};
 use crate::metrics::Metrics;
-use crate::mint;
-use crate::port_limit::PortLimit;
-use crate::revocation::Revocations;
-use crate::token::Verifier;
-use crate::token::{ClaimMapping, Signer};
-use crate::transport::incoming;
+use admin::{AdminService, BearerCheck, MintSettings};
+use grpc::{AuthzService, Identity, install_jwks};
+use http::{HttpState, Readiness};
+use transport::incoming;
 
 /// The gRPC health service name Envoy checks (and `""`, the server as a whole).
 pub const HEALTH_SERVICE: &str = "envoy.service.auth.v3.Authorization";
@@ -391,7 +398,7 @@ async fn prune_revocations(store: Arc<Revocations>, mut stopping: watch::Receive
             () = tokio::time::sleep(Duration::from_secs(300)) => {}
             _ = stopping.wait_for(|s| *s) => return,
         }
-        if let Err(error) = store.prune_expired(crate::token::now()).await {
+        if let Err(error) = store.prune_expired(crate::identity::token::now()).await {
             tracing::warn!(%error, "pruning expired revocations failed");
         }
     }

@@ -1,5 +1,5 @@
 //! Small self-contained HTML pages for people who hit a denial in a browser (no external assets,
-//! no script). Non-browser clients get JSON instead; see [`crate::decision::render`].
+//! no script). Non-browser clients get JSON instead; see [`crate::authz::decision::render`].
 
 /// The page for a denial: what happened and what to do.
 pub fn denial(status: u16, message: &str) -> String {

@@ -17,8 +17,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::decision::Denial;
-use crate::host::{HostError, PreviewTarget};
+use crate::authz::decision::Denial;
+use crate::authz::host::{HostError, PreviewTarget};
 
 /// The ports each sandbox has in use: `(port, last authorized request)`, at most `max_ports`.
 type Ports = Arc<Mutex<Vec<(u16, Instant)>>>;

@@ -1,110 +1,14 @@
-//! Share links: signing a link's token (`daytona-authz mint`, and the admin API's `MintLink`).
+//! `daytona-authz mint`: signs locally with the configured secret, or asks a running
+//! daytona-authz's admin API (`--admin-url`) to sign.
 
 use std::fmt::Write;
 use std::time::Duration;
 
 use crate::config::{self, ConfigError, MintArgs};
-use crate::host;
-use crate::token::{self, Claims, QUERY_PARAMETER, Signer};
+use crate::identity::mint::{LinkRequest, MintError, Minted, mint_link};
+use crate::identity::token::{self, Signer};
 
-/// What to mint.
-#[derive(Debug, Clone)]
-pub struct LinkRequest {
-    pub sandbox: String,
-    /// The ports the token grants; empty only with `any_port`.
-    pub ports: Vec<u16>,
-    /// A token for every port (no `ports` claim): only when asked for explicitly.
-    pub any_port: bool,
-    pub ttl: Duration,
-    pub max_ttl: Duration,
-    /// Template with `{port}` and `{id}`; one link per port.
-    pub base_url: Option<String>,
-}
-
-/// A signed link.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Minted {
-    pub links: Vec<String>,
-    pub token: String,
-    pub jti: String,
-    pub expires_at: u64,
-}
-
-/// Longest lifetime `MintLink` and `mint` accept unless told otherwise.
-pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// Checks the request and signs the link's token (with `iat` and a random `jti`).
-pub fn mint_link(
-    signer: &Signer,
-    issuer: Option<&str>,
-    audience: Option<&str>,
-    request: &LinkRequest,
-    now: u64,
-) -> Result<Minted, ConfigError> {
-    let sandbox = request.sandbox.to_ascii_lowercase();
-    if !host::is_uuid(&sandbox) {
-        return Err(ConfigError(format!(
-            "--sandbox: {:?} is not a sandbox id (a UUID)",
-            request.sandbox
-        )));
-    }
-    if let Some(port) = request.ports.iter().find(|p| !host::PORT_RANGE.contains(p)) {
-        return Err(ConfigError(format!("--port: {port} is outside 3000-9999")));
-    }
-    if request.ttl.is_zero() || request.ttl > request.max_ttl {
-        return Err(ConfigError(format!(
-            "--ttl: {} is outside 1s to {}",
-            humantime::format_duration(request.ttl),
-            humantime::format_duration(request.max_ttl)
-        )));
-    }
-    match (request.ports.is_empty(), request.any_port) {
-        (true, false) => {
-            return Err(ConfigError(
-                "--port: name the ports the link opens (repeat --port), or --any-port for a token that opens every port".into(),
-            ));
-        }
-        (false, true) => {
-            return Err(ConfigError(
-                "--any-port and --port exclude each other".into(),
-            ));
-        }
-        _ => {}
-    }
-    if request.base_url.is_some() && request.ports.is_empty() {
-        return Err(ConfigError(
-            "--base-url needs at least one --port to build a link".into(),
-        ));
-    }
-    let expires_at = now + request.ttl.as_secs();
-    let claims = Claims {
-        sandbox_id: sandbox.clone(),
-        exp: expires_at,
-        ports: (!request.ports.is_empty()).then(|| request.ports.clone()),
-        iss: issuer.map(str::to_owned),
-        aud: audience.map(str::to_owned),
-    };
-    let (token, jti) = signer
-        .sign_link(&claims, now)
-        .map_err(|e| ConfigError(format!("cannot sign the token: {e}")))?;
-    let links = match &request.base_url {
-        Some(base) => request
-            .ports
-            .iter()
-            .map(|port| share_link(base, &sandbox, *port, &token))
-            .collect::<Result<_, _>>()?,
-        None => Vec::new(),
-    };
-    Ok(Minted {
-        links,
-        token,
-        jti,
-        expires_at,
-    })
-}
-
-/// `daytona-authz mint`: signs locally with the configured secret, or asks a running
-/// daytona-authz's admin API (`--admin-url`) to sign. Returns what to print.
+/// Returns what to print.
 pub fn mint(args: MintArgs) -> Result<String, ConfigError> {
     let max_ttl = config::duration(
         "--max-ttl",
@@ -121,7 +25,7 @@ pub fn mint(args: MintArgs) -> Result<String, ConfigError> {
         base_url: args.base_url.clone(),
     };
     let minted = match &args.admin.admin_url {
-        Some(_) => crate::admin::client::mint(&args.admin, &request)?,
+        Some(_) => super::admin_client::mint(&args.admin, &request)?,
         None => {
             let jwt = args.jwt.validate()?;
             mint_link(
@@ -130,7 +34,8 @@ pub fn mint(args: MintArgs) -> Result<String, ConfigError> {
                 jwt.audience.as_deref(),
                 &request,
                 token::now(),
-            )?
+            )
+            .map_err(|e| ConfigError(in_flags(&e)))?
         }
     };
     Ok(render(&minted, ttl))
@@ -154,25 +59,26 @@ fn render(minted: &Minted, ttl: Duration) -> String {
     out
 }
 
-/// `base` with `{port}` and `{id}` filled in and `access_token` added to its query.
-fn share_link(base: &str, sandbox: &str, port: u16, token: &str) -> Result<String, ConfigError> {
-    let filled = base
-        .replace("{port}", &port.to_string())
-        .replace("{id}", sandbox)
-        .replace("{sandboxId}", sandbox);
-    let mut url = url::Url::parse(&filled)
-        .map_err(|e| ConfigError(format!("--base-url: {filled:?} is not a URL ({e})")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError("--base-url must be an http(s) URL".into()));
+/// A mint error in the command line's words (its flags).
+fn in_flags(error: &MintError) -> String {
+    match error {
+        MintError::NotASandbox(_) => format!("--sandbox: {error}"),
+        MintError::PortOutOfRange(_) => format!("--port: {error}"),
+        MintError::TtlOutOfRange { .. } => format!("--ttl: {error}"),
+        MintError::NoPorts => "--port: name the ports the link opens (repeat --port), or --any-port for a token that opens every port".into(),
+        MintError::PortsAndAnyPort => "--any-port and --port exclude each other".into(),
+        MintError::BaseUrlWithoutPort => "--base-url needs at least one --port to build a link".into(),
+        MintError::BadBaseUrl { .. } => format!("--base-url: {error}"),
+        MintError::BaseUrlNotHttp => "--base-url must be an http(s) URL".into(),
+        MintError::Signing(_) => error.to_string(),
     }
-    url.query_pairs_mut().append_pair(QUERY_PARAMETER, token);
-    Ok(url.into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Cli, Command};
+    use crate::identity::mint::DEFAULT_MAX_TTL;
     use clap::Parser;
 
     const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";

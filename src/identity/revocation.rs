@@ -49,7 +49,7 @@ use prometheus_client::metrics::counter::Counter;
 use redb::{ReadableTable, TableDefinition};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::host::is_uuid;
+use crate::authz::host::is_uuid;
 
 /// How long after a token's `exp` its revocation is still kept: covers the clock skew the token
 /// verifier allows past `exp` (`--clock-skew`, at most 10 minutes), so a revoked token cannot
@@ -224,7 +224,7 @@ impl Revocations {
         key_prefix: &str,
         restores: Counter,
     ) -> Result<Self, RevocationError> {
-        let trust = crate::trust::TrustRoots::compiled_in();
+        let trust = crate::outbound::trust::TrustRoots::compiled_in();
         Revocations::connect_redis_trusting(url, &trust, key_prefix, restores).await
     }
 
@@ -232,7 +232,7 @@ impl Revocations {
     /// (`--ca-file`).
     pub async fn connect_redis_trusting(
         url: &str,
-        trust: &crate::trust::TrustRoots,
+        trust: &crate::outbound::trust::TrustRoots,
         key_prefix: &str,
         restores: Counter,
     ) -> Result<Self, RevocationError> {

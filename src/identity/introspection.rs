@@ -283,13 +283,17 @@ impl std::fmt::Debug for Introspector {
 impl Introspector {
     /// With the compiled-in roots only (see [`Introspector::new_trusting`]).
     pub fn new(config: IntrospectionConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        Introspector::new_trusting(config, &crate::trust::TrustRoots::compiled_in(), metrics)
+        Introspector::new_trusting(
+            config,
+            &crate::outbound::trust::TrustRoots::compiled_in(),
+            metrics,
+        )
     }
 
     /// An HTTPS endpoint is verified against `trust` (`--ca-file`).
     pub fn new_trusting(
         config: IntrospectionConfig,
-        trust: &crate::trust::TrustRoots,
+        trust: &crate::outbound::trust::TrustRoots,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         if !matches!(config.url.scheme(), "http" | "https") {
@@ -319,7 +323,7 @@ impl Introspector {
                 "the rate and burst of calls about never-seen tokens must be above zero".into(),
             );
         }
-        let http = crate::daytona::outbound_client(config.timeout, trust)?;
+        let http = crate::outbound::outbound_client(config.timeout, trust)?;
         Ok(Introspector {
             http,
             url: config.url,
@@ -560,7 +564,7 @@ fn describe(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         "timed out".into()
     } else if error.is_connect() {
-        crate::daytona::connect_failure(error)
+        crate::outbound::connect_failure(error)
     } else {
         let mut text = error.to_string();
         if let Some(url) = error.url() {
@@ -571,11 +575,11 @@ fn describe(error: &reqwest::Error) -> String {
 }
 
 async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, IntrospectionError> {
-    crate::daytona::read_bounded(response, MAX_BODY_BYTES)
+    crate::outbound::read_bounded(response, MAX_BODY_BYTES)
         .await
         .map_err(|e| match e {
-            crate::daytona::BodyError::Read(e) => IntrospectionError::Unavailable(describe(&e)),
-            crate::daytona::BodyError::TooLarge => {
+            crate::outbound::BodyError::Read(e) => IntrospectionError::Unavailable(describe(&e)),
+            crate::outbound::BodyError::TooLarge => {
                 IntrospectionError::BadAnswer("answer too large".into())
             }
         })

@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use crate::daytona::{DaytonaError, Preview};
-use crate::host::{self, HostError, PreviewTarget};
-use crate::pages;
-use crate::token::{self, ExtractError, Grant, TokenError, TokenSource, Verifier};
+use crate::authz::host::{self, HostError, PreviewTarget};
+use crate::authz::pages;
+use crate::authz::preview::{DaytonaError, Preview};
+use crate::identity::token::{self, ExtractError, Grant, TokenError, TokenSource, Verifier};
 
 /// Request headers daytona-authz sets on the way upstream. Daytona's proxy reads the first two;
 /// Envoy's route reads the last two (see `envoy/envoy.yaml`) and removes them before forwarding.
@@ -543,7 +543,7 @@ fn cookie_may_be_used(request: &RequestView, policy: &Policy, target: &PreviewTa
         // another host of the preview domain still gives a page away.
         false => request.header_values("referer").all(|referer| {
             let authority = origin_authority(referer).unwrap_or_default();
-            let under_domain = crate::host::strip_port(authority).is_some_and(|name| {
+            let under_domain = crate::authz::host::strip_port(authority).is_some_and(|name| {
                 let name = name.to_ascii_lowercase();
                 name == policy.preview_domain
                     || name.ends_with(&format!(".{}", policy.preview_domain))
@@ -803,8 +803,8 @@ pub fn allow(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daytona::Upstream;
-    use crate::token::{Claims, Signer, now};
+    use crate::authz::preview::Upstream;
+    use crate::identity::token::{Claims, Signer, now};
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
     const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";

@@ -17,7 +17,7 @@ use jsonwebtoken::jwk::{
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Mutex;
 
-use crate::token::JwkKey;
+use crate::identity::token::JwkKey;
 
 /// Largest JWKS document accepted.
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -63,9 +63,9 @@ impl Jwks {
         sources: Vec<url::Url>,
         timeout: Duration,
         min_refresh_interval: Duration,
-        trust: &crate::trust::TrustRoots,
+        trust: &crate::outbound::trust::TrustRoots,
     ) -> Result<Self, String> {
-        let http = crate::daytona::outbound_client(timeout, trust)?;
+        let http = crate::outbound::outbound_client(timeout, trust)?;
         let count = sources.len();
         Ok(Jwks {
             http,
@@ -143,7 +143,7 @@ impl Jwks {
                 fail(if e.is_timeout() {
                     "timed out".into()
                 } else {
-                    match crate::trust::tls_reason(&e) {
+                    match crate::outbound::trust::tls_reason(&e) {
                         Some(reason) => format!("unreachable: {reason}"),
                         None => "unreachable".into(),
                     }
@@ -152,11 +152,11 @@ impl Jwks {
         if !response.status().is_success() {
             return Err(fail(format!("HTTP {}", response.status().as_u16())));
         }
-        let body = crate::daytona::read_bounded(response, MAX_BODY_BYTES)
+        let body = crate::outbound::read_bounded(response, MAX_BODY_BYTES)
             .await
             .map_err(|e| match e {
-                crate::daytona::BodyError::Read(_) => fail("read failed".into()),
-                crate::daytona::BodyError::TooLarge => fail("document too large".into()),
+                crate::outbound::BodyError::Read(_) => fail("read failed".into()),
+                crate::outbound::BodyError::TooLarge => fail("document too large".into()),
             })?;
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|_| fail("not a JWK set".into()))?;

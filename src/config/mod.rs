@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::introspection::UnknownBudget;
+use crate::identity::introspection::UnknownBudget;
 
 /// EX_USAGE from sysexits.h: the configuration is wrong.
 pub const EXIT_USAGE: u8 = 64;
@@ -185,7 +185,7 @@ pub struct ServeArgs {
 
     /// Name of the cookie a share link opened in a browser turns into (host-only, HttpOnly,
     /// SameSite=Lax, Secure over https).
-    #[arg(long, env = "DAYTONA_AUTHZ_COOKIE_NAME", default_value = crate::decision::DEFAULT_COOKIE_NAME, value_name = "NAME")]
+    #[arg(long, env = "DAYTONA_AUTHZ_COOKIE_NAME", default_value = crate::authz::decision::DEFAULT_COOKIE_NAME, value_name = "NAME")]
     pub cookie_name: String,
     /// Send browsers without a valid token here to sign in, with `return_to=<the preview URL>`
     /// (otherwise they get a 401 page).
@@ -591,7 +591,7 @@ impl IdentityArgs {
 /// The budget of introspection calls about never-seen tokens: at most half the call slots, so
 /// tokens seen before always keep the other half.
 fn unknown_budget(concurrency: usize, rate: f64, burst: u32) -> Result<UnknownBudget, ConfigError> {
-    let most = crate::introspection::MAX_IN_FLIGHT / 2;
+    let most = crate::identity::introspection::MAX_IN_FLIGHT / 2;
     if !(1..=most).contains(&concurrency) {
         return err(format!(
             "--introspection-unknown-concurrency must be within 1-{most}"
@@ -885,7 +885,7 @@ pub struct ServeConfig {
     pub admin_addr: SocketAddr,
     pub identity: IdentityConfig,
     /// The CAs outbound TLS trusts: the compiled-in roots and `--ca-file`'s.
-    pub trust: crate::trust::TrustRoots,
+    pub trust: crate::outbound::trust::TrustRoots,
     /// Where the secrets come from, to read them again on SIGHUP.
     pub secret_sources: SecretSources,
     /// The secrets as read at start-up.
@@ -1058,8 +1058,8 @@ impl ServeArgs {
         let admin_addr = p.check(socket_addr("--admin-addr", &self.admin_addr));
         let daytona_api_url = p.check(api_url(&self.daytona_api_url));
         let trust = p.check(match &self.ca_file {
-            None => Ok(crate::trust::TrustRoots::compiled_in()),
-            Some(path) => crate::trust::TrustRoots::with_ca_file(path)
+            None => Ok(crate::outbound::trust::TrustRoots::compiled_in()),
+            Some(path) => crate::outbound::trust::TrustRoots::with_ca_file(path)
                 .map_err(|e| ConfigError(format!("--ca-file: {e}"))),
         });
         let daytona_api_timeout = p.check(duration(

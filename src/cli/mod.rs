@@ -1,4 +1,8 @@
-//! The process entry: parse, validate, run; map problems to exit codes.
+//! The process entry: parse, validate, run; map problems to exit codes. [`mint`] and
+//! [`admin_client`] are the commands that sign links and talk to a running server's admin API.
+
+pub mod admin_client;
+pub mod mint;
 
 use std::process::ExitCode;
 
@@ -38,7 +42,7 @@ pub fn run() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(crate::server::serve(config)) {
+            match runtime.block_on(crate::serve::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "daytona-authz stopped");
@@ -59,14 +63,14 @@ pub fn run() -> ExitCode {
             }
             Err(errors) => usage(&errors),
         },
-        Command::Mint(args) => match crate::mint::mint(*args) {
+        Command::Mint(args) => match mint::mint(*args) {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS
             }
             Err(e) => usage(&ConfigErrors(vec![e])),
         },
-        Command::Revoke(args) => match crate::admin::client::revoke(&args) {
+        Command::Revoke(args) => match crate::cli::admin_client::revoke(&args) {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS

@@ -1,4 +1,4 @@
-//! Envoy's ext_authz `Check`, translated to and from [`crate::decision`].
+//! Envoy's ext_authz `Check`, translated to and from [`crate::authz::decision`].
 //!
 //! A denial is a successful RPC carrying a denied `CheckResponse` (status, headers, JSON body); an
 //! RPC error is reserved for the service itself failing, which Envoy turns into its
@@ -16,18 +16,18 @@ use tonic::{Request, Response, Status};
 
 use arc_swap::ArcSwap;
 
-use crate::daytona::{PreviewCache, PreviewSource};
-use crate::decision::{
+use crate::authz::decision::{
     self, Allow, Denial, Introspected, LocalReply, Lookup, Lookups, NoRevocations, Policy,
     RequestView, RevocationStatus, RevocationView, Verdict,
 };
-use crate::introspection::{Introspection, IntrospectionError, Introspector};
-use crate::jwks::Jwks;
+use crate::authz::port_limit::PortLimit;
+use crate::daytona::{PreviewCache, PreviewSource};
+use crate::identity::introspection::{Introspection, IntrospectionError, Introspector};
+use crate::identity::jwks::Jwks;
+use crate::identity::revocation::{self, Revocations, RevokedBy};
+use crate::identity::token;
+use crate::identity::token::JwkKey;
 use crate::metrics::Metrics;
-use crate::port_limit::PortLimit;
-use crate::revocation::{self, Revocations, RevokedBy};
-use crate::token;
-use crate::token::JwkKey;
 
 /// Limits on what a `CheckRequest` may carry before we refuse to look at it. Envoy bounds
 /// headers too (`max_request_headers_kb`); these make the service safe on its own.
@@ -221,7 +221,7 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
             }
             Err(denial) => {
                 let target = match &view {
-                    Ok(view) => crate::host::parse(&view.host, &policy.preview_domain).ok(),
+                    Ok(view) => crate::authz::host::parse(&view.host, &policy.preview_domain).ok(),
                     Err(_) => check_target(&check, &policy.preview_domain),
                 };
                 tracing::info!(
@@ -244,9 +244,9 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
     }
 }
 
-fn check_target(check: &CheckRequest, domain: &str) -> Option<crate::host::PreviewTarget> {
+fn check_target(check: &CheckRequest, domain: &str) -> Option<crate::authz::host::PreviewTarget> {
     let http = check.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
-    crate::host::parse(&http.host, domain).ok()
+    crate::authz::host::parse(&http.host, domain).ok()
 }
 
 /// The request as the decision sees it, from either header encoding Envoy may use
@@ -265,7 +265,7 @@ pub fn take_view(check: &mut CheckRequest) -> Result<RequestView, Denial> {
         .as_mut()
         .and_then(|a| a.request.as_mut())
         .and_then(|r| r.http.as_mut())
-        .ok_or(Denial::BadHost(crate::host::HostError::Malformed))?;
+        .ok_or(Denial::BadHost(crate::authz::host::HostError::Malformed))?;
     let mut headers = Vec::new();
     let mut bytes = 0usize;
     let mut push = |mut name: String, value: String| -> Result<(), Denial> {

@@ -1,0 +1,171 @@
+//! The command line's side of the admin API: `mint --admin-url` and `revoke` talk to a running
+//! daytona-authz.
+
+use crate::config::{AdminClientArgs, ConfigError, RevokeArgs};
+use crate::identity::mint::{LinkRequest, Minted};
+use crate::proto::admin as pb;
+use crate::proto::admin::admin_client::AdminClient;
+
+/// Adds the admin credential to every call.
+type Credential =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+type Client = AdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Credential>,
+>;
+
+async fn connect(args: &AdminClientArgs) -> Result<Client, ConfigError> {
+    let (url, token) = args.validate()?;
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| ConfigError(format!("--admin-url: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| ConfigError(format!("cannot reach the admin API at {url}: {e}")))?;
+    let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {}", token.expose())
+            .parse()
+            .map_err(|_| ConfigError("the admin token is not a valid header value".into()))?;
+    value.set_sensitive(true);
+    let add_credential: Credential = Box::new(move |mut request: tonic::Request<()>| {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+        Ok(request)
+    });
+    Ok(AdminClient::with_interceptor(channel, add_credential))
+}
+
+fn block_on<T>(
+    future: impl std::future::Future<Output = Result<T, ConfigError>>,
+) -> Result<T, ConfigError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ConfigError(format!("cannot start the runtime: {e}")))?
+        .block_on(future)
+}
+
+fn refused(status: tonic::Status) -> ConfigError {
+    ConfigError(format!(
+        "the admin API refused: {} ({:?})",
+        status.message(),
+        status.code()
+    ))
+}
+
+pub fn mint(args: &AdminClientArgs, request: &LinkRequest) -> Result<Minted, ConfigError> {
+    block_on(async {
+        let answer = connect(args)
+            .await?
+            .mint_link(pb::MintLinkRequest {
+                sandbox_id: request.sandbox.clone(),
+                ports: request.ports.iter().map(|p| u32::from(*p)).collect(),
+                ttl_seconds: request.ttl.as_secs(),
+                base_url: request.base_url.clone().unwrap_or_default(),
+                any_port: request.any_port,
+            })
+            .await
+            .map_err(refused)?
+            .into_inner();
+        Ok(Minted {
+            links: answer.links,
+            token: answer.token,
+            jti: answer.jti,
+            expires_at: answer.expires_at,
+        })
+    })
+}
+
+/// Returns what to print.
+pub fn revoke(args: &RevokeArgs) -> Result<String, ConfigError> {
+    block_on(async {
+        match (&args.jti, &args.sandbox) {
+            (Some(jti), _) => {
+                if let Some(at) = args.expires_at {
+                    refuse_past_expiry(at, crate::identity::token::now())?;
+                }
+                let mut client = connect(&args.admin).await?;
+                client
+                    .revoke_token(pb::RevokeTokenRequest {
+                        jti: jti.clone(),
+                        expires_at: args.expires_at,
+                    })
+                    .await
+                    .map_err(refused)?;
+                Ok(format!("revoked token {jti}\n"))
+            }
+            (None, Some(sandbox)) => {
+                connect(&args.admin)
+                    .await?
+                    .revoke_sandbox(pb::RevokeSandboxRequest {
+                        sandbox_id: sandbox.clone(),
+                        lift: args.lift,
+                    })
+                    .await
+                    .map_err(refused)?;
+                Ok(if args.lift {
+                    format!("lifted the revocation of sandbox {sandbox}\n")
+                } else {
+                    format!("revoked every token for sandbox {sandbox}\n")
+                })
+            }
+            (None, None) => Err(ConfigError("give --jti or --sandbox".into())),
+        }
+    })
+}
+
+/// `--expires-at` in the past would revoke nothing (the server refuses it too): most likely
+/// it is not the token's `exp`.
+fn refuse_past_expiry(expires_at: u64, now: u64) -> Result<(), ConfigError> {
+    if expires_at >= now {
+        return Ok(());
+    }
+    let when = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires_at),
+    );
+    Err(ConfigError(format!(
+        "--expires-at: {expires_at} ({when}) is in the past, so nothing would be revoked; give \
+         the token's own exp (`mint` prints it), or leave --expires-at out to keep the \
+         revocation for good"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn expires_at_takes_unix_seconds_or_rfc3339() {
+        let parse = |value: &str| {
+            let argv = [
+                "daytona-authz",
+                "revoke",
+                "--jti",
+                "j",
+                "--expires-at",
+                value,
+            ];
+            match crate::config::Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(crate::config::Command::Revoke(args)) => Ok(args.expires_at),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(parse("1700000000"), Ok(Some(1_700_000_000)));
+        assert_eq!(parse("2023-11-14T22:13:20Z"), Ok(Some(1_700_000_000)));
+        assert!(parse("tomorrow").unwrap_err().contains("RFC 3339"));
+        assert!(parse("-5").is_err());
+    }
+
+    #[test]
+    fn an_expiry_in_the_past_is_refused_before_calling() {
+        let refused = super::refuse_past_expiry(1_700_000_000, 1_700_000_001).unwrap_err();
+        assert!(refused.to_string().contains("--expires-at"), "{refused}");
+        assert!(
+            refused.to_string().contains("2023-11-14T22:13:20Z"),
+            "{refused}"
+        );
+        assert!(super::refuse_past_expiry(1_700_000_001, 1_700_000_001).is_ok());
+    }
+}

@@ -1,0 +1,405 @@
+//! The preview-token cache in front of the Daytona client: coalescing, bounded, expiring.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{DaytonaError, Preview, PreviewSource};
+use crate::authz::host::PreviewTarget;
+use crate::metrics::Metrics;
+
+/// The preview-token cache: coalescing, bounded, expiring.
+///
+/// A `quick_cache` (S3-FIFO eviction) keyed by the sandbox UUID's 128 bits and the port: about
+/// 250 bytes an entry where moka with a `String` key took about 700 (bench/NOTES.md, finding 3).
+/// Concurrent misses for one key wait on one placeholder while its holder asks Daytona. A success
+/// lives `ttl` from when it was fetched; an expired entry is refetched (once, however many ask)
+/// by the first request that finds it. Daytona's 404 and 400 (the sandbox or port does not
+/// exist) live `negative_ttl` (zero: not kept). Any other failure is handed to exactly the
+/// callers that were waiting for that call, then forgotten, so the next request asks again.
+pub struct PreviewCache<S> {
+    source: Arc<S>,
+    cache: quick_cache::sync::Cache<PreviewKey, Slot>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// A sandbox UUID and a port, in 32 bytes and no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PreviewKey {
+    sandbox: u128,
+    port: u16,
+}
+
+impl PreviewKey {
+    /// `None` unless `sandbox_id` is a lower-case hyphenated UUID (what the host parser yields).
+    fn new(sandbox_id: &str, port: u16) -> Option<Self> {
+        if !crate::authz::host::is_uuid(sandbox_id) {
+            return None;
+        }
+        let sandbox = uuid::Uuid::try_parse(sandbox_id).ok()?.as_u128();
+        Some(PreviewKey { sandbox, port })
+    }
+}
+
+/// A cached answer.
+#[derive(Clone)]
+enum Slot {
+    /// Good until `expires`.
+    Ready {
+        preview: Arc<Preview>,
+        expires: Instant,
+    },
+    /// Daytona said there is no such sandbox port (404, 400): the answer until `expires`.
+    Absent {
+        error: Arc<DaytonaError>,
+        expires: Instant,
+    },
+    /// The call that ended at `at` failed: the answer for whoever asked before then, never after.
+    Failed {
+        error: Arc<DaytonaError>,
+        at: Instant,
+    },
+}
+
+impl Slot {
+    /// The very same answer (not merely an equal one).
+    fn same(&self, other: &Slot) -> bool {
+        match (self, other) {
+            (Slot::Ready { preview: a, .. }, Slot::Ready { preview: b, .. }) => Arc::ptr_eq(a, b),
+            (Slot::Absent { error: a, .. }, Slot::Absent { error: b, .. })
+            | (Slot::Failed { error: a, .. }, Slot::Failed { error: b, .. }) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl<S: PreviewSource> PreviewCache<S> {
+    /// `ttl` for preview tokens, `negative_ttl` for "no such sandbox" answers (zero: not kept).
+    pub fn new(
+        source: Arc<S>,
+        ttl: Duration,
+        negative_ttl: Duration,
+        max_entries: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        PreviewCache {
+            source,
+            metrics,
+            ttl,
+            negative_ttl,
+            cache: quick_cache::sync::Cache::new(
+                usize::try_from(max_entries).unwrap_or(usize::MAX),
+            ),
+        }
+    }
+
+    /// The preview for `target`, from the cache or (once for all concurrent callers) from Daytona.
+    pub async fn get(&self, target: &PreviewTarget) -> Result<Arc<Preview>, Arc<DaytonaError>> {
+        let asked = Instant::now();
+        let Some(key) = PreviewKey::new(&target.sandbox_id, target.port) else {
+            // Not a sandbox id (the host parser lets none through): nothing to share or keep.
+            self.metrics.cache_miss();
+            return self
+                .source
+                .fetch(target)
+                .await
+                .map(Arc::new)
+                .map_err(Arc::new);
+        };
+        match self.cache.get(&key) {
+            Some(Slot::Ready { preview, expires }) if asked < expires => {
+                self.metrics.cache_hit();
+                return Ok(preview);
+            }
+            Some(Slot::Absent { error, expires }) if asked < expires => {
+                self.metrics.negative_cache_hit();
+                return Err(error);
+            }
+            _ => {}
+        }
+        self.metrics.cache_miss();
+        loop {
+            match self.cache.get_value_or_guard_async(&key).await {
+                Ok(Slot::Ready { preview, expires }) if asked < expires => return Ok(preview),
+                Ok(Slot::Absent { error, expires }) if asked < expires => return Err(error),
+                Ok(Slot::Failed { error, at }) if asked <= at => return Err(error),
+                Ok(stale) => {
+                    // Expired, or a failure that ended before this request: drop it (unless
+                    // someone replaced it meanwhile) and go round for a placeholder.
+                    self.cache.remove_if(&key, |current| current.same(&stale));
+                }
+                Err(placeholder) => {
+                    let slot = match self.source.fetch(target).await {
+                        Ok(preview) => Slot::Ready {
+                            preview: Arc::new(preview),
+                            expires: Instant::now() + self.ttl,
+                        },
+                        Err(error @ (DaytonaError::NotFound | DaytonaError::BadRequest(_)))
+                            if !self.negative_ttl.is_zero() =>
+                        {
+                            Slot::Absent {
+                                error: Arc::new(error),
+                                expires: Instant::now() + self.negative_ttl,
+                            }
+                        }
+                        Err(error) => Slot::Failed {
+                            error: Arc::new(error),
+                            at: Instant::now(),
+                        },
+                    };
+                    // The callers waiting on the placeholder get the slot from it directly.
+                    let _ = placeholder.insert(slot.clone());
+                    if matches!(slot, Slot::Failed { .. }) {
+                        self.cache.remove_if(&key, |current| current.same(&slot));
+                    }
+                    self.metrics.set_cache_entries(self.entry_count());
+                    return match slot {
+                        Slot::Ready { preview, .. } => Ok(preview),
+                        Slot::Absent { error, .. } | Slot::Failed { error, .. } => Err(error),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Forgets one port of a sandbox, or every port of it.
+    pub async fn invalidate(&self, sandbox_id: &str, port: Option<u16>) {
+        // Not a sandbox id: never cached.
+        let Some(key) = PreviewKey::new(sandbox_id, port.unwrap_or(0)) else {
+            return;
+        };
+        match port {
+            Some(_) => {
+                self.cache.remove(&key);
+            }
+            None => self.cache.retain(|cached, _| cached.sandbox != key.sandbox),
+        }
+        self.metrics.set_cache_entries(self.entry_count());
+    }
+
+    /// Entries held, expired ones included until they are refetched or evicted.
+    pub fn entry_count(&self) -> u64 {
+        self.cache.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Upstream;
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
+
+    fn target() -> PreviewTarget {
+        PreviewTarget {
+            sandbox_id: ID.into(),
+            port: 3000,
+        }
+    }
+
+    struct Counting {
+        calls: AtomicUsize,
+        fail: bool,
+        /// Answer this instead (when set).
+        error: Option<DaytonaError>,
+    }
+
+    impl PreviewSource for Counting {
+        async fn fetch(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(error) = &self.error {
+                return Err(error.clone());
+            }
+            if self.fail {
+                return Err(DaytonaError::Unavailable("down".into()));
+            }
+            Ok(Preview {
+                token: format!("token-{n}"),
+                upstream: Upstream {
+                    tls: false,
+                    authority: format!("{target}.proxy.localhost"),
+                },
+            })
+        }
+    }
+
+    fn counting(fail: bool, ttl: Duration) -> Arc<PreviewCache<Counting>> {
+        Arc::new(PreviewCache::new(
+            Arc::new(Counting {
+                calls: AtomicUsize::new(0),
+                fail,
+                error: None,
+            }),
+            ttl,
+            Duration::ZERO,
+            100,
+            Arc::default(),
+        ))
+    }
+
+    /// A cache whose source always answers `error`, keeping 404/400 for `negative_ttl`.
+    fn answering(error: DaytonaError, negative_ttl: Duration) -> Arc<PreviewCache<Counting>> {
+        Arc::new(PreviewCache::new(
+            Arc::new(Counting {
+                calls: AtomicUsize::new(0),
+                fail: false,
+                error: Some(error),
+            }),
+            Duration::from_secs(60),
+            negative_ttl,
+            100,
+            Arc::default(),
+        ))
+    }
+
+    /// `n` concurrent callers of `get(target())`, each one's answer.
+    async fn burst(
+        cache: &Arc<PreviewCache<Counting>>,
+        n: usize,
+    ) -> Vec<Result<Arc<Preview>, Arc<DaytonaError>>> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let cache = Arc::clone(cache);
+                tokio::spawn(async move { cache.get(&target()).await })
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(n);
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        answers
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_call() {
+        let cache = counting(false, Duration::from_secs(60));
+        for answer in burst(&cache, 50).await {
+            assert_eq!(answer.unwrap().token, "token-0");
+        }
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn failures_are_not_cached_and_invalidation_refetches() {
+        let failing = counting(true, Duration::from_secs(60));
+        assert!(failing.get(&target()).await.is_err());
+        assert!(failing.get(&target()).await.is_err());
+        assert_eq!(failing.source.calls.load(Ordering::SeqCst), 2);
+
+        let cache = counting(false, Duration::from_secs(60));
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-0");
+        cache.invalidate(ID, Some(3000)).await;
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-1");
+        cache.invalidate(ID, None).await;
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-2");
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_failure_and_the_next_caller_asks_again() {
+        let cache = counting(true, Duration::from_secs(60));
+        for answer in burst(&cache, 50).await {
+            assert!(answer.is_err());
+        }
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.entry_count(), 0, "a failure is not kept");
+        assert!(cache.get(&target()).await.is_err());
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_expired_entry_is_fetched_again_once_for_all_callers() {
+        let cache = counting(false, Duration::from_millis(100));
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-0");
+        assert_eq!(cache.get(&target()).await.unwrap().token, "token-0");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        for answer in burst(&cache, 20).await {
+            assert_eq!(answer.unwrap().token, "token-1");
+        }
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.entry_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn ports_and_sandboxes_are_separate_entries_and_invalidation_is_per_sandbox() {
+        let cache = counting(false, Duration::from_secs(60));
+        let other = "1b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
+        let at = |sandbox: &str, port| PreviewTarget {
+            sandbox_id: sandbox.into(),
+            port,
+        };
+        for t in [at(ID, 3000), at(ID, 8080), at(other, 3000)] {
+            cache.get(&t).await.unwrap();
+        }
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 3);
+        cache.invalidate(ID, None).await;
+        assert_eq!(cache.entry_count(), 1);
+        cache.get(&at(other, 3000)).await.unwrap();
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 3, "still cached");
+        // Not a sandbox id: answered, never cached.
+        cache.get(&at("not-a-uuid", 3000)).await.unwrap();
+        cache.get(&at("not-a-uuid", 3000)).await.unwrap();
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn no_such_sandbox_answers_are_kept_for_the_negative_ttl() {
+        for error in [
+            DaytonaError::NotFound,
+            DaytonaError::BadRequest("Invalid port".into()),
+        ] {
+            let cache = answering(error.clone(), Duration::from_millis(200));
+            for answer in burst(&cache, 20).await {
+                assert_eq!(*answer.unwrap_err(), error);
+            }
+            for _ in 0..20 {
+                assert_eq!(*cache.get(&target()).await.unwrap_err(), error);
+            }
+            assert_eq!(cache.source.calls.load(Ordering::SeqCst), 1, "{error}");
+            assert!(
+                cache
+                    .metrics
+                    .encode()
+                    .contains("daytona_authz_preview_cache_negative_hits_total 20")
+            );
+            // Invalidation forgets it at once; otherwise it expires.
+            cache.invalidate(ID, None).await;
+            assert!(cache.get(&target()).await.is_err());
+            assert_eq!(cache.source.calls.load(Ordering::SeqCst), 2);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            assert!(cache.get(&target()).await.is_err());
+            assert_eq!(cache.source.calls.load(Ordering::SeqCst), 3);
+        }
+    }
+
+    #[tokio::test]
+    async fn other_failures_and_a_zero_negative_ttl_keep_nothing() {
+        for (error, negative_ttl) in [
+            (DaytonaError::NotFound, Duration::ZERO),
+            (
+                DaytonaError::RateLimited {
+                    retry_after: Some(7),
+                },
+                Duration::from_secs(60),
+            ),
+            (DaytonaError::Unauthorized(401), Duration::from_secs(60)),
+        ] {
+            let cache = answering(error.clone(), negative_ttl);
+            assert!(cache.get(&target()).await.is_err());
+            assert!(cache.get(&target()).await.is_err());
+            assert_eq!(cache.source.calls.load(Ordering::SeqCst), 2, "{error}");
+            assert_eq!(cache.entry_count(), 0);
+        }
+    }
+
+    #[test]
+    fn a_preview_key_is_the_uuid_as_a_number() {
+        let key = PreviewKey::new(ID, 3000).unwrap();
+        assert_eq!(key.sandbox, 0x0b8f2a4e_6c1d_4f3a_9e2b_7d5c8a1f0e93);
+        assert_eq!(key.port, 3000);
+        assert!(PreviewKey::new(&ID.to_uppercase(), 3000).is_none());
+        assert!(PreviewKey::new("0b8f2a4e6c1d4f3a9e2b7d5c8a1f0e93", 3000).is_none());
+    }
+}

@@ -1,0 +1,230 @@
+//! The admin gRPC API (`proto/daytona_authz/admin/v1/admin.proto`), for a platform's control plane.
+//! Every call must carry `authorization: Bearer <admin token>`, compared in constant time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status};
+
+use crate::authz::host;
+use crate::daytona::{PreviewCache, PreviewSource};
+use crate::identity::mint::{self, LinkRequest, MintError};
+use crate::identity::revocation::{RevocationError, Revocations};
+use crate::identity::token::{self, Signer};
+
+use crate::proto::admin as pb;
+use pb::admin_server::{Admin, AdminServer};
+use pb::{
+    InvalidatePreviewTokenRequest, InvalidatePreviewTokenResponse, MintLinkRequest,
+    MintLinkResponse, RevokeSandboxRequest, RevokeSandboxResponse, RevokeTokenRequest,
+    RevokeTokenResponse,
+};
+
+/// How `MintLink` signs: the current HS256 secret (swapped on SIGHUP) and the claims to add.
+pub struct MintSettings {
+    pub signer: ArcSwapOption<Signer>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub max_ttl: Duration,
+}
+
+pub struct AdminService<S> {
+    previews: Arc<PreviewCache<S>>,
+    revocations: Option<Arc<Revocations>>,
+    minting: Arc<MintSettings>,
+}
+
+impl<S: PreviewSource> AdminService<S> {
+    pub fn new(
+        previews: Arc<PreviewCache<S>>,
+        revocations: Option<Arc<Revocations>>,
+        minting: Arc<MintSettings>,
+    ) -> Self {
+        AdminService {
+            previews,
+            revocations,
+            minting,
+        }
+    }
+
+    fn revocations(&self) -> Result<&Revocations, Status> {
+        self.revocations
+            .as_deref()
+            .ok_or_else(|| Status::failed_precondition("no revocation store is configured"))
+    }
+}
+
+/// A store failure as a gRPC status: bad input is the caller's, anything else is unavailability.
+fn store_status(error: RevocationError) -> Status {
+    match error {
+        RevocationError::Invalid(why) => Status::invalid_argument(why),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+/// A mint error in the API's words (its request fields, never the command line's flags).
+fn mint_status(error: MintError) -> Status {
+    let field = match error {
+        MintError::NotASandbox(_) => "sandbox_id",
+        MintError::PortOutOfRange(_) | MintError::NoPorts | MintError::PortsAndAnyPort => "ports",
+        MintError::TtlOutOfRange { .. } => "ttl_seconds",
+        MintError::BaseUrlWithoutPort
+        | MintError::BadBaseUrl { .. }
+        | MintError::BaseUrlNotHttp => "base_url",
+        MintError::Signing(why) => {
+            tracing::error!(error = %why, "MintLink: signing failed");
+            return Status::internal("the token could not be signed");
+        }
+    };
+    Status::invalid_argument(format!("{field}: {error}"))
+}
+
+fn sandbox_id(text: &str) -> Result<String, Status> {
+    let id = text.to_ascii_lowercase();
+    if host::is_uuid(&id) {
+        Ok(id)
+    } else {
+        Err(Status::invalid_argument("sandbox_id must be a UUID"))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: PreviewSource> Admin for AdminService<S> {
+    async fn mint_link(
+        &self,
+        request: Request<MintLinkRequest>,
+    ) -> Result<Response<MintLinkResponse>, Status> {
+        let request = request.into_inner();
+        let signer = self.minting.signer.load_full().ok_or_else(|| {
+            Status::failed_precondition(
+                "MintLink needs a signing secret, and this server has none configured",
+            )
+        })?;
+        let ports = request
+            .ports
+            .iter()
+            .map(|p| u16::try_from(*p).map_err(|_| Status::invalid_argument("port out of range")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let link = LinkRequest {
+            sandbox: request.sandbox_id,
+            ports,
+            any_port: request.any_port,
+            ttl: Duration::from_secs(request.ttl_seconds),
+            max_ttl: self.minting.max_ttl,
+            base_url: (!request.base_url.is_empty()).then_some(request.base_url),
+        };
+        let minted = mint::mint_link(
+            &signer,
+            self.minting.issuer.as_deref(),
+            self.minting.audience.as_deref(),
+            &link,
+            token::now(),
+        )
+        .map_err(mint_status)?;
+        tracing::info!(sandbox.id = %link.sandbox.to_ascii_lowercase(), jti = %minted.jti, "link minted");
+        Ok(Response::new(MintLinkResponse {
+            links: minted.links,
+            token: minted.token,
+            jti: minted.jti,
+            expires_at: minted.expires_at,
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let request = request.into_inner();
+        // Without the token's expiry the revocation is kept for good (see crate::identity::revocation).
+        self.revocations()?
+            .revoke_token(&request.jti, request.expires_at)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(jti = %request.jti, expires_at = request.expires_at, "token revoked");
+        Ok(Response::new(RevokeTokenResponse {}))
+    }
+
+    async fn revoke_sandbox(
+        &self,
+        request: Request<RevokeSandboxRequest>,
+    ) -> Result<Response<RevokeSandboxResponse>, Status> {
+        let request = request.into_inner();
+        let id = sandbox_id(&request.sandbox_id)?;
+        let store = self.revocations()?;
+        let result = if request.lift {
+            store.unrevoke_sandbox(&id).await
+        } else {
+            store.revoke_sandbox(&id).await
+        };
+        result.map_err(store_status)?;
+        tracing::info!(sandbox.id = %id, lifted = request.lift, "sandbox revocation changed");
+        Ok(Response::new(RevokeSandboxResponse {}))
+    }
+
+    async fn invalidate_preview_token(
+        &self,
+        request: Request<InvalidatePreviewTokenRequest>,
+    ) -> Result<Response<InvalidatePreviewTokenResponse>, Status> {
+        let request = request.into_inner();
+        let sandbox_id = sandbox_id(&request.sandbox_id)?;
+        let port = match request.port {
+            None => None,
+            Some(port) => match u16::try_from(port) {
+                Ok(port) if host::PORT_RANGE.contains(&port) => Some(port),
+                _ => return Err(Status::invalid_argument("port must be within 3000-9999")),
+            },
+        };
+        self.previews.invalidate(&sandbox_id, port).await;
+        tracing::info!(sandbox.id = %sandbox_id, port, "preview token invalidated");
+        Ok(Response::new(InvalidatePreviewTokenResponse {}))
+    }
+}
+
+/// The admin server with its credential check in front.
+pub fn server<S: PreviewSource>(
+    service: AdminService<S>,
+    credential: BearerCheck,
+) -> tonic::service::interceptor::InterceptedService<AdminServer<AdminService<S>>, BearerCheck> {
+    AdminServer::with_interceptor(service, credential)
+}
+
+/// Refuses calls whose `authorization` metadata is not exactly `Bearer <admin token>`. Clones
+/// share the token, so [`BearerCheck::set_token`] (SIGHUP reload) reaches every connection.
+#[derive(Clone)]
+pub struct BearerCheck {
+    expected: Arc<arc_swap::ArcSwap<Vec<u8>>>,
+}
+
+impl BearerCheck {
+    pub fn new(token: &str) -> Self {
+        BearerCheck {
+            expected: Arc::new(arc_swap::ArcSwap::from_pointee(expected(token))),
+        }
+    }
+
+    pub fn set_token(&self, token: &str) {
+        self.expected.store(Arc::new(expected(token)));
+    }
+}
+
+fn expected(token: &str) -> Vec<u8> {
+    format!("Bearer {token}").into_bytes()
+}
+
+impl tonic::service::Interceptor for BearerCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let given = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if bool::from(given.ct_eq(self.expected.load().as_slice())) {
+            Ok(request)
+        } else {
+            tracing::info!("admin call refused: missing or wrong credential");
+            Err(Status::unauthenticated("admin credential required"))
+        }
+    }
+}
