@@ -23,3 +23,86 @@ pub mod metrics;
 pub mod outbound;
 pub mod proto;
 pub mod serve;
+
+/// The layers above, checked: a `crate::` path in a module's code (not its comments) names only
+/// the layers that module may use.
+#[cfg(test)]
+mod layers {
+    use std::path::Path;
+
+    /// Each top-level module and what it may import besides itself.
+    const MAY_USE: &[(&str, &[&str])] = &[
+        ("authz", &["identity::token"]),
+        ("identity", &["authz", "metrics", "outbound"]),
+        ("daytona", &["authz", "metrics", "outbound"]),
+        (
+            "config",
+            &["authz", "identity", "daytona", "metrics", "outbound"],
+        ),
+        (
+            "serve",
+            &[
+                "authz", "identity", "daytona", "config", "metrics", "outbound", "proto",
+            ],
+        ),
+        ("cli", &["config", "identity", "proto", "serve"]),
+        ("outbound", &[]),
+        ("metrics", &[]),
+        ("proto", &[]),
+    ];
+
+    fn sources(path: &Path, out: &mut Vec<std::path::PathBuf>) {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                sources(&entry.unwrap().path(), out);
+            }
+        } else if path.is_file() && path.extension().is_some_and(|e| e == "rs") {
+            out.push(path.to_owned());
+        }
+    }
+
+    #[test]
+    fn each_layer_imports_only_the_layers_below_it() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut problems = Vec::new();
+        for (module, allowed) in MAY_USE {
+            let mut files = Vec::new();
+            let folder = src.join(module);
+            sources(&folder, &mut files);
+            sources(&folder.with_extension("rs"), &mut files);
+            assert!(!files.is_empty(), "no sources for {module}");
+            for file in files {
+                let text = std::fs::read_to_string(&file).unwrap();
+                for (n, line) in text.lines().enumerate() {
+                    let code = line.split("//").next().unwrap_or_default();
+                    for (at, _) in code.match_indices("crate::") {
+                        let path = &code[at + "crate::".len()..];
+                        let ok =
+                            path.starts_with(module) || allowed.iter().any(|a| path.starts_with(a));
+                        if !ok {
+                            problems.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "imports across layers:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    #[test]
+    fn every_module_has_a_place_in_the_layers() {
+        let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
+            .unwrap();
+        for line in lib.lines().filter_map(|l| l.strip_prefix("pub mod ")) {
+            let module = line.trim_end_matches(';');
+            assert!(
+                MAY_USE.iter().any(|(m, _)| *m == module),
+                "src/lib.rs declares `{module}`, which has no place in the layers"
+            );
+        }
+    }
+}
