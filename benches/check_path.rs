@@ -9,16 +9,13 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use daytona_authz::authz::decision::{
-    self, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, Verdict,
+    self, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, RequestView, Verdict,
 };
 use daytona_authz::authz::host;
 use daytona_authz::daytona::{Preview, Upstream};
 use daytona_authz::identity::token::{Verifier, now};
 use daytona_authz::serve::grpc;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-use envoy_types::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context,
-};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 
 // The allocator daytona-authz runs with (src/main.rs): allocation is part of the path's cost.
 #[global_allocator]
@@ -29,16 +26,7 @@ const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
 const DOMAIN: &str = "preview.example.com";
 
 fn policy() -> Policy {
-    Policy {
-        preview_domain: DOMAIN.into(),
-        verifier: Verifier::hs256(SECRET, None, None),
-        cookie_name: DEFAULT_COOKIE_NAME.into(),
-        login_url: None,
-        disable_cors: false,
-        cors_allow_origins: Vec::new(),
-        introspection: false,
-        jwks: false,
-    }
+    Policy::new(DOMAIN, Verifier::hs256(SECRET, None, None))
 }
 
 /// An access token as README documents it, signed as any issuer would.
@@ -92,33 +80,12 @@ fn check_request(extra: &[(&str, String)]) -> CheckRequest {
         ("x-forwarded-host", host.clone()),
     ];
     headers.extend(extra.iter().cloned());
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    id: "6f3c2a1e-8d4b-4c7a-9e21-3b5d7f9a1c0e".into(),
-                    method: "GET".into(),
-                    path: "/".into(),
-                    host,
-                    scheme: "http".into(),
-                    protocol: "HTTP/1.1".into(),
-                    header_map: Some(HeaderMap {
-                        headers: headers
-                            .into_iter()
-                            .map(|(key, value)| HeaderValue {
-                                key: key.into(),
-                                value: String::new(),
-                                raw_value: value.into_bytes(),
-                            })
-                            .collect(),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    let view = headers
+        .iter()
+        .fold(RequestView::new("GET", &host, "/"), |r, (n, v)| {
+            r.with_header(n, v)
+        });
+    grpc::check_request(&view)
 }
 
 fn preview() -> Preview {

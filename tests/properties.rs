@@ -254,27 +254,20 @@ fn sign(sandbox_id: &str) -> String {
 
 fn policy(domain: &str) -> Policy {
     Policy {
-        preview_domain: domain.to_owned(),
-        verifier: Verifier::hs256(SECRET, None, None),
         cookie_name: OURS.to_owned(),
-        login_url: None,
-        disable_cors: false,
-        cors_allow_origins: Vec::new(),
-        introspection: false,
-        jwks: false,
+        ..Policy::new(domain, Verifier::hs256(SECRET, None, None))
     }
 }
 
 fn request(host: &str, path: &str, headers: &[(&str, &str)]) -> RequestView {
+    let request = headers
+        .iter()
+        .fold(RequestView::new("GET", host, path), |r, (n, v)| {
+            r.with_header(n, v)
+        });
     RequestView {
-        method: "GET".into(),
         scheme: "https".into(),
-        host: host.into(),
-        path: path.into(),
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
+        ..request
     }
 }
 

@@ -42,6 +42,25 @@ pub struct RequestView {
 }
 
 impl RequestView {
+    /// `method` (`GET`, ...) for `host` and `path` over plain HTTP, without headers: a request to
+    /// build on with [`RequestView::with_header`] (tests, property tests, benchmarks).
+    pub fn new(method: &str, host: &str, path: &str) -> Self {
+        RequestView {
+            method: method.to_owned(),
+            scheme: "http".to_owned(),
+            host: host.to_owned(),
+            path: path.to_owned(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The same request with one more header (its name lower-cased, as Envoy sends it).
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
+        self
+    }
+
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
             .iter()
@@ -154,6 +173,24 @@ pub struct Policy {
     pub introspection: bool,
     /// JWKS sources are configured (an unknown `kid` is worth one refresh).
     pub jwks: bool,
+}
+
+impl Policy {
+    /// A policy for `preview_domain` verifying tokens with `verifier`, every other setting at its
+    /// default: the default cookie name, no login URL, CORS left to Daytona, no introspection or
+    /// JWKS. Change fields from there.
+    pub fn new(preview_domain: &str, verifier: Verifier) -> Self {
+        Policy {
+            preview_domain: preview_domain.to_ascii_lowercase(),
+            verifier,
+            cookie_name: DEFAULT_COOKIE_NAME.to_owned(),
+            login_url: None,
+            disable_cors: false,
+            cors_allow_origins: Vec::new(),
+            introspection: false,
+            jwks: false,
+        }
+    }
 }
 
 /// The default cookie name.
@@ -813,16 +850,7 @@ mod tests {
     const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
 
     fn policy() -> Policy {
-        Policy {
-            preview_domain: DOMAIN.into(),
-            verifier: Verifier::hs256(SECRET, None, None),
-            cookie_name: DEFAULT_COOKIE_NAME.into(),
-            login_url: None,
-            disable_cors: false,
-            cors_allow_origins: Vec::new(),
-            introspection: false,
-            jwks: false,
-        }
+        Policy::new(DOMAIN, Verifier::hs256(SECRET, None, None))
     }
 
     /// The decision without look-ups or revocations.
@@ -852,16 +880,11 @@ mod tests {
         path: &str,
         headers: &[(&str, &str)],
     ) -> RequestView {
-        RequestView {
-            method: method.into(),
-            scheme: "http".into(),
-            host: host.into(),
-            path: path.into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        }
+        headers
+            .iter()
+            .fold(RequestView::new(method, host, path), |request, (n, v)| {
+                request.with_header(n, v)
+            })
     }
 
     fn host(port: u16) -> String {

@@ -14,19 +14,9 @@ use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
-use arc_swap::ArcSwap;
-
-use crate::authz::decision::{
-    self, Allow, Denial, Introspected, LocalReply, Lookup, Lookups, NoRevocations, Policy,
-    RequestView, RevocationStatus, RevocationView, Verdict,
-};
-use crate::authz::port_limit::PortLimit;
-use crate::daytona::{PreviewCache, PreviewSource};
-use crate::identity::introspection::{Introspection, IntrospectionError, Introspector};
-use crate::identity::jwks::Jwks;
-use crate::identity::revocation::{self, Revocations, RevokedBy};
-use crate::identity::token;
-use crate::identity::token::JwkKey;
+use super::authorizer::{Authorizer, Outcome};
+use crate::authz::decision::{self, Allow, Denial, LocalReply, RequestView};
+use crate::daytona::PreviewSource;
 use crate::metrics::Metrics;
 
 /// Limits on what a `CheckRequest` may carry before we refuse to look at it. Envoy bounds
@@ -34,146 +24,20 @@ use crate::metrics::Metrics;
 const MAX_HEADERS: usize = 200;
 const MAX_HEADER_BYTES: usize = 96 * 1024;
 
+/// Envoy's `Authorization` service: translates each `CheckRequest` for the [`Authorizer`],
+/// its outcome into a `CheckResponse`, and logs and counts the decision.
 pub struct AuthzService<S> {
-    /// Swapped whole when keys change (SIGHUP, JWKS refresh); each decision uses one snapshot.
-    policy: Arc<ArcSwap<Policy>>,
-    previews: Arc<PreviewCache<S>>,
-    /// Distinct ports per sandbox, checked before the preview-token look-up.
-    ports: Arc<PortLimit>,
-    identity: Arc<Identity>,
+    authorizer: Authorizer<S>,
     metrics: Arc<Metrics>,
 }
 
-/// The identity sources that need I/O: introspection, JWKS refreshes, revocations.
-#[derive(Default)]
-pub struct Identity {
-    pub introspector: Option<Introspector>,
-    pub jwks: Option<Arc<Jwks>>,
-    pub revocations: Option<Arc<Revocations>>,
-}
-
-impl Identity {
-    fn revocations(&self) -> &dyn RevocationView {
-        match &self.revocations {
-            Some(store) => store.as_ref(),
-            None => &NoRevocations,
-        }
-    }
-}
-
-impl RevocationView for Revocations {
-    fn revocation(&self, jti: Option<&str>, sandbox_id: &str, now: u64) -> RevocationStatus {
-        match self.check(jti, sandbox_id, now) {
-            Ok(revocation::Status::Active) => RevocationStatus::Active,
-            Ok(revocation::Status::Revoked(RevokedBy::Token)) => RevocationStatus::TokenRevoked,
-            Ok(revocation::Status::Revoked(RevokedBy::Sandbox)) => RevocationStatus::SandboxRevoked,
-            Err(_) => RevocationStatus::Unknown,
-        }
-    }
-}
-
-/// Puts freshly fetched JWKS keys into the policy.
-pub fn install_jwks(policy: &ArcSwap<Policy>, keys: &[JwkKey]) {
-    policy.rcu(|current| {
-        let mut next = Policy::clone(current);
-        next.verifier = next.verifier.clone().with_jwks(keys.to_vec());
-        next
-    });
-}
-
-/// Lookups per Check at most: one introspection per cookie candidate and one JWKS refresh.
-const MAX_LOOKUPS: usize = 8;
-
 impl<S: PreviewSource> AuthzService<S> {
-    pub fn new(
-        policy: Arc<ArcSwap<Policy>>,
-        previews: Arc<PreviewCache<S>>,
-        ports: Arc<PortLimit>,
-        identity: Arc<Identity>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(authorizer: Authorizer<S>, metrics: Arc<Metrics>) -> Self {
         AuthzService {
-            policy,
-            previews,
-            ports,
-            identity,
+            authorizer,
             metrics,
         }
     }
-
-    /// The whole decision for one request, I/O included.
-    pub async fn decide(&self, request: &RequestView) -> Result<Outcome, Denial> {
-        let mut lookups = Lookups::default();
-        for _ in 0..MAX_LOOKUPS {
-            let policy = self.policy.load_full();
-            let verdict = decision::authorize(
-                request,
-                &policy,
-                token::now(),
-                &lookups,
-                self.identity.revocations(),
-            )?;
-            let authorized = match verdict {
-                Verdict::Forward(authorized) => authorized,
-                Verdict::Reply(reply) => return Ok(Outcome::Reply(reply)),
-                Verdict::Lookup(Lookup::Introspect(token)) => {
-                    let answer = self.introspect(&token).await;
-                    lookups.introspected.push((token, answer));
-                    continue;
-                }
-                Verdict::Lookup(Lookup::RefreshJwks) => {
-                    if let Some(jwks) = &self.identity.jwks
-                        && jwks.refresh_for_unknown_kid().await
-                    {
-                        install_jwks(&self.policy, &jwks.keys());
-                    }
-                    lookups.jwks_refreshed = true;
-                    continue;
-                }
-            };
-            // One sandbox cannot take more than its share of Envoy's DNS cache (nor make one
-            // Daytona call per port it walks).
-            self.ports.admit(&authorized.target)?;
-            let preview = self
-                .previews
-                .get(&authorized.target)
-                .await
-                .map_err(|e| Denial::Daytona((*e).clone()))?;
-            return Ok(Outcome::Forward(decision::allow(
-                request,
-                &authorized,
-                &preview,
-                &policy,
-            )));
-        }
-        Err(Denial::StatusUnknown("identity look-ups"))
-    }
-
-    async fn introspect(&self, token: &str) -> Introspected {
-        let Some(introspector) = &self.identity.introspector else {
-            return Introspected::Unavailable;
-        };
-        match introspector.introspect(token).await {
-            Ok(Introspection::Active(claims)) => Introspected::Active(claims),
-            Ok(Introspection::Inactive) => Introspected::Inactive,
-            // A flood of made-up tokens is refused by the thousand: counted, not logged each.
-            Err(error) if matches!(*error, IntrospectionError::Shed(_)) => {
-                tracing::debug!(%error, "refusing the request");
-                Introspected::Unavailable
-            }
-            Err(error) => {
-                tracing::warn!(%error, "token introspection failed; refusing the request");
-                Introspected::Unavailable
-            }
-        }
-    }
-}
-
-/// What Envoy is told to do with a request that is not denied.
-#[derive(Debug)]
-pub enum Outcome {
-    Forward(Allow),
-    Reply(LocalReply),
 }
 
 #[tonic::async_trait]
@@ -183,7 +47,7 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let started = std::time::Instant::now();
-        let policy = self.policy.load();
+        let policy = self.authorizer.policy();
         let mut check = request.into_inner();
         let client = check.get_client_address().cloned().unwrap_or_default();
         let view = take_view(&mut check);
@@ -198,7 +62,7 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
             })
             .unwrap_or_default();
         let outcome = match &view {
-            Ok(view) => self.decide(view).await,
+            Ok(view) => self.authorizer.decide(view).await,
             Err(denial) => Err(denial.clone()),
         };
         let response = match outcome {
@@ -307,6 +171,45 @@ pub fn take_view(check: &mut CheckRequest) -> Result<RequestView, Denial> {
     })
 }
 
+/// The `CheckRequest` Envoy sends for `request` (`encode_raw_headers: true`): the inverse of
+/// [`view`], for tests and benchmarks. Envoy's stream id is the `x-request-id` header, if any.
+pub fn check_request(request: &RequestView) -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    id: request
+                        .header_values("x-request-id")
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    method: request.method.clone(),
+                    scheme: request.scheme.clone(),
+                    host: request.host.clone(),
+                    path: request.path.clone(),
+                    protocol: "HTTP/1.1".into(),
+                    header_map: Some(HeaderMap {
+                        headers: request
+                            .headers
+                            .iter()
+                            .map(|(key, value)| HeaderValue {
+                                key: key.clone(),
+                                value: String::new(),
+                                raw_value: value.as_bytes().to_vec(),
+                            })
+                            .collect(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
 fn header(key: &str, value: String) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
@@ -369,33 +272,14 @@ pub fn local_response(reply: LocalReply) -> CheckResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::config::core::v3::HeaderMap;
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
 
     fn check(host: &str, raw: &[(&str, &str)]) -> CheckRequest {
-        CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(attribute_context::Request {
-                    http: Some(attribute_context::HttpRequest {
-                        host: host.into(),
-                        path: "/".into(),
-                        header_map: Some(HeaderMap {
-                            headers: raw
-                                .iter()
-                                .map(|(k, v)| HeaderValue {
-                                    key: k.to_string(),
-                                    value: String::new(),
-                                    raw_value: v.as_bytes().to_vec(),
-                                })
-                                .collect(),
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }
+        let view = raw
+            .iter()
+            .fold(RequestView::new("GET", host, "/"), |r, (n, v)| {
+                r.with_header(n, v)
+            });
+        check_request(&view)
     }
 
     #[test]

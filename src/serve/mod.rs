@@ -5,6 +5,7 @@
 //! and metrics, [`transport`] accepts gRPC connections.
 
 pub mod admin;
+pub mod authorizer;
 pub mod grpc;
 pub mod http;
 pub mod transport;
@@ -32,7 +33,8 @@ use crate::identity::token::Verifier;
 use crate::identity::token::{ClaimMapping, Signer};
 use crate::metrics::Metrics;
 use admin::{AdminService, BearerCheck, MintSettings};
-use grpc::{AuthzService, Identity, install_jwks};
+use authorizer::{Authorizer, Sources, install_jwks};
+use grpc::AuthzService;
 use http::{HttpState, Readiness};
 use transport::incoming;
 
@@ -89,10 +91,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let identity = Arc::new(identity(&config, &metrics).await?);
     let policy = Arc::new(ArcSwap::from_pointee(policy(&config, &config.secrets)));
     let authz = AuthzService::new(
-        Arc::clone(&policy),
-        Arc::clone(&previews),
-        ports,
-        Arc::clone(&identity),
+        Authorizer::new(
+            Arc::clone(&policy),
+            Arc::clone(&previews),
+            ports,
+            identity.sources(),
+        ),
         Arc::clone(&metrics),
     );
     let minting = Arc::new(MintSettings {
@@ -303,6 +307,25 @@ fn signer(secrets: &Secrets) -> Option<Arc<Signer>> {
         .map(|s| Arc::new(Signer::hs256(s.expose().as_bytes())))
 }
 
+/// The identity sources that need I/O: introspection, JWKS refreshes, revocations.
+#[derive(Default)]
+pub struct Identity {
+    pub introspector: Option<Arc<Introspector>>,
+    pub jwks: Option<Arc<Jwks>>,
+    pub revocations: Option<Arc<Revocations>>,
+}
+
+impl Identity {
+    /// The same sources as the decision sees them.
+    fn sources(&self) -> Sources {
+        Sources {
+            introspection: self.introspector.clone().map(|i| i as _),
+            keys: self.jwks.clone().map(|j| j as _),
+            revocations: self.revocations.clone().map(|r| r as _),
+        }
+    }
+}
+
 /// Introspection, JWKS and the revocation store, as configured.
 async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identity, ServeError> {
     let settings = &config.identity;
@@ -310,7 +333,7 @@ async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identi
         &settings.introspection,
         &config.secrets.introspection_client_secret,
     ) {
-        (Some(introspection), Some(secret)) => Some(
+        (Some(introspection), Some(secret)) => Some(Arc::new(
             Introspector::new_trusting(
                 IntrospectionConfig {
                     url: introspection.url.clone(),
@@ -326,7 +349,7 @@ async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identi
                 Arc::clone(metrics),
             )
             .map_err(ServeError::Setup)?,
-        ),
+        )),
         _ => None,
     };
     let jwks = if settings.jwks_urls.is_empty() {

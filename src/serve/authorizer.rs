@@ -1,0 +1,561 @@
+//! One request's whole decision, I/O included. The core ([`crate::authz::decision`]) is a pure
+//! function that either decides or asks for a look-up (introspect this token, refetch the JWKS);
+//! the [`Authorizer`] answers the look-up and asks again, at most [`MAX_LOOKUPS`] times, then
+//! fetches the preview token for an authorized request. Every source of I/O sits behind a trait
+//! ([`PreviewSource`], [`Introspect`], [`KeySource`], [`RevocationView`]) so tests put fakes at
+//! the seam.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::authz::decision::{
+    self, Allow, Denial, Introspected, LocalReply, Lookup, Lookups, NoRevocations, Policy,
+    RequestView, RevocationStatus, RevocationView, Verdict,
+};
+use crate::authz::port_limit::PortLimit;
+use crate::daytona::{PreviewCache, PreviewSource};
+use crate::identity::introspection::{Introspection, IntrospectionError, Introspector};
+use crate::identity::jwks::Jwks;
+use crate::identity::revocation::{self, Revocations, RevokedBy};
+use crate::identity::token::{self, JwkKey};
+
+/// Look-ups per request at most: one introspection per cookie candidate and one JWKS refresh.
+pub const MAX_LOOKUPS: usize = 8;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Token introspection (RFC 7662) as the decision needs it: failures are `Unavailable` (and
+/// logged by the implementation), never an error the caller must handle.
+pub trait Introspect: Send + Sync + 'static {
+    fn answer<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Introspected>;
+}
+
+/// A key set that is fetched again when a token names a key it does not hold.
+pub trait KeySource: Send + Sync + 'static {
+    /// The new keys when a refetch happened and changed them (the source rate-limits itself).
+    fn refetch(&self) -> BoxFuture<'_, Option<Arc<Vec<JwkKey>>>>;
+}
+
+impl Introspect for Introspector {
+    fn answer<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Introspected> {
+        Box::pin(async move {
+            match self.introspect(token).await {
+                Ok(Introspection::Active(claims)) => Introspected::Active(claims),
+                Ok(Introspection::Inactive) => Introspected::Inactive,
+                // A flood of made-up tokens is refused by the thousand: counted, not logged each.
+                Err(error) if matches!(*error, IntrospectionError::Shed(_)) => {
+                    tracing::debug!(%error, "refusing the request");
+                    Introspected::Unavailable
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "token introspection failed; refusing the request");
+                    Introspected::Unavailable
+                }
+            }
+        })
+    }
+}
+
+impl KeySource for Jwks {
+    fn refetch(&self) -> BoxFuture<'_, Option<Arc<Vec<JwkKey>>>> {
+        Box::pin(async move { self.refresh_for_unknown_kid().await.then(|| self.keys()) })
+    }
+}
+
+impl RevocationView for Revocations {
+    fn revocation(&self, jti: Option<&str>, sandbox_id: &str, now: u64) -> RevocationStatus {
+        match self.check(jti, sandbox_id, now) {
+            Ok(revocation::Status::Active) => RevocationStatus::Active,
+            Ok(revocation::Status::Revoked(RevokedBy::Token)) => RevocationStatus::TokenRevoked,
+            Ok(revocation::Status::Revoked(RevokedBy::Sandbox)) => RevocationStatus::SandboxRevoked,
+            Err(_) => RevocationStatus::Unknown,
+        }
+    }
+}
+
+/// The identity look-ups that need I/O, as configured (each optional).
+#[derive(Clone, Default)]
+pub struct Sources {
+    pub introspection: Option<Arc<dyn Introspect>>,
+    pub keys: Option<Arc<dyn KeySource>>,
+    pub revocations: Option<Arc<dyn RevocationView + Send + Sync>>,
+}
+
+/// Puts freshly fetched JWKS keys into the policy.
+pub fn install_jwks(policy: &ArcSwap<Policy>, keys: &[JwkKey]) {
+    policy.rcu(|current| {
+        let mut next = Policy::clone(current);
+        next.verifier = next.verifier.clone().with_jwks(keys.to_vec());
+        next
+    });
+}
+
+/// What Envoy is told to do with a request that is not denied.
+#[derive(Debug)]
+pub enum Outcome {
+    Forward(Allow),
+    Reply(LocalReply),
+}
+
+pub struct Authorizer<S> {
+    /// Swapped whole when keys change (SIGHUP, JWKS refresh); each decision uses one snapshot.
+    policy: Arc<ArcSwap<Policy>>,
+    previews: Arc<PreviewCache<S>>,
+    /// Distinct ports per sandbox, checked before the preview-token look-up.
+    ports: Arc<PortLimit>,
+    sources: Sources,
+}
+
+impl<S: PreviewSource> Authorizer<S> {
+    pub fn new(
+        policy: Arc<ArcSwap<Policy>>,
+        previews: Arc<PreviewCache<S>>,
+        ports: Arc<PortLimit>,
+        sources: Sources,
+    ) -> Self {
+        Authorizer {
+            policy,
+            previews,
+            ports,
+            sources,
+        }
+    }
+
+    /// The policy decisions use now.
+    pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
+        self.policy.load()
+    }
+
+    /// The whole decision for one request, I/O included.
+    pub async fn decide(&self, request: &RequestView) -> Result<Outcome, Denial> {
+        let revocations: &(dyn RevocationView + Send + Sync) = match &self.sources.revocations {
+            Some(store) => store.as_ref(),
+            None => &NoRevocations,
+        };
+        let mut lookups = Lookups::default();
+        for _ in 0..MAX_LOOKUPS {
+            let policy = self.policy.load_full();
+            let verdict =
+                decision::authorize(request, &policy, token::now(), &lookups, revocations)?;
+            let authorized = match verdict {
+                Verdict::Forward(authorized) => authorized,
+                Verdict::Reply(reply) => return Ok(Outcome::Reply(reply)),
+                Verdict::Lookup(Lookup::Introspect(token)) => {
+                    let answer = match &self.sources.introspection {
+                        Some(introspection) => introspection.answer(&token).await,
+                        None => Introspected::Unavailable,
+                    };
+                    lookups.introspected.push((token, answer));
+                    continue;
+                }
+                Verdict::Lookup(Lookup::RefreshJwks) => {
+                    if let Some(keys) = &self.sources.keys
+                        && let Some(keys) = keys.refetch().await
+                    {
+                        install_jwks(&self.policy, &keys);
+                    }
+                    lookups.jwks_refreshed = true;
+                    continue;
+                }
+            };
+            // One sandbox cannot take more than its share of Envoy's DNS cache (nor make one
+            // Daytona call per port it walks).
+            self.ports.admit(&authorized.target)?;
+            let preview = self
+                .previews
+                .get(&authorized.target)
+                .await
+                .map_err(|e| Denial::Daytona((*e).clone()))?;
+            return Ok(Outcome::Forward(decision::allow(
+                request,
+                &authorized,
+                &preview,
+                &policy,
+            )));
+        }
+        Err(Denial::StatusUnknown("identity look-ups"))
+    }
+}
+
+/// `AuthzService::check` as Envoy calls it, with fakes at every seam: Daytona, introspection,
+/// the JWKS and the revocation store.
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::time::Duration;
+
+    use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, HttpResponse};
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+    use tonic::Request;
+
+    use super::*;
+    use crate::authz::host::PreviewTarget;
+    use crate::authz::preview::{DaytonaError, Preview, Upstream};
+    use crate::identity::token::{Claims, Signer, Verifier, now};
+    use crate::metrics::Metrics;
+    use crate::serve::grpc::{AuthzService, check_request};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
+    const DOMAIN: &str = "preview.example.com";
+    const PREVIEW_TOKEN: &str = "daytona-preview-token-0123456789";
+
+    /// Daytona: the same preview for every port (or `error`), counting calls.
+    #[derive(Default)]
+    struct FakeDaytona {
+        calls: AtomicUsize,
+        error: Option<DaytonaError>,
+    }
+
+    impl PreviewSource for FakeDaytona {
+        async fn fetch(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
+            self.calls.fetch_add(1, SeqCst);
+            match &self.error {
+                Some(error) => Err(error.clone()),
+                None => Ok(Preview {
+                    token: PREVIEW_TOKEN.into(),
+                    upstream: Upstream {
+                        tls: true,
+                        authority: format!("{target}.proxy.daytona.works"),
+                    },
+                }),
+            }
+        }
+    }
+
+    /// Introspection: tokens in `active` grant sandbox `ID`, others are inactive (or everything
+    /// is unavailable); records what it was asked.
+    #[derive(Default)]
+    struct FakeIntrospection {
+        active: Vec<&'static str>,
+        unavailable: bool,
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl Introspect for FakeIntrospection {
+        fn answer<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Introspected> {
+            self.asked.lock().unwrap().push(token.to_owned());
+            let answer = if self.unavailable {
+                Introspected::Unavailable
+            } else if self.active.contains(&token) {
+                let claims =
+                    serde_json::json!({"active": true, "sandbox_id": ID, "exp": now() + 600});
+                Introspected::Active(claims.as_object().unwrap().clone())
+            } else {
+                Introspected::Inactive
+            };
+            Box::pin(async move { answer })
+        }
+    }
+
+    /// A JWKS: every refetch yields `keys`, counted.
+    struct FakeKeys {
+        keys: Arc<Vec<JwkKey>>,
+        refetches: AtomicUsize,
+    }
+
+    impl KeySource for FakeKeys {
+        fn refetch(&self) -> BoxFuture<'_, Option<Arc<Vec<JwkKey>>>> {
+            self.refetches.fetch_add(1, SeqCst);
+            Box::pin(async move { Some(Arc::clone(&self.keys)) })
+        }
+    }
+
+    /// A revocation store that revoked the sandboxes listed.
+    struct FakeRevocations(Vec<&'static str>);
+
+    impl RevocationView for FakeRevocations {
+        fn revocation(&self, _jti: Option<&str>, sandbox_id: &str, _now: u64) -> RevocationStatus {
+            if self.0.contains(&sandbox_id) {
+                RevocationStatus::SandboxRevoked
+            } else {
+                RevocationStatus::Active
+            }
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy::new(DOMAIN, Verifier::hs256(SECRET, None, None))
+    }
+
+    fn service(
+        policy: Policy,
+        sources: Sources,
+        daytona: &Arc<FakeDaytona>,
+    ) -> AuthzService<FakeDaytona> {
+        let metrics = Arc::new(Metrics::new());
+        let previews = Arc::new(PreviewCache::new(
+            Arc::clone(daytona),
+            Duration::from_secs(60),
+            Duration::ZERO,
+            100,
+            Arc::clone(&metrics),
+        ));
+        let ports = Arc::new(PortLimit::new(10, Duration::from_secs(60), 100));
+        let policy = Arc::new(ArcSwap::from_pointee(policy));
+        AuthzService::new(Authorizer::new(policy, previews, ports, sources), metrics)
+    }
+
+    fn hs256() -> String {
+        Signer::hs256(SECRET)
+            .sign(&Claims {
+                sandbox_id: ID.into(),
+                exp: now() + 600,
+                ports: Some(vec![3000]),
+                iss: None,
+                aud: None,
+            })
+            .unwrap()
+    }
+
+    /// `GET /` on port 3000 of sandbox `ID` with `Authorization: Bearer <token>`.
+    fn bearer(token: &str) -> CheckRequest {
+        check_request(
+            &RequestView::new("GET", &format!("3000-{ID}.{DOMAIN}"), "/")
+                .with_header("authorization", &format!("Bearer {token}")),
+        )
+    }
+
+    /// The status Envoy answers with (200: forwarded) and the headers it sets: on the request
+    /// it forwards, or on its own reply.
+    async fn send(
+        service: &AuthzService<FakeDaytona>,
+        request: CheckRequest,
+    ) -> (u16, Vec<(String, String)>) {
+        let response = service
+            .check(Request::new(request))
+            .await
+            .unwrap()
+            .into_inner();
+        let pairs = |headers: &[envoy_types::ext_authz::v3::pb::HeaderValueOption]| {
+            headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect::<Vec<_>>()
+        };
+        match response.http_response.unwrap() {
+            HttpResponse::OkResponse(ok) => (200, pairs(&ok.headers)),
+            HttpResponse::DeniedResponse(denied) => (
+                u16::try_from(denied.status.unwrap().code).unwrap(),
+                pairs(&denied.headers),
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn has(headers: &[(String, String)], name: &str, value: &str) -> bool {
+        headers.iter().any(|(n, v)| n == name && v == value)
+    }
+
+    #[tokio::test]
+    async fn a_granted_request_is_forwarded_with_the_preview_token_fetched_once() {
+        let daytona = Arc::new(FakeDaytona::default());
+        let service = service(policy(), Sources::default(), &daytona);
+        for _ in 0..3 {
+            let (status, headers) = send(&service, bearer(&hs256())).await;
+            assert_eq!(status, 200);
+            assert!(
+                has(&headers, "x-daytona-preview-token", PREVIEW_TOKEN),
+                "{headers:?}"
+            );
+            assert!(
+                has(&headers, "x-daytona-skip-preview-warning", "true"),
+                "{headers:?}"
+            );
+        }
+        assert_eq!(daytona.calls.load(SeqCst), 1, "cached after the first");
+    }
+
+    #[tokio::test]
+    async fn nothing_reaches_daytona_before_the_caller_is_authorized() {
+        let daytona = Arc::new(FakeDaytona::default());
+        let revoked = Sources {
+            revocations: Some(Arc::new(FakeRevocations(vec![ID]))),
+            ..Sources::default()
+        };
+        let no_token = check_request(&RequestView::new(
+            "GET",
+            &format!("3000-{ID}.{DOMAIN}"),
+            "/",
+        ));
+        assert_eq!(
+            send(&service(policy(), Sources::default(), &daytona), no_token)
+                .await
+                .0,
+            401
+        );
+        assert_eq!(
+            send(
+                &service(policy(), Sources::default(), &daytona),
+                bearer("a.b.c")
+            )
+            .await
+            .0,
+            401
+        );
+        assert_eq!(
+            send(&service(policy(), revoked, &daytona), bearer(&hs256()))
+                .await
+                .0,
+            403
+        );
+        assert_eq!(daytona.calls.load(SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn daytona_failures_deny_and_nothing_is_forwarded() {
+        for (error, status) in [
+            (DaytonaError::NotFound, 404),
+            (DaytonaError::Unavailable("down".into()), 503),
+            (DaytonaError::Unauthorized(401), 502),
+            (DaytonaError::BadAnswer("odd".into()), 502),
+        ] {
+            let daytona = Arc::new(FakeDaytona {
+                error: Some(error.clone()),
+                ..FakeDaytona::default()
+            });
+            let (got, headers) = send(
+                &service(policy(), Sources::default(), &daytona),
+                bearer(&hs256()),
+            )
+            .await;
+            assert_eq!(got, status, "{error:?}");
+            assert!(!headers.iter().any(|(n, _)| n == "x-daytona-preview-token"));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_opaque_token_is_introspected_once_and_the_answer_decides() {
+        let mut policy = policy();
+        policy.introspection = true;
+        let introspection = Arc::new(FakeIntrospection {
+            active: vec!["opaque-good"],
+            ..FakeIntrospection::default()
+        });
+        let sources = Sources {
+            introspection: Some(Arc::clone(&introspection) as _),
+            ..Sources::default()
+        };
+        let daytona = Arc::new(FakeDaytona::default());
+        let service = service(policy.clone(), sources, &daytona);
+        assert_eq!(send(&service, bearer("opaque-good")).await.0, 200);
+        assert_eq!(send(&service, bearer("opaque-bad")).await.0, 401);
+        assert_eq!(
+            *introspection.asked.lock().unwrap(),
+            ["opaque-good", "opaque-bad"]
+        );
+        // Unreachable introspection fails closed; none configured is the same.
+        let down = Sources {
+            introspection: Some(Arc::new(FakeIntrospection {
+                unavailable: true,
+                ..FakeIntrospection::default()
+            })),
+            ..Sources::default()
+        };
+        let daytona = Arc::new(FakeDaytona::default());
+        assert_eq!(
+            send(
+                &self::service(policy.clone(), down, &daytona),
+                bearer("opaque-good")
+            )
+            .await
+            .0,
+            503
+        );
+        assert_eq!(
+            send(
+                &self::service(policy, Sources::default(), &daytona),
+                bearer("opaque-good")
+            )
+            .await
+            .0,
+            503
+        );
+        assert_eq!(daytona.calls.load(SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn every_cookie_candidate_is_introspected_at_most_once_within_the_bound() {
+        let mut policy = policy();
+        policy.introspection = true;
+        let introspection = Arc::new(FakeIntrospection {
+            active: vec!["opaque-4"],
+            ..FakeIntrospection::default()
+        });
+        let sources = Sources {
+            introspection: Some(Arc::clone(&introspection) as _),
+            ..Sources::default()
+        };
+        let daytona = Arc::new(FakeDaytona::default());
+        let service = service(policy, sources, &daytona);
+        // As many cookies of ours as the extractor considers (four), the good one last: a
+        // navigation, so the cookie may be used.
+        let cookies = (1..=4)
+            .map(|n| format!("daytona_authz=opaque-{n}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let request = RequestView::new("GET", &format!("3000-{ID}.{DOMAIN}"), "/")
+            .with_header("sec-fetch-mode", "navigate")
+            .with_header("cookie", &cookies);
+        assert_eq!(send(&service, check_request(&request)).await.0, 200);
+        let asked = introspection.asked.lock().unwrap().clone();
+        assert_eq!(asked, ["opaque-1", "opaque-2", "opaque-3", "opaque-4"]);
+        assert!(asked.len() < MAX_LOOKUPS);
+    }
+
+    /// An ES256 key pair with `kid`: the signing key and the key as a JWKS would hold it.
+    fn es256(kid: &str) -> (EncodingKey, JwkKey) {
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let signing = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        let key = JwkKey {
+            kid: Some(kid.into()),
+            algorithm: Algorithm::ES256,
+            any_rsa: false,
+            key: DecodingKey::from_ec_pem(pair.public_key_pem().as_bytes()).unwrap(),
+        };
+        (signing, key)
+    }
+
+    fn signed(kid: &str, key: &EncodingKey) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        let claims = serde_json::json!({"sandbox_id": ID, "exp": now() + 600, "ports": [3000]});
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_token_naming_an_unknown_key_refetches_the_jwks_once_and_then_verifies() {
+        let (rotated, rotated_key) = es256("k2");
+        let (_, old_key) = es256("k1");
+        let mut policy = policy();
+        policy.jwks = true;
+        policy.verifier = policy.verifier.with_jwks(vec![old_key]);
+        let keys = Arc::new(FakeKeys {
+            keys: Arc::new(vec![rotated_key]),
+            refetches: AtomicUsize::new(0),
+        });
+        let sources = Sources {
+            keys: Some(Arc::clone(&keys) as _),
+            ..Sources::default()
+        };
+        let daytona = Arc::new(FakeDaytona::default());
+        let service = service(policy, sources, &daytona);
+        assert_eq!(send(&service, bearer(&signed("k2", &rotated))).await.0, 200);
+        assert_eq!(keys.refetches.load(SeqCst), 1);
+        // The refetched keys were installed: no refetch for the next request.
+        assert_eq!(send(&service, bearer(&signed("k2", &rotated))).await.0, 200);
+        assert_eq!(keys.refetches.load(SeqCst), 1);
+        // A key nobody publishes: one refetch per request, then 401.
+        let (stranger, _) = es256("k9");
+        assert_eq!(
+            send(&service, bearer(&signed("k9", &stranger))).await.0,
+            401
+        );
+        assert_eq!(keys.refetches.load(SeqCst), 2);
+    }
+}
