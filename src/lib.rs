@@ -45,7 +45,7 @@ mod layers {
                 "authz", "identity", "daytona", "config", "metrics", "outbound", "proto",
             ],
         ),
-        ("cli", &["config", "identity", "proto", "serve"]),
+        ("cli", &["config", "identity", "outbound", "proto", "serve"]),
         ("outbound", &[]),
         ("metrics", &[]),
         ("proto", &[]),

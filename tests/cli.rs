@@ -218,3 +218,97 @@ fn healthcheck_fails_when_nothing_answers() {
     let output = run(&["healthcheck", "--http-addr", &addr], &[]);
     assert_eq!(output.status.code(), Some(1));
 }
+
+/// A free port on loopback that nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn an_unreachable_admin_api_exits_69() {
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    for args in [
+        vec![
+            "mint",
+            "--admin-url",
+            &url,
+            "--sandbox",
+            "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93",
+            "--port",
+            "3000",
+        ],
+        vec!["revoke", "--admin-url", &url, "--jti", "some-jti"],
+    ] {
+        let output = run(
+            &args,
+            &[(
+                "DAYTONA_AUTHZ_ADMIN_TOKEN",
+                "admin-token-0123456789abcdef-0123456789",
+            )],
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(69),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        let err = stderr(&output);
+        assert!(
+            err.starts_with("daytona-authz: cannot reach the admin API at "),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn serve_exits_by_kind_a_busy_port_71_an_unusable_revocation_store_73() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let free = |_| format!("127.0.0.1:{}", closed_port());
+    let db = dir.path().join("revocations.redb");
+    let db = db.to_str().unwrap();
+    let output = run(
+        &[
+            "serve",
+            "--grpc-addr",
+            &busy_addr,
+            "--http-addr",
+            &free(()),
+            "--revocation-db",
+            db,
+        ],
+        &GOOD_ENV,
+    );
+    assert_eq!(output.status.code(), Some(71), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot listen on"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A revocation store where no file can be made (a path under a regular file).
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, "").unwrap();
+    let db = file.join("revocations.redb");
+    let output = run(
+        &[
+            "serve",
+            "--grpc-addr",
+            &free(()),
+            "--http-addr",
+            &free(()),
+            "--revocation-db",
+            db.to_str().unwrap(),
+        ],
+        &GOOD_ENV,
+    );
+    assert_eq!(output.status.code(), Some(73), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("revocation store"),
+        "{}",
+        stderr(&output)
+    );
+}

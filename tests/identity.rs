@@ -1408,7 +1408,8 @@ async fn mint_and_revoke_subcommands_talk_to_a_running_server() {
         vec![("DAYTONA_AUTHZ_ADMIN_TOKEN", "not-the-admin-token".into())],
     )
     .await;
-    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
+    // EX_NOPERM: the admin API refused our credential.
+    assert_eq!(output.status.code(), Some(77), "{}", stderr(&output));
     assert!(stderr(&output).contains("refused"), "{}", stderr(&output));
     assert_eq!(open(&link).await.status, 200);
 

@@ -326,7 +326,8 @@ impl Denial {
             ),
 
             Denial::Daytona(DaytonaError::NotFound) => "No such sandbox (it may have been deleted).".into(),
-            Denial::Daytona(DaytonaError::BadRequest(m)) => format!("Daytona refused the request: {m}"),
+            // Daytona's own words go to the log (the denial's Display), not to the visitor.
+            Denial::Daytona(DaytonaError::BadRequest(_)) => "Daytona refused to serve this sandbox port; check the address.".into(),
             Denial::Daytona(DaytonaError::Unauthorized(_)) => "The preview proxy cannot reach this sandbox (its Daytona credentials were refused). Tell the platform team.".into(),
             Denial::Daytona(DaytonaError::BadAnswer(_)) => "The preview proxy got an unusable answer from Daytona. Tell the platform team.".into(),
             Denial::Daytona(_) => "Daytona is not answering right now; try again shortly.".into(),
@@ -1463,6 +1464,27 @@ mod tests {
             let denial = Denial::Daytona(error);
             assert_eq!(denial.status(), status, "{denial:?}");
             assert_eq!(denial.retry_after(), retry, "{denial:?}");
+        }
+    }
+
+    #[test]
+    fn daytonas_own_words_are_logged_not_shown() {
+        let said = "Invalid port: sandbox 1234 internal detail";
+        for error in [
+            DaytonaError::BadRequest(said.into()),
+            DaytonaError::BadAnswer(said.into()),
+            DaytonaError::Unavailable(said.into()),
+        ] {
+            let denial = Denial::Daytona(error);
+            assert!(denial.to_string().contains(said), "the log line says it");
+            let request = request(&host(3000), "/", &[HTML]);
+            for shown in [
+                denial.message(),
+                render(&denial, &request, &policy()).body,
+                render(&denial, &super::RequestView::default(), &policy()).body,
+            ] {
+                assert!(!shown.contains("internal detail"), "{shown}");
+            }
         }
     }
 

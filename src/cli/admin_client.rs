@@ -1,6 +1,7 @@
 //! The command line's side of the admin API: `mint --admin-url` and `revoke` talk to a running
 //! daytona-authz.
 
+use super::CliError;
 use crate::config::{AdminClientArgs, ConfigError, RevokeArgs};
 use crate::identity::mint::{LinkRequest, Minted};
 use crate::proto::admin as pb;
@@ -13,7 +14,7 @@ type Client = AdminClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Credential>,
 >;
 
-async fn connect(args: &AdminClientArgs) -> Result<Client, ConfigError> {
+async fn connect(args: &AdminClientArgs) -> Result<Client, CliError> {
     let (url, token) = args.validate()?;
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|e| ConfigError(format!("--admin-url: {e}")))?
@@ -21,7 +22,10 @@ async fn connect(args: &AdminClientArgs) -> Result<Client, ConfigError> {
         .timeout(std::time::Duration::from_secs(10))
         .connect()
         .await
-        .map_err(|e| ConfigError(format!("cannot reach the admin API at {url}: {e}")))?;
+        .map_err(|e| CliError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
     let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
         format!("Bearer {}", token.expose())
             .parse()
@@ -37,24 +41,16 @@ async fn connect(args: &AdminClientArgs) -> Result<Client, ConfigError> {
 }
 
 fn block_on<T>(
-    future: impl std::future::Future<Output = Result<T, ConfigError>>,
-) -> Result<T, ConfigError> {
+    future: impl std::future::Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| ConfigError(format!("cannot start the runtime: {e}")))?
+        .map_err(CliError::Runtime)?
         .block_on(future)
 }
 
-fn refused(status: tonic::Status) -> ConfigError {
-    ConfigError(format!(
-        "the admin API refused: {} ({:?})",
-        status.message(),
-        status.code()
-    ))
-}
-
-pub fn mint(args: &AdminClientArgs, request: &LinkRequest) -> Result<Minted, ConfigError> {
+pub fn mint(args: &AdminClientArgs, request: &LinkRequest) -> Result<Minted, CliError> {
     block_on(async {
         let answer = connect(args)
             .await?
@@ -66,7 +62,7 @@ pub fn mint(args: &AdminClientArgs, request: &LinkRequest) -> Result<Minted, Con
                 any_port: request.any_port,
             })
             .await
-            .map_err(refused)?
+            .map_err(CliError::Refused)?
             .into_inner();
         Ok(Minted {
             links: answer.links,
@@ -78,7 +74,7 @@ pub fn mint(args: &AdminClientArgs, request: &LinkRequest) -> Result<Minted, Con
 }
 
 /// Returns what to print.
-pub fn revoke(args: &RevokeArgs) -> Result<String, ConfigError> {
+pub fn revoke(args: &RevokeArgs) -> Result<String, CliError> {
     block_on(async {
         match (&args.jti, &args.sandbox) {
             (Some(jti), _) => {
@@ -92,7 +88,7 @@ pub fn revoke(args: &RevokeArgs) -> Result<String, ConfigError> {
                         expires_at: args.expires_at,
                     })
                     .await
-                    .map_err(refused)?;
+                    .map_err(CliError::Refused)?;
                 Ok(format!("revoked token {jti}\n"))
             }
             (None, Some(sandbox)) => {
@@ -103,14 +99,14 @@ pub fn revoke(args: &RevokeArgs) -> Result<String, ConfigError> {
                         lift: args.lift,
                     })
                     .await
-                    .map_err(refused)?;
+                    .map_err(CliError::Refused)?;
                 Ok(if args.lift {
                     format!("lifted the revocation of sandbox {sandbox}\n")
                 } else {
                     format!("revoked every token for sandbox {sandbox}\n")
                 })
             }
-            (None, None) => Err(ConfigError("give --jti or --sandbox".into())),
+            (None, None) => Err(ConfigError("give --jti or --sandbox".into()).into()),
         }
     })
 }

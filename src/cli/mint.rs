@@ -4,12 +4,13 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use super::CliError;
 use crate::config::{self, ConfigError, MintArgs};
 use crate::identity::mint::{LinkRequest, MintError, Minted, mint_link};
 use crate::identity::token::{self, Signer};
 
 /// Returns what to print.
-pub fn mint(args: MintArgs) -> Result<String, ConfigError> {
+pub fn mint(args: MintArgs) -> Result<String, CliError> {
     let max_ttl = config::duration(
         "--max-ttl",
         &args.max_ttl,
@@ -84,7 +85,7 @@ mod tests {
     const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-    fn run(extra: &[&str]) -> Result<String, ConfigError> {
+    fn run(extra: &[&str]) -> Result<String, CliError> {
         let mut argv = vec![
             "daytona-authz",
             "mint",

@@ -6,7 +6,79 @@ pub mod mint;
 
 use std::process::ExitCode;
 
-use crate::config::{self, Command, ConfigErrors, EXIT_USAGE, LogFormat};
+use crate::config::{self, Command, ConfigError, ConfigErrors, LogFormat};
+use crate::identity::revocation::RevocationError;
+use crate::outbound::ClientError;
+use crate::serve::ServeError;
+
+/// Exit codes (sysexits.h), by the kind of problem that stopped the command. Every error is
+/// mapped here and nowhere else.
+pub mod exit {
+    /// Bad flags, environment, config file or secrets; input a command or the admin API refused.
+    pub const USAGE: u8 = 64;
+    /// A service the command needs does not answer: the admin API, Redis at start-up.
+    pub const UNAVAILABLE: u8 = 69;
+    /// A fault of daytona-authz itself (its HTTP client or gRPC server failed).
+    pub const SOFTWARE: u8 = 70;
+    /// The operating system refused: a port to listen on, the runtime's threads.
+    pub const OSERR: u8 = 71;
+    /// The local revocation store cannot be opened or created.
+    pub const CANTCREAT: u8 = 73;
+    /// The admin API refused our credential.
+    pub const NOPERM: u8 = 77;
+}
+
+/// Why `mint` or `revoke` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Usage(#[from] ConfigError),
+    #[error("cannot reach the admin API at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the admin API refused: {} ({:?})", .0.message(), .0.code())]
+    Refused(tonic::Status),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        use tonic::Code;
+        match self {
+            CliError::Usage(_) => exit::USAGE,
+            CliError::Unreachable { .. } => exit::UNAVAILABLE,
+            CliError::Refused(status) => match status.code() {
+                Code::Unauthenticated | Code::PermissionDenied => exit::NOPERM,
+                Code::Unavailable | Code::DeadlineExceeded => exit::UNAVAILABLE,
+                Code::InvalidArgument
+                | Code::FailedPrecondition
+                | Code::OutOfRange
+                | Code::NotFound
+                | Code::AlreadyExists => exit::USAGE,
+                _ => exit::SOFTWARE,
+            },
+            CliError::Runtime(_) => exit::OSERR,
+        }
+    }
+}
+
+/// The exit code of a server that stopped with `error`.
+pub fn serve_exit_code(error: &ServeError) -> u8 {
+    let client = |e: &ClientError| match e {
+        ClientError::Invalid(_) => exit::USAGE,
+        ClientError::Build(_) => exit::SOFTWARE,
+    };
+    match error {
+        ServeError::Bind { .. } => exit::OSERR,
+        ServeError::Daytona(e) | ServeError::Introspection(e) | ServeError::Jwks(e) => client(e),
+        ServeError::RevocationStore(RevocationError::Io(_)) => exit::CANTCREAT,
+        ServeError::RevocationStore(RevocationError::Invalid(_)) => exit::USAGE,
+        ServeError::RevocationStore(RevocationError::Redis(_) | RevocationError::Unknown) => {
+            exit::UNAVAILABLE
+        }
+        ServeError::Transport(_) => exit::SOFTWARE,
+    }
+}
 
 pub fn run() -> ExitCode {
     let cli = match config::parse() {
@@ -25,7 +97,7 @@ pub fn run() -> ExitCode {
                 .unwrap_or("invalid arguments")
                 .trim_start_matches("error: ");
             eprintln!("daytona-authz: {first} (see --help)");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(exit::USAGE);
         }
     };
     match cli.command {
@@ -39,14 +111,14 @@ pub fn run() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     eprintln!("daytona-authz: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
+                    return ExitCode::from(exit::OSERR);
                 }
             };
             match runtime.block_on(crate::serve::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "daytona-authz stopped");
-                    ExitCode::FAILURE
+                    ExitCode::from(serve_exit_code(&e))
                 }
             }
         }
@@ -63,20 +135,8 @@ pub fn run() -> ExitCode {
             }
             Err(errors) => usage(&errors),
         },
-        Command::Mint(args) => match mint::mint(*args) {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => usage(&ConfigErrors(vec![e])),
-        },
-        Command::Revoke(args) => match crate::cli::admin_client::revoke(&args) {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => usage(&ConfigErrors(vec![e])),
-        },
+        Command::Mint(args) => printed(mint::mint(*args)),
+        Command::Revoke(args) => printed(admin_client::revoke(&args)),
         Command::Healthcheck(args) => healthcheck(
             &args.http_addr,
             if args.live { "healthz" } else { "readyz" },
@@ -88,7 +148,21 @@ fn usage(errors: &ConfigErrors) -> ExitCode {
     for error in &errors.0 {
         eprintln!("daytona-authz: {error}");
     }
-    ExitCode::from(EXIT_USAGE)
+    ExitCode::from(exit::USAGE)
+}
+
+/// A command's output on stdout, or its error on stderr and the exit code for its kind.
+fn printed(result: Result<String, CliError>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("daytona-authz: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// GET http://{addr}/{path} with a short timeout: 0 on success, 1 otherwise.

@@ -11,9 +11,6 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 
 use crate::identity::introspection::UnknownBudget;
 
-/// EX_USAGE from sysexits.h: the configuration is wrong.
-pub const EXIT_USAGE: u8 = 64;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "daytona-authz",

@@ -12,7 +12,7 @@ use super::{DaytonaError, Preview, PreviewSource};
 use crate::authz::host::PreviewTarget;
 use crate::metrics::Metrics;
 use crate::outbound::trust::TrustRoots;
-use crate::outbound::{BodyError, connect_failure, outbound_client, read_bounded};
+use crate::outbound::{BodyError, ClientError, connect_failure, outbound_client, read_bounded};
 
 /// Limits on what we read from Daytona.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -54,7 +54,7 @@ impl DaytonaApi {
         upstream_domains: Vec<String>,
         trust: &TrustRoots,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ClientError> {
         let http = outbound_client(timeout, trust)?;
         Ok(DaytonaApi {
             http,
@@ -71,7 +71,7 @@ impl DaytonaApi {
 
     /// Uses `api_key` from the next call on (SIGHUP reload). A back-off Daytona imposed on the
     /// previous key does not apply to a new one (a reload that keeps the key keeps its back-off).
-    pub fn set_api_key(&self, api_key: &str) -> Result<(), String> {
+    pub fn set_api_key(&self, api_key: &str) -> Result<(), ClientError> {
         let authorization = bearer(api_key)?;
         let previous = self.authorization.swap(Arc::new(authorization.clone()));
         if *previous != authorization {
@@ -247,9 +247,13 @@ impl Backoff {
     }
 }
 
-fn bearer(api_key: &str) -> Result<reqwest::header::HeaderValue, String> {
-    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}"))
-        .map_err(|_| "the Daytona API key contains characters not allowed in a header")?;
+fn bearer(api_key: &str) -> Result<reqwest::header::HeaderValue, ClientError> {
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}")).map_err(|_| {
+            ClientError::Invalid(
+                "the Daytona API key contains characters not allowed in a header".into(),
+            )
+        })?;
     value.set_sensitive(true);
     Ok(value)
 }

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::metrics::Metrics;
+use crate::outbound::ClientError;
 
 /// What the control plane says about a token.
 #[derive(Debug, Clone, PartialEq)]
@@ -282,7 +283,7 @@ impl std::fmt::Debug for Introspector {
 
 impl Introspector {
     /// With the compiled-in roots only (see [`Introspector::new_trusting`]).
-    pub fn new(config: IntrospectionConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(config: IntrospectionConfig, metrics: Arc<Metrics>) -> Result<Self, ClientError> {
         Introspector::new_trusting(
             config,
             &crate::outbound::trust::TrustRoots::compiled_in(),
@@ -295,33 +296,39 @@ impl Introspector {
         config: IntrospectionConfig,
         trust: &crate::outbound::trust::TrustRoots,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ClientError> {
         if !matches!(config.url.scheme(), "http" | "https") {
-            return Err("the introspection URL must be http or https".into());
+            return Err(ClientError::Invalid(
+                "the introspection URL must be http or https".into(),
+            ));
         }
         if !config.url.username().is_empty() || config.url.password().is_some() {
-            return Err(
+            return Err(ClientError::Invalid(
                 "the introspection URL must not carry credentials; use the client id and secret"
                     .into(),
-            );
+            ));
         }
         if config.client_id.is_empty() {
-            return Err("the introspection client id is empty".into());
+            return Err(ClientError::Invalid(
+                "the introspection client id is empty".into(),
+            ));
         }
         if config.timeout.is_zero() {
-            return Err("the introspection timeout must be above zero".into());
+            return Err(ClientError::Invalid(
+                "the introspection timeout must be above zero".into(),
+            ));
         }
         let unknown = config.unknown;
         if !(1..MAX_IN_FLIGHT).contains(&unknown.concurrency) {
-            return Err(format!(
+            return Err(ClientError::Invalid(format!(
                 "calls about never-seen tokens must be limited to 1-{} at once",
                 MAX_IN_FLIGHT - 1
-            ));
+            )));
         }
         if !(unknown.rate.is_finite() && unknown.rate > 0.0) || unknown.burst == 0 {
-            return Err(
+            return Err(ClientError::Invalid(
                 "the rate and burst of calls about never-seen tokens must be above zero".into(),
-            );
+            ));
         }
         let http = crate::outbound::outbound_client(config.timeout, trust)?;
         Ok(Introspector {

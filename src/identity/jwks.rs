@@ -64,7 +64,7 @@ impl Jwks {
         timeout: Duration,
         min_refresh_interval: Duration,
         trust: &crate::outbound::trust::TrustRoots,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, crate::outbound::ClientError> {
         let http = crate::outbound::outbound_client(timeout, trust)?;
         let count = sources.len();
         Ok(Jwks {

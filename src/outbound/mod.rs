@@ -5,11 +5,26 @@ use std::time::Duration;
 
 pub mod trust;
 
+/// Why an outbound client could not be set up (at start-up, or on a reload).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// A setting or secret the client cannot use (a URL, a key with characters a header cannot
+    /// hold): the operator's to fix.
+    #[error("{0}")]
+    Invalid(String),
+    /// The TLS stack or the HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
 use trust::TrustRoots;
 
 /// The HTTP client for every outbound call (Daytona, JWKS, introspection): see
 /// [`TrustRoots::http_client`].
-pub fn outbound_client(timeout: Duration, trust: &TrustRoots) -> Result<reqwest::Client, String> {
+pub fn outbound_client(
+    timeout: Duration,
+    trust: &TrustRoots,
+) -> Result<reqwest::Client, ClientError> {
     trust.http_client(timeout)
 }
 

@@ -116,7 +116,7 @@ impl TrustRoots {
     /// The HTTP client for every outbound call (Daytona, JWKS, introspection): rustls trusting
     /// these roots, `timeout` bounding connection and whole call, no redirects followed, our
     /// user agent.
-    pub fn http_client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
+    pub fn http_client(&self, timeout: Duration) -> Result<reqwest::Client, super::ClientError> {
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -125,12 +125,12 @@ impl TrustRoots {
             .tls_built_in_root_certs(true);
         for certificate in self.extra.iter() {
             let certificate = reqwest::Certificate::from_der(certificate)
-                .map_err(|e| format!("--ca-file: {e}"))?;
+                .map_err(|e| super::ClientError::Invalid(format!("--ca-file: {e}")))?;
             builder = builder.add_root_certificate(certificate);
         }
         builder
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))
+            .map_err(|e| super::ClientError::Build(e.to_string()))
     }
 
     /// A Redis client for `url`: `rediss://` verifies the server against these roots. The URL

@@ -49,63 +49,22 @@ impl<S: PreviewSource> AdminService<S> {
         }
     }
 
-    fn revocations(&self) -> Result<&Revocations, Status> {
+    fn revocations(&self) -> Result<&Revocations, AdminError> {
         self.revocations
             .as_deref()
-            .ok_or_else(|| Status::failed_precondition("no revocation store is configured"))
+            .ok_or(AdminError::NoRevocationStore)
     }
-}
 
-/// A store failure as a gRPC status: bad input is the caller's, anything else is unavailability.
-fn store_status(error: RevocationError) -> Status {
-    match error {
-        RevocationError::Invalid(why) => Status::invalid_argument(why),
-        other => Status::unavailable(other.to_string()),
-    }
-}
-
-/// A mint error in the API's words (its request fields, never the command line's flags).
-fn mint_status(error: MintError) -> Status {
-    let field = match error {
-        MintError::NotASandbox(_) => "sandbox_id",
-        MintError::PortOutOfRange(_) | MintError::NoPorts | MintError::PortsAndAnyPort => "ports",
-        MintError::TtlOutOfRange { .. } => "ttl_seconds",
-        MintError::BaseUrlWithoutPort
-        | MintError::BadBaseUrl { .. }
-        | MintError::BaseUrlNotHttp => "base_url",
-        MintError::Signing(why) => {
-            tracing::error!(error = %why, "MintLink: signing failed");
-            return Status::internal("the token could not be signed");
-        }
-    };
-    Status::invalid_argument(format!("{field}: {error}"))
-}
-
-fn sandbox_id(text: &str) -> Result<String, Status> {
-    let id = text.to_ascii_lowercase();
-    if host::is_uuid(&id) {
-        Ok(id)
-    } else {
-        Err(Status::invalid_argument("sandbox_id must be a UUID"))
-    }
-}
-
-#[tonic::async_trait]
-impl<S: PreviewSource> Admin for AdminService<S> {
-    async fn mint_link(
-        &self,
-        request: Request<MintLinkRequest>,
-    ) -> Result<Response<MintLinkResponse>, Status> {
-        let request = request.into_inner();
-        let signer = self.minting.signer.load_full().ok_or_else(|| {
-            Status::failed_precondition(
-                "MintLink needs a signing secret, and this server has none configured",
-            )
-        })?;
+    async fn mint(&self, request: MintLinkRequest) -> Result<MintLinkResponse, AdminError> {
+        let signer = self
+            .minting
+            .signer
+            .load_full()
+            .ok_or(AdminError::NoSigningSecret)?;
         let ports = request
             .ports
             .iter()
-            .map(|p| u16::try_from(*p).map_err(|_| Status::invalid_argument("port out of range")))
+            .map(|p| u16::try_from(*p).map_err(|_| AdminError::Invalid("ports", "out of range")))
             .collect::<Result<Vec<_>, _>>()?;
         let link = LinkRequest {
             sandbox: request.sandbox_id,
@@ -121,28 +80,127 @@ impl<S: PreviewSource> Admin for AdminService<S> {
             self.minting.audience.as_deref(),
             &link,
             token::now(),
-        )
-        .map_err(mint_status)?;
+        )?;
         tracing::info!(sandbox.id = %link.sandbox.to_ascii_lowercase(), jti = %minted.jti, "link minted");
-        Ok(Response::new(MintLinkResponse {
+        Ok(MintLinkResponse {
             links: minted.links,
             token: minted.token,
             jti: minted.jti,
             expires_at: minted.expires_at,
-        }))
+        })
+    }
+
+    async fn revoke_jti(&self, request: RevokeTokenRequest) -> Result<(), AdminError> {
+        // Without the token's expiry the revocation is kept for good (see
+        // crate::identity::revocation).
+        self.revocations()?
+            .revoke_token(&request.jti, request.expires_at)
+            .await?;
+        tracing::info!(jti = %request.jti, expires_at = request.expires_at, "token revoked");
+        Ok(())
+    }
+
+    async fn set_sandbox_revocation(
+        &self,
+        request: RevokeSandboxRequest,
+    ) -> Result<(), AdminError> {
+        let id = sandbox_id(&request.sandbox_id)?;
+        let store = self.revocations()?;
+        if request.lift {
+            store.unrevoke_sandbox(&id).await?;
+        } else {
+            store.revoke_sandbox(&id).await?;
+        }
+        tracing::info!(sandbox.id = %id, lifted = request.lift, "sandbox revocation changed");
+        Ok(())
+    }
+
+    async fn invalidate(&self, request: InvalidatePreviewTokenRequest) -> Result<(), AdminError> {
+        let sandbox_id = sandbox_id(&request.sandbox_id)?;
+        let port = match request.port {
+            None => None,
+            Some(port) => match u16::try_from(port) {
+                Ok(port) if host::PORT_RANGE.contains(&port) => Some(port),
+                _ => return Err(AdminError::Invalid("port", "must be within 3000-9999")),
+            },
+        };
+        self.previews.invalidate(&sandbox_id, port).await;
+        tracing::info!(sandbox.id = %sandbox_id, port, "preview token invalidated");
+        Ok(())
+    }
+}
+
+/// Why an admin call failed. [`Status::from`] is the one place that says what the caller is
+/// told, in the API's words (its fields, never the command line's flags).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("no revocation store is configured")]
+    NoRevocationStore,
+    #[error("MintLink needs a signing secret, and this server has none configured")]
+    NoSigningSecret,
+    #[error("{0}: {1}")]
+    Invalid(&'static str, &'static str),
+    #[error(transparent)]
+    Mint(#[from] MintError),
+    #[error(transparent)]
+    Store(#[from] RevocationError),
+}
+
+impl From<AdminError> for Status {
+    fn from(error: AdminError) -> Status {
+        match error {
+            AdminError::NoRevocationStore | AdminError::NoSigningSecret => {
+                Status::failed_precondition(error.to_string())
+            }
+            AdminError::Invalid(..) => Status::invalid_argument(error.to_string()),
+            AdminError::Mint(MintError::Signing(why)) => {
+                tracing::error!(error = %why, "MintLink: signing failed");
+                Status::internal("the token could not be signed")
+            }
+            AdminError::Mint(mint) => {
+                let field = match mint {
+                    MintError::NotASandbox(_) => "sandbox_id",
+                    MintError::PortOutOfRange(_)
+                    | MintError::NoPorts
+                    | MintError::PortsAndAnyPort => "ports",
+                    MintError::TtlOutOfRange { .. } => "ttl_seconds",
+                    MintError::BaseUrlWithoutPort
+                    | MintError::BadBaseUrl { .. }
+                    | MintError::BaseUrlNotHttp
+                    | MintError::Signing(_) => "base_url",
+                };
+                Status::invalid_argument(format!("{field}: {mint}"))
+            }
+            // Bad input is the caller's; anything else is the store being unavailable.
+            AdminError::Store(RevocationError::Invalid(why)) => Status::invalid_argument(why),
+            AdminError::Store(other) => Status::unavailable(other.to_string()),
+        }
+    }
+}
+
+fn sandbox_id(text: &str) -> Result<String, AdminError> {
+    let id = text.to_ascii_lowercase();
+    if host::is_uuid(&id) {
+        Ok(id)
+    } else {
+        Err(AdminError::Invalid("sandbox_id", "must be a UUID"))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: PreviewSource> Admin for AdminService<S> {
+    async fn mint_link(
+        &self,
+        request: Request<MintLinkRequest>,
+    ) -> Result<Response<MintLinkResponse>, Status> {
+        Ok(Response::new(self.mint(request.into_inner()).await?))
     }
 
     async fn revoke_token(
         &self,
         request: Request<RevokeTokenRequest>,
     ) -> Result<Response<RevokeTokenResponse>, Status> {
-        let request = request.into_inner();
-        // Without the token's expiry the revocation is kept for good (see crate::identity::revocation).
-        self.revocations()?
-            .revoke_token(&request.jti, request.expires_at)
-            .await
-            .map_err(store_status)?;
-        tracing::info!(jti = %request.jti, expires_at = request.expires_at, "token revoked");
+        self.revoke_jti(request.into_inner()).await?;
         Ok(Response::new(RevokeTokenResponse {}))
     }
 
@@ -150,16 +208,7 @@ impl<S: PreviewSource> Admin for AdminService<S> {
         &self,
         request: Request<RevokeSandboxRequest>,
     ) -> Result<Response<RevokeSandboxResponse>, Status> {
-        let request = request.into_inner();
-        let id = sandbox_id(&request.sandbox_id)?;
-        let store = self.revocations()?;
-        let result = if request.lift {
-            store.unrevoke_sandbox(&id).await
-        } else {
-            store.revoke_sandbox(&id).await
-        };
-        result.map_err(store_status)?;
-        tracing::info!(sandbox.id = %id, lifted = request.lift, "sandbox revocation changed");
+        self.set_sandbox_revocation(request.into_inner()).await?;
         Ok(Response::new(RevokeSandboxResponse {}))
     }
 
@@ -167,17 +216,7 @@ impl<S: PreviewSource> Admin for AdminService<S> {
         &self,
         request: Request<InvalidatePreviewTokenRequest>,
     ) -> Result<Response<InvalidatePreviewTokenResponse>, Status> {
-        let request = request.into_inner();
-        let sandbox_id = sandbox_id(&request.sandbox_id)?;
-        let port = match request.port {
-            None => None,
-            Some(port) => match u16::try_from(port) {
-                Ok(port) if host::PORT_RANGE.contains(&port) => Some(port),
-                _ => return Err(Status::invalid_argument("port must be within 3000-9999")),
-            },
-        };
-        self.previews.invalidate(&sandbox_id, port).await;
-        tracing::info!(sandbox.id = %sandbox_id, port, "preview token invalidated");
+        self.invalidate(request.into_inner()).await?;
         Ok(Response::new(InvalidatePreviewTokenResponse {}))
     }
 }
@@ -225,6 +264,72 @@ impl tonic::service::Interceptor for BearerCheck {
         } else {
             tracing::info!("admin call refused: missing or wrong credential");
             Err(Status::unauthenticated("admin credential required"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn admin_errors_speak_the_apis_words_and_hide_internals() {
+        let cases = [
+            (
+                AdminError::Mint(MintError::NotASandbox("x".into())),
+                tonic::Code::InvalidArgument,
+                "sandbox_id: ",
+            ),
+            (
+                AdminError::Mint(MintError::NoPorts),
+                tonic::Code::InvalidArgument,
+                "ports: ",
+            ),
+            (
+                AdminError::Mint(MintError::TtlOutOfRange {
+                    ttl: Duration::from_secs(90_000),
+                    max: Duration::from_secs(86_400),
+                }),
+                tonic::Code::InvalidArgument,
+                "ttl_seconds: ",
+            ),
+            (
+                AdminError::Mint(MintError::BaseUrlNotHttp),
+                tonic::Code::InvalidArgument,
+                "base_url: ",
+            ),
+            (
+                AdminError::Mint(MintError::Signing("key material detail".into())),
+                tonic::Code::Internal,
+                "the token could not be signed",
+            ),
+            (
+                AdminError::NoSigningSecret,
+                tonic::Code::FailedPrecondition,
+                "MintLink needs a signing secret",
+            ),
+            (
+                AdminError::Store(RevocationError::Invalid("bad jti".into())),
+                tonic::Code::InvalidArgument,
+                "bad jti",
+            ),
+            (
+                AdminError::Store(RevocationError::Unknown),
+                tonic::Code::Unavailable,
+                "revocation status unknown",
+            ),
+        ];
+        for (error, code, starts) in cases {
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(status.message().starts_with(starts), "{status:?}");
+            assert!(!status.message().contains("--"), "a CLI flag in {status:?}");
+            assert!(
+                !status.message().contains("detail"),
+                "internals in {status:?}"
+            );
         }
     }
 }

@@ -23,15 +23,17 @@ use arc_swap::ArcSwapOption;
 
 use crate::authz::decision::Policy;
 use crate::authz::port_limit::PortLimit;
-use crate::config::{Secrets, ServeConfig};
+use crate::config::{ConfigErrors, Secrets, ServeConfig};
 use crate::daytona::{DaytonaApi, PreviewCache};
 use crate::identity::introspection::{IntrospectionConfig, Introspector};
 use crate::identity::jwks::Jwks;
 use crate::identity::mint;
+use crate::identity::revocation::RevocationError;
 use crate::identity::revocation::Revocations;
 use crate::identity::token::Verifier;
 use crate::identity::token::{ClaimMapping, Signer};
 use crate::metrics::Metrics;
+use crate::outbound::ClientError;
 use admin::{AdminService, BearerCheck, MintSettings};
 use authorizer::{Authorizer, Sources, install_jwks};
 use grpc::AuthzService;
@@ -49,10 +51,28 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// The Daytona API client cannot be set up with this configuration.
     #[error("{0}")]
-    Setup(String),
+    Daytona(ClientError),
+    #[error("{0}")]
+    Introspection(ClientError),
+    #[error("{0}")]
+    Jwks(ClientError),
+    #[error("revocation store: {0}")]
+    RevocationStore(RevocationError),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// Why a SIGHUP reload was refused (the previous secrets stay in use).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{}", .0.to_string().replace('\n', "; "))]
+    Secrets(ConfigErrors),
+    #[error("the admin token cannot be added or removed by a reload")]
+    AdminTokenChange,
+    #[error("{0}")]
+    ApiKey(ClientError),
 }
 
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
@@ -74,7 +94,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             &config.trust,
             Arc::clone(&metrics),
         )
-        .map_err(ServeError::Setup)?,
+        .map_err(ServeError::Daytona)?,
     );
     let previews = Arc::new(PreviewCache::new(
         Arc::clone(&api),
@@ -348,7 +368,7 @@ async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identi
                 &config.trust,
                 Arc::clone(metrics),
             )
-            .map_err(ServeError::Setup)?,
+            .map_err(ServeError::Introspection)?,
         )),
         _ => None,
     };
@@ -362,7 +382,7 @@ async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identi
                 JWKS_MIN_REFRESH_INTERVAL,
                 &config.trust,
             )
-            .map_err(ServeError::Setup)?,
+            .map_err(ServeError::Jwks)?,
         ))
     };
     let revocations = match &settings.redis_url {
@@ -377,7 +397,7 @@ async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identi
         }
         None => Revocations::open_local(&settings.revocation_db),
     }
-    .map_err(|e| ServeError::Setup(format!("revocation store: {e}")))?;
+    .map_err(ServeError::RevocationStore)?;
     Ok(Identity {
         introspector,
         jwks,
@@ -538,16 +558,19 @@ async fn reload_on_hangup(state: Reloadable) {
     let _ = state;
 }
 
-fn reload(state: &Reloadable) -> Result<(), String> {
+fn reload(state: &Reloadable) -> Result<(), ReloadError> {
     let secrets = state
         .config
         .secret_sources
         .load()
-        .map_err(|e| e.to_string().replace('\n', "; "))?;
+        .map_err(ReloadError::Secrets)?;
     if state.admin.is_some() != secrets.admin_token.is_some() {
-        return Err("the admin token cannot be added or removed by a reload".into());
+        return Err(ReloadError::AdminTokenChange);
     }
-    state.api.set_api_key(secrets.daytona_api_key.expose())?;
+    state
+        .api
+        .set_api_key(secrets.daytona_api_key.expose())
+        .map_err(ReloadError::ApiKey)?;
     if let (Some(introspector), Some(secret)) = (
         &state.identity.introspector,
         &secrets.introspection_client_secret,
