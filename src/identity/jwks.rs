@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::jwk::{
-    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
-};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Mutex;
 
@@ -158,14 +156,30 @@ impl Jwks {
                 crate::outbound::BodyError::Read(_) => fail("read failed".into()),
                 crate::outbound::BodyError::TooLarge => fail("document too large".into()),
             })?;
-        let set: JwkSet =
-            serde_json::from_slice(&body).map_err(|_| fail("not a JWK set".into()))?;
-        let keys: Vec<JwkKey> = set.keys.iter().filter_map(key).take(MAX_KEYS).collect();
-        if keys.is_empty() {
-            return Err(fail("no usable signing key".into()));
-        }
-        Ok(keys)
+        signing_keys(&body).map_err(|reason| fail(reason.into()))
     }
+}
+
+/// The signing keys of a JWKS document (at most [`MAX_KEYS`]). A key we cannot read (a `kty`
+/// or curve jsonwebtoken does not know, such as an X25519 key-agreement key) is skipped like any
+/// other key we do not use: it must not take the issuer's signing keys down with it.
+pub fn signing_keys(document: &[u8]) -> Result<Vec<JwkKey>, &'static str> {
+    #[derive(serde::Deserialize)]
+    struct Document {
+        keys: Vec<serde_json::Value>,
+    }
+    let document: Document = serde_json::from_slice(document).map_err(|_| "not a JWK set")?;
+    let keys: Vec<JwkKey> = document
+        .keys
+        .into_iter()
+        .filter_map(|value| serde_json::from_value::<Jwk>(value).ok())
+        .filter_map(|jwk| key(&jwk))
+        .take(MAX_KEYS)
+        .collect();
+    if keys.is_empty() {
+        return Err("no usable signing key");
+    }
+    Ok(keys)
 }
 
 /// A verification key from a JWK, or `None` for keys we must not or cannot use.
@@ -241,4 +255,135 @@ fn is_rsa(alg: Algorithm) -> bool {
             | Algorithm::PS384
             | Algorithm::PS512
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Key material in the right shape (verification is tested end to end in tests/identity.rs).
+    const N: &str = "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw";
+    const X256: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const Y256: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+    const X384: &str = "iqoUE0vLDCuvNu1NbOkXIrNLl2Xh2UyFhRM7o9cPoPaz4Khuv7VGVc3Ojdfp_PMk";
+    const Y384: &str = "O9DqnQw0rYMrHPJhsazh1bcY44kjOpx-ORnTjGVgEfNGjtlRhlxQvc8SmWNzrgGS";
+    const ED: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+
+    fn jwk(value: serde_json::Value) -> Jwk {
+        serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{value}: {e}"))
+    }
+
+    #[test]
+    fn which_jwks_keys_verify_tokens_and_with_which_algorithm() {
+        use serde_json::json;
+        // (JWK, the algorithm it verifies with and whether any RSA algorithm is accepted; None:
+        // refused)
+        let cases = [
+            (
+                json!({"kty": "RSA", "n": N, "e": "AQAB"}),
+                Some((Algorithm::RS256, true)),
+            ),
+            (
+                json!({"kty": "RSA", "n": N, "e": "AQAB", "alg": "RS384"}),
+                Some((Algorithm::RS384, false)),
+            ),
+            (
+                json!({"kty": "RSA", "n": N, "e": "AQAB", "alg": "PS256", "use": "sig"}),
+                Some((Algorithm::PS256, false)),
+            ),
+            (
+                json!({"kty": "RSA", "n": N, "e": "AQAB", "alg": "ES256"}),
+                None,
+            ),
+            (
+                json!({"kty": "RSA", "n": N, "e": "AQAB", "alg": "RSA-OAEP"}),
+                None,
+            ),
+            (
+                json!({"kty": "RSA", "n": N, "e": "AQAB", "use": "enc"}),
+                None,
+            ),
+            (
+                json!({"kty": "RSA", "n": N, "e": "AQAB", "alg": "HS256"}),
+                None,
+            ),
+            (
+                json!({"kty": "EC", "crv": "P-256", "x": X256, "y": Y256}),
+                Some((Algorithm::ES256, false)),
+            ),
+            (
+                json!({"kty": "EC", "crv": "P-256", "x": X256, "y": Y256, "alg": "ES256"}),
+                Some((Algorithm::ES256, false)),
+            ),
+            (
+                json!({"kty": "EC", "crv": "P-384", "x": X384, "y": Y384}),
+                Some((Algorithm::ES384, false)),
+            ),
+            (
+                json!({"kty": "EC", "crv": "P-256", "x": X256, "y": Y256, "alg": "ES384"}),
+                None,
+            ),
+            (
+                json!({"kty": "EC", "crv": "P-521", "x": X256, "y": Y256}),
+                None,
+            ),
+            (
+                json!({"kty": "EC", "crv": "P-256", "x": X256, "y": Y256, "use": "enc"}),
+                None,
+            ),
+            (
+                json!({"kty": "OKP", "crv": "Ed25519", "x": ED}),
+                Some((Algorithm::EdDSA, false)),
+            ),
+            (
+                json!({"kty": "OKP", "crv": "Ed25519", "x": ED, "alg": "EdDSA"}),
+                Some((Algorithm::EdDSA, false)),
+            ),
+            (
+                json!({"kty": "OKP", "crv": "Ed25519", "x": ED, "alg": "ES256"}),
+                None,
+            ),
+            (json!({"kty": "oct", "k": "c2VjcmV0"}), None),
+            (
+                json!({"kty": "oct", "k": "c2VjcmV0", "alg": "HS256", "use": "sig"}),
+                None,
+            ),
+        ];
+        for (value, expected) in cases {
+            let got = key(&jwk(value.clone())).map(|k| (k.algorithm, k.any_rsa));
+            assert_eq!(got, expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn keys_we_cannot_read_are_skipped_not_fatal() {
+        use serde_json::json;
+        let document = json!({"keys": [
+            {"kty": "OKP", "crv": "X25519", "x": ED, "use": "enc"},
+            {"kty": "PQ", "alg": "ML-DSA-65", "pub": "AAAA"},
+            {"kty": "oct", "k": "c2VjcmV0"},
+            {"kty": "EC", "crv": "P-256", "x": X256, "y": Y256, "kid": "good"},
+        ]});
+        let keys = signing_keys(document.to_string().as_bytes()).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid.as_deref(), Some("good"));
+        let unusable = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]});
+        assert_eq!(
+            signing_keys(unusable.to_string().as_bytes()).err(),
+            Some("no usable signing key")
+        );
+        assert_eq!(signing_keys(b"[]").err(), Some("not a JWK set"));
+        let many: Vec<_> = (0..MAX_KEYS + 5)
+            .map(|n| json!({"kty": "OKP", "crv": "Ed25519", "x": ED, "kid": n.to_string()}))
+            .collect();
+        let keys = signing_keys(json!({ "keys": many }).to_string().as_bytes()).unwrap();
+        assert_eq!(keys.len(), MAX_KEYS);
+    }
+
+    #[test]
+    fn a_key_keeps_its_kid() {
+        let jwk =
+            jwk(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": ED, "kid": "2026-12"}));
+        assert_eq!(key(&jwk).unwrap().kid.as_deref(), Some("2026-12"));
+    }
 }
