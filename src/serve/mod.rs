@@ -16,7 +16,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
 use arc_swap::ArcSwapOption;
@@ -175,24 +175,19 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     );
 
     // `stopping`: a signal came, the drain begins. `stopped`: the drain is over.
-    let (stopping_tx, stopping) = watch::channel(false);
-    let (stopped_tx, stopped) = watch::channel(false);
+    let stopping = CancellationToken::new();
+    let stopped = CancellationToken::new();
 
     // HTTP: health, readiness, metrics. Stays up through the drain so probes see "not ready".
     let http_app = http::app(HttpState {
         readiness: Arc::clone(&readiness),
         metrics: Arc::clone(&metrics),
     });
-    let http_task = tokio::spawn({
-        let mut stopped = stopped.clone();
-        async move {
-            axum::serve(http_listener, http_app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        }
-    });
+    let http_task = tokio::spawn(
+        axum::serve(http_listener, http_app)
+            .with_graceful_shutdown(stopped.clone().cancelled_owned())
+            .into_future(),
+    );
 
     // Admin API.
     let admin_credential = admin.as_ref().map(|(_, check)| check.clone());
@@ -206,13 +201,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             ),
             check,
         );
-        let mut stopped = stopped.clone();
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(incoming(listener), async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                }),
+                .serve_with_incoming_shutdown(
+                    incoming(listener),
+                    stopped.clone().cancelled_owned(),
+                ),
         )
     });
     if admin_task.is_none() {
@@ -257,12 +252,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuthorizationServer::new(authz))
-        .serve_with_incoming_shutdown(incoming(grpc), {
-            let mut stopped = stopping.clone();
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            }
-        });
+        .serve_with_incoming_shutdown(incoming(grpc), stopping.clone().cancelled_owned());
     tokio::pin!(grpc_server);
 
     let result = tokio::select! {
@@ -270,7 +260,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         () = shutdown_signal() => {
             tracing::info!("shutting down: not ready, draining in-flight checks");
             set_health(&health, &metrics, &readiness, false).await;
-            stopping_tx.send_replace(true);
+            stopping.cancel();
             match tokio::time::timeout(drain_timeout, &mut grpc_server).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -280,8 +270,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             }
         }
     };
-    stopping_tx.send_replace(true);
-    stopped_tx.send_replace(true);
+    stopping.cancel();
+    stopped.cancel();
     if let Some(task) = admin_task
         && let Ok(Err(e)) = task.await
     {
@@ -414,7 +404,7 @@ async fn refresh_jwks(
     jwks: Arc<Jwks>,
     policy: Arc<ArcSwap<Policy>>,
     interval: Duration,
-    mut stopping: watch::Receiver<bool>,
+    stopping: CancellationToken,
 ) {
     loop {
         let errors = jwks.refresh().await;
@@ -429,17 +419,17 @@ async fn refresh_jwks(
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = stopping.wait_for(|s| *s) => return,
+            () = stopping.cancelled() => return,
         }
     }
 }
 
 /// Forgets revoked tokens once they would have expired anyway.
-async fn prune_revocations(store: Arc<Revocations>, mut stopping: watch::Receiver<bool>) {
+async fn prune_revocations(store: Arc<Revocations>, stopping: CancellationToken) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(300)) => {}
-            _ = stopping.wait_for(|s| *s) => return,
+            () = stopping.cancelled() => return,
         }
         if let Err(error) = store.prune_expired(crate::identity::token::now()).await {
             tracing::warn!(%error, "pruning expired revocations failed");
@@ -474,7 +464,7 @@ async fn become_ready(
     health: HealthReporter,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
-    mut stopping: watch::Receiver<bool>,
+    stopping: CancellationToken,
 ) {
     let mut answered = api.answered();
     let probing = async {
@@ -502,18 +492,18 @@ async fn become_ready(
     let why = tokio::select! {
         why = probing => why,
         () = grace_passed => "grace passed before the Daytona API answered",
-        _ = stopping.wait_for(|s| *s) => return,
+        () = stopping.cancelled() => return,
     };
     // Token keys loaded: every JWKS source has delivered once (the refresh task keeps trying).
     if let Some(jwks) = &jwks {
         while !jwks.loaded().await {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = stopping.wait_for(|s| *s) => return,
+                () = stopping.cancelled() => return,
             }
         }
     }
-    if *stopping.borrow() {
+    if stopping.is_cancelled() {
         return;
     }
     set_health(&health, &metrics, &readiness, true).await;
