@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use daytona_authz::identity::token::Claims;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address,
 };
@@ -35,6 +36,7 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, attribute_context,
 };
+use load_tools::{COOKIE_NAME, Latencies, sandbox_id};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,40 +110,24 @@ struct Target {
     token_header: (&'static str, String),
 }
 
-const COOKIE_NAME: &str = "daytona_authz";
-
-fn sandbox_id(seed: u32, index: usize) -> String {
-    format!("{seed:08x}-0000-4000-8000-{index:012x}")
-}
-
-/// The access token's claims, as README documents them (signed here as any issuer would).
-#[derive(serde::Serialize)]
-struct Claims<'a> {
-    sandbox_id: &'a str,
-    exp: u64,
-    ports: [u16; 1],
-}
-
+/// Signs one access token per sandbox (and `--tokens-per-sandbox`) as any issuer would: the
+/// claims README documents, `sandbox_id`, `exp` and `ports` (3000), nothing else.
 fn targets(args: &Args, ids: impl Iterator<Item = String>) -> Vec<Target> {
-    let secret = std::fs::read_to_string(&args.secret_file).expect("readable --secret-file");
-    let key =
-        jsonwebtoken::EncodingKey::from_secret(secret.trim_end_matches(['\r', '\n']).as_bytes());
-    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-        + 3600;
+    let signer = load_tools::signer(&args.secret_file)
+        .unwrap_or_else(|e| panic!("readable --secret-file: {e}"));
+    let exp = daytona_authz::identity::token::now() + 3600;
     let mut targets = Vec::new();
     for id in ids {
         let host = format!("3000-{id}.{}", args.domain);
         for k in 0..args.tokens_per_sandbox.max(1) as u64 {
             let claims = Claims {
-                sandbox_id: &id,
+                sandbox_id: id.clone(),
                 exp: exp + k,
-                ports: [3000],
+                ports: Some(vec![3000]),
+                iss: None,
+                aud: None,
             };
-            let token = jsonwebtoken::encode(&header, &claims, &key).expect("signable claims");
+            let token = signer.sign(&claims).expect("signable claims");
             let token_header = match args.token_in {
                 TokenIn::Bearer => ("authorization", format!("Bearer {token}")),
                 TokenIn::Cookie => ("cookie", format!("theme=dark; {COOKIE_NAME}={token}")),
@@ -246,7 +232,7 @@ async fn check(client: &mut AuthorizationClient<Channel>, request: CheckRequest)
 /// What the Check load saw, merged over tasks.
 #[derive(Default)]
 struct Tally {
-    latencies_us: Vec<u32>,
+    latencies: Latencies,
     allowed: u64,
     replied: std::collections::BTreeMap<i32, u64>,
     rpc_errors: u64,
@@ -254,8 +240,7 @@ struct Tally {
 
 impl Tally {
     fn add(&mut self, answer: Answer, latency: Duration) {
-        self.latencies_us
-            .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        self.latencies.record(latency);
         match answer {
             Answer::Allowed => self.allowed += 1,
             Answer::Replied(status) => *self.replied.entry(status).or_default() += 1,
@@ -264,7 +249,7 @@ impl Tally {
     }
 
     fn merge(&mut self, other: Tally) {
-        self.latencies_us.extend(other.latencies_us);
+        self.latencies.merge(&other.latencies);
         self.allowed += other.allowed;
         for (status, n) in other.replied {
             *self.replied.entry(status).or_default() += n;
@@ -272,16 +257,9 @@ impl Tally {
         self.rpc_errors += other.rpc_errors;
     }
 
-    fn json(mut self, seconds: f64) -> serde_json::Value {
-        self.latencies_us.sort_unstable();
-        let n = self.latencies_us.len();
-        let pct = |p: f64| -> serde_json::Value {
-            if n == 0 {
-                return serde_json::Value::Null;
-            }
-            let rank = ((p / 100.0) * n as f64).ceil() as usize;
-            (f64::from(self.latencies_us[rank.clamp(1, n) - 1]) / 1000.0).into()
-        };
+    fn json(self, seconds: f64) -> serde_json::Value {
+        let n = self.latencies.len();
+        let pct = |p: f64| self.latencies.percentile_ms(p);
         let errors = self.rpc_errors + self.replied.values().sum::<u64>();
         serde_json::json!({
             "requests": n,
@@ -298,7 +276,7 @@ impl Tally {
             "p50_ms": pct(50.0),
             "p99_ms": pct(99.0),
             "p999_ms": pct(99.9),
-            "max_ms": self.latencies_us.last().map(|&us| f64::from(us) / 1000.0),
+            "max_ms": self.latencies.max_ms(),
         })
     }
 }

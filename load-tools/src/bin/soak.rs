@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use daytona_authz::identity::token::{Claims, Signer, now};
+use load_tools::{COOKIE_NAME, Latencies, sandbox_id};
 use reqwest::header::{ACCEPT, AUTHORIZATION, COOKIE, HOST, HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
 
@@ -94,7 +95,6 @@ struct Args {
     out: Option<PathBuf>,
 }
 
-const COOKIE_NAME: &str = "daytona_authz";
 /// The ports warm sandboxes are asked on; tokens name exactly the port asked for.
 const WARM_PORTS: [u16; 2] = [3000, 5173];
 const COLD_PORT: u16 = 3000;
@@ -252,11 +252,11 @@ fn share(kind: Kind) -> f64 {
 }
 
 fn warm_id(i: usize) -> String {
-    format!("50a10000-0000-4000-8000-{i:012x}")
+    sandbox_id(0x50a1_0000, i)
 }
 
 fn cold_id(i: usize) -> String {
-    format!("50a1c01d-0000-4000-8000-{i:012x}")
+    sandbox_id(0x50a1_c01d, i)
 }
 
 /// What an answer must look like.
@@ -506,33 +506,25 @@ struct Tally {
     wrong: u64,
     server_errors: u64,
     transport_errors: u64,
-    latencies_us: Vec<u32>,
+    /// Of the answered requests.
+    latencies: Latencies,
 }
 
 impl Tally {
-    fn summary(&mut self) -> Value {
-        self.latencies_us.sort_unstable();
-        let ms = |p: f64| percentile(&self.latencies_us, p).map(|us| f64::from(us) / 1000.0);
+    fn summary(&self) -> Value {
+        let ms = |p: f64| self.latencies.percentile_ms(p);
         json!({
             "sent": self.sent,
-            "answered": self.latencies_us.len(),
+            "answered": self.latencies.len(),
             "statuses": self.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "wrong": self.wrong,
             "server_errors": self.server_errors,
             "transport_errors": self.transport_errors,
             "p50_ms": ms(50.0),
             "p99_ms": ms(99.0),
-            "max_ms": self.latencies_us.last().map(|us| f64::from(*us) / 1000.0),
+            "max_ms": self.latencies.max_ms(),
         })
     }
-}
-
-fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
 }
 
 #[derive(Default)]
@@ -651,9 +643,7 @@ async fn main() {
 }
 
 async fn run(args: &Args) -> Result<bool, String> {
-    let secret = std::fs::read_to_string(&args.secret_file)
-        .map_err(|e| format!("{}: {e}", args.secret_file.display()))?;
-    let signer = Signer::hs256(secret.trim_end_matches(['\r', '\n']).as_bytes());
+    let signer = load_tools::signer(&args.secret_file)?;
     let stranger = Signer::hs256(format!("{:064x}", rand::random::<u128>()).as_bytes());
     if args.rate <= 0.0 || args.duration <= 0.0 || args.warm_sandboxes < 2 || args.cold_pool == 0 {
         return Err(
@@ -746,7 +736,7 @@ async fn run(args: &Args) -> Result<bool, String> {
             let seq = plan.seq;
             let host = plan.host.clone();
             let outcome = send(client, envoy, plan).await;
-            let latency = u32::try_from(due.elapsed().as_micros()).unwrap_or(u32::MAX);
+            let latency = due.elapsed();
             in_flight.fetch_sub(1, Ordering::Relaxed);
             let mut s = stats.lock().unwrap();
             let mut example = None;
@@ -768,7 +758,7 @@ async fn run(args: &Args) -> Result<bool, String> {
             let record = |tally: &mut Tally| {
                 if let Some(status) = status {
                     *tally.statuses.entry(status).or_default() += 1;
-                    tally.latencies_us.push(latency);
+                    tally.latencies.record(latency);
                 }
                 tally.wrong += u64::from(wrong);
                 tally.server_errors += u64::from(server_error);
@@ -843,11 +833,11 @@ async fn run(args: &Args) -> Result<bool, String> {
     let api_ok =
         warm_over == 0 && cold_mismatch_count == 0 && unknown_mismatches == 0 && unexpected == 0;
 
-    let mut s = stats.lock().unwrap();
+    let s = stats.lock().unwrap();
     let mut categories = Vec::new();
     let (mut wrong, mut server_errors, mut transport, mut sent) = (0, 0, 0, 0);
     for (kind, name, sends, expects) in KINDS {
-        let Some(tally) = s.kinds.get_mut(kind) else {
+        let Some(tally) = s.kinds.get(kind) else {
             continue;
         };
         wrong += tally.wrong;
@@ -862,12 +852,12 @@ async fn run(args: &Args) -> Result<bool, String> {
     }
     let mut all = Tally::default();
     for tally in s.kinds.values() {
-        all.latencies_us.extend_from_slice(&tally.latencies_us);
+        all.latencies.merge(&tally.latencies);
     }
     let all = all.summary();
     let buckets: Vec<Value> = s
         .buckets
-        .iter_mut()
+        .iter()
         .enumerate()
         .map(|(i, tally)| {
             let mut summary = tally.summary();
@@ -935,8 +925,8 @@ async fn run(args: &Args) -> Result<bool, String> {
 }
 
 fn report_progress(stats: &Mutex<Stats>, index: usize, bucket: f64) {
-    let mut s = stats.lock().unwrap();
-    let Some(tally) = s.buckets.get_mut(index) else {
+    let s = stats.lock().unwrap();
+    let Some(tally) = s.buckets.get(index) else {
         return;
     };
     let summary = tally.summary();
