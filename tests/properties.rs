@@ -317,13 +317,13 @@ proptest! {
             host.push_str(&format!(":{p}"));
         }
         let target = host::parse(&host, &domain);
-        prop_assert_eq!(target, Ok(PreviewTarget { sandbox_id: id, port }));
+        prop_assert_eq!(target, Ok(PreviewTarget { sandbox_id: id.parse().unwrap(), port }));
     }
 
     #[test]
     fn host_parse_only_yields_what_the_first_label_literally_says((domain, host) in domain_and_host()) {
         if let Ok(target) = host::parse(&host, &domain) {
-            prop_assert!(host::is_uuid(&target.sandbox_id));
+            prop_assert!(host::is_uuid(target.sandbox_id.as_str()));
             prop_assert!(PORT_RANGE.contains(&target.port));
             // The whole name, less an all-digit `:port`, is exactly `{port}-{id}.{domain}`.
             let lower = host.to_ascii_lowercase();
@@ -368,7 +368,7 @@ proptest! {
         };
         match authorize(&request, &policy(&domain)) {
             Ok(Verdict::Forward(authorized)) => {
-                prop_assert_eq!(&authorized.target.sandbox_id, &token_id);
+                prop_assert_eq!(authorized.target.sandbox_id.as_str(), token_id.as_str());
                 let first = host.split('.').next().unwrap_or_default().to_ascii_lowercase();
                 prop_assert_eq!(first, authorized.target.to_string());
             }
@@ -680,7 +680,7 @@ proptest! {
             other => return Err(TestCaseError::fail(format!("{other:?}"))),
         };
         prop_assert_eq!(&authorized, &Authorized {
-            target: PreviewTarget { sandbox_id: id.clone(), port: 3000 },
+            target: PreviewTarget { sandbox_id: id.parse().unwrap(), port: 3000 },
             source: if by_cookie { TokenSource::Cookie } else { TokenSource::AuthorizationHeader },
         });
         let allow = decision::allow(&view, &authorized, &preview(&authorized.target), &policy);

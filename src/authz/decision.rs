@@ -510,7 +510,8 @@ pub fn authorize(
             .map_err(Denial::InvalidToken)
             .and_then(|grant| check_grant(&grant, &target, now).map(|()| grant))
             .and_then(|grant| {
-                match revocations.revocation(grant.jti.as_deref(), &target.sandbox_id, now) {
+                match revocations.revocation(grant.jti.as_deref(), target.sandbox_id.as_str(), now)
+                {
                     RevocationStatus::Active => Ok(grant),
                     RevocationStatus::TokenRevoked => {
                         Err(Denial::InvalidToken(TokenError::Revoked))
@@ -765,7 +766,7 @@ fn check_grant(grant: &Grant, target: &PreviewTarget, now: u64) -> Result<(), De
     if grant.expires_at.saturating_add(token::LEEWAY_SECS) < now {
         return Err(Denial::InvalidToken(TokenError::Expired));
     }
-    if !grant.allows_sandbox(&target.sandbox_id) {
+    if !grant.allows_sandbox(target.sandbox_id.as_str()) {
         return Err(Denial::WrongSandbox);
     }
     if !grant.allows_port(target.port) {
@@ -898,7 +899,7 @@ mod tests {
 
     fn target(port: u16) -> PreviewTarget {
         PreviewTarget {
-            sandbox_id: ID.into(),
+            sandbox_id: ID.parse().unwrap(),
             port,
         }
     }

@@ -9,11 +9,73 @@ use std::fmt;
 /// Ports Daytona exposes for previews (its documented range).
 pub const PORT_RANGE: std::ops::RangeInclusive<u16> = 3000..=9999;
 
+/// A sandbox id: a UUID, parsed once (from the host, or an admin call) and carried as this type
+/// from then on. Its text is the lower-case hyphenated form, the one Daytona's URLs use.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SandboxId {
+    uuid: uuid::Uuid,
+    text: Box<str>,
+}
+
+impl SandboxId {
+    /// `text` as a sandbox id: a lower-case hyphenated UUID, nothing else (callers lower-case
+    /// what a user typed first).
+    pub fn parse(text: &str) -> Option<Self> {
+        if !is_uuid(text) {
+            return None;
+        }
+        let uuid = uuid::Uuid::try_parse(text).ok()?;
+        Some(SandboxId {
+            uuid,
+            text: text.into(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn uuid(&self) -> uuid::Uuid {
+        self.uuid
+    }
+}
+
+impl std::str::FromStr for SandboxId {
+    type Err = HostError;
+
+    fn from_str(text: &str) -> Result<Self, HostError> {
+        SandboxId::parse(text).ok_or(HostError::Malformed)
+    }
+}
+
+impl fmt::Display for SandboxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for SandboxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.text, f)
+    }
+}
+
+impl PartialEq<str> for SandboxId {
+    fn eq(&self, other: &str) -> bool {
+        *self.text == *other
+    }
+}
+
+impl PartialEq<&str> for SandboxId {
+    fn eq(&self, other: &&str) -> bool {
+        *self.text == **other
+    }
+}
+
 /// A sandbox port named by a public preview host.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PreviewTarget {
-    /// Lower-case hyphenated UUID.
-    pub sandbox_id: String,
+    pub sandbox_id: SandboxId,
     pub port: u16,
 }
 
@@ -48,11 +110,8 @@ pub fn parse(host: &str, domain: &str) -> Result<PreviewTarget, HostError> {
     }
     let (port, id) = label.split_once('-').ok_or(HostError::Malformed)?;
     let port = parse_port(port)?;
-    if !is_uuid(id) {
-        return Err(HostError::Malformed);
-    }
     Ok(PreviewTarget {
-        sandbox_id: id.to_owned(),
+        sandbox_id: SandboxId::parse(id).ok_or(HostError::Malformed)?,
         port,
     })
 }
@@ -100,6 +159,28 @@ pub fn is_uuid(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sandbox_id_is_a_lower_case_hyphenated_uuid_parsed_once() {
+        let id = SandboxId::parse(ID).unwrap();
+        assert_eq!(id.as_str(), ID);
+        assert_eq!(id, ID);
+        assert_eq!(id.uuid().as_u128(), 0x0b8f2a4e_6c1d_4f3a_9e2b_7d5c8a1f0e93);
+        assert_eq!(id.to_string(), ID);
+        assert_eq!(format!("{id:?}"), format!("{ID:?}"));
+        for text in [
+            "0B8F2A4E-6C1D-4F3A-9E2B-7D5C8A1F0E93",
+            "0b8f2a4e6c1d4f3a9e2b7d5c8a1f0e93",
+            "{0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93}",
+            "urn:uuid:0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93",
+            "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e9",
+            "not-a-uuid",
+            "",
+        ] {
+            assert_eq!(SandboxId::parse(text), None, "{text}");
+            assert_eq!(text.parse::<SandboxId>(), Err(HostError::Malformed));
+        }
+    }
 
     const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
     const DOMAIN: &str = "preview.example.com";

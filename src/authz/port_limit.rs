@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::authz::decision::Denial;
-use crate::authz::host::{HostError, PreviewTarget};
+use crate::authz::host::PreviewTarget;
 
 /// The ports each sandbox has in use: `(port, last authorized request)`, at most `max_ports`.
 type Ports = Arc<Mutex<Vec<(u16, Instant)>>>;
@@ -52,10 +52,7 @@ impl PortLimit {
     /// Counts an authorized request for `target`: fine for a port its sandbox already has in
     /// use, or while it has fewer than `max_ports`; else [`Denial::TooManyPorts`].
     pub fn admit(&self, target: &PreviewTarget) -> Result<(), Denial> {
-        // The host parser only yields lower-case UUIDs; anything else is refused, not tracked.
-        let sandbox = uuid::Uuid::try_parse(&target.sandbox_id)
-            .map_err(|_| Denial::BadHost(HostError::Malformed))?
-            .as_u128();
+        let sandbox = target.sandbox_id.uuid().as_u128();
         self.admit_at(sandbox, target.port, Instant::now())
             .map_err(|retry_after| Denial::TooManyPorts {
                 limit: self.max_ports,
@@ -148,10 +145,10 @@ mod tests {
     }
 
     #[test]
-    fn denials_name_the_limit_and_non_uuids_are_refused() {
+    fn denials_name_the_limit() {
         let limit = PortLimit::new(1, Duration::from_secs(60), 100);
         let at = |port| PreviewTarget {
-            sandbox_id: "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93".into(),
+            sandbox_id: "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93".parse().unwrap(),
             port,
         };
         assert_eq!(limit.admit(&at(3000)), Ok(()));
@@ -159,11 +156,6 @@ mod tests {
             limit.admit(&at(3001)),
             Err(Denial::TooManyPorts { limit: 1, retry_after }) if (1..=60).contains(&retry_after)
         ));
-        let odd = PreviewTarget {
-            sandbox_id: "not-a-uuid".into(),
-            port: 3000,
-        };
-        assert!(matches!(limit.admit(&odd), Err(Denial::BadHost(_))));
     }
 
     #[test]

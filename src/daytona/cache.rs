@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{DaytonaError, Preview, PreviewSource};
-use crate::authz::host::PreviewTarget;
+use crate::authz::host::{PreviewTarget, SandboxId};
 use crate::metrics::Metrics;
 
 /// The preview-token cache: coalescing, bounded, expiring.
@@ -32,13 +32,11 @@ struct PreviewKey {
 }
 
 impl PreviewKey {
-    /// `None` unless `sandbox_id` is a lower-case hyphenated UUID (what the host parser yields).
-    fn new(sandbox_id: &str, port: u16) -> Option<Self> {
-        if !crate::authz::host::is_uuid(sandbox_id) {
-            return None;
+    fn new(sandbox_id: &SandboxId, port: u16) -> Self {
+        PreviewKey {
+            sandbox: sandbox_id.uuid().as_u128(),
+            port,
         }
-        let sandbox = uuid::Uuid::try_parse(sandbox_id).ok()?.as_u128();
-        Some(PreviewKey { sandbox, port })
     }
 }
 
@@ -97,16 +95,7 @@ impl<S: PreviewSource> PreviewCache<S> {
     /// The preview for `target`, from the cache or (once for all concurrent callers) from Daytona.
     pub async fn get(&self, target: &PreviewTarget) -> Result<Arc<Preview>, Arc<DaytonaError>> {
         let asked = Instant::now();
-        let Some(key) = PreviewKey::new(&target.sandbox_id, target.port) else {
-            // Not a sandbox id (the host parser lets none through): nothing to share or keep.
-            self.metrics.cache_miss();
-            return self
-                .source
-                .fetch(target)
-                .await
-                .map(Arc::new)
-                .map_err(Arc::new);
-        };
+        let key = PreviewKey::new(&target.sandbox_id, target.port);
         match self.cache.get(&key) {
             Some(Slot::Ready { preview, expires }) if asked < expires => {
                 self.metrics.cache_hit();
@@ -164,11 +153,8 @@ impl<S: PreviewSource> PreviewCache<S> {
     }
 
     /// Forgets one port of a sandbox, or every port of it.
-    pub async fn invalidate(&self, sandbox_id: &str, port: Option<u16>) {
-        // Not a sandbox id: never cached.
-        let Some(key) = PreviewKey::new(sandbox_id, port.unwrap_or(0)) else {
-            return;
-        };
+    pub async fn invalidate(&self, sandbox_id: &SandboxId, port: Option<u16>) {
+        let key = PreviewKey::new(sandbox_id, port.unwrap_or(0));
         match port {
             Some(_) => {
                 self.cache.remove(&key);
@@ -194,7 +180,7 @@ mod tests {
 
     fn target() -> PreviewTarget {
         PreviewTarget {
-            sandbox_id: ID.into(),
+            sandbox_id: ID.parse().unwrap(),
             port: 3000,
         }
     }
@@ -291,9 +277,9 @@ mod tests {
 
         let cache = counting(false, Duration::from_secs(60));
         assert_eq!(cache.get(&target()).await.unwrap().token, "token-0");
-        cache.invalidate(ID, Some(3000)).await;
+        cache.invalidate(&ID.parse().unwrap(), Some(3000)).await;
         assert_eq!(cache.get(&target()).await.unwrap().token, "token-1");
-        cache.invalidate(ID, None).await;
+        cache.invalidate(&ID.parse().unwrap(), None).await;
         assert_eq!(cache.get(&target()).await.unwrap().token, "token-2");
     }
 
@@ -327,21 +313,17 @@ mod tests {
         let cache = counting(false, Duration::from_secs(60));
         let other = "1b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
         let at = |sandbox: &str, port| PreviewTarget {
-            sandbox_id: sandbox.into(),
+            sandbox_id: sandbox.parse().unwrap(),
             port,
         };
         for t in [at(ID, 3000), at(ID, 8080), at(other, 3000)] {
             cache.get(&t).await.unwrap();
         }
         assert_eq!(cache.source.calls.load(Ordering::SeqCst), 3);
-        cache.invalidate(ID, None).await;
+        cache.invalidate(&ID.parse().unwrap(), None).await;
         assert_eq!(cache.entry_count(), 1);
         cache.get(&at(other, 3000)).await.unwrap();
         assert_eq!(cache.source.calls.load(Ordering::SeqCst), 3, "still cached");
-        // Not a sandbox id: answered, never cached.
-        cache.get(&at("not-a-uuid", 3000)).await.unwrap();
-        cache.get(&at("not-a-uuid", 3000)).await.unwrap();
-        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 5);
     }
 
     #[tokio::test]
@@ -365,7 +347,7 @@ mod tests {
                     .contains("daytona_authz_preview_cache_negative_hits_total 20")
             );
             // Invalidation forgets it at once; otherwise it expires.
-            cache.invalidate(ID, None).await;
+            cache.invalidate(&ID.parse().unwrap(), None).await;
             assert!(cache.get(&target()).await.is_err());
             assert_eq!(cache.source.calls.load(Ordering::SeqCst), 2);
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -396,10 +378,8 @@ mod tests {
 
     #[test]
     fn a_preview_key_is_the_uuid_as_a_number() {
-        let key = PreviewKey::new(ID, 3000).unwrap();
+        let key = PreviewKey::new(&ID.parse().unwrap(), 3000);
         assert_eq!(key.sandbox, 0x0b8f2a4e_6c1d_4f3a_9e2b_7d5c8a1f0e93);
         assert_eq!(key.port, 3000);
-        assert!(PreviewKey::new(&ID.to_uppercase(), 3000).is_none());
-        assert!(PreviewKey::new("0b8f2a4e6c1d4f3a9e2b7d5c8a1f0e93", 3000).is_none());
     }
 }

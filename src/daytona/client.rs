@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::upstream::parse_upstream;
 use super::{DaytonaError, Preview, PreviewSource};
-use crate::authz::host::PreviewTarget;
+use crate::authz::host::{PreviewTarget, SandboxId};
 use crate::metrics::Metrics;
 use crate::outbound::trust::TrustRoots;
 use crate::outbound::{BodyError, ClientError, connect_failure, outbound_client, read_bounded};
@@ -89,7 +89,8 @@ impl DaytonaApi {
     /// accepts our key, without touching any real sandbox.
     pub async fn probe(&self) -> Result<(), DaytonaError> {
         let nobody = PreviewTarget {
-            sandbox_id: "00000000-0000-0000-0000-000000000000".into(),
+            sandbox_id: SandboxId::parse("00000000-0000-0000-0000-000000000000")
+                .expect("the nil UUID"),
             port: 3000,
         };
         match self.fetch(&nobody).await {
@@ -105,7 +106,7 @@ impl DaytonaApi {
             .pop_if_empty()
             .extend([
                 "sandbox",
-                &target.sandbox_id,
+                target.sandbox_id.as_str(),
                 "ports",
                 &target.port.to_string(),
                 "preview-url",
@@ -356,7 +357,7 @@ mod tests {
 
     fn target() -> PreviewTarget {
         PreviewTarget {
-            sandbox_id: ID.into(),
+            sandbox_id: ID.parse().unwrap(),
             port: 3000,
         }
     }

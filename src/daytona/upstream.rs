@@ -68,7 +68,7 @@ mod tests {
 
     fn target() -> PreviewTarget {
         PreviewTarget {
-            sandbox_id: ID.into(),
+            sandbox_id: ID.parse().unwrap(),
             port: 3000,
         }
     }

@@ -8,7 +8,7 @@ use arc_swap::ArcSwapOption;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
-use crate::authz::host;
+use crate::authz::host::{self, SandboxId};
 use crate::daytona::{PreviewCache, PreviewSource};
 use crate::identity::mint::{self, LinkRequest, MintError};
 use crate::identity::revocation::{RevocationError, Revocations};
@@ -107,9 +107,9 @@ impl<S: PreviewSource> AdminService<S> {
         let id = sandbox_id(&request.sandbox_id)?;
         let store = self.revocations()?;
         if request.lift {
-            store.unrevoke_sandbox(&id).await?;
+            store.unrevoke_sandbox(id.as_str()).await?;
         } else {
-            store.revoke_sandbox(&id).await?;
+            store.revoke_sandbox(id.as_str()).await?;
         }
         tracing::info!(sandbox.id = %id, lifted = request.lift, "sandbox revocation changed");
         Ok(())
@@ -178,13 +178,9 @@ impl From<AdminError> for Status {
     }
 }
 
-fn sandbox_id(text: &str) -> Result<String, AdminError> {
-    let id = text.to_ascii_lowercase();
-    if host::is_uuid(&id) {
-        Ok(id)
-    } else {
-        Err(AdminError::Invalid("sandbox_id", "must be a UUID"))
-    }
+fn sandbox_id(text: &str) -> Result<SandboxId, AdminError> {
+    SandboxId::parse(&text.to_ascii_lowercase())
+        .ok_or(AdminError::Invalid("sandbox_id", "must be a UUID"))
 }
 
 #[tonic::async_trait]
