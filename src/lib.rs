@@ -11,10 +11,11 @@
 //! - [`daytona`] (API client, preview-URL allow-list, preview-token cache) and [`identity`]
 //!   (tokens, JWKS, introspection, revocation, minting): the edges that do I/O.
 //! - [`authz`]: the decision core, no I/O. [`outbound`] (HTTP client plumbing, trusted CAs),
-//!   [`metrics`] and [`proto`] are shared leaves.
+//!   [`cache`] (the one coalescing TTL cache), [`metrics`] and [`proto`] are shared leaves.
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod daytona;
@@ -33,8 +34,8 @@ mod layers {
     /// Each top-level module and what it may import besides itself.
     const MAY_USE: &[(&str, &[&str])] = &[
         ("authz", &["identity::token"]),
-        ("identity", &["authz", "metrics", "outbound"]),
-        ("daytona", &["authz", "metrics", "outbound"]),
+        ("identity", &["authz", "cache", "metrics", "outbound"]),
+        ("daytona", &["authz", "cache", "metrics", "outbound"]),
         (
             "config",
             &["authz", "identity", "daytona", "metrics", "outbound"],
@@ -47,6 +48,7 @@ mod layers {
         ),
         ("cli", &["config", "identity", "outbound", "proto", "serve"]),
         ("outbound", &[]),
+        ("cache", &[]),
         ("metrics", &[]),
         ("proto", &[]),
     ];

@@ -5,20 +5,19 @@ use std::time::{Duration, Instant};
 
 use super::{DaytonaError, Preview, PreviewSource};
 use crate::authz::host::{PreviewTarget, SandboxId};
+use crate::cache::CoalescingCache;
 use crate::metrics::Metrics;
 
-/// The preview-token cache: coalescing, bounded, expiring.
+/// The preview-token cache: coalescing, bounded, expiring ([`CoalescingCache`]).
 ///
-/// A `quick_cache` (S3-FIFO eviction) keyed by the sandbox UUID's 128 bits and the port: about
-/// 250 bytes an entry where moka with a `String` key took about 700 (bench/NOTES.md, finding 3).
-/// Concurrent misses for one key wait on one placeholder while its holder asks Daytona. A success
-/// lives `ttl` from when it was fetched; an expired entry is refetched (once, however many ask)
-/// by the first request that finds it. Daytona's 404 and 400 (the sandbox or port does not
-/// exist) live `negative_ttl` (zero: not kept). Any other failure is handed to exactly the
-/// callers that were waiting for that call, then forgotten, so the next request asks again.
+/// Keyed by the sandbox UUID's 128 bits and the port: about 250 bytes an entry where moka with a
+/// `String` key took about 700 (bench/NOTES.md, finding 3). A success lives `ttl` from when it
+/// was fetched. Daytona's 404 and 400 (the sandbox or port does not exist) live `negative_ttl`
+/// (zero: not kept). Any other failure is handed to exactly the callers that were waiting for
+/// that call, then forgotten, so the next request asks again.
 pub struct PreviewCache<S> {
     source: Arc<S>,
-    cache: quick_cache::sync::Cache<PreviewKey, Slot>,
+    cache: CoalescingCache<PreviewKey, Preview, DaytonaError>,
     ttl: Duration,
     negative_ttl: Duration,
     metrics: Arc<Metrics>,
@@ -40,38 +39,6 @@ impl PreviewKey {
     }
 }
 
-/// A cached answer.
-#[derive(Clone)]
-enum Slot {
-    /// Good until `expires`.
-    Ready {
-        preview: Arc<Preview>,
-        expires: Instant,
-    },
-    /// Daytona said there is no such sandbox port (404, 400): the answer until `expires`.
-    Absent {
-        error: Arc<DaytonaError>,
-        expires: Instant,
-    },
-    /// The call that ended at `at` failed: the answer for whoever asked before then, never after.
-    Failed {
-        error: Arc<DaytonaError>,
-        at: Instant,
-    },
-}
-
-impl Slot {
-    /// The very same answer (not merely an equal one).
-    fn same(&self, other: &Slot) -> bool {
-        match (self, other) {
-            (Slot::Ready { preview: a, .. }, Slot::Ready { preview: b, .. }) => Arc::ptr_eq(a, b),
-            (Slot::Absent { error: a, .. }, Slot::Absent { error: b, .. })
-            | (Slot::Failed { error: a, .. }, Slot::Failed { error: b, .. }) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
-    }
-}
-
 impl<S: PreviewSource> PreviewCache<S> {
     /// `ttl` for preview tokens, `negative_ttl` for "no such sandbox" answers (zero: not kept).
     pub fn new(
@@ -86,9 +53,7 @@ impl<S: PreviewSource> PreviewCache<S> {
             metrics,
             ttl,
             negative_ttl,
-            cache: quick_cache::sync::Cache::new(
-                usize::try_from(max_entries).unwrap_or(usize::MAX),
-            ),
+            cache: CoalescingCache::new(max_entries),
         }
     }
 
@@ -96,70 +61,45 @@ impl<S: PreviewSource> PreviewCache<S> {
     pub async fn get(&self, target: &PreviewTarget) -> Result<Arc<Preview>, Arc<DaytonaError>> {
         let asked = Instant::now();
         let key = PreviewKey::new(&target.sandbox_id, target.port);
-        match self.cache.get(&key) {
-            Some(Slot::Ready { preview, expires }) if asked < expires => {
+        match self.cache.cached(&key, asked) {
+            Some(Ok(preview)) => {
                 self.metrics.cache_hit();
                 return Ok(preview);
             }
-            Some(Slot::Absent { error, expires }) if asked < expires => {
+            Some(Err(absent)) => {
                 self.metrics.negative_cache_hit();
-                return Err(error);
+                return Err(absent);
             }
-            _ => {}
+            None => {}
         }
         self.metrics.cache_miss();
-        loop {
-            match self.cache.get_value_or_guard_async(&key).await {
-                Ok(Slot::Ready { preview, expires }) if asked < expires => return Ok(preview),
-                Ok(Slot::Absent { error, expires }) if asked < expires => return Err(error),
-                Ok(Slot::Failed { error, at }) if asked <= at => return Err(error),
-                Ok(stale) => {
-                    // Expired, or a failure that ended before this request: drop it (unless
-                    // someone replaced it meanwhile) and go round for a placeholder.
-                    self.cache.remove_if(&key, |current| current.same(&stale));
-                }
-                Err(placeholder) => {
-                    let slot = match self.source.fetch(target).await {
-                        Ok(preview) => Slot::Ready {
-                            preview: Arc::new(preview),
-                            expires: Instant::now() + self.ttl,
-                        },
-                        Err(error @ (DaytonaError::NotFound | DaytonaError::BadRequest(_)))
-                            if !self.negative_ttl.is_zero() =>
-                        {
-                            Slot::Absent {
-                                error: Arc::new(error),
-                                expires: Instant::now() + self.negative_ttl,
-                            }
-                        }
-                        Err(error) => Slot::Failed {
-                            error: Arc::new(error),
-                            at: Instant::now(),
-                        },
-                    };
-                    // The callers waiting on the placeholder get the slot from it directly.
-                    let _ = placeholder.insert(slot.clone());
-                    if matches!(slot, Slot::Failed { .. }) {
-                        self.cache.remove_if(&key, |current| current.same(&slot));
+        let answer = self
+            .cache
+            .get_or_fetch(
+                &key,
+                asked,
+                || self.source.fetch(target),
+                |answer| match answer {
+                    Ok(_) => Some(self.ttl),
+                    Err(DaytonaError::NotFound | DaytonaError::BadRequest(_))
+                        if !self.negative_ttl.is_zero() =>
+                    {
+                        Some(self.negative_ttl)
                     }
-                    self.metrics.set_cache_entries(self.entry_count());
-                    return match slot {
-                        Slot::Ready { preview, .. } => Ok(preview),
-                        Slot::Absent { error, .. } | Slot::Failed { error, .. } => Err(error),
-                    };
-                }
-            }
-        }
+                    Err(_) => None,
+                },
+            )
+            .await;
+        self.metrics.set_cache_entries(self.entry_count());
+        answer
     }
 
     /// Forgets one port of a sandbox, or every port of it.
     pub async fn invalidate(&self, sandbox_id: &SandboxId, port: Option<u16>) {
         let key = PreviewKey::new(sandbox_id, port.unwrap_or(0));
         match port {
-            Some(_) => {
-                self.cache.remove(&key);
-            }
-            None => self.cache.retain(|cached, _| cached.sandbox != key.sandbox),
+            Some(_) => self.cache.remove(&key),
+            None => self.cache.retain(|cached| cached.sandbox != key.sandbox),
         }
         self.metrics.set_cache_entries(self.entry_count());
     }

@@ -7,7 +7,7 @@
 //!
 //! Answers are cached under the token's SHA-256 (never the token itself): active ones for
 //! `positive_ttl`, cut short at the token's `exp`; inactive ones for `negative_ttl`. Failures are
-//! never cached. Concurrent look-ups of one token wait on the same call (moka's `try_get_with`).
+//! never cached. Concurrent look-ups of one token wait on the same call ([`CoalescingCache`]).
 //!
 //! Calls share [`MAX_IN_FLIGHT`] slots. A token whose introspection was never seen active (made-up
 //! garbage, or a user's first request) must also get one of the few slots and a token from the
@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::cache::CoalescingCache;
 use crate::metrics::Metrics;
 use crate::outbound::ClientError;
 
@@ -163,54 +164,6 @@ impl Answer {
     }
 }
 
-/// Per-entry lifetime: each answer carries its own.
-struct AnswerExpiry;
-
-impl moka::Expiry<TokenKey, Arc<Answer>> for AnswerExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &TokenKey,
-        answer: &Arc<Answer>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(answer.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &TokenKey,
-        answer: &Arc<Answer>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(answer.ttl)
-    }
-}
-
-/// Tokens seen active: each remembered for the lifetime it carries.
-struct KnownExpiry;
-
-impl moka::Expiry<TokenKey, Duration> for KnownExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &TokenKey,
-        ttl: &Duration,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(*ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &TokenKey,
-        ttl: &Duration,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(*ttl)
-    }
-}
-
 /// A token bucket: `burst` tokens at most, refilled at `rate` per second.
 #[derive(Debug)]
 struct TokenBucket {
@@ -265,11 +218,11 @@ pub struct Introspector {
     /// Calls about never-seen tokens over time.
     unknown_rate: TokenBucket,
     /// Digests of tokens seen active, each until its `exp` (at most [`KNOWN_FOR`]).
-    known: moka::future::Cache<TokenKey, Duration>,
+    known: quick_cache::sync::Cache<TokenKey, Instant>,
     timeout: Duration,
     positive_ttl: Duration,
     negative_ttl: Duration,
-    cache: moka::future::Cache<TokenKey, Arc<Answer>>,
+    cache: CoalescingCache<TokenKey, Answer, IntrospectionError>,
     metrics: Arc<Metrics>,
 }
 
@@ -339,17 +292,13 @@ impl Introspector {
             slots: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             unknown_slots: tokio::sync::Semaphore::new(unknown.concurrency),
             unknown_rate: TokenBucket::new(unknown.rate, unknown.burst, Instant::now()),
-            known: moka::future::Cache::builder()
-                .max_capacity(config.max_entries)
-                .expire_after(KnownExpiry)
-                .build(),
+            known: quick_cache::sync::Cache::new(
+                usize::try_from(config.max_entries).unwrap_or(usize::MAX),
+            ),
             timeout: config.timeout,
             positive_ttl: config.positive_ttl,
             negative_ttl: config.negative_ttl,
-            cache: moka::future::Cache::builder()
-                .max_capacity(config.max_entries)
-                .expire_after(AnswerExpiry)
-                .build(),
+            cache: CoalescingCache::new(config.max_entries),
             metrics,
         })
     }
@@ -363,16 +312,20 @@ impl Introspector {
     /// callers) from the endpoint.
     pub async fn introspect(&self, token: &str) -> Result<Introspection, Arc<IntrospectionError>> {
         let key = token_key(token);
-        if let Some(hit) = self.cache.get(&key).await {
+        let asked = Instant::now();
+        if let Some(Ok(hit)) = self.cache.cached(&key, asked) {
             self.metrics.introspection_cache_hit();
             return Ok(hit.at(SystemTime::now()));
         }
         self.metrics.introspection_cache_miss();
         let answer = self
             .cache
-            .try_get_with(key, async {
-                self.budgeted_call(&key, token).await.map(Arc::new)
-            })
+            .get_or_fetch(
+                &key,
+                asked,
+                || self.budgeted_call(&key, token),
+                |answer| answer.as_ref().ok().map(|answer| answer.ttl),
+            )
             .await?;
         Ok(answer.at(SystemTime::now()))
     }
@@ -384,7 +337,7 @@ impl Introspector {
         key: &TokenKey,
         token: &str,
     ) -> Result<Answer, IntrospectionError> {
-        let _unknown_slot = if self.known.contains_key(key) {
+        let _unknown_slot = if self.is_known(key, Instant::now()) {
             None
         } else {
             Some(self.admit_unknown().map_err(|shed| {
@@ -407,13 +360,20 @@ impl Introspector {
                             .map_or(KNOWN_FOR, |left| left.min(KNOWN_FOR))
                     }
                 };
-                self.known.insert(*key, ttl).await;
+                self.known.insert(*key, Instant::now() + ttl);
             }
             // No longer active (expired, revoked): a stranger again.
-            Ok(_) => self.known.invalidate(key).await,
+            Ok(_) => {
+                self.known.remove(key);
+            }
             Err(_) => {}
         }
         answer
+    }
+
+    /// Whether the token was seen active and its `exp` has not passed at `now`.
+    fn is_known(&self, key: &TokenKey, now: Instant) -> bool {
+        self.known.get(key).is_some_and(|until| now < until)
     }
 
     /// A slot and a rate token for a call about a never-seen token, or why not. Never waits: a
@@ -1032,7 +992,11 @@ mod tests {
             introspector.introspect(EXPIRED).await.unwrap(),
             Introspection::Inactive
         );
-        let cached = introspector.cache.get(&token_key(EXPIRED)).await.unwrap();
+        let cached = introspector
+            .cache
+            .cached(&token_key(EXPIRED), Instant::now())
+            .unwrap()
+            .unwrap();
         assert_eq!(cached.introspection, Introspection::Inactive);
         assert_eq!(
             introspector.introspect(EXPIRED).await.unwrap(),
@@ -1072,7 +1036,11 @@ mod tests {
         // An active answer without exp is kept for positive_ttl.
         let no_exp = introspector.introspect("no-exp").await.unwrap();
         assert!(matches!(no_exp, Introspection::Active(_)));
-        let cached = introspector.cache.get(&token_key("no-exp")).await.unwrap();
+        let cached = introspector
+            .cache
+            .cached(&token_key("no-exp"), Instant::now())
+            .unwrap()
+            .unwrap();
         assert_eq!(cached.ttl, Duration::from_secs(60));
         endpoint.assert_clean();
     }
@@ -1111,7 +1079,7 @@ mod tests {
             introspector.introspect(ACTIVE).await.unwrap(),
             Introspection::Active(_)
         ));
-        introspector.cache.invalidate(&token_key(ACTIVE)).await;
+        introspector.cache.remove(&token_key(ACTIVE));
 
         // More made-up tokens than there are call slots, all held by a slow endpoint.
         let flood_size = MAX_IN_FLIGHT + 10;
@@ -1195,7 +1163,7 @@ mod tests {
             Introspection::Inactive
         );
         // A known token needs no rate token, even once its answer has left the cache.
-        introspector.cache.invalidate(&token_key(ACTIVE)).await;
+        introspector.cache.remove(&token_key(ACTIVE));
         assert!(matches!(
             introspector.introspect(ACTIVE).await.unwrap(),
             Introspection::Active(_)
@@ -1209,16 +1177,23 @@ mod tests {
     async fn only_tokens_seen_active_are_known_and_only_until_their_exp() {
         let endpoint = Endpoint::start().await;
         let introspector = endpoint.introspector();
-        let known = |token: &str| introspector.known.contains_key(&token_key(token));
+        let known = |token: &str| introspector.is_known(&token_key(token), Instant::now());
         for token in [ACTIVE, INACTIVE, EXPIRED, BOOM, "no-exp"] {
             let _ = introspector.introspect(token).await;
         }
         assert!(known(ACTIVE) && known("no-exp"));
         assert!(!known(INACTIVE) && !known(EXPIRED) && !known(BOOM));
-        let ttl = async |token: &str| introspector.known.get(&token_key(token)).await.unwrap();
-        assert_eq!(ttl("no-exp").await, KNOWN_FOR);
+        let ttl = |token: &str| {
+            let until = introspector.known.get(&token_key(token)).unwrap();
+            until.saturating_duration_since(Instant::now())
+        };
+        let left = ttl("no-exp");
+        assert!(
+            left <= KNOWN_FOR && left > KNOWN_FOR - Duration::from_secs(100),
+            "{left:?}"
+        );
         // ACTIVE's exp is an hour away: known for that hour (give or take the test's run).
-        let left = ttl(ACTIVE).await;
+        let left = ttl(ACTIVE);
         assert!(
             left <= Duration::from_secs(3600) && left > Duration::from_secs(3500),
             "{left:?}"
