@@ -9,9 +9,11 @@
 
 use std::sync::Arc;
 
-use crate::authz::host::{self, HostError, PreviewTarget};
-use crate::authz::pages;
-use crate::authz::preview::{DaytonaError, Preview};
+pub use super::denial::{Denial, render};
+pub use super::request::RequestView;
+use super::request::without_token;
+use crate::authz::host::{self, PreviewTarget};
+use crate::authz::preview::Preview;
 use crate::identity::token::{self, ExtractError, Grant, TokenError, TokenSource, Verifier};
 
 /// Request headers daytona-authz sets on the way upstream. Daytona's proxy reads the first two;
@@ -26,132 +28,6 @@ pub const DISABLE_CORS_HEADER: &str = "x-daytona-disable-cors";
 /// Every client header with this prefix is removed, so no client can speak for daytona-authz or
 /// for Daytona (`x-daytona-preview-token`, `x-daytona-disable-cors`, ...).
 const RESERVED_PREFIX: &str = "x-daytona-";
-
-/// What the decision needs of a request. Header names are lower-case; repeated headers appear
-/// once per value.
-#[derive(Debug, Clone, Default)]
-pub struct RequestView {
-    pub method: String,
-    /// `:scheme` as Envoy passed it on. Not evidence of TLS: an HTTP/2 client sets it itself,
-    /// even on a plain-HTTP listener (`is_https` asks X-Forwarded-Proto instead).
-    pub scheme: String,
-    pub host: String,
-    /// The request target with its query string, undecoded.
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-}
-
-impl RequestView {
-    /// `method` (`GET`, ...) for `host` and `path` over plain HTTP, without headers: a request to
-    /// build on with [`RequestView::with_header`] (tests, property tests, benchmarks).
-    pub fn new(method: &str, host: &str, path: &str) -> Self {
-        RequestView {
-            method: method.to_owned(),
-            scheme: "http".to_owned(),
-            host: host.to_owned(),
-            path: path.to_owned(),
-            headers: Vec::new(),
-        }
-    }
-
-    /// The same request with one more header (its name lower-cased, as Envoy sends it).
-    pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
-        self
-    }
-
-    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn has_header(&self, name: &str) -> bool {
-        self.header_values(name).next().is_some()
-    }
-
-    /// A person's browser asking for a page (not a script's fetch, not an upgrade): it gets HTML
-    /// pages and redirects, everything else JSON.
-    pub fn wants_html(&self) -> bool {
-        if self.has_header("upgrade") {
-            return false;
-        }
-        self.header_values("sec-fetch-mode")
-            .any(|m| m == "navigate")
-            || self
-                .header_values("accept")
-                .any(|a| a.to_ascii_lowercase().contains("text/html"))
-    }
-
-    /// A top-level navigation: where a share link turns into a cookie.
-    fn is_navigation(&self) -> bool {
-        self.method == "GET" && self.wants_html()
-    }
-
-    /// A CORS preflight, which browsers send without credentials.
-    fn is_preflight(&self) -> bool {
-        self.method == "OPTIONS"
-            && self.has_header("origin")
-            && self.has_header("access-control-request-method")
-    }
-
-    /// Whether the client reached the edge over TLS, as Envoy's `X-Forwarded-Proto` says: Envoy
-    /// replaces any client-sent value with the scheme of the client's own connection, unless it
-    /// trusts a proxy in front (`xff_num_trusted_hops`), whose value it keeps. Only that header
-    /// counts, and only as a single `https`: `:scheme` is the client's choice over HTTP/2 (and
-    /// in an absolute request target), even on a plain-HTTP listener, so it proves nothing.
-    fn is_https(&self) -> bool {
-        let mut values = self.header_values("x-forwarded-proto");
-        matches!(
-            (values.next(), values.next()),
-            (Some(proto), None) if proto.trim().eq_ignore_ascii_case("https")
-        )
-    }
-
-    /// The request target without `access_token` (in any spelling) and without a fragment, for
-    /// redirects and `return_to`.
-    fn path_without_token(&self) -> String {
-        let target = self.path.split('#').next().unwrap_or_default();
-        without_token(target).unwrap_or_else(|| target.to_owned())
-    }
-}
-
-/// `target` with every `access_token` pair (in any spelling, e.g. `%61ccess_token`) cut out of
-/// its query, and every other byte kept in its order: apps that sign or hash their query see it
-/// as the client sent it. `None` when there is no such pair (the target is then left alone).
-fn without_token(target: &str) -> Option<String> {
-    let (before_fragment, fragment) = match target.split_once('#') {
-        Some((before, fragment)) => (before, Some(fragment)),
-        None => (target, None),
-    };
-    let (path, query) = before_fragment.split_once('?')?;
-    if !query.split('&').any(is_token_parameter) {
-        return None;
-    }
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !is_token_parameter(pair))
-        .collect();
-    let mut out = path.to_owned();
-    if !kept.is_empty() {
-        out.push('?');
-        out.push_str(&kept.join("&"));
-    }
-    if let Some(fragment) = fragment {
-        out.push('#');
-        out.push_str(fragment);
-    }
-    Some(out)
-}
-
-/// Whether a `name=value` query pair is `access_token`, once percent-decoded.
-fn is_token_parameter(pair: &str) -> bool {
-    form_urlencoded::parse(pair.as_bytes())
-        .next()
-        .is_some_and(|(name, _)| name == token::QUERY_PARAMETER)
-}
 
 /// What the deployment allows.
 #[derive(Debug, Clone)]
@@ -202,166 +78,6 @@ pub struct Authorized {
     pub target: PreviewTarget,
     pub source: TokenSource,
 }
-
-/// Why a request is refused. One place ([`Denial::status`] and friends) maps each to what the
-/// client sees.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Denial {
-    #[error("request headers are over the size limit")]
-    HeadersTooLarge,
-    #[error("host: {0}")]
-    BadHost(HostError),
-    #[error("no access token")]
-    MissingToken,
-    #[error("{0}")]
-    AmbiguousToken(ExtractError),
-    #[error("{0}")]
-    InvalidToken(TokenError),
-    #[error("token is for another sandbox")]
-    WrongSandbox,
-    #[error("token does not grant this port")]
-    PortNotGranted,
-    #[error("access to this sandbox was revoked")]
-    SandboxRevoked,
-    #[error(
-        "a request that is neither a navigation nor from this sandbox's own pages used its cookie"
-    )]
-    CrossSandbox,
-    #[error("CORS preflight from an origin not in --cors-allow-origin")]
-    CorsOriginRefused,
-    /// Whether the token is good cannot be known right now (introspection or the revocation
-    /// store is unreachable): fail closed.
-    #[error("{0} unavailable")]
-    StatusUnknown(&'static str),
-    #[error("{0}")]
-    Daytona(DaytonaError),
-    /// The sandbox already has `limit` other ports in use (`--max-ports-per-sandbox`); one frees
-    /// up in `retry_after` seconds.
-    #[error("sandbox has {limit} other ports in use")]
-    TooManyPorts { limit: usize, retry_after: u64 },
-}
-
-impl Denial {
-    pub fn status(&self) -> u16 {
-        match self {
-            Denial::HeadersTooLarge => 431,
-            Denial::BadHost(_) => 400,
-            Denial::MissingToken | Denial::AmbiguousToken(_) | Denial::InvalidToken(_) => 401,
-            Denial::WrongSandbox
-            | Denial::PortNotGranted
-            | Denial::SandboxRevoked
-            | Denial::CrossSandbox
-            | Denial::CorsOriginRefused => 403,
-            Denial::StatusUnknown(_) => 503,
-            Denial::TooManyPorts { .. } => 429,
-            Denial::Daytona(e) => match e {
-                DaytonaError::NotFound => 404,
-                DaytonaError::BadRequest(_) => 400,
-                DaytonaError::Unauthorized(_) | DaytonaError::BadAnswer(_) => 502,
-                DaytonaError::RateLimited { .. } | DaytonaError::Unavailable(_) => 503,
-            },
-        }
-    }
-
-    /// A short machine-readable code for the JSON body (RFC 6750 names where they apply).
-    pub fn code(&self) -> &'static str {
-        match self {
-            Denial::HeadersTooLarge => "request_header_fields_too_large",
-            Denial::BadHost(_) => "invalid_host",
-            Denial::MissingToken | Denial::AmbiguousToken(_) | Denial::InvalidToken(_) => {
-                "invalid_token"
-            }
-            Denial::WrongSandbox
-            | Denial::PortNotGranted
-            | Denial::SandboxRevoked
-            | Denial::CrossSandbox => "insufficient_scope",
-            Denial::CorsOriginRefused => "cors_origin_refused",
-            Denial::StatusUnknown(_) => "identity_unavailable",
-            Denial::TooManyPorts { .. } => "too_many_ports",
-            Denial::Daytona(e) => match e {
-                DaytonaError::NotFound => "sandbox_not_found",
-                DaytonaError::BadRequest(_) => "bad_request",
-                DaytonaError::Unauthorized(_) | DaytonaError::BadAnswer(_) => "bad_gateway",
-                DaytonaError::RateLimited { .. } | DaytonaError::Unavailable(_) => {
-                    "daytona_unavailable"
-                }
-            },
-        }
-    }
-
-    /// What a person can act on. Never contains the token or internals.
-    pub fn message(&self) -> String {
-        match self {
-            Denial::HeadersTooLarge => "The request headers are too large.".into(),
-            Denial::BadHost(HostError::PortOutOfRange) => {
-                "Preview ports are 3000-9999; use https://{port}-{sandboxId}.<preview domain>/."
-                    .into()
-            }
-            Denial::BadHost(_) => {
-                "This is not a preview address; use https://{port}-{sandboxId}.<preview domain>/."
-                    .into()
-            }
-            Denial::MissingToken => "An access token is required: send `Authorization: Bearer <token>` or open a share link with `?access_token=`.".into(),
-            Denial::AmbiguousToken(ExtractError::MalformedAuthorization) => "The Authorization header is not exactly `Bearer <token>`; send one Bearer token and nothing else in that header.".into(),
-            Denial::AmbiguousToken(ExtractError::Ambiguous) => "The request carries more than one access token; send exactly one.".into(),
-            Denial::InvalidToken(TokenError::Expired) => "The access token has expired; ask for a new link.".into(),
-            Denial::InvalidToken(TokenError::Revoked) => {
-                "The access token has been revoked; ask for a new link.".into()
-            }
-            Denial::InvalidToken(_) => "The access token is not valid; ask for a new link.".into(),
-            Denial::WrongSandbox => "The access token is for another sandbox.".into(),
-            Denial::PortNotGranted => "The access token does not grant this port.".into(),
-            Denial::SandboxRevoked => "Access to this sandbox has been revoked.".into(),
-            Denial::CrossSandbox => {
-                "Your access to this sandbox works when you open it, and for its own pages; other pages cannot use it.".into()
-            }
-            Denial::CorsOriginRefused => "This origin may not call this sandbox.".into(),
-            Denial::StatusUnknown(_) => {
-                "Access cannot be checked right now; try again shortly.".into()
-            }
-            Denial::TooManyPorts { limit, retry_after } => format!(
-                "This sandbox already has {limit} other ports open, the most allowed at once. \
-                 Ports already open keep working; this one can be opened in {retry_after} s, \
-                 once one of them has been left unused long enough."
-            ),
-
-            Denial::Daytona(DaytonaError::NotFound) => "No such sandbox (it may have been deleted).".into(),
-            // Daytona's own words go to the log (the denial's Display), not to the visitor.
-            Denial::Daytona(DaytonaError::BadRequest(_)) => "Daytona refused to serve this sandbox port; check the address.".into(),
-            Denial::Daytona(DaytonaError::Unauthorized(_)) => "The preview proxy cannot reach this sandbox (its Daytona credentials were refused). Tell the platform team.".into(),
-            Denial::Daytona(DaytonaError::BadAnswer(_)) => "The preview proxy got an unusable answer from Daytona. Tell the platform team.".into(),
-            Denial::Daytona(_) => "Daytona is not answering right now; try again shortly.".into(),
-        }
-    }
-
-    /// For 503 and 429: how long a client should wait, in seconds.
-    pub fn retry_after(&self) -> Option<u64> {
-        match self {
-            Denial::TooManyPorts { retry_after, .. } => Some((*retry_after).max(1)),
-            Denial::Daytona(DaytonaError::RateLimited { retry_after }) => {
-                Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER).clamp(1, 300))
-            }
-            Denial::Daytona(DaytonaError::Unavailable(_)) | Denial::StatusUnknown(_) => {
-                Some(DEFAULT_RETRY_AFTER)
-            }
-            _ => None,
-        }
-    }
-
-    /// The RFC 6750 §3 challenge for 401 and 403.
-    pub fn www_authenticate(&self) -> Option<&'static str> {
-        if *self == Denial::CorsOriginRefused {
-            return None;
-        }
-        match self.status() {
-            401 => Some(r#"Bearer realm="daytona-authz", error="invalid_token""#),
-            403 => Some(r#"Bearer realm="daytona-authz", error="insufficient_scope""#),
-            _ => None,
-        }
-    }
-}
-
-const DEFAULT_RETRY_AFTER: u64 = 5;
 
 /// What to do with a request before any call to Daytona.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -685,82 +401,6 @@ fn preflight(request: &RequestView) -> LocalReply {
     }
 }
 
-/// What a denied client sees: a page for a person's browser (or a sign-in redirect, with
-/// `--login-url`), JSON for everything else.
-pub fn render(denial: &Denial, request: &RequestView, policy: &Policy) -> LocalReply {
-    let browser = request.wants_html();
-    let mut headers: Vec<(&'static str, String)> = vec![("cache-control", "no-store".into())];
-    if denial.status() == 401 {
-        // A cookie of ours that did not work: have the browser forget it. Only when the cookie
-        // was the credential that failed: another page must not be able to sign the user out by
-        // sending a bad `?access_token=` or `Authorization` beside the user's good cookie.
-        let authorization: Vec<&str> = request.header_values("authorization").collect();
-        let cookies: Vec<&str> = request.header_values("cookie").collect();
-        let only_the_cookie =
-            token::extract(&authorization, &request.path, &[], &policy.cookie_name)
-                .is_ok_and(|other| other.is_none());
-        if only_the_cookie
-            && token::cookie_values(&cookies, &policy.cookie_name)
-                .next()
-                .is_some()
-        {
-            // Secure over https, as the cookie was set: browsers ignore a `__Host-` cookie
-            // (and anything overwriting a Secure one) without it.
-            let secure = if request.is_https() { "; Secure" } else { "" };
-            headers.push((
-                "set-cookie",
-                format!(
-                    "{}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax{secure}",
-                    policy.cookie_name
-                ),
-            ));
-        }
-        if browser && let Some(login) = &policy.login_url {
-            let mut location = login.clone();
-            location
-                .query_pairs_mut()
-                .append_pair("return_to", &return_to(request));
-            headers.push(("location", location.into()));
-            return LocalReply {
-                reason: denial.code(),
-                status: 302,
-                headers,
-                body: String::new(),
-            };
-        }
-    }
-    if let Some(challenge) = denial.www_authenticate() {
-        headers.push(("www-authenticate", challenge.into()));
-    }
-    if let Some(seconds) = denial.retry_after() {
-        headers.push(("retry-after", seconds.to_string()));
-    }
-    let body = if browser {
-        headers.push(("content-type", "text/html; charset=utf-8".into()));
-        pages::denial(denial.status(), &denial.message())
-    } else {
-        headers.push(("content-type", "application/json".into()));
-        serde_json::json!({ "error": denial.code(), "message": denial.message() }).to_string()
-    };
-    LocalReply {
-        reason: denial.code(),
-        status: denial.status(),
-        headers,
-        body,
-    }
-}
-
-/// Where a sign-in page sends the browser back: this very preview URL, without any token. Only
-/// ever built for a host that parsed as a preview host of our domain, so it cannot point away.
-fn return_to(request: &RequestView) -> String {
-    let scheme = if request.is_https() { "https" } else { "http" };
-    format!(
-        "{scheme}://{}{}",
-        request.host.to_ascii_lowercase(),
-        request.path_without_token()
-    )
-}
-
 fn check_grant(grant: &Grant, target: &PreviewTarget, now: u64) -> Result<(), Denial> {
     // The verifier already checked `exp` (with leeway); this guards callers that cache grants.
     if grant.expires_at.saturating_add(token::LEEWAY_SECS) < now {
@@ -842,7 +482,8 @@ pub fn allow(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authz::preview::Upstream;
+    use crate::authz::host::HostError;
+    use crate::authz::preview::{DaytonaError, Upstream};
     use crate::identity::token::{Claims, Signer, now};
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
