@@ -3,7 +3,7 @@
 //! whole into [`ServeConfig`] before anything binds a socket. Problems are one line each and exit
 //! code 64 (EX_USAGE); `check-config` lists every problem at once.
 //!
-//! [`args`](self::args) holds the flags, `file` the config file, `secrets` where each secret
+//! `args` holds the flags, `file` the config file, `secrets` where each secret
 //! comes from, `validate` the checks and the validated [`ServeConfig`].
 
 mod args;

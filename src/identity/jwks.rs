@@ -160,7 +160,7 @@ impl Jwks {
     }
 }
 
-/// The signing keys of a JWKS document (at most [`MAX_KEYS`]). A key we cannot read (a `kty`
+/// The signing keys of a JWKS document (at most `MAX_KEYS`). A key we cannot read (a `kty`
 /// or curve jsonwebtoken does not know, such as an X25519 key-agreement key) is skipped like any
 /// other key we do not use: it must not take the issuer's signing keys down with it.
 pub fn signing_keys(document: &[u8]) -> Result<Vec<JwkKey>, &'static str> {
