@@ -31,6 +31,14 @@ impl SandboxId {
         })
     }
 
+    /// The nil UUID: a sandbox that cannot exist (the readiness probe asks about it).
+    pub fn nil() -> Self {
+        SandboxId {
+            uuid: uuid::Uuid::nil(),
+            text: "00000000-0000-0000-0000-000000000000".into(),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.text
     }
@@ -167,6 +175,10 @@ mod tests {
         assert_eq!(id, ID);
         assert_eq!(id.uuid().as_u128(), 0x0b8f2a4e_6c1d_4f3a_9e2b_7d5c8a1f0e93);
         assert_eq!(id.to_string(), ID);
+        assert_eq!(
+            SandboxId::nil(),
+            SandboxId::parse(&uuid::Uuid::nil().to_string()).unwrap()
+        );
         assert_eq!(format!("{id:?}"), format!("{ID:?}"));
         for text in [
             "0B8F2A4E-6C1D-4F3A-9E2B-7D5C8A1F0E93",

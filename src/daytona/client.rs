@@ -89,8 +89,7 @@ impl DaytonaApi {
     /// accepts our key, without touching any real sandbox.
     pub async fn probe(&self) -> Result<(), DaytonaError> {
         let nobody = PreviewTarget {
-            sandbox_id: SandboxId::parse("00000000-0000-0000-0000-000000000000")
-                .expect("the nil UUID"),
+            sandbox_id: SandboxId::nil(),
             port: 3000,
         };
         match self.fetch(&nobody).await {
