@@ -4,15 +4,12 @@
 //! neither a token for a sandbox Daytona does not know nor a rate-limited API key turns each
 //! request into a Daytona API call.
 
-mod support;
-
 use std::time::Duration;
 
-use daytona_authz::admin::pb::InvalidatePreviewTokenRequest;
-use daytona_authz::token::now;
+use support::pb::InvalidatePreviewTokenRequest;
 use support::{
     AuthzOptions, Reply, Stack, StackOptions, admin_client, authed, bearer, eventually, host_for,
-    parse_metrics, token_for,
+    now, parse_metrics, token_for,
 };
 
 /// Envoy's DNS cache entries in these tests: one more than a sandbox may use, so a sandbox that

@@ -2,13 +2,12 @@
 //! follow-ups, pages, sign-in redirects, WebSockets, server-sent events, large bodies, CORS
 //! preflights, `mint`, secret rotation.
 
-mod support;
-
 use std::time::Duration;
 
-use daytona_authz::token::{Claims, Signer, now};
 use futures_util::{SinkExt, StreamExt};
-use support::{AuthzOptions, JWT_SECRET, Reply, Stack, echoed_headers, token_for};
+use support::{
+    AuthzOptions, Claims, JWT_SECRET, Reply, Signer, Stack, echoed_headers, now, token_for,
+};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 
 /// What a browser sends when a person opens a link.
