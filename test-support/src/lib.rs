@@ -500,6 +500,12 @@ impl Double {
         self.post("sandboxes", serde_json::json!({})).await
     }
 
+    /// A sandbox with this id (a lower-case UUID).
+    pub async fn create_sandbox_with_id(&self, id: &str) -> Sandbox {
+        self.post("sandboxes", serde_json::json!({ "id": id }))
+            .await
+    }
+
     /// Makes the preview-url API answer only after `delay` (replaces any other fault).
     pub async fn delay(&self, delay: Duration) {
         let _: serde_json::Value = self
@@ -1190,6 +1196,19 @@ pub fn sign(claims: &Claims) -> String {
     remember_secret(&token);
     token
 }
+
+/// What a browser sends when a person opens a link.
+pub const NAVIGATE: [(&str, &str); 3] = [
+    (
+        "accept",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    ),
+    ("sec-fetch-mode", "navigate"),
+    (
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64) daytona-authz-test",
+    ),
+];
 
 /// An `Authorization` header value for `token`.
 pub fn bearer(token: &str) -> String {

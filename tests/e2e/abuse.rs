@@ -137,18 +137,7 @@ async fn a_token_for_an_unknown_sandbox_costs_one_api_call_not_one_per_request()
 
     // Created meanwhile: still "not found" until the answer expires, or at once after
     // InvalidatePreviewToken.
-    let _: serde_json::Value = reqwest::Client::new()
-        .post(format!(
-            "{}/_double/sandboxes",
-            stack.double.api_url.trim_end_matches("/api")
-        ))
-        .json(&serde_json::json!({ "id": gone }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    stack.double.create_sandbox_with_id(gone).await;
     let reply = get(&stack, gone, 3000, &token, "application/json").await;
     assert_eq!(reply.status, 404, "{}", reply.body);
     assert_eq!(stack.double.api_calls().await - before, 1);

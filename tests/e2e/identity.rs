@@ -25,25 +25,12 @@ use serde_json::{Value, json};
 use support::pb::admin_client::AdminClient;
 use support::pb::{MintLinkRequest, MintLinkResponse, RevokeSandboxRequest, RevokeTokenRequest};
 use support::{
-    ADMIN_TOKEN, Authz, AuthzOptions, Envoy, JWT_SECRET, LocalServer, PREVIEW_DOMAIN, RedisServer,
-    Reply, Stack, admin_client, authed, bearer, host_for, mint_link, now, optional_program,
-    until_status, with_credential,
+    ADMIN_TOKEN, Authz, AuthzOptions, Envoy, JWT_SECRET, LocalServer, NAVIGATE, PREVIEW_DOMAIN,
+    RedisServer, Reply, Stack, admin_client, authed, bearer, host_for, mint_link, now,
+    optional_program, until_status, with_credential,
 };
 use tonic::Request;
 use tonic::transport::Channel;
-
-/// What a browser sends when a person opens a link.
-const NAVIGATE: [(&str, &str); 3] = [
-    (
-        "accept",
-        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-    ),
-    ("sec-fetch-mode", "navigate"),
-    (
-        "user-agent",
-        "Mozilla/5.0 (X11; Linux x86_64) daytona-authz-test",
-    ),
-];
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
