@@ -419,6 +419,7 @@ impl Compose {
             "src",
             "daytona-double",
             "load-tools",
+            "test-support",
             "envoy",
         ] {
             run_ok(
