@@ -7,15 +7,17 @@
 FROM rust:1-bookworm AS sources
 WORKDIR /src
 # protoc comes vendored (protoc-bin-vendored): no system packages needed to build.
-# benches/ because Cargo.toml declares `[[bench]] check_path`, daytona-double/ and load-tools/
-# because the workspace names them: cargo refuses a manifest whose files are missing, even for
-# `-p` builds (scripts/check-deploy loads the manifest from exactly what these COPY lines copy).
+# benches/ because Cargo.toml declares `[[bench]] check_path`, daytona-double/, load-tools/ and
+# test-support/ because the workspace names them: cargo refuses a manifest whose files are
+# missing, even for `-p` builds (scripts/check-deploy loads the manifest from exactly what these
+# COPY lines copy).
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY benches benches
 COPY src src
 COPY daytona-double daytona-double
 COPY load-tools load-tools
+COPY test-support test-support
 # The crate registry and target/ are build caches (BuildKit or buildah/podman; the legacy builder
 # cannot build this file): a rebuild recompiles only our crates, never the dependencies. They are
 # in no layer, so binaries are copied out. The cache outlives checkouts and cargo decides

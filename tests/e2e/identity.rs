@@ -6,8 +6,6 @@
 //! across a restart), the `mint`/`revoke` CLI against a running server, and revocations shared by
 //! two replicas through a real redis-server.
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -21,33 +19,18 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
-use daytona_authz::identity::token::now;
-use daytona_authz::proto::admin::admin_client::AdminClient;
-use daytona_authz::proto::admin::{
-    MintLinkRequest, MintLinkResponse, RevokeSandboxRequest, RevokeTokenRequest,
-};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use support::pb::admin_client::AdminClient;
+use support::pb::{MintLinkRequest, MintLinkResponse, RevokeSandboxRequest, RevokeTokenRequest};
 use support::{
-    ADMIN_TOKEN, Authz, AuthzOptions, Envoy, JWT_SECRET, PREVIEW_DOMAIN, Proc, Reply, Stack,
-    admin_client, authed, bearer, host_for, mint_link, optional_program, with_credential,
+    ADMIN_TOKEN, Authz, AuthzOptions, Envoy, JWT_SECRET, LocalServer, NAVIGATE, PREVIEW_DOMAIN,
+    RedisServer, Reply, Stack, admin_client, authed, bearer, host_for, mint_link, now,
+    optional_program, until_status, with_credential,
 };
 use tonic::Request;
 use tonic::transport::Channel;
-
-/// What a browser sends when a person opens a link.
-const NAVIGATE: [(&str, &str); 3] = [
-    (
-        "accept",
-        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-    ),
-    ("sec-fetch-mode", "navigate"),
-    (
-        "user-agent",
-        "Mozilla/5.0 (X11; Linux x86_64) daytona-authz-test",
-    ),
-];
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -67,87 +50,9 @@ async fn with_cookie(stack: &Stack, host: &str, cookie: &str) -> Reply {
     stack.get(host, "/", &headers).await
 }
 
-/// Sends `send` until the reply has status `want`, at most for `limit` (polling every 25 ms).
-/// Returns the reply and how long it took from the first attempt.
-async fn until_status<F, Fut>(
-    what: &str,
-    want: u16,
-    limit: Duration,
-    mut send: F,
-) -> (Reply, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Reply>,
-{
-    let started = Instant::now();
-    loop {
-        let reply = send().await;
-        if reply.status == want {
-            return (reply, started.elapsed());
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{what}: still {} instead of {want} after {limit:?}: {}",
-            reply.status,
-            reply.body
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// How many requests Daytona's preview proxy (the double) has received.
 async fn forwarded(stack: &Stack) -> usize {
     stack.double.proxy_requests().await.len()
-}
-
-/// A tiny HTTP server on 127.0.0.1:0 run by the test, stopped for good by [`LocalServer::stop`]
-/// (then its port refuses connections) or when dropped.
-struct LocalServer {
-    addr: std::net::SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl LocalServer {
-    async fn start(app: Router) -> LocalServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-                .expect("local test server");
-        });
-        LocalServer {
-            addr,
-            shutdown: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    /// Stops accepting, closes idle keep-alive connections and waits until it is gone.
-    async fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("local server stops within 10 s")
-                .expect("local server task");
-        }
-    }
-}
-
-impl Drop for LocalServer {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -787,7 +692,7 @@ async fn opaque_tokens_are_introspected_cached_and_refused_when_the_endpoint_is_
         ),
     ]);
     let calls = || state.calls.load(Ordering::SeqCst);
-    // Opaque tokens are secrets too: no log may contain one (tests/support checks at the end).
+    // Opaque tokens are secrets too: no log may contain one (test-support checks at the end).
     for token in state.answers.lock().unwrap().keys() {
         support::remember_secret(token);
     }
@@ -1534,83 +1439,6 @@ async fn an_expiry_in_the_past_is_refused_by_the_admin_api_and_the_cli() {
 // ---------------------------------------------------------------------------------------------
 // 6. Revocations shared through Redis
 
-/// A redis-server on 127.0.0.1 without persistence, killed on drop.
-struct RedisServer {
-    bin: PathBuf,
-    port: u16,
-    proc: Option<Proc>,
-}
-
-impl RedisServer {
-    async fn start(bin: PathBuf) -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = RedisServer {
-            bin,
-            port,
-            proc: None,
-        };
-        server.restart().await;
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Starts it (again, on the same port, empty) and waits until it answers PING.
-    async fn restart(&mut self) {
-        self.kill();
-        let proc = Proc::spawn(
-            "redis-server",
-            Command::new(&self.bin)
-                .args(["--port", &self.port.to_string()])
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
-        );
-        self.proc = Some(proc);
-        let port = self.port;
-        support::eventually(
-            "redis-server to answer PING",
-            Duration::from_secs(10),
-            || async move { ping(port).await.then_some(()) },
-        )
-        .await;
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.kill();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn ping(port: u16) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        stream.write_all(b"PING\r\n").await.ok()?;
-        let mut answer = [0u8; 7];
-        stream.read_exact(&mut answer).await.ok()?;
-        Some(&answer == b"+PONG\r\n")
-    };
-    tokio::time::timeout(Duration::from_millis(500), attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_shares_revocations_between_replicas_and_fails_closed_when_down() {
     let Some(bin) = optional_program(
@@ -1786,17 +1614,16 @@ async fn redis_keeps_revocations_until_exp_and_restores_them_after_losing_its_da
     // A token living two years (no --max-token-lifetime), revoked without its expiry: the
     // revocation must last at least as long as the token, not 366 days.
     let exp = now() + 2 * 366 * 86_400;
-    let claims = daytona_authz::identity::token::Claims {
+    let claims = support::Claims {
         sandbox_id: stack.sandbox_id().to_owned(),
         exp,
         ports: None,
         iss: None,
         aud: None,
     };
-    let (long_lived, long_jti) =
-        daytona_authz::identity::token::Signer::hs256(JWT_SECRET.as_bytes())
-            .sign_link(&claims, now())
-            .unwrap();
+    let (long_lived, long_jti) = support::Signer::hs256(JWT_SECRET.as_bytes())
+        .sign_link(&claims, now())
+        .unwrap();
     support::remember_secret(&long_lived);
     assert_eq!(with_bearer(&stack, &host, &long_lived).await.status, 200);
     admin_api

@@ -4,8 +4,6 @@
 //! cluster, which must send the preview host as SNI and verify the certificate (chain to the
 //! trusted CA, name = the preview host) before forwarding anything.
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 

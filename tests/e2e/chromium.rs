@@ -6,8 +6,6 @@
 //! chromium` installs it; `scripts/test` runs it first). Without one the test skips, unless `CI`
 //! is set.
 
-mod support;
-
 use std::io::Read;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
@@ -16,10 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use daytona_authz::identity::token::now;
 use support::{
-    AuthzOptions, Edge, EdgeCertificate, FrontProxy, Stack, StackOptions, TestCa, optional_program,
-    token_for,
+    AuthzOptions, Edge, EdgeCertificate, FrontProxy, Stack, StackOptions, TestCa, now,
+    optional_program, token_for,
 };
 
 /// Chromium gets this long to load the page and print it before it is killed.

@@ -4,8 +4,6 @@
 //! without it (503 / not ready, the log saying why); revocations shared by two replicas through
 //! Debian's redis-server with TLS on (`rediss://`), and a replica without the CA refusing to start.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -15,17 +13,15 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
-use daytona_authz::identity::token::now;
-use daytona_authz::proto::admin::RevokeTokenRequest;
 use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use support::pb::RevokeTokenRequest;
 use support::{
-    API_KEY, Authz, AuthzOptions, JWT_SECRET, PREVIEW_DOMAIN, Proc, Reply, Stack, StackOptions,
-    TestCa, TlsFiles, admin_client, authed, bearer, mint_link, optional_program,
+    API_KEY, Authz, AuthzOptions, JWT_SECRET, LocalServer, PREVIEW_DOMAIN, Proc, RedisServer,
+    Reply, Stack, StackOptions, TestCa, TlsFiles, admin_client, authed, bearer, mint_link, now,
+    optional_program,
 };
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 
 const INTROSPECTION_CLIENT: &str = "platform-authz";
 const INTROSPECTION_SECRET: &str = "introspection-secret-0123456789abcdef";
@@ -70,53 +66,6 @@ fn pki() -> Pki {
 // ---------------------------------------------------------------------------------------------
 // An identity provider over HTTPS: JWKS and RFC 7662 introspection
 
-/// axum over TLS: each connection's handshake is done before it is handed to axum (one at a
-/// time, which is plenty here); failed handshakes are dropped.
-struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, peer)) = self.tcp.accept().await else {
-                continue;
-            };
-            let handshake = self.acceptor.accept(tcp);
-            if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), handshake).await {
-                return (tls, peer);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-fn acceptor(files: &TlsFiles) -> TlsAcceptor {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(&files.cert)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(&files.key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsAcceptor::from(Arc::new(config))
-}
-
 struct IdpState {
     jwks: Value,
     /// The sandbox an active introspection answer names (set once the stack runs).
@@ -146,10 +95,9 @@ async fn introspect(State(state): State<Arc<IdpState>>, body: String) -> axum::J
 /// The platform's identity provider over HTTPS with the private CA's certificate, and the key
 /// it signs JWTs with.
 struct Idp {
-    addr: std::net::SocketAddr,
+    server: LocalServer,
     state: Arc<IdpState>,
     key: EncodingKey,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl Idp {
@@ -168,20 +116,10 @@ impl Idp {
             .route("/jwks.json", get(jwks))
             .route("/introspect", post(introspect))
             .with_state(Arc::clone(&state));
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
-        let listener = TlsListener {
-            tcp,
-            acceptor: acceptor(&pki.server),
-        };
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("identity provider");
-        });
         Idp {
-            addr,
+            server: LocalServer::start_tls(app, &pki.server).await,
             state,
             key,
-            task,
         }
     }
 
@@ -197,14 +135,14 @@ impl Idp {
     fn jwks_args(&self) -> Vec<String> {
         vec![
             "--jwks-url".into(),
-            format!("https://{}/jwks.json", self.addr),
+            format!("https://{}/jwks.json", self.server.addr),
         ]
     }
 
     fn introspection_args(&self) -> Vec<String> {
         vec![
             "--introspection-url".into(),
-            format!("https://{}/introspect", self.addr),
+            format!("https://{}/introspect", self.server.addr),
             "--introspection-client-id".into(),
             INTROSPECTION_CLIENT.into(),
         ]
@@ -215,12 +153,6 @@ impl Idp {
         header.kid = Some("private-ca-key".into());
         let claims = json!({ "sandbox_id": sandbox_id, "exp": now() + 600, "iat": now() });
         jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
-    }
-}
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -236,19 +168,6 @@ async fn with_bearer(stack: &Stack, token: &str) -> Reply {
     stack
         .get(&host, "/", &[("authorization", &bearer(token))])
         .await
-}
-
-/// Waits until `proc` has logged a line containing every one of `words`; returns it.
-async fn logged(proc: &Proc, what: &str, words: &[&str]) -> String {
-    support::eventually(what, Duration::from_secs(10), || {
-        let line = proc
-            .stderr()
-            .lines()
-            .find(|l| words.iter().all(|w| l.contains(w)))
-            .map(str::to_owned);
-        async move { line }
-    })
-    .await
 }
 
 /// The stack with the double's API over HTTPS (the private CA's certificate), `args` for
@@ -286,12 +205,14 @@ async fn daytona_jwks_and_introspection_behind_a_private_ca_need_the_ca_file() {
         "{}",
         stack.double.api_url
     );
-    logged(
-        &stack.authz.proc,
-        "the CA file in the start-up log",
-        &["--ca-file", "certificates=1"],
-    )
-    .await;
+    stack
+        .authz
+        .proc
+        .logged(
+            "the CA file in the start-up log",
+            &["--ca-file", "certificates=1"],
+        )
+        .await;
     let reply = with_bearer(&stack, &stack.token(None)).await;
     assert_eq!(reply.status, 200, "HS256 token: {}", reply.body);
     let reply = with_bearer(&stack, &idp.sign(stack.sandbox_id())).await;
@@ -335,7 +256,7 @@ async fn daytona_jwks_and_introspection_behind_a_private_ca_need_the_ca_file() {
             ["introspection", "invalid peer certificate", "UnknownIssuer"],
         ),
     ] {
-        logged(&stack.authz.proc, what, &words).await;
+        stack.authz.proc.logged(what, &words).await;
     }
     assert_eq!(idp.requests(), before);
     assert!(stack.double.proxy_requests().await.is_empty());
@@ -383,47 +304,6 @@ async fn daytona_jwks_and_introspection_behind_a_private_ca_need_the_ca_file() {
 // ---------------------------------------------------------------------------------------------
 // Redis with TLS on (rediss://)
 
-/// Debian's redis-server with TLS only (`--port 0`), the private CA's certificate and a
-/// password, without persistence; killed on drop.
-struct TlsRedis {
-    _proc: Proc,
-    port: u16,
-}
-
-impl TlsRedis {
-    async fn start(bin: PathBuf, pki: &Pki) -> TlsRedis {
-        let port = support::free_port();
-        let proc = Proc::spawn(
-            "redis-server",
-            Command::new(bin)
-                .args(["--port", "0", "--tls-port", &port.to_string()])
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--tls-cert-file")
-                .arg(&pki.server.cert)
-                .arg("--tls-key-file")
-                .arg(&pki.server.key)
-                .arg("--tls-ca-cert-file")
-                .arg(&pki.ca_file)
-                .args(["--tls-auth-clients", "no"])
-                .args(["--requirepass", REDIS_PASSWORD]),
-        );
-        support::eventually(
-            "redis-server (TLS) to be ready",
-            Duration::from_secs(10),
-            || {
-                let ready = proc.stdout().contains("Ready to accept connections");
-                async move { ready.then_some(()) }
-            },
-        )
-        .await;
-        TlsRedis { _proc: proc, port }
-    }
-
-    fn url(&self) -> String {
-        format!("rediss://:{REDIS_PASSWORD}@127.0.0.1:{}/", self.port)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_private_ca_shares_revocations_and_without_the_ca_file_refuses_to_start() {
     let test =
@@ -433,7 +313,7 @@ async fn rediss_with_a_private_ca_shares_revocations_and_without_the_ca_file_ref
     };
     support::remember_secret(REDIS_PASSWORD);
     let pki = pki();
-    let redis = TlsRedis::start(bin, &pki).await;
+    let redis = RedisServer::start_tls(bin, &pki.server, &pki.ca_file, REDIS_PASSWORD).await;
     let options = AuthzOptions {
         extra_args: vec![
             "--redis-url".into(),

@@ -1,7 +1,10 @@
-//! Test support: real processes on 127.0.0.1 (the Daytona double, daytona-authz, Envoy from
-//! `.venv`), readiness by polling, and cleanup on drop. Every integration test builds a
-//! [`Stack`] and talks to Envoy's listener over real HTTP, as curl would.
-#![allow(dead_code)] // each test binary uses a different part of this module
+//! Test support for daytona-authz's end-to-end tests (`tests/e2e`): the Daytona double served
+//! in-process (the `daytona-double` library), daytona-authz and Envoy (from `.venv`) as real
+//! processes on 127.0.0.1, readiness by polling, and cleanup on drop. Every end-to-end test
+//! builds a [`Stack`] and talks to Envoy's listener over real HTTP, as curl would.
+//!
+//! The product's library is imported here only (re-exported below), so a change of its module
+//! paths is a change of this crate alone.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
@@ -10,7 +13,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use daytona_authz::identity::token::{Claims, Signer, now};
+/// What the tests use of the product's library: the token format (to sign tokens and read the
+/// clock as daytona-authz does) and the admin API's gRPC client and messages.
+pub use daytona_authz::proto::admin as pb;
+pub use daytona_authz::identity::token::{Claims, Signer, now};
+pub use daytona_double::{Sandbox, TlsFiles};
+
+mod raw;
+mod redis;
+mod servers;
+
+pub use raw::{RawReply, raw, raw_get};
+pub use redis::RedisServer;
+pub use servers::{FakeDaytonaApi, LocalServer};
 
 pub const API_KEY: &str = "test-organization-api-key";
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123456789";
@@ -21,8 +36,31 @@ pub const PROBE_SANDBOX: &str = "00000000-0000-0000-0000-000000000000";
 /// How long any single start-up step may take before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The repository (the workspace root, one level above this crate).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("test-support/ sits in the repository")
+        .to_owned()
+}
+
+/// The daytona-authz binary that `cargo test` built beside the running test binary
+/// (`target/<profile>/deps/<test>` -> `target/<profile>/daytona-authz`): what
+/// `env!("CARGO_BIN_EXE_daytona-authz")` names in an integration test, found at run time since
+/// this crate is not one.
+pub fn authz_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let bin = profile_dir.join(format!("daytona-authz{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "no daytona-authz at {} (cargo test builds it for the package's tests)",
+        bin.display()
+    );
+    bin
 }
 
 /// A program some tests need and `scripts/test` installs from Debian (`redis-server`, `chromium`,
@@ -63,48 +101,6 @@ pub fn skip(test: &str, missing: &str, hint: &str) {
     );
 }
 
-/// The Daytona test double's binary (the workspace's `daytona-double` package) in the same
-/// target folder and profile as this test binary. `cargo test` does not build other packages'
-/// binaries for a package's tests, so the first call in each test binary runs `cargo build -p
-/// daytona-double` (a no-op when it is up to date).
-pub fn double_bin() -> PathBuf {
-    static BUILT: LazyLock<PathBuf> = LazyLock::new(|| {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        // target/<profile>/deps/<test binary> -> target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binaries live in target/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("target/<profile>");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "daytona-double",
-                "--bin",
-                "daytona-double",
-            ])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(repo_root());
-        if profile_dir
-            .file_name()
-            .is_some_and(|name| name == "release")
-        {
-            build.arg("--release");
-        }
-        let status = build
-            .status()
-            .expect("cannot run cargo to build daytona-double");
-        assert!(status.success(), "cargo build -p daytona-double: {status}");
-        profile_dir.join("daytona-double")
-    });
-    BUILT.clone()
-}
-
 /// Envoy from `ENVOY_BIN`, else the project's venv (`scripts/install-envoy` creates it).
 pub fn envoy_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("ENVOY_BIN") {
@@ -119,8 +115,20 @@ pub fn envoy_bin() -> PathBuf {
     path
 }
 
-/// Polls `probe` until it yields a value, failing the test after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+/// Polls `probe` (every 25 ms) until it yields a value, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll(timeout, probe)
+        .await
+        .unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Polls `probe` (every 25 ms) until it yields a value; `None` once `timeout` has passed (the
+/// caller says what went wrong, e.g. with what it last saw).
+pub async fn poll<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -128,10 +136,51 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe().await {
-            return value;
+            return Some(value);
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Sends `send` until the reply has status `want`, at most for `limit`. Returns the reply and
+/// how long it took from the first attempt.
+pub async fn until_status<F, Fut>(
+    what: &str,
+    want: u16,
+    limit: Duration,
+    mut send: F,
+) -> (Reply, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Reply>,
+{
+    let started = Instant::now();
+    let last = Mutex::new(None);
+    let reply = poll(limit, || {
+        let reply = send();
+        let last = &last;
+        async move {
+            let reply = reply.await;
+            if reply.status == want {
+                return Some(reply);
+            }
+            *last.lock().unwrap() = Some(reply);
+            None
+        }
+    })
+    .await;
+    match reply {
+        Some(reply) => (reply, started.elapsed()),
+        None => {
+            let reply = last.lock().unwrap().take().expect("one reply at least");
+            panic!(
+                "{what}: still {} instead of {want} after {limit:?}: {}",
+                reply.status, reply.body
+            );
+        }
     }
 }
 
@@ -141,7 +190,7 @@ where
 
 /// Every secret this test binary handed to the system under test: the API key, JWT and admin
 /// secrets, every token `sign` minted, every secret-named environment value given to
-/// daytona-authz, every preview token the double issued. When a daytona-authz or Envoy process of
+/// daytona-authz, every preview token a double issued (the doubles tell [`remember_secret`]). When a daytona-authz or Envoy process of
 /// any test ends, its whole output (daytona-authz's logs, Envoy's access log and own log) is
 /// checked against all of them and against anything shaped like a JWT; a hit fails that test.
 static SECRETS: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| {
@@ -152,9 +201,6 @@ static SECRETS: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| {
             .collect(),
     )
 });
-
-/// The stdout of every double started, where `--announce-tokens` prints issued preview tokens.
-static TOKEN_ANNOUNCEMENTS: Mutex<Vec<Arc<Mutex<String>>>> = Mutex::new(Vec::new());
 
 /// Words a test deliberately put where logs record them (a token in a URL path, which is never a
 /// credential here and is logged like any path): exempt from the check.
@@ -175,15 +221,6 @@ pub fn remember_secret(secret: &str) {
 
 /// The first secret (or JWT-shaped word) in `output`, masked, with its line number.
 fn find_secret(output: &str) -> Option<String> {
-    for announcements in TOKEN_ANNOUNCEMENTS.lock().unwrap().iter() {
-        for line in announcements.lock().unwrap().lines() {
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(line)
-                && let Some(token) = value["preview_token_issued"].as_str()
-            {
-                remember_secret(token);
-            }
-        }
-    }
     let secrets = SECRETS.lock().unwrap();
     let exempt = EXEMPT.lock().unwrap();
     for (number, line) in output.lines().enumerate() {
@@ -263,6 +300,20 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Waits until the process has logged (on stderr) a line containing every one of `words`;
+    /// returns it.
+    pub async fn logged(&self, what: &str, words: &[&str]) -> String {
+        eventually(what, Duration::from_secs(10), || {
+            let line = self
+                .stderr()
+                .lines()
+                .find(|l| words.iter().all(|w| l.contains(w)))
+                .map(str::to_owned);
+            async move { line }
+        })
+        .await
+    }
+
     /// Fails the test with the process's output if it died.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -301,20 +352,18 @@ fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 
 /// Waits until `proc` printed a line containing `marker`; returns that line.
 async fn wait_line(proc: &mut Proc, stream: fn(&Proc) -> String, marker: &str) -> String {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Some(line) = stream(proc).lines().find(|l| l.contains(marker)) {
-            return line.to_owned();
+    let line = poll(READY_TIMEOUT, || {
+        let line = stream(proc)
+            .lines()
+            .find(|l| l.contains(marker))
+            .map(str::to_owned);
+        if line.is_none() {
+            proc.assert_running();
         }
-        proc.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "{} never printed {marker:?}:\n{}",
-            proc.name,
-            proc.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        async move { line }
+    })
+    .await;
+    line.unwrap_or_else(|| panic!("{} never printed {marker:?}:\n{}", proc.name, proc.stderr()))
 }
 
 /// The value of `key` in a tracing log line (`key=value`, or a JSON object's field).
@@ -327,27 +376,26 @@ fn field(line: &str, key: &str) -> String {
     line[start..].split_whitespace().next().unwrap().to_owned()
 }
 
-/// A sandbox known to the double.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct Sandbox {
-    pub id: String,
-    pub token: String,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct DoubleReady {
-    api_url: String,
-    proxy_port: u16,
-    sandboxes: Vec<Sandbox>,
-}
-
-/// The Daytona test double (API + preview proxy).
+/// The Daytona test double (API + preview proxy), served in-process by the `daytona-double`
+/// library on a runtime of its own: it answers whatever the test's own runtime is doing (a
+/// blocking call, a test runtime on one thread), and dropping it closes its listeners.
 pub struct Double {
-    pub proc: Proc,
     pub api_url: String,
     pub proxy_port: u16,
     pub sandbox: Sandbox,
     http: reqwest::Client,
+    // Drop order: the server is told to stop, then its runtime goes, connections and all.
+    _server: daytona_double::Server,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Double {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Without waiting: a test's runtime may not block.
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Double {
@@ -376,42 +424,36 @@ impl Double {
         tls: Option<&TlsFiles>,
         api_tls: Option<(&TlsFiles, &Path)>,
     ) -> Double {
-        let mut command = Command::new(double_bin());
-        command
-            .args(["--api-addr", api_addr, "--proxy-addr", "127.0.0.1:0"])
-            .args(["--api-key", API_KEY])
-            .arg("--announce-tokens")
-            .env("RUST_LOG", "warn");
-        if let Some(tls) = tls {
-            command
-                .arg("--proxy-tls-cert")
-                .arg(&tls.cert)
-                .arg("--proxy-tls-key")
-                .arg(&tls.key);
-        }
+        let mut options = daytona_double::Options::new(API_KEY);
+        options.api_addr = api_addr.parse().expect("a socket address");
+        options.proxy_tls = tls.cloned();
+        // Every preview token issued is a secret no log may contain.
+        options.on_token_issued = Some(Arc::new(remember_secret));
         let mut http = reqwest::Client::builder();
         if let Some((api_tls, ca)) = api_tls {
-            command
-                .arg("--api-tls-cert")
-                .arg(&api_tls.cert)
-                .arg("--api-tls-key")
-                .arg(&api_tls.key);
+            options.api_tls = Some(api_tls.clone());
             let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
             http = http.add_root_certificate(ca);
         }
-        let mut proc = Proc::spawn("daytona-double", &mut command);
-        TOKEN_ANNOUNCEMENTS
-            .lock()
-            .unwrap()
-            .push(Arc::clone(&proc.stdout));
-        let line = wait_line(&mut proc, Proc::stdout, "api_url").await;
-        let ready: DoubleReady = serde_json::from_str(&line).expect("double's ready line");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("daytona-double")
+            .enable_all()
+            .build()
+            .expect("a runtime for the double");
+        let server = runtime
+            .spawn(daytona_double::start(options))
+            .await
+            .expect("the double's start-up")
+            .unwrap_or_else(|e| panic!("cannot start the double: {e}"));
+        let ready = server.ready.clone();
         Double {
-            proc,
             api_url: ready.api_url,
             proxy_port: ready.proxy_port,
             sandbox: ready.sandboxes[0].clone(),
             http: http.build().unwrap(),
+            _server: server,
+            runtime: Some(runtime),
         }
     }
 
@@ -456,6 +498,12 @@ impl Double {
 
     pub async fn create_sandbox(&self) -> Sandbox {
         self.post("sandboxes", serde_json::json!({})).await
+    }
+
+    /// A sandbox with this id (a lower-case UUID).
+    pub async fn create_sandbox_with_id(&self, id: &str) -> Sandbox {
+        self.post("sandboxes", serde_json::json!({ "id": id }))
+            .await
     }
 
     /// Makes the preview-url API answer only after `delay` (replaces any other fault).
@@ -556,13 +604,6 @@ impl AuthzOptions {
     }
 }
 
-/// A PEM certificate chain and its private key, as files.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
 /// How to start a whole [`Stack`]; an [`AuthzOptions`] alone converts into one.
 #[derive(Debug, Clone, Default)]
 pub struct StackOptions {
@@ -611,7 +652,7 @@ impl Authz {
     /// Starts daytona-authz and waits only until it listens.
     pub async fn spawn(api_url: &str, options: &AuthzOptions) -> Authz {
         let state = tempfile::tempdir().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_daytona-authz"));
+        let mut command = Command::new(authz_bin());
         command.arg("serve");
         // An ephemeral port unless the test fixed one (e.g. to restart on the same port).
         if !options.extra_args.iter().any(|a| a == "--grpc-addr") {
@@ -679,15 +720,16 @@ impl Authz {
     }
 
     pub async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !self.is_ready().await {
-            self.proc.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "daytona-authz never became ready:\n{}",
-                self.proc.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let url = format!("http://{}/readyz", self.http_addr);
+        let proc = &mut self.proc;
+        let ready = poll(READY_TIMEOUT, || {
+            proc.assert_running();
+            let answer = reqwest::get(url.clone());
+            async move { matches!(answer.await, Ok(r) if r.status() == 200).then_some(()) }
+        })
+        .await;
+        if ready.is_none() {
+            panic!("daytona-authz never became ready:\n{}", self.proc.stderr());
         }
     }
 
@@ -1085,12 +1127,13 @@ impl Stack {
     }
 }
 
+/// The admin API's gRPC client.
+pub type AdminClient = pb::admin_client::AdminClient<tonic::transport::Channel>;
+
 /// A client of daytona-authz's admin gRPC API in `stack`.
-pub async fn admin_client(
-    stack: &Stack,
-) -> daytona_authz::proto::admin::admin_client::AdminClient<tonic::transport::Channel> {
+pub async fn admin_client(stack: &Stack) -> AdminClient {
     let addr = stack.authz.admin_addr.as_deref().expect("admin API on");
-    daytona_authz::proto::admin::admin_client::AdminClient::connect(format!("http://{addr}"))
+    AdminClient::connect(format!("http://{addr}"))
         .await
         .unwrap()
 }
@@ -1110,12 +1153,9 @@ pub fn authed<T>(message: T) -> tonic::Request<T> {
 }
 
 /// A link for port 3000 of `sandbox_id`, valid 10 minutes, minted by the admin API.
-pub async fn mint_link(
-    admin: &mut daytona_authz::proto::admin::admin_client::AdminClient<tonic::transport::Channel>,
-    sandbox_id: &str,
-) -> daytona_authz::proto::admin::MintLinkResponse {
+pub async fn mint_link(admin: &mut AdminClient, sandbox_id: &str) -> pb::MintLinkResponse {
     admin
-        .mint_link(authed(daytona_authz::proto::admin::MintLinkRequest {
+        .mint_link(authed(pb::MintLinkRequest {
             sandbox_id: sandbox_id.to_owned(),
             ports: vec![3000],
             ttl_seconds: 600,
@@ -1128,7 +1168,8 @@ pub async fn mint_link(
 }
 
 /// A loopback port that was free a moment ago, for a process that must keep its address across
-/// a restart (`--grpc-addr 127.0.0.1:<port>` in [`AuthzOptions::extra_args`]).
+/// a restart (`--grpc-addr 127.0.0.1:<port>` in [`AuthzOptions::extra_args`]) or that cannot
+/// report the port it bound.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -1155,6 +1196,19 @@ pub fn sign(claims: &Claims) -> String {
     remember_secret(&token);
     token
 }
+
+/// What a browser sends when a person opens a link.
+pub const NAVIGATE: [(&str, &str); 3] = [
+    (
+        "accept",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    ),
+    ("sec-fetch-mode", "navigate"),
+    (
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64) daytona-authz-test",
+    ),
+];
 
 /// An `Authorization` header value for `token`.
 pub fn bearer(token: &str) -> String {
@@ -1226,8 +1280,8 @@ impl Edge {
 /// The first lines of every generated variant.
 const GENERATED: &str = "\
 # GENERATED from envoy/envoy.yaml: do not edit. Change envoy.yaml, then run
-#   UPDATE_ENVOY_VARIANTS=1 cargo test --test edge_tls shipped_variants
-# (tests/support/mod.rs, `edge_variant`, says what differs; the test fails while they disagree).
+#   UPDATE_ENVOY_VARIANTS=1 cargo test --test e2e edge_tls::shipped_variants
+# (test-support/src/lib.rs, `edge_variant`, says what differs; the test fails while they disagree).
 #
 ";
 

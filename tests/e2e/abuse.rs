@@ -4,15 +4,12 @@
 //! neither a token for a sandbox Daytona does not know nor a rate-limited API key turns each
 //! request into a Daytona API call.
 
-mod support;
-
 use std::time::Duration;
 
-use daytona_authz::identity::token::now;
-use daytona_authz::proto::admin::InvalidatePreviewTokenRequest;
+use support::pb::InvalidatePreviewTokenRequest;
 use support::{
     AuthzOptions, Reply, Stack, StackOptions, admin_client, authed, bearer, eventually, host_for,
-    parse_metrics, token_for,
+    now, parse_metrics, token_for,
 };
 
 /// Envoy's DNS cache entries in these tests: one more than a sandbox may use, so a sandbox that
@@ -121,7 +118,7 @@ async fn a_token_walking_ports_cannot_fill_envoys_dns_cache_for_other_sandboxes(
 #[tokio::test]
 async fn a_token_for_an_unknown_sandbox_costs_one_api_call_not_one_per_request() {
     // A minute, so nothing here depends on how fast the requests go (the unit tests in
-    // src/daytona/ show the answer expiring, and a 400 kept alike).
+    // src/daytona.rs show the answer expiring, and a 400 kept alike).
     let stack = Stack::start_with(AuthzOptions::args(&["--negative-cache-ttl", "60s"])).await;
     // A sandbox Daytona does not know (deleted, or never there).
     let gone = "5d1c3a9e-0b7f-4e2a-8c6d-3f9e1a2b4c5d";
@@ -140,18 +137,7 @@ async fn a_token_for_an_unknown_sandbox_costs_one_api_call_not_one_per_request()
 
     // Created meanwhile: still "not found" until the answer expires, or at once after
     // InvalidatePreviewToken.
-    let _: serde_json::Value = reqwest::Client::new()
-        .post(format!(
-            "{}/_double/sandboxes",
-            stack.double.api_url.trim_end_matches("/api")
-        ))
-        .json(&serde_json::json!({ "id": gone }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    stack.double.create_sandbox_with_id(gone).await;
     let reply = get(&stack, gone, 3000, &token, "application/json").await;
     assert_eq!(reply.status, 404, "{}", reply.body);
     assert_eq!(stack.double.api_calls().await - before, 1);

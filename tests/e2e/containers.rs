@@ -15,8 +15,6 @@
 //! made itself (compose's bridge network and the pod live in one; curl reaches them through a
 //! port-forward, as `kubectl port-forward` does). Needs root (network namespaces).
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -421,6 +419,7 @@ impl Compose {
             "src",
             "daytona-double",
             "load-tools",
+            "test-support",
             "envoy",
         ] {
             run_ok(

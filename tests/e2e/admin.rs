@@ -1,8 +1,6 @@
 //! The admin gRPC API against a running daytona-authz (and Envoy in front, to see the effect).
 
-mod support;
-
-use daytona_authz::proto::admin::InvalidatePreviewTokenRequest;
+use support::pb::InvalidatePreviewTokenRequest;
 use support::{ADMIN_TOKEN, Stack, admin_client, with_credential};
 use tonic::Request;
 

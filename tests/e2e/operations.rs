@@ -1,15 +1,12 @@
 //! Running it in production: readiness, drain, metrics, logs without secrets, secret reloads.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use daytona_authz::identity::token::{Claims, Signer, now};
 use support::{
-    ADMIN_TOKEN, API_KEY, Authz, AuthzOptions, Double, JWT_SECRET, Stack, bearer, eventually,
-    parse_metrics, token_for,
+    ADMIN_TOKEN, API_KEY, Authz, AuthzOptions, Claims, Double, JWT_SECRET, Signer, Stack, bearer,
+    eventually, now, parse_metrics, token_for,
 };
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -196,7 +193,7 @@ async fn a_multi_thread_runtime_serves_the_same_decisions() {
     }
 }
 
-/// The suite-wide check (tests/support: every daytona-authz and Envoy process's output is
+/// The suite-wide check (test-support: every daytona-authz and Envoy process's output is
 /// searched for every secret the suite used when the process ends) really fails a test.
 #[tokio::test]
 #[should_panic(expected = "printed a secret")]

@@ -8,18 +8,14 @@
 //! In both, a share link's cookie gets `Secure` and a sign-in redirect's `return_to` is
 //! `https://`; on the plain-HTTP edge (`envoy/envoy.yaml`) no client can claim https, whether by
 //! `X-Forwarded-Proto`, an absolute `https://` request target or HTTP/2's `:scheme`.
-//! tests/chromium.rs has the `__Host-` cookie in a real browser over both.
-
-mod support;
+//! tests/e2e/chromium.rs has the `__Host-` cookie in a real browser over both.
 
 use std::time::Duration;
 
-use daytona_authz::identity::token::now;
 use support::{
     AuthzOptions, Edge, EdgeCertificate, FrontProxy, Reply, Stack, StackOptions, TestCa,
-    edge_variant, https_client, https_get, repo_root, token_for,
+    edge_variant, https_client, https_get, now, repo_root, token_for,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOGIN: &str = "https://login.example/signin";
 const HTML: (&str, &str) = ("accept", "text/html");
@@ -68,7 +64,7 @@ fn shipped_variants_are_envoy_yaml_with_their_documented_changes() {
         assert!(
             shipped == expected,
             "{} is not envoy/envoy.yaml's variant: regenerate it with \
-             UPDATE_ENVOY_VARIANTS=1 cargo test --test edge_tls shipped_variants",
+             UPDATE_ENVOY_VARIANTS=1 cargo test --test e2e edge_tls::shipped_variants",
             path.display()
         );
     }
@@ -252,14 +248,15 @@ async fn on_the_plain_edge_no_client_can_claim_https() {
     // An absolute-form HTTP/1.1 request target with the https scheme: Envoy refuses it on a
     // plaintext connection (403 before any filter runs).
     for path in [link.as_str(), "/x"] {
-        let head = raw_http1(
+        let head = support::raw(
             port,
             &format!(
                 "GET https://{host}{path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/html\r\n\
                  X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n"
             ),
         )
-        .await;
+        .await
+        .head;
         assert!(head.starts_with("HTTP/1.1 403"), "{head}");
         assert!(!head.to_ascii_lowercase().contains("set-cookie"), "{head}");
     }
@@ -280,21 +277,6 @@ async fn on_the_plain_edge_no_client_can_claim_https() {
         "{location}"
     );
     assert_eq!(stack.envoy.stat("http.public.downstream_rq_2xx").await, 0);
-}
-
-/// Sends `request` as is and returns the response head.
-async fn raw_http1(port: u16, request: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut response))
-        .await
-        .expect("response in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
 }
 
 /// A GET over HTTP/2 cleartext (prior knowledge) whose `:scheme` and `:authority` come from

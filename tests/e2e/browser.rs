@@ -2,27 +2,14 @@
 //! follow-ups, pages, sign-in redirects, WebSockets, server-sent events, large bodies, CORS
 //! preflights, `mint`, secret rotation.
 
-mod support;
-
 use std::time::Duration;
 
-use daytona_authz::identity::token::{Claims, Signer, now};
 use futures_util::{SinkExt, StreamExt};
-use support::{AuthzOptions, JWT_SECRET, Reply, Stack, echoed_headers, token_for};
+use support::{
+    AuthzOptions, Claims, JWT_SECRET, NAVIGATE, Reply, Signer, Stack, echoed_headers, now,
+    token_for,
+};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
-
-/// What a browser sends when a person opens a link.
-const NAVIGATE: [(&str, &str); 3] = [
-    (
-        "accept",
-        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-    ),
-    ("sec-fetch-mode", "navigate"),
-    (
-        "user-agent",
-        "Mozilla/5.0 (X11; Linux x86_64) daytona-authz-test",
-    ),
-];
 
 /// `name=value` of the first `Set-Cookie` for `name`, and its attributes.
 fn set_cookie<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {

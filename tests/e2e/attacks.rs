@@ -21,27 +21,18 @@
 //!   daytona-authz and the forward proxy both see the target's authority. An `https://` one on
 //!   this plain-HTTP listener is refused by Envoy itself (403).
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use base64::Engine as _;
-use daytona_authz::identity::token::now;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use support::{
-    Authz, AuthzOptions, JWT_SECRET, PREVIEW_DOMAIN, PROBE_SANDBOX, Stack, bearer, echoed_headers,
-    host_for, token_for,
+    Authz, AuthzOptions, FakeDaytonaApi, JWT_SECRET, PREVIEW_DOMAIN, Stack, bearer, echoed_headers,
+    host_for, now, raw, raw_get, token_for,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const OTHER_SANDBOX: &str = "11111111-2222-4333-8444-555555555555";
 
@@ -76,97 +67,6 @@ fn claims(sandbox_id: &str) -> String {
 /// Percent-encodes everything but unreserved characters, for a query value.
 fn query_escape(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
-}
-
-/// An answer read off a raw HTTP/1.1 connection.
-#[derive(Debug)]
-struct RawReply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl RawReply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-/// Writes `request` (bytes exactly as given) to Envoy's listener and reads the answer until the
-/// connection closes (requests say `Connection: close`), at most 10 s.
-async fn raw(port: u16, request: impl AsRef<[u8]>) -> RawReply {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect to Envoy");
-    stream.write_all(request.as_ref()).await.unwrap();
-    let mut bytes = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
-        .await
-        .expect("Envoy answered within 10 s")
-        .expect("read the answer");
-    parse_raw(&bytes)
-}
-
-fn parse_raw(bytes: &[u8]) -> RawReply {
-    let split = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(bytes)));
-    let head = String::from_utf8_lossy(&bytes[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = bytes[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    if chunked {
-        body = dechunk(&body);
-    }
-    RawReply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-fn dechunk(mut bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(end) = bytes.windows(2).position(|w| w == b"\r\n") {
-        let size_text = String::from_utf8_lossy(&bytes[..end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&bytes[end + 2..end + 2 + size]);
-        bytes = &bytes[end + 2 + size + 2..];
-    }
-    out
-}
-
-/// `GET <target>` with `Host: <host>`, these headers and `Connection: close`, as raw bytes.
-fn raw_get(target: &str, host: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("Connection: close\r\n\r\n");
-    request.into_bytes()
 }
 
 /// The JSON denial daytona-authz renders for a bad or missing token.
@@ -1652,87 +1552,9 @@ async fn a_host_port_suffix_outside_1_to_65535_is_refused() {
 // ---------------------------------------------------------------------------------------------
 // 5. Faults
 
-/// A stand-in for Daytona's API that answers the preview-url call with whatever the test scripts
-/// (the double cannot produce unusable answers), and 404 for the readiness probe's nil UUID.
-struct FakeApi {
-    addr: std::net::SocketAddr,
-    state: Arc<FakeApiState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-struct FakeApiState {
-    /// (status, content type, body) of the next answers.
-    answer: Mutex<(u16, &'static str, Vec<u8>)>,
-    calls: AtomicUsize,
-}
-
-async fn fake_preview_url(
-    State(state): State<Arc<FakeApiState>>,
-    Path((sandbox_id, _port)): Path<(String, String)>,
-) -> Response {
-    if sandbox_id == PROBE_SANDBOX {
-        return (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({ "statusCode": 404 })),
-        )
-            .into_response();
-    }
-    state.calls.fetch_add(1, Ordering::SeqCst);
-    let (status, content_type, body) = state.answer.lock().unwrap().clone();
-    (
-        StatusCode::from_u16(status).unwrap(),
-        [(axum::http::header::CONTENT_TYPE, content_type)],
-        body,
-    )
-        .into_response()
-}
-
-impl FakeApi {
-    async fn start() -> FakeApi {
-        let state = Arc::new(FakeApiState {
-            answer: Mutex::new((200, "application/json", b"{}".to_vec())),
-            calls: AtomicUsize::new(0),
-        });
-        let app = Router::new()
-            .route(
-                "/api/sandbox/{id}/ports/{port}/preview-url",
-                get(fake_preview_url),
-            )
-            .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("fake Daytona API");
-        });
-        FakeApi { addr, state, task }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/api", self.addr)
-    }
-
-    fn answer(&self, status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) {
-        *self.state.answer.lock().unwrap() = (status, content_type, body.into());
-    }
-
-    fn answer_json(&self, body: &Value) {
-        self.answer(200, "application/json", body.to_string());
-    }
-
-    fn calls(&self) -> usize {
-        self.state.calls.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FakeApi {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[tokio::test]
 async fn unusable_daytona_answers_are_502_never_cached_and_never_forwarded() {
-    let api = FakeApi::start().await;
+    let api = FakeDaytonaApi::start().await;
     let stack = Stack::start_with(AuthzOptions {
         api_url: Some(api.url()),
         ..Default::default()
@@ -1908,7 +1730,7 @@ async fn unusable_daytona_answers_are_502_never_cached_and_never_forwarded() {
 /// any loopback service (here: Envoy's own admin interface, which can drain or quit Envoy).
 #[tokio::test]
 async fn a_preview_url_on_an_unexpected_port_is_never_forwarded() {
-    let api = FakeApi::start().await;
+    let api = FakeDaytonaApi::start().await;
     let stack = Stack::start_with(AuthzOptions {
         api_url: Some(api.url()),
         ..Default::default()

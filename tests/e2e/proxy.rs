@@ -1,12 +1,9 @@
 //! End to end through a real Envoy: curl-like requests to Envoy's listener, daytona-authz deciding,
 //! the Daytona double standing in for Daytona's API and preview proxy.
 
-mod support;
-
 use std::time::Duration;
 
-use daytona_authz::identity::token::{Claims, now};
-use support::{AuthzOptions, Stack, echoed_headers, host_for, token_for};
+use support::{AuthzOptions, Claims, Stack, echoed_headers, host_for, now, token_for};
 
 fn assert_no_secret(body: &str, secrets: &[&str]) {
     for secret in secrets {
@@ -86,16 +83,15 @@ async fn bad_tokens_get_401_with_a_challenge_and_never_call_daytona() {
     let mut tampered = good.clone();
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
-    let wrong_key =
-        daytona_authz::identity::token::Signer::hs256(b"some-other-secret-some-other-secret")
-            .sign(&Claims {
-                sandbox_id: id.clone(),
-                exp: now() + 600,
-                ports: None,
-                iss: None,
-                aud: None,
-            })
-            .unwrap();
+    let wrong_key = support::Signer::hs256(b"some-other-secret-some-other-secret")
+        .sign(&Claims {
+            sandbox_id: id.clone(),
+            exp: now() + 600,
+            ports: None,
+            iss: None,
+            aud: None,
+        })
+        .unwrap();
     let (_, body, _) = {
         let mut parts = good.splitn(3, '.');
         (parts.next(), parts.next().unwrap(), parts.next())
@@ -281,7 +277,7 @@ async fn daytona_api_failures_become_502_and_503() {
     let reply = stack.get(&stack.host(3000), "/", &auth).await;
     assert_eq!(reply.status, 502, "{}", reply.body);
 
-    // Last: a 429 also stops our calls for its Retry-After (tests/abuse.rs).
+    // Last: a 429 also stops our calls for its Retry-After (tests/e2e/abuse.rs).
     stack.double.rate_limit(1).await;
     let reply = stack.get(&stack.host(3000), "/", &auth).await;
     assert_eq!(reply.status, 503, "{}", reply.body);
@@ -412,11 +408,13 @@ async fn a_preview_url_outside_the_upstream_domains_is_never_forwarded() {
     assert_eq!(reply.status, 502, "{}", reply.body);
     assert_eq!(reply.json()["error"], "bad_gateway");
     assert!(stack.double.proxy_requests().await.is_empty());
-    assert!(
-        stack
-            .authz
-            .proc
-            .stderr()
-            .contains("not under an allowed --upstream-domain")
-    );
+    // Logged as it refused (the log reaches the test a moment later).
+    stack
+        .authz
+        .proc
+        .logged(
+            "the refusal in the log",
+            &["not under an allowed --upstream-domain"],
+        )
+        .await;
 }

@@ -17,16 +17,13 @@
 //! (Debian's `prometheus` package has both; `scripts/test` installs it). Without them these
 //! tests skip, unless `CI` is set.
 
-mod support;
-
 use std::collections::{BTreeSet, HashSet};
 use std::process::Command;
 use std::time::Duration;
 
-use daytona_authz::identity::token::now;
 use serde_json::Value;
 use support::{
-    AuthzOptions, Proc, Stack, bearer, eventually, free_port, optional_program, repo_root,
+    AuthzOptions, Proc, Stack, bearer, eventually, free_port, now, optional_program, repo_root,
     token_for,
 };
 

@@ -1,7 +1,5 @@
 //! grpc.health.v1 on the ext_authz address, and a clean exit on SIGTERM.
 
-mod support;
-
 use std::time::Duration;
 
 use support::{Authz, AuthzOptions, Double};

@@ -6,12 +6,9 @@
 //! memory does not grow burst over burst, nothing reaches the sandbox, and once Daytona is fast
 //! again the very next request goes through (failures are never cached).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use daytona_authz::identity::token::now;
-use support::{AuthzOptions, Reply, Stack, bearer, host_for, parse_metrics, token_for};
+use support::{AuthzOptions, Reply, Stack, bearer, host_for, now, parse_metrics, token_for};
 
 /// `--daytona-api-timeout`: short, so a burst is over quickly.
 const API_TIMEOUT: Duration = Duration::from_millis(250);
