@@ -314,6 +314,11 @@ impl Proc {
         .await
     }
 
+    /// Whether the process has ended.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Fails the test with the process's output if it died.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -853,14 +858,6 @@ impl Envoy {
             "address: 0.0.0.0, port_value: 9903",
             "address: 127.0.0.1, port_value: 0",
         );
-        // The admin address and the cluster the metrics listener reaches it through: a port
-        // chosen here, since the cluster must know it.
-        let config = replace_n(
-            &config,
-            2,
-            "port_value: 9901",
-            &format!("port_value: {}", free_port()),
-        );
         let config = replace_n(
             &config,
             1,
@@ -886,8 +883,27 @@ impl Envoy {
             Some(n) => replace_n(&config, 1, "max_hosts: 8192", &format!("max_hosts: {n}")),
             None => config,
         };
-        let (proc, admin) =
-            spawn_envoy_with("Envoy", dir.path(), "envoy.yaml", &config, 2, extra_args).await;
+        // The admin address and the cluster the metrics listener reaches it through: a port
+        // chosen here, since the cluster must know it. Free a moment ago, it can be taken before
+        // Envoy binds it (another test's listener): then Envoy tries again on another.
+        let mut attempts = 0;
+        let (proc, admin) = loop {
+            attempts += 1;
+            let admin_port = format!("port_value: {}", free_port());
+            let config = replace_n(&config, 2, "port_value: 9901", &admin_port);
+            let started =
+                try_spawn_envoy("Envoy", dir.path(), "envoy.yaml", &config, 2, extra_args).await;
+            match started {
+                Ok(started) => break started,
+                Err(proc) if attempts < 3 && proc.stderr().contains("Address already in use") => {
+                    continue;
+                }
+                Err(mut proc) => {
+                    proc.assert_running();
+                    unreachable!("Envoy exited");
+                }
+            }
+        };
         let http = reqwest::Client::new();
         let url = format!("http://{admin}/listeners?format=json");
         let (port, metrics_port, health_port) =
@@ -951,6 +967,24 @@ async fn spawn_envoy_with(
     concurrency: u32,
     extra_args: &[String],
 ) -> (Proc, String) {
+    match try_spawn_envoy(what, dir, file, config, concurrency, extra_args).await {
+        Ok(started) => started,
+        Err(mut proc) => {
+            proc.assert_running();
+            unreachable!("Envoy exited");
+        }
+    }
+}
+
+/// [`spawn_envoy_with`], or the process if Envoy exited before it bound its admin address.
+async fn try_spawn_envoy(
+    what: &str,
+    dir: &Path,
+    file: &str,
+    config: &str,
+    concurrency: u32,
+    extra_args: &[String],
+) -> Result<(Proc, String), Proc> {
     let config_path = dir.join(file);
     std::fs::write(&config_path, config).unwrap();
     let admin_path = dir.join(format!("{file}.admin-address"));
@@ -966,15 +1000,21 @@ async fn spawn_envoy_with(
             .args(extra_args),
     );
     let admin = eventually(&format!("{what}'s admin address"), READY_TIMEOUT, || {
-        proc.assert_running();
+        let exited = proc.has_exited();
         let text = std::fs::read_to_string(&admin_path).ok();
         async move {
+            if exited {
+                return Some(None);
+            }
             text.filter(|t| t.contains(':'))
-                .map(|t| t.trim().to_owned())
+                .map(|t| Some(t.trim().to_owned()))
         }
     })
     .await;
-    (proc, admin)
+    match admin {
+        Some(admin) => Ok((proc, admin)),
+        None => Err(proc),
+    }
 }
 
 fn replace_n(text: &str, count: usize, from: &str, to: &str) -> String {
