@@ -12,8 +12,8 @@ use daytona_authz::authz::decision::{
     self, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, RequestView, Verdict,
 };
 use daytona_authz::authz::host;
+use daytona_authz::authz::token::{Verifier, now};
 use daytona_authz::daytona::{Preview, Upstream};
-use daytona_authz::identity::token::{Verifier, now};
 use daytona_authz::serve::grpc;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 

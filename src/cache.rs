@@ -142,6 +142,14 @@ where
         self.cache.retain(|key, _| keep(key));
     }
 
+    /// Drops the kept answers that have expired by `now`. Without this an expired entry stays
+    /// (unused) until it is fetched again or evicted; a sweep keeps what memory holds to what
+    /// may still be served (an introspection answer's claims, for one).
+    pub fn remove_expired(&self, now: Instant) {
+        self.cache
+            .retain(|_, slot| !matches!(slot.life, Life::Until(expires) if expires <= now));
+    }
+
     /// Entries held, expired ones included until they are fetched again or evicted.
     pub fn len(&self) -> usize {
         self.cache.len()
@@ -211,6 +219,33 @@ mod tests {
             .get_or_fetch(&1, Instant::now(), fetch, |_| None)
             .await;
         assert_eq!(calls.load(SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_drops_expired_answers_only() {
+        let cache: CoalescingCache<u8, u8, ()> = CoalescingCache::new(10);
+        let asked = Instant::now();
+        let _ = cache
+            .get_or_fetch(
+                &1,
+                asked,
+                || async { Ok(1) },
+                |_| Some(Duration::from_secs(1)),
+            )
+            .await;
+        let _ = cache
+            .get_or_fetch(
+                &2,
+                asked,
+                || async { Ok(2) },
+                |_| Some(Duration::from_secs(600)),
+            )
+            .await;
+        cache.remove_expired(Instant::now());
+        assert_eq!(cache.len(), 2);
+        cache.remove_expired(Instant::now() + Duration::from_secs(2));
+        assert_eq!(cache.len(), 1);
+        assert!(cache.cached(&2, Instant::now()).is_some());
     }
 
     #[tokio::test]

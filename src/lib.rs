@@ -4,14 +4,16 @@
 //! to Daytona's preview proxy with `X-Daytona-Preview-Token` set and the caller's credentials
 //! removed.
 //!
-//! Layers, each importing only those below it:
+//! Layers, each importing only those below it (the `layers` test holds the code to this):
+//! - [`cli`]: the process entry, exit codes, and the client commands.
 //! - [`serve`]: the running servers (ext_authz, admin API, HTTP) and their lifecycle; the only
-//!   layer that sees all the others. [`cli`] is the process entry and the client commands.
+//!   layer that sees all those below.
 //! - [`config`]: flags, environment, config file and secrets, validated as a whole.
 //! - [`daytona`] (API client, preview-URL allow-list, preview-token cache) and [`identity`]
-//!   (tokens, JWKS, introspection, revocation, minting): the edges that do I/O.
-//! - [`authz`]: the decision core, no I/O. [`outbound`] (HTTP client plumbing, trusted CAs),
-//!   [`cache`] (the one coalescing TTL cache), [`metrics`] and [`proto`] are shared leaves.
+//!   (JWKS, introspection, revocation, minting): the edges that do I/O.
+//! - [`authz`]: the decision core (request, host, token, verdict, denial), no I/O.
+//! - Leaves: [`outbound`] (HTTP client plumbing, trusted CAs), [`cache`] (the one coalescing
+//!   TTL cache), [`metrics`] and [`proto`].
 #![forbid(unsafe_code)]
 
 pub mod authz;
@@ -25,33 +27,48 @@ pub mod outbound;
 pub mod proto;
 pub mod serve;
 
-/// The layers above, checked: a `crate::` path in a module's code (not its comments) names only
-/// the layers that module may use.
+/// The layers above, checked: a `crate::` path in a module's code (not its comments or
+/// strings) names only a layer below it, and no module climbs out with `super::super`.
 #[cfg(test)]
 mod layers {
     use std::path::Path;
 
-    /// Each top-level module and what it may import besides itself.
-    const MAY_USE: &[(&str, &[&str])] = &[
-        ("authz", &["identity::token"]),
-        ("identity", &["authz", "cache", "metrics", "outbound"]),
-        ("daytona", &["authz", "cache", "metrics", "outbound"]),
+    /// Each top-level module, its rank, and what it may import besides itself. A module may only
+    /// name modules of a lower rank, so the layers cannot form a cycle.
+    const LAYERS: &[(&str, u8, &[&str])] = &[
+        ("outbound", 0, &[]),
+        ("cache", 0, &[]),
+        ("metrics", 0, &[]),
+        ("proto", 0, &[]),
+        ("authz", 1, &[]),
+        ("identity", 2, &["authz", "cache", "metrics", "outbound"]),
+        ("daytona", 2, &["authz", "cache", "metrics", "outbound"]),
         (
             "config",
+            3,
             &["authz", "identity", "daytona", "metrics", "outbound"],
         ),
         (
             "serve",
+            4,
             &[
                 "authz", "identity", "daytona", "config", "metrics", "outbound", "proto",
             ],
         ),
-        ("cli", &["config", "identity", "outbound", "proto", "serve"]),
-        ("outbound", &[]),
-        ("cache", &[]),
-        ("metrics", &[]),
-        ("proto", &[]),
+        (
+            "cli",
+            5,
+            &["config", "authz", "identity", "outbound", "proto", "serve"],
+        ),
     ];
+
+    fn rank(module: &str) -> u8 {
+        LAYERS
+            .iter()
+            .find(|(m, _, _)| *m == module)
+            .map(|(_, r, _)| *r)
+            .unwrap_or_else(|| panic!("{module} has no place in the layers"))
+    }
 
     fn sources(path: &Path, out: &mut Vec<std::path::PathBuf>) {
         if path.is_dir() {
@@ -63,11 +80,56 @@ mod layers {
         }
     }
 
+    /// A line without its string literals and its `//` comment.
+    fn code(line: &str) -> String {
+        let mut out = String::new();
+        let mut chars = line.chars().peekable();
+        let mut in_string = false;
+        while let Some(c) = chars.next() {
+            match (in_string, c) {
+                (true, '\\') => {
+                    chars.next();
+                }
+                (true, '"') => in_string = false,
+                (true, _) => {}
+                (false, '"') => in_string = true,
+                (false, '/') if chars.peek() == Some(&'/') => break,
+                (false, c) => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// The top-level modules a line of code names through `crate::`.
+    fn named(code: &str) -> Vec<String> {
+        code.match_indices("crate::")
+            .filter(|(at, _)| {
+                // `crate::`, not `daytona_crate::` or the like.
+                !code[..*at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            })
+            .map(|(at, _)| {
+                code[at + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect()
+            })
+            .collect()
+    }
+
     #[test]
     fn each_layer_imports_only_the_layers_below_it() {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut problems = Vec::new();
-        for (module, allowed) in MAY_USE {
+        for (module, own_rank, allowed) in LAYERS {
+            for name in *allowed {
+                assert!(
+                    rank(name) < *own_rank,
+                    "{module} may not use {name}: not below it"
+                );
+            }
             let mut files = Vec::new();
             let folder = src.join(module);
             sources(&folder, &mut files);
@@ -76,14 +138,16 @@ mod layers {
             for file in files {
                 let text = std::fs::read_to_string(&file).unwrap();
                 for (n, line) in text.lines().enumerate() {
-                    let code = line.split("//").next().unwrap_or_default();
-                    for (at, _) in code.match_indices("crate::") {
-                        let path = &code[at + "crate::".len()..];
-                        let ok =
-                            path.starts_with(module) || allowed.iter().any(|a| path.starts_with(a));
-                        if !ok {
-                            problems.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
-                        }
+                    let code = code(line);
+                    let mut bad: Vec<String> = named(&code)
+                        .into_iter()
+                        .filter(|name| name != module && !allowed.contains(&name.as_str()))
+                        .collect();
+                    if code.contains("super::super") || code.contains("crate as ") {
+                        bad.push("a path around the layers".into());
+                    }
+                    if !bad.is_empty() {
+                        problems.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
                     }
                 }
             }
@@ -96,15 +160,29 @@ mod layers {
     }
 
     #[test]
+    fn the_scanner_sees_code_not_comments_or_strings() {
+        assert_eq!(
+            named(&code("use crate::serve::x; // crate::cli")),
+            ["serve"]
+        );
+        assert!(named(&code(r#"let url = "http://x"; crate::cli::run()"#)) == ["cli"]);
+        assert!(named(&code(r#"let s = "crate::serve";"#)).is_empty());
+        assert_eq!(named(&code("crate::authz::token_x")), ["authz"]);
+    }
+
+    #[test]
     fn every_module_has_a_place_in_the_layers() {
         let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
             .unwrap();
-        for line in lib.lines().filter_map(|l| l.strip_prefix("pub mod ")) {
-            let module = line.trim_end_matches(';');
-            assert!(
-                MAY_USE.iter().any(|(m, _)| *m == module),
-                "src/lib.rs declares `{module}`, which has no place in the layers"
-            );
+        for line in lib.lines() {
+            let Some(module) = line
+                .strip_prefix("pub mod ")
+                .or_else(|| line.strip_prefix("mod "))
+                .and_then(|rest| rest.strip_suffix(';'))
+            else {
+                continue;
+            };
+            rank(module);
         }
     }
 }

@@ -23,11 +23,11 @@ use daytona_authz::authz::decision::{
     self, Authorized, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, RequestView, Verdict,
 };
 use daytona_authz::authz::host::{self, PORT_RANGE, PreviewTarget};
-use daytona_authz::daytona::{Preview, Upstream};
-use daytona_authz::identity::token::{
+use daytona_authz::authz::token::{
     self, Claims, QUERY_PARAMETER, Signer, TokenSource, Verifier, cookie_values, cookies_without,
     extract, query_values,
 };
+use daytona_authz::daytona::{Preview, Upstream};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 

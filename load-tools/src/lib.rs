@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use daytona_authz::identity::token::Signer;
+use daytona_authz::authz::token::Signer;
 use hdrhistogram::Histogram;
 
 /// The cookie the tools' tokens travel in: daytona-authz's default `--cookie-name`.

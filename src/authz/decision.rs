@@ -1,6 +1,7 @@
 //! The authorization decision, as pure functions over plain data: request attributes and the
-//! verifier in, a verdict out. No I/O here, so every branch is unit-tested; `grpc` only translates
-//! Envoy's `CheckRequest` into a [`RequestView`] and a verdict back into a `CheckResponse`.
+//! verifier in, a verdict out. No I/O here, so every branch is unit-tested; `serve::authorizer`
+//! answers the look-ups it asks for, `serve::grpc` translates Envoy's `CheckRequest` into a
+//! [`RequestView`] and a verdict back into a `CheckResponse`.
 //!
 //! The one step with I/O (asking Daytona for the preview token) sits between [`authorize`] and
 //! [`allow`], so nothing reaches Daytona before the caller is authenticated and authorized.
@@ -14,7 +15,7 @@ pub use super::request::RequestView;
 use super::request::without_token;
 use crate::authz::host::{self, PreviewTarget};
 use crate::authz::preview::Preview;
-use crate::identity::token::{self, ExtractError, Grant, TokenError, TokenSource, Verifier};
+use crate::authz::token::{self, ExtractError, Grant, TokenError, TokenSource, Verifier};
 
 /// Request headers daytona-authz sets on the way upstream. Daytona's proxy reads the first two;
 /// Envoy's route reads the last two (see `envoy/envoy.yaml`) and removes them before forwarding.
@@ -484,7 +485,7 @@ mod tests {
     use super::*;
     use crate::authz::host::HostError;
     use crate::authz::preview::{DaytonaError, Upstream};
-    use crate::identity::token::{Claims, Signer, now};
+    use crate::authz::token::{Claims, Signer, now};
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
     const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";

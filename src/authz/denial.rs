@@ -8,7 +8,7 @@ use super::host::HostError;
 use super::pages;
 use super::preview::DaytonaError;
 use super::request::RequestView;
-use crate::identity::token::{self, ExtractError, TokenError};
+use crate::authz::token::{self, ExtractError, TokenError};
 
 /// Why a request is refused. One place ([`Denial::status`] and friends) maps each to what the
 /// client sees.

@@ -1,13 +1,14 @@
-//! The decision core: plain data in, a verdict out, no I/O.
+//! The decision core: plain data in, a verdict out, no I/O, and nothing imported from the
+//! layers around it.
 //!
 //! [`request`] is what the decision sees of a request, [`host`] parses its host into a sandbox
-//! and port, [`decision`] turns it and the [`decision::Policy`] into a verdict (ask for a
-//! look-up, or allow with header mutations), [`denial`] says why not and what the client is
-//! told ([`pages`] for a person), [`port_limit`] bounds the distinct ports per sandbox, and
-//! [`preview`] is what a look-up answers. The one
-//! step with I/O (the preview-token look-up) is performed by the caller between two calls of
-//! [`decision::authorize`]. This module imports nothing from the layers around it except
-//! [`crate::identity::token`], the pure token verification.
+//! and port, [`token`] finds the caller's access token and verifies it, [`decision`] turns all
+//! that and the [`decision::Policy`] into a verdict (ask for a look-up, or allow with header
+//! mutations), [`denial`] says why not and what the client is told ([`pages`] for a person),
+//! [`port_limit`] bounds the distinct ports per sandbox, and [`preview`] is what a preview-token
+//! look-up answers. The I/O is the caller's (`serve::authorizer`): introspecting a token or
+//! refetching the JWKS between two calls of [`decision::authorize`], and fetching the preview
+//! token between [`decision::authorize`] and [`decision::allow`].
 
 pub mod decision;
 pub mod denial;
@@ -16,3 +17,4 @@ pub mod pages;
 pub mod port_limit;
 pub mod preview;
 pub mod request;
+pub mod token;

@@ -1,7 +1,7 @@
 //! The request as the decision sees it: Envoy's attributes, header names lower-case, repeated
 //! headers once per value. Plain data; `serve::grpc` builds it from a `CheckRequest`.
 
-use crate::identity::token;
+use crate::authz::token;
 
 /// What the decision needs of a request. Header names are lower-case; repeated headers appear
 /// once per value.

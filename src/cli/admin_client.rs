@@ -79,7 +79,7 @@ pub fn revoke(args: &RevokeArgs) -> Result<String, CliError> {
         match (&args.jti, &args.sandbox) {
             (Some(jti), _) => {
                 if let Some(at) = args.expires_at {
-                    refuse_past_expiry(at, crate::identity::token::now())?;
+                    refuse_past_expiry(at, crate::authz::token::now())?;
                 }
                 let mut client = connect(&args.admin).await?;
                 client

@@ -5,9 +5,9 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::CliError;
+use crate::authz::token::{self, Signer};
 use crate::config::{self, ConfigError, MintArgs};
 use crate::identity::mint::{LinkRequest, MintError, Minted, mint_link};
-use crate::identity::token::{self, Signer};
 
 /// Returns what to print.
 pub fn mint(args: MintArgs) -> Result<String, CliError> {
@@ -36,7 +36,10 @@ pub fn mint(args: MintArgs) -> Result<String, CliError> {
                 &request,
                 token::now(),
             )
-            .map_err(|e| ConfigError(in_flags(&e)))?
+            .map_err(|e| match e {
+                MintError::Signing(_) => CliError::Internal(e.to_string()),
+                e => CliError::Usage(ConfigError(in_flags(&e))),
+            })?
         }
     };
     Ok(render(&minted, ttl))

@@ -39,6 +39,9 @@ pub enum CliError {
     Refused(tonic::Status),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// A fault of daytona-authz itself (the token could not be signed).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl CliError {
@@ -58,6 +61,7 @@ impl CliError {
                 _ => exit::SOFTWARE,
             },
             CliError::Runtime(_) => exit::OSERR,
+            CliError::Internal(_) => exit::SOFTWARE,
         }
     }
 }

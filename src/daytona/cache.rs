@@ -104,6 +104,12 @@ impl<S: PreviewSource> PreviewCache<S> {
         self.metrics.set_cache_entries(self.entry_count());
     }
 
+    /// Drops the entries that have expired (see [`CoalescingCache::remove_expired`]).
+    pub fn remove_expired(&self) {
+        self.cache.remove_expired(Instant::now());
+        self.metrics.set_cache_entries(self.entry_count());
+    }
+
     /// Entries held, expired ones included until they are refetched or evicted.
     pub fn entry_count(&self) -> u64 {
         self.cache.len() as u64
@@ -112,8 +118,8 @@ impl<S: PreviewSource> PreviewCache<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Upstream;
     use super::*;
+    use crate::daytona::Upstream;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";

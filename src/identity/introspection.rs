@@ -371,6 +371,13 @@ impl Introspector {
         answer
     }
 
+    /// Drops cached answers (and their claims) and known tokens whose time has passed.
+    pub fn remove_expired(&self) {
+        let now = Instant::now();
+        self.cache.remove_expired(now);
+        self.known.retain(|_, until| now < *until);
+    }
+
     /// Whether the token was seen active and its `exp` has not passed at `now`.
     fn is_known(&self, key: &TokenKey, now: Instant) -> bool {
         self.known.get(key).is_some_and(|until| now < until)

@@ -15,7 +15,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Mutex;
 
-use crate::identity::token::JwkKey;
+use crate::authz::token::JwkKey;
 
 /// Largest JWKS document accepted.
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -261,7 +261,7 @@ fn is_rsa(alg: Algorithm) -> bool {
 mod tests {
     use super::*;
 
-    /// Key material in the right shape (verification is tested end to end in tests/identity.rs).
+    /// Key material in the right shape (verification is tested end to end in tests/e2e/identity.rs).
     const N: &str = "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw";
     const X256: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
     const Y256: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::authz::host;
-use crate::identity::token::{Claims, QUERY_PARAMETER, Signer};
+use crate::authz::token::{Claims, QUERY_PARAMETER, Signer};
 
 /// What to mint.
 #[derive(Debug, Clone)]
@@ -132,7 +132,7 @@ fn share_link(base: &str, sandbox: &str, port: u16, token: &str) -> Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::token;
+    use crate::authz::token;
 
     const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
     const SECRET: &str = "0123456789abcdef0123456789abcdef";

@@ -9,10 +9,10 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
 use crate::authz::host::{self, SandboxId};
+use crate::authz::token::{self, Signer};
 use crate::daytona::{PreviewCache, PreviewSource};
 use crate::identity::mint::{self, LinkRequest, MintError};
 use crate::identity::revocation::{RevocationError, Revocations};
-use crate::identity::token::{self, Signer};
 
 use crate::proto::admin as pb;
 use pb::admin_server::{Admin, AdminServer};
@@ -158,23 +158,25 @@ impl From<AdminError> for Status {
                 Status::internal("the token could not be signed")
             }
             AdminError::Mint(mint) => {
-                let field = match mint {
-                    MintError::NotASandbox(_) => "sandbox_id",
-                    MintError::PortOutOfRange(_)
-                    | MintError::NoPorts
-                    | MintError::PortsAndAnyPort => "ports",
-                    MintError::TtlOutOfRange { .. } => "ttl_seconds",
-                    MintError::BaseUrlWithoutPort
-                    | MintError::BadBaseUrl { .. }
-                    | MintError::BaseUrlNotHttp
-                    | MintError::Signing(_) => "base_url",
-                };
-                Status::invalid_argument(format!("{field}: {mint}"))
+                Status::invalid_argument(format!("{}: {mint}", field_of(&mint)))
             }
             // Bad input is the caller's; anything else is the store being unavailable.
             AdminError::Store(RevocationError::Invalid(why)) => Status::invalid_argument(why),
             AdminError::Store(other) => Status::unavailable(other.to_string()),
         }
+    }
+}
+
+/// The request field a mint error is about (signing failures are answered before this).
+fn field_of(error: &MintError) -> &'static str {
+    match error {
+        MintError::NotASandbox(_) => "sandbox_id",
+        MintError::PortOutOfRange(_) | MintError::NoPorts | MintError::PortsAndAnyPort => "ports",
+        MintError::TtlOutOfRange { .. } => "ttl_seconds",
+        MintError::BaseUrlWithoutPort
+        | MintError::BadBaseUrl { .. }
+        | MintError::BaseUrlNotHttp => "base_url",
+        MintError::Signing(_) => "token",
     }
 }
 

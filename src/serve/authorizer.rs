@@ -16,11 +16,11 @@ use crate::authz::decision::{
     RequestView, RevocationStatus, RevocationView, Verdict,
 };
 use crate::authz::port_limit::PortLimit;
+use crate::authz::token::{self, JwkKey};
 use crate::daytona::{PreviewCache, PreviewSource};
 use crate::identity::introspection::{Introspection, IntrospectionError, Introspector};
 use crate::identity::jwks::Jwks;
 use crate::identity::revocation::{self, Revocations, RevokedBy};
-use crate::identity::token::{self, JwkKey};
 
 /// Look-ups per request at most: one introspection per cookie candidate and one JWKS refresh.
 pub const MAX_LOOKUPS: usize = 8;
@@ -195,7 +195,7 @@ mod tests {
     use super::*;
     use crate::authz::host::PreviewTarget;
     use crate::authz::preview::{DaytonaError, Preview, Upstream};
-    use crate::identity::token::{Claims, Signer, Verifier, now};
+    use crate::authz::token::{Claims, Signer, Verifier, now};
     use crate::metrics::Metrics;
     use crate::serve::grpc::{AuthzService, check_request};
 

@@ -23,6 +23,8 @@ use arc_swap::ArcSwapOption;
 
 use crate::authz::decision::Policy;
 use crate::authz::port_limit::PortLimit;
+use crate::authz::token::Verifier;
+use crate::authz::token::{ClaimMapping, Signer};
 use crate::config::{ConfigErrors, Secrets, ServeConfig};
 use crate::daytona::{DaytonaApi, PreviewCache};
 use crate::identity::introspection::{IntrospectionConfig, Introspector};
@@ -30,8 +32,6 @@ use crate::identity::jwks::Jwks;
 use crate::identity::mint;
 use crate::identity::revocation::RevocationError;
 use crate::identity::revocation::Revocations;
-use crate::identity::token::Verifier;
-use crate::identity::token::{ClaimMapping, Signer};
 use crate::metrics::Metrics;
 use crate::outbound::ClientError;
 use admin::{AdminService, BearerCheck, MintSettings};
@@ -226,6 +226,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     if let Some(store) = &identity.revocations {
         tokio::spawn(prune_revocations(Arc::clone(store), stopping.clone()));
     }
+    tokio::spawn(sweep_caches(
+        Arc::clone(&previews),
+        identity.introspector.clone(),
+        stopping.clone(),
+    ));
     tokio::spawn(become_ready(
         identity.jwks.clone(),
         Arc::clone(&api),
@@ -424,6 +429,25 @@ async fn refresh_jwks(
     }
 }
 
+/// Every minute, drops the cached answers whose time has passed, so memory holds only what may
+/// still be served.
+async fn sweep_caches(
+    previews: Arc<PreviewCache<DaytonaApi>>,
+    introspector: Option<Arc<Introspector>>,
+    stopping: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = stopping.cancelled() => return,
+        }
+        previews.remove_expired();
+        if let Some(introspector) = &introspector {
+            introspector.remove_expired();
+        }
+    }
+}
+
 /// Forgets revoked tokens once they would have expired anyway.
 async fn prune_revocations(store: Arc<Revocations>, stopping: CancellationToken) {
     loop {
@@ -431,7 +455,7 @@ async fn prune_revocations(store: Arc<Revocations>, stopping: CancellationToken)
             () = tokio::time::sleep(Duration::from_secs(300)) => {}
             () = stopping.cancelled() => return,
         }
-        if let Err(error) = store.prune_expired(crate::identity::token::now()).await {
+        if let Err(error) = store.prune_expired(crate::authz::token::now()).await {
             tracing::warn!(%error, "pruning expired revocations failed");
         }
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// What the tests use of the product's library: the token format (to sign tokens and read the
 /// clock as daytona-authz does) and the admin API's gRPC client and messages.
-pub use daytona_authz::identity::token::{Claims, Signer, now};
+pub use daytona_authz::authz::token::{Claims, Signer, now};
 pub use daytona_authz::proto::admin as pb;
 pub use daytona_double::{Sandbox, TlsFiles};
 

@@ -118,7 +118,7 @@ async fn a_token_walking_ports_cannot_fill_envoys_dns_cache_for_other_sandboxes(
 #[tokio::test]
 async fn a_token_for_an_unknown_sandbox_costs_one_api_call_not_one_per_request() {
     // A minute, so nothing here depends on how fast the requests go (the unit tests in
-    // src/daytona.rs show the answer expiring, and a 400 kept alike).
+    // src/daytona/cache.rs show the answer expiring, and a 400 kept alike).
     let stack = Stack::start_with(AuthzOptions::args(&["--negative-cache-ttl", "60s"])).await;
     // A sandbox Daytona does not know (deleted, or never there).
     let gone = "5d1c3a9e-0b7f-4e2a-8c6d-3f9e1a2b4c5d";

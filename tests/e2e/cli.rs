@@ -219,15 +219,9 @@ fn healthcheck_fails_when_nothing_answers() {
     assert_eq!(output.status.code(), Some(1));
 }
 
-/// A free port on loopback that nothing listens on.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 #[test]
 fn an_unreachable_admin_api_exits_69() {
-    let url = format!("http://127.0.0.1:{}", closed_port());
+    let url = format!("http://127.0.0.1:{}", support::free_port());
     for args in [
         vec![
             "mint",
@@ -267,7 +261,7 @@ fn serve_exits_by_kind_a_busy_port_71_an_unusable_revocation_store_73() {
     let dir = tempfile::tempdir().unwrap();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
-    let free = |_| format!("127.0.0.1:{}", closed_port());
+    let free = || format!("127.0.0.1:{}", support::free_port());
     let db = dir.path().join("revocations.redb");
     let db = db.to_str().unwrap();
     let output = run(
@@ -276,7 +270,7 @@ fn serve_exits_by_kind_a_busy_port_71_an_unusable_revocation_store_73() {
             "--grpc-addr",
             &busy_addr,
             "--http-addr",
-            &free(()),
+            &free(),
             "--revocation-db",
             db,
         ],
@@ -297,9 +291,9 @@ fn serve_exits_by_kind_a_busy_port_71_an_unusable_revocation_store_73() {
         &[
             "serve",
             "--grpc-addr",
-            &free(()),
+            &free(),
             "--http-addr",
-            &free(()),
+            &free(),
             "--revocation-db",
             db.to_str().unwrap(),
         ],

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use daytona_authz::identity::token::Claims;
+use daytona_authz::authz::token::Claims;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address,
 };
@@ -115,7 +115,7 @@ struct Target {
 fn targets(args: &Args, ids: impl Iterator<Item = String>) -> Vec<Target> {
     let signer = load_tools::signer(&args.secret_file)
         .unwrap_or_else(|e| panic!("readable --secret-file: {e}"));
-    let exp = daytona_authz::identity::token::now() + 3600;
+    let exp = daytona_authz::authz::token::now() + 3600;
     let mut targets = Vec::new();
     for id in ids {
         let host = format!("3000-{id}.{}", args.domain);

@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use daytona_authz::identity::token::{Claims, Signer, now};
+use daytona_authz::authz::token::{Claims, Signer, now};
 use load_tools::{COOKIE_NAME, Latencies, sandbox_id};
 use reqwest::header::{ACCEPT, AUTHORIZATION, COOKIE, HOST, HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
