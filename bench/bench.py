@@ -456,7 +456,8 @@ class Stack:
         With `allow_sandbox`, its answer carries this sandbox's real preview token and host, so
         behind Envoy it is a no-op ext_authz service that lets everything through."""
         out = self.run_dir / f"{name}.out"
-        real = (["--preview-token", self.preview_token, "--upstream", self.preview_authority]
+        # `--flag=value`: a preview token may begin with `-`, which clap would take for a flag.
+        real = ([f"--preview-token={self.preview_token}", f"--upstream={self.preview_authority}"]
                 if allow_sandbox else [])
         proc = self.procs.start(name, [RELEASE / "check_floor", "--addr", "127.0.0.1:0",
                                        *real], stdout=open(out, "wb"))
