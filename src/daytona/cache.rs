@@ -120,16 +120,8 @@ impl<S: PreviewSource> PreviewCache<S> {
 mod tests {
     use super::*;
     use crate::daytona::Upstream;
+    use crate::daytona::fixtures::{ID, target};
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
-
-    fn target() -> PreviewTarget {
-        PreviewTarget {
-            sandbox_id: ID.parse().unwrap(),
-            port: 3000,
-        }
-    }
 
     struct Counting {
         calls: AtomicUsize,

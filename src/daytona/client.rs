@@ -351,19 +351,7 @@ fn parse_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
-
-    fn target() -> PreviewTarget {
-        PreviewTarget {
-            sandbox_id: ID.parse().unwrap(),
-            port: 3000,
-        }
-    }
-
-    fn allowed() -> Vec<String> {
-        vec!["proxy.daytona.works".into(), "proxy.localhost:4000".into()]
-    }
+    use crate::daytona::fixtures::{ID, allowed, target};
 
     #[test]
     fn refuses_empty_or_odd_tokens() {

@@ -28,3 +28,22 @@ pub trait PreviewSource: Send + Sync + 'static {
         target: &PreviewTarget,
     ) -> impl Future<Output = Result<Preview, DaytonaError>> + Send;
 }
+
+/// What the client, allow-list and cache tests share: a sandbox port and the allowed domains.
+#[cfg(test)]
+mod fixtures {
+    use crate::authz::host::PreviewTarget;
+
+    pub const ID: &str = "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93";
+
+    pub fn target() -> PreviewTarget {
+        PreviewTarget {
+            sandbox_id: ID.parse().unwrap(),
+            port: 3000,
+        }
+    }
+
+    pub fn allowed() -> Vec<String> {
+        vec!["proxy.daytona.works".into(), "proxy.localhost:4000".into()]
+    }
+}
