@@ -80,12 +80,7 @@ fn check_request(extra: &[(&str, String)]) -> CheckRequest {
         ("x-forwarded-host", host.clone()),
     ];
     headers.extend(extra.iter().cloned());
-    let view = headers
-        .iter()
-        .fold(RequestView::new("GET", &host, "/"), |r, (n, v)| {
-            r.with_header(n, v)
-        });
-    grpc::check_request(&view)
+    grpc::check_request(&RequestView::new("GET", &host, "/").with_headers(&headers))
 }
 
 fn preview() -> Preview {

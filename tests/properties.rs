@@ -260,11 +260,7 @@ fn policy(domain: &str) -> Policy {
 }
 
 fn request(host: &str, path: &str, headers: &[(&str, &str)]) -> RequestView {
-    let request = headers
-        .iter()
-        .fold(RequestView::new("GET", host, path), |r, (n, v)| {
-            r.with_header(n, v)
-        });
+    let request = RequestView::new("GET", host, path).with_headers(headers);
     RequestView {
         scheme: "https".into(),
         ..request

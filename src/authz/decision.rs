@@ -524,11 +524,7 @@ mod tests {
         path: &str,
         headers: &[(&str, &str)],
     ) -> RequestView {
-        headers
-            .iter()
-            .fold(RequestView::new(method, host, path), |request, (n, v)| {
-                request.with_header(n, v)
-            })
+        RequestView::new(method, host, path).with_headers(headers)
     }
 
     fn host(port: u16) -> String {

@@ -37,6 +37,13 @@ impl RequestView {
         self
     }
 
+    /// The same request with these headers added, in order (see [`RequestView::with_header`]).
+    pub fn with_headers<N: AsRef<str>, V: AsRef<str>>(self, headers: &[(N, V)]) -> Self {
+        headers.iter().fold(self, |request, (n, v)| {
+            request.with_header(n.as_ref(), v.as_ref())
+        })
+    }
+
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
             .iter()

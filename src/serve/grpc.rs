@@ -274,12 +274,7 @@ mod tests {
     use super::*;
 
     fn check(host: &str, raw: &[(&str, &str)]) -> CheckRequest {
-        let view = raw
-            .iter()
-            .fold(RequestView::new("GET", host, "/"), |r, (n, v)| {
-                r.with_header(n, v)
-            });
-        check_request(&view)
+        check_request(&RequestView::new("GET", host, "/").with_headers(raw))
     }
 
     #[test]
