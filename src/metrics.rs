@@ -34,6 +34,19 @@ pub struct DecisionLabels {
     pub reason: &'static str,
 }
 
+/// Decisions on routes that name themselves (`daytona_authz.route`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteDecisionLabels {
+    /// The route's name; `other` past [`MAX_ROUTE_LABELS`] distinct names.
+    pub route: String,
+    pub result: &'static str,
+    pub reason: &'static str,
+}
+
+/// Distinct route names with series of their own; any further name is counted as `other`, so
+/// a misconfigured Envoy cannot grow the metrics without bound.
+pub const MAX_ROUTE_LABELS: usize = 64;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiCallLabels {
     /// The HTTP status, or `timeout`, `connect_error`, `error`, `overloaded`.
@@ -58,6 +71,8 @@ struct BuildLabels {
 pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
+    route_decisions: Family<RouteDecisionLabels, Counter>,
+    route_names: std::sync::Mutex<std::collections::HashSet<String>>,
     check_seconds: Histogram,
     api_calls: Family<ApiCallLabels, Counter>,
     api_seconds: Histogram,
@@ -102,6 +117,12 @@ impl Metrics {
             "decisions",
             "Check decisions by result and reason",
             decisions.clone(),
+        );
+        let route_decisions = Family::<RouteDecisionLabels, Counter>::default();
+        registry.register(
+            "route_decisions",
+            "Check decisions on routes named by daytona_authz.route, by route, result and reason",
+            route_decisions.clone(),
         );
         // 50 µs .. ~6.5 s: a warm Check is microseconds, a cold one waits on Daytona.
         let check_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
@@ -246,6 +267,8 @@ impl Metrics {
         Metrics {
             registry,
             decisions,
+            route_decisions,
+            route_names: Default::default(),
             check_seconds,
             api_calls,
             api_seconds,
@@ -279,6 +302,31 @@ impl Metrics {
             .get_or_create(&DecisionLabels { result, reason })
             .inc();
         self.check_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a decision on a named route as well (see [`MAX_ROUTE_LABELS`]).
+    pub fn route_decision(&self, route: &str, result: &'static str, reason: &'static str) {
+        let route = {
+            let mut names = self
+                .route_names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if names.contains(route) {
+                route
+            } else if names.len() < MAX_ROUTE_LABELS {
+                names.insert(route.to_owned());
+                route
+            } else {
+                "other"
+            }
+        };
+        self.route_decisions
+            .get_or_create(&RouteDecisionLabels {
+                route: route.to_owned(),
+                result,
+                reason,
+            })
+            .inc();
     }
 
     pub fn api_call(&self, status: &str, elapsed: Duration) {

@@ -13,8 +13,9 @@ use std::sync::Arc;
 pub use super::denial::{Denial, render};
 pub use super::request::RequestView;
 use super::request::without_token;
-use crate::authz::host::{self, PreviewTarget};
+use crate::authz::host::{Hosts, PreviewTarget};
 use crate::authz::preview::Preview;
+use crate::authz::route::Access;
 use crate::authz::token::{self, ExtractError, Grant, TokenError, TokenSource, Verifier};
 
 /// Request headers daytona-authz sets on the way upstream. Daytona's proxy reads the first two;
@@ -33,8 +34,8 @@ const RESERVED_PREFIX: &str = "x-daytona-";
 /// What the deployment allows.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// Lower-case, no trailing dot.
-    pub preview_domain: String,
+    /// The preview domains and port range public hosts may name.
+    pub hosts: Hosts,
     pub verifier: Verifier,
     /// Name of the cookie a share link turns into.
     pub cookie_name: String,
@@ -58,7 +59,7 @@ impl Policy {
     /// JWKS. Change fields from there.
     pub fn new(preview_domain: &str, verifier: Verifier) -> Self {
         Policy {
-            preview_domain: preview_domain.to_ascii_lowercase(),
+            hosts: Hosts::new(preview_domain),
             verifier,
             cookie_name: DEFAULT_COOKIE_NAME.to_owned(),
             login_url: None,
@@ -77,7 +78,8 @@ pub const DEFAULT_COOKIE_NAME: &str = "daytona_authz";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authorized {
     pub target: PreviewTarget,
-    pub source: TokenSource,
+    /// Where the token came from; `None` on a `preview-token-only` route (no token needed).
+    pub source: Option<TokenSource>,
 }
 
 /// What to do with a request before any call to Daytona.
@@ -159,7 +161,16 @@ pub fn authorize(
     lookups: &Lookups,
     revocations: &dyn RevocationView,
 ) -> Result<Verdict, Denial> {
-    let target = host::parse(&request.host, &policy.preview_domain).map_err(Denial::BadHost)?;
+    let route = &request.route;
+    route.check(policy.hosts.ports).map_err(Denial::BadRoute)?;
+    let (target, _) = policy.hosts.parse(&request.host).map_err(Denial::BadHost)?;
+    if route
+        .ports
+        .as_ref()
+        .is_some_and(|ports| !ports.contains(target.port))
+    {
+        return Err(Denial::PortNotOnRoute);
+    }
     if request.is_preflight() {
         // Preflights carry no credential, so they are answered here and never forwarded: an
         // unauthenticated request must not reach a sandbox, nor cost a Daytona call or a port.
@@ -176,6 +187,19 @@ pub fn authorize(
             Ok(Verdict::Reply(preflight(request)))
         } else {
             Err(Denial::CorsOriginRefused)
+        };
+    }
+    if route.access == Access::PreviewTokenOnly {
+        // No end-user token on this route; a revoked sandbox stays revoked.
+        return match revocations.revocation(None, target.sandbox_id.as_str(), now) {
+            RevocationStatus::Active => Ok(Verdict::Forward(Authorized {
+                target,
+                source: None,
+            })),
+            RevocationStatus::SandboxRevoked | RevocationStatus::TokenRevoked => {
+                Err(Denial::SandboxRevoked)
+            }
+            RevocationStatus::Unknown => Err(Denial::StatusUnknown("revocations")),
         };
     }
     let authorization: Vec<&str> = request.header_values("authorization").collect();
@@ -226,6 +250,13 @@ pub fn authorize(
         let verdict = grant
             .map_err(Denial::InvalidToken)
             .and_then(|grant| check_grant(&grant, &target, now).map(|()| grant))
+            .and_then(|grant| match &route.audience {
+                // The route asks for one more audience than --jwt-audience.
+                Some(audience) if !grant.has_audience(audience) => {
+                    Err(Denial::InvalidToken(TokenError::WrongIssuerOrAudience))
+                }
+                _ => Ok(grant),
+            })
             .and_then(|grant| {
                 match revocations.revocation(grant.jti.as_deref(), target.sandbox_id.as_str(), now)
                 {
@@ -259,7 +290,7 @@ pub fn authorize(
     }
     Ok(Verdict::Forward(Authorized {
         target,
-        source: found.source,
+        source: Some(found.source),
     }))
 }
 
@@ -299,11 +330,8 @@ fn cookie_may_be_used(request: &RequestView, policy: &Policy, target: &PreviewTa
         // another host of the preview domain still gives a page away.
         false => request.header_values("referer").all(|referer| {
             let authority = origin_authority(referer).unwrap_or_default();
-            let under_domain = crate::authz::host::strip_port(authority).is_some_and(|name| {
-                let name = name.to_ascii_lowercase();
-                name == policy.preview_domain
-                    || name.ends_with(&format!(".{}", policy.preview_domain))
-            });
+            let under_domain = crate::authz::host::strip_port(authority)
+                .is_some_and(|name| policy.hosts.is_under(&name.to_ascii_lowercase()));
             !under_domain || is_sandbox_origin(referer, policy, target)
         }),
     }
@@ -312,8 +340,10 @@ fn cookie_may_be_used(request: &RequestView, policy: &Policy, target: &PreviewTa
 /// Whether `origin` (or any URL) is `http(s)://` a preview host of `target`'s sandbox, any port.
 fn is_sandbox_origin(origin: &str, policy: &Policy, target: &PreviewTarget) -> bool {
     origin_authority(origin).is_some_and(|authority| {
-        host::parse(authority, &policy.preview_domain)
-            .is_ok_and(|other| other.sandbox_id == target.sandbox_id)
+        policy
+            .hosts
+            .parse(authority)
+            .is_ok_and(|(other, _)| other.sandbox_id == target.sandbox_id)
     })
 }
 
@@ -463,7 +493,7 @@ pub fn allow(
             remove_headers.push(name.clone());
         }
     }
-    if authorized.source == TokenSource::AuthorizationHeader {
+    if authorized.source == Some(TokenSource::AuthorizationHeader) {
         remove_headers.push("authorization".to_owned());
     }
     // Our cookie never reaches the sandbox; the app's own cookies pass untouched.
@@ -577,7 +607,7 @@ mod tests {
             forwarded(verdict),
             Authorized {
                 target: target(3000),
-                source: TokenSource::AuthorizationHeader
+                source: Some(TokenSource::AuthorizationHeader)
             }
         );
     }
@@ -590,7 +620,7 @@ mod tests {
             &policy(),
             now(),
         );
-        assert_eq!(forwarded(verdict).source, TokenSource::QueryParameter);
+        assert_eq!(forwarded(verdict).source, Some(TokenSource::QueryParameter));
     }
 
     #[test]
@@ -653,7 +683,7 @@ mod tests {
         let req = request(&host(3000), "/", &[("cookie", &cookie)]);
         assert_eq!(
             forwarded(authorize(&req, &policy(), now())).source,
-            TokenSource::Cookie
+            Some(TokenSource::Cookie)
         );
         let only_tossed = format!("daytona_authz={tossed}");
         let req = request(&host(3000), "/", &[("cookie", &only_tossed)]);
@@ -1017,7 +1047,9 @@ mod tests {
             ),
             (
                 request(&format!("2000-{ID}.{DOMAIN}"), "/", &[]),
-                Denial::BadHost(HostError::PortOutOfRange),
+                Denial::BadHost(HostError::PortOutOfRange(
+                    crate::authz::host::PortRange::DAYTONA,
+                )),
                 400,
             ),
             (request(&host(3000), "/", &[]), Denial::MissingToken, 401),
@@ -1295,7 +1327,7 @@ mod tests {
         );
         let authorized = Authorized {
             target: target(3000),
-            source: TokenSource::AuthorizationHeader,
+            source: Some(TokenSource::AuthorizationHeader),
         };
         let allow = allow(&req, &authorized, &preview(), &policy());
         assert_eq!(
@@ -1331,7 +1363,7 @@ mod tests {
         );
         let authorized = Authorized {
             target: target(3000),
-            source: TokenSource::QueryParameter,
+            source: Some(TokenSource::QueryParameter),
         };
         let allow = allow(&req, &authorized, &preview(), &policy());
         assert!(
@@ -1377,7 +1409,7 @@ mod tests {
         let req = request(&host(3000), "/", &[("cookie", "daytona_authz=t")]);
         let authorized = Authorized {
             target: target(3000),
-            source: TokenSource::Cookie,
+            source: Some(TokenSource::Cookie),
         };
         let mut policy = policy();
         policy.disable_cors = true;
@@ -1501,5 +1533,290 @@ mod tests {
         }
         assert_eq!(Denial::SandboxRevoked.status(), 403);
         assert_eq!(Denial::InvalidToken(TokenError::Revoked).status(), 401);
+    }
+
+    // --- per-route policy (Envoy's context_extensions) -------------------------------------
+
+    fn on_route(request: RequestView, pairs: &[(&str, &str)]) -> RequestView {
+        request
+            .on_route(crate::authz::route::Route::from_extensions(pairs.iter().copied()).unwrap())
+    }
+
+    #[test]
+    fn a_route_serves_only_its_ports() {
+        let t = token(ID, None, now() + 60);
+        let auth = bearer(&t);
+        let ports = [("daytona_authz.ports", "3000,8000-8099")];
+        for port in [3000, 8000, 8099] {
+            let req = on_route(
+                request(&host(port), "/", &[("authorization", &auth)]),
+                &ports,
+            );
+            assert_eq!(
+                forwarded(authorize(&req, &policy(), now())).target,
+                target(port)
+            );
+        }
+        for port in [3001, 7999, 8100] {
+            let req = on_route(
+                request(&host(port), "/", &[("authorization", &auth)]),
+                &ports,
+            );
+            assert_eq!(
+                authorize(&req, &policy(), now()),
+                Err(Denial::PortNotOnRoute)
+            );
+            // Refused before any token is looked at: no token needed to learn it.
+            let bare = on_route(request(&host(port), "/", &[]), &ports);
+            assert_eq!(
+                authorize(&bare, &policy(), now()),
+                Err(Denial::PortNotOnRoute)
+            );
+        }
+        assert_eq!(Denial::PortNotOnRoute.status(), 403);
+        assert_eq!(Denial::PortNotOnRoute.www_authenticate(), None);
+    }
+
+    #[test]
+    fn a_route_listing_ports_outside_the_port_range_is_refused_whole() {
+        let t = token(ID, None, now() + 60);
+        let auth = bearer(&t);
+        let req = on_route(
+            request(&host(3000), "/", &[("authorization", &auth)]),
+            &[("daytona_authz.ports", "3000,80")],
+        );
+        let denial = authorize(&req, &policy(), now()).unwrap_err();
+        assert!(matches!(denial, Denial::BadRoute(_)), "{denial:?}");
+        assert_eq!(denial.status(), 500);
+        assert_eq!(denial.code(), "route_misconfigured");
+        let reply = render(&denial, &req, &policy());
+        assert!(
+            !reply.body.contains("80"),
+            "internals stay in the log: {}",
+            reply.body
+        );
+    }
+
+    #[test]
+    fn a_preview_token_only_route_needs_no_token_but_keeps_every_other_rule() {
+        let open = [
+            ("daytona_authz.access", "preview-token-only"),
+            ("daytona_authz.route", "hooks"),
+        ];
+        let req = on_route(
+            method_request(
+                "POST",
+                &host(3000),
+                "/hook?access_token=x",
+                &[
+                    ("x-daytona-preview-token", "spoof"),
+                    ("x-envoy-original-path", "/x"),
+                    ("cookie", "daytona_authz=abc; app=1"),
+                ],
+            ),
+            &open,
+        );
+        let authorized = forwarded(authorize(&req, &policy(), now()));
+        assert_eq!(
+            authorized,
+            Authorized {
+                target: target(3000),
+                source: None
+            }
+        );
+        let allow = allow(&req, &authorized, &preview(), &policy());
+        assert!(
+            allow
+                .set_headers
+                .contains(&(PREVIEW_TOKEN_HEADER, "preview-token-123".into()))
+        );
+        assert!(
+            allow
+                .remove_headers
+                .contains(&"x-envoy-original-path".to_owned())
+        );
+        assert_eq!(
+            allow
+                .set_headers
+                .iter()
+                .filter(|(n, _)| *n == PREVIEW_TOKEN_HEADER)
+                .count(),
+            1
+        );
+        assert!(
+            allow.set_headers.contains(&("cookie", "app=1".into())),
+            "our cookie never reaches the app"
+        );
+        assert_eq!(
+            allow.path.as_deref(),
+            Some("/hook"),
+            "nor a token in the query"
+        );
+        // The host is still parsed strictly, the port range and the route's ports still apply,
+        // and a revoked sandbox stays revoked.
+        let bad = on_route(request(&format!("3000-{ID}.evil.com"), "/", &[]), &open);
+        assert_eq!(
+            authorize(&bad, &policy(), now()),
+            Err(Denial::BadHost(HostError::WrongDomain))
+        );
+        let narrow = on_route(
+            request(&host(3001), "/", &[]),
+            &[open[0], ("daytona_authz.ports", "3000")],
+        );
+        assert_eq!(
+            authorize(&narrow, &policy(), now()),
+            Err(Denial::PortNotOnRoute)
+        );
+        for (status, expected) in [
+            (RevocationStatus::SandboxRevoked, Denial::SandboxRevoked),
+            (
+                RevocationStatus::Unknown,
+                Denial::StatusUnknown("revocations"),
+            ),
+        ] {
+            let verdict = super::authorize(
+                &req,
+                &policy(),
+                now(),
+                &Lookups::default(),
+                &Revoked(status),
+            );
+            assert_eq!(verdict, Err(expected));
+        }
+        // `token` is the default: the same request elsewhere needs a token.
+        let closed = on_route(
+            request(&host(3000), "/", &[]),
+            &[("daytona_authz.access", "token")],
+        );
+        assert_eq!(
+            authorize(&closed, &policy(), now()),
+            Err(Denial::MissingToken)
+        );
+    }
+
+    #[test]
+    fn a_route_may_require_one_more_audience() {
+        let with_aud = |aud: Option<&str>| {
+            Signer::hs256(SECRET)
+                .sign(&Claims {
+                    sandbox_id: ID.into(),
+                    exp: now() + 60,
+                    ports: None,
+                    iss: None,
+                    aud: aud.map(str::to_owned),
+                })
+                .unwrap()
+        };
+        let route = [("daytona_authz.audience", "admin-console")];
+        let good = bearer(&with_aud(Some("admin-console")));
+        let req = on_route(
+            request(&host(3000), "/", &[("authorization", &good)]),
+            &route,
+        );
+        forwarded(authorize(&req, &policy(), now()));
+        for token in [with_aud(Some("other")), with_aud(None)] {
+            let auth = bearer(&token);
+            let req = on_route(
+                request(&host(3000), "/", &[("authorization", &auth)]),
+                &route,
+            );
+            assert_eq!(
+                authorize(&req, &policy(), now()),
+                Err(Denial::InvalidToken(TokenError::WrongIssuerOrAudience))
+            );
+            // The same token on a route without the key is fine.
+            forwarded(authorize(
+                &request(&host(3000), "/", &[("authorization", &auth)]),
+                &policy(),
+                now(),
+            ));
+        }
+    }
+
+    #[test]
+    fn a_route_may_send_browsers_to_its_own_sign_in_page() {
+        let mut with_login = policy();
+        with_login.login_url = Some("https://login.example.com/".parse().unwrap());
+        let browser = request(&host(3000), "/app", &[HTML]);
+        let route = [("daytona_authz.login_url", "https://sso.example.org/start")];
+        for (policy, req, expected) in [
+            (
+                &with_login,
+                on_route(browser.clone(), &route),
+                Some("https://sso.example.org/start?return_to="),
+            ),
+            (
+                &policy(),
+                on_route(browser.clone(), &route),
+                Some("https://sso.example.org/start?return_to="),
+            ),
+            (
+                &with_login,
+                browser.clone(),
+                Some("https://login.example.com/?return_to="),
+            ),
+            (&policy(), browser.clone(), None),
+        ] {
+            let denial = authorize(&req, policy, now()).unwrap_err();
+            let reply = render(&denial, &req, policy);
+            match expected {
+                Some(prefix) => {
+                    assert_eq!(reply.status, 302);
+                    assert!(
+                        header(&reply, "location").unwrap().starts_with(prefix),
+                        "{reply:?}"
+                    );
+                }
+                None => assert_eq!(reply.status, 401),
+            }
+        }
+    }
+
+    #[test]
+    fn hosts_under_each_preview_domain_are_served_and_keep_cookies_apart() {
+        let mut two = policy();
+        two.hosts.domains.push("preview.example.org".into());
+        let t = token(ID, None, now() + 60);
+        let auth = bearer(&t);
+        for domain in [DOMAIN, "preview.example.org"] {
+            let req = request(
+                &format!("3000-{ID}.{domain}"),
+                "/",
+                &[("authorization", &auth)],
+            );
+            assert_eq!(forwarded(authorize(&req, &two, now())).target, target(3000));
+        }
+        let other = request(
+            &format!("3000-{ID}.preview.example.net"),
+            "/",
+            &[("authorization", &auth)],
+        );
+        assert_eq!(
+            authorize(&other, &two, now()),
+            Err(Denial::BadHost(HostError::WrongDomain))
+        );
+        // A page of another sandbox under the second domain cannot use this sandbox's cookie.
+        let cookie = format!("{DEFAULT_COOKIE_NAME}={t}");
+        let cross = request(
+            &host(3000),
+            "/",
+            &[
+                ("cookie", &cookie),
+                (
+                    "referer",
+                    &format!("http://3000-{OTHER}.preview.example.org/"),
+                ),
+            ],
+        );
+        assert_eq!(authorize(&cross, &two, now()), Err(Denial::CrossSandbox));
+        let own = request(
+            &host(3000),
+            "/",
+            &[
+                ("cookie", &cookie),
+                ("referer", &format!("http://4000-{ID}.preview.example.org/")),
+            ],
+        );
+        forwarded(authorize(&own, &two, now()));
     }
 }

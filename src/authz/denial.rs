@@ -8,6 +8,7 @@ use super::host::HostError;
 use super::pages;
 use super::preview::DaytonaError;
 use super::request::RequestView;
+use super::route::RouteError;
 use crate::authz::token::{self, ExtractError, TokenError};
 
 /// Why a request is refused. One place ([`Denial::status`] and friends) maps each to what the
@@ -46,6 +47,12 @@ pub enum Denial {
     /// up in `retry_after` seconds.
     #[error("sandbox has {limit} other ports in use")]
     TooManyPorts { limit: usize, retry_after: u64 },
+    /// The route's `daytona_authz.ports` does not list this port.
+    #[error("the route does not serve this port")]
+    PortNotOnRoute,
+    /// The route's `context_extensions` cannot be used: nothing is decided on them.
+    #[error("route settings: {0}")]
+    BadRoute(RouteError),
 }
 
 impl Denial {
@@ -58,7 +65,9 @@ impl Denial {
             | Denial::PortNotGranted
             | Denial::SandboxRevoked
             | Denial::CrossSandbox
-            | Denial::CorsOriginRefused => 403,
+            | Denial::CorsOriginRefused
+            | Denial::PortNotOnRoute => 403,
+            Denial::BadRoute(_) => 500,
             Denial::StatusUnknown(_) => 503,
             Denial::TooManyPorts { .. } => 429,
             Denial::Daytona(e) => match e {
@@ -83,6 +92,8 @@ impl Denial {
             | Denial::SandboxRevoked
             | Denial::CrossSandbox => "insufficient_scope",
             Denial::CorsOriginRefused => "cors_origin_refused",
+            Denial::PortNotOnRoute => "port_not_served",
+            Denial::BadRoute(_) => "route_misconfigured",
             Denial::StatusUnknown(_) => "identity_unavailable",
             Denial::TooManyPorts { .. } => "too_many_ports",
             Denial::Daytona(e) => match e {
@@ -100,10 +111,9 @@ impl Denial {
     pub fn message(&self) -> String {
         match self {
             Denial::HeadersTooLarge => "The request headers are too large.".into(),
-            Denial::BadHost(HostError::PortOutOfRange) => {
-                "Preview ports are 3000-9999; use https://{port}-{sandboxId}.<preview domain>/."
-                    .into()
-            }
+            Denial::BadHost(HostError::PortOutOfRange(range)) => format!(
+                "Preview ports are {range}; use https://{{port}}-{{sandboxId}}.<preview domain>/."
+            ),
             Denial::BadHost(_) => {
                 "This is not a preview address; use https://{port}-{sandboxId}.<preview domain>/."
                     .into()
@@ -123,6 +133,8 @@ impl Denial {
                 "Your access to this sandbox works when you open it, and for its own pages; other pages cannot use it.".into()
             }
             Denial::CorsOriginRefused => "This origin may not call this sandbox.".into(),
+            Denial::PortNotOnRoute => "This port is not served at this address.".into(),
+            Denial::BadRoute(_) => "This address is not set up correctly at the preview proxy. Tell the platform team.".into(),
             Denial::StatusUnknown(_) => {
                 "Access cannot be checked right now; try again shortly.".into()
             }
@@ -157,7 +169,7 @@ impl Denial {
 
     /// The RFC 6750 §3 challenge for 401 and 403.
     pub fn www_authenticate(&self) -> Option<&'static str> {
-        if *self == Denial::CorsOriginRefused {
+        if matches!(self, Denial::CorsOriginRefused | Denial::PortNotOnRoute) {
             return None;
         }
         match self.status() {
@@ -200,7 +212,13 @@ pub fn render(denial: &Denial, request: &RequestView, policy: &Policy) -> LocalR
                 ),
             ));
         }
-        if browser && let Some(login) = &policy.login_url {
+        // The route's sign-in page, else --login-url.
+        let login_url = request
+            .route
+            .login_url
+            .as_ref()
+            .or(policy.login_url.as_ref());
+        if browser && let Some(login) = login_url {
             let mut location = login.clone();
             location
                 .query_pairs_mut()

@@ -1,13 +1,74 @@
 //! Parsing of public preview hosts: `{port}-{sandboxId}.{preview-domain}[:port]`.
 //!
 //! Mirrors how Daytona's own proxy reads its hosts (first DNS label, split at the first `-`), but
-//! strictly: the port is exactly four decimal digits in 3000–9999 (no sign, no leading zero), the id is
-//! a hyphenated UUID, and the rest of the name must be the configured domain, nothing more.
+//! strictly: the port is decimal digits within the configured range (`--port-range`, 3000–9999 by
+//! default; no sign, no leading zero), the id is a hyphenated UUID, and the rest of the name must
+//! be one of the configured preview domains, nothing more.
 
 use std::fmt;
 
-/// Ports Daytona exposes for previews (its documented range).
+/// Ports Daytona exposes for previews (its documented range): the default `--port-range`.
 pub const PORT_RANGE: std::ops::RangeInclusive<u16> = 3000..=9999;
+
+/// The sandbox ports preview hosts may name (`--port-range`), both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Daytona's documented range, 3000-9999.
+    pub const DAYTONA: PortRange = PortRange {
+        first: *PORT_RANGE.start(),
+        last: *PORT_RANGE.end(),
+    };
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    /// `3000-9999`, or one port (`8080`); `first` at least 1 and not above `last`.
+    pub fn parse(text: &str) -> Option<PortRange> {
+        let (first, last) = match text.trim().split_once('-') {
+            Some((first, last)) => (first.trim(), last.trim()),
+            None => (text.trim(), text.trim()),
+        };
+        let range = PortRange {
+            first: plain_port(first)?,
+            last: plain_port(last)?,
+        };
+        (range.first <= range.last).then_some(range)
+    }
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange::DAYTONA
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// A TCP port written plainly: 1-5 decimal digits, no sign, no leading zero, 1-65535.
+pub fn plain_port(text: &str) -> Option<u16> {
+    let plain = !text.is_empty()
+        && text.len() <= 5
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && !text.starts_with('0');
+    if !plain {
+        return None;
+    }
+    text.parse().ok()
+}
 
 /// A sandbox id: a UUID, parsed once (from the host, or an admin call) and carried as this type
 /// from then on. Its text is the lower-case hyphenated form, the one Daytona's URLs use.
@@ -99,15 +160,61 @@ pub enum HostError {
     WrongDomain,
     #[error("the host's first label is not {{port}}-{{sandboxId}}")]
     Malformed,
-    #[error("the port is outside 3000-9999")]
-    PortOutOfRange,
+    #[error("the port is outside {0}")]
+    PortOutOfRange(PortRange),
 }
 
-/// Parses `host` (the `:authority`, optionally with a `:port` suffix) against `domain`, which must
-/// already be lower-case without a trailing dot (the configuration guarantees it).
+/// What public hosts may be: `{port}-{sandboxId}.` one of `domains`, the port within `ports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hosts {
+    /// Lower-case, without a trailing dot (the configuration guarantees it); never empty.
+    pub domains: Vec<String>,
+    pub ports: PortRange,
+}
+
+impl Hosts {
+    /// One preview domain, Daytona's port range.
+    pub fn new(domain: &str) -> Self {
+        Hosts {
+            domains: vec![domain.to_ascii_lowercase()],
+            ports: PortRange::DAYTONA,
+        }
+    }
+
+    /// Parses `host` (the `:authority`, optionally with a `:port` suffix) against each preview
+    /// domain; the target and the domain it matched. Domains may nest (`example.com` and
+    /// `preview.example.com`): the one leaving exactly one label before it wins.
+    pub fn parse(&self, host: &str) -> Result<(PreviewTarget, &str), HostError> {
+        let name = strip_port(host).ok_or(HostError::Malformed)?;
+        let name = name.to_ascii_lowercase();
+        let mut error = HostError::WrongDomain;
+        for domain in &self.domains {
+            match parse_under(&name, domain, self.ports) {
+                Ok(target) => return Ok((target, domain)),
+                Err(HostError::WrongDomain) => {}
+                Err(other) => error = other,
+            }
+        }
+        Err(error)
+    }
+
+    /// Whether `name` (lower-case, no port) is one of the preview domains or under one.
+    pub fn is_under(&self, name: &str) -> bool {
+        self.domains.iter().any(|domain| {
+            name == domain
+                || name
+                    .strip_suffix(domain.as_str())
+                    .is_some_and(|rest| rest.ends_with('.'))
+        })
+    }
+}
+
+/// Parses `host` against one `domain` and Daytona's port range (see [`Hosts::parse`]).
 pub fn parse(host: &str, domain: &str) -> Result<PreviewTarget, HostError> {
-    let name = strip_port(host).ok_or(HostError::Malformed)?;
-    let name = name.to_ascii_lowercase();
+    Hosts::new(domain).parse(host).map(|(target, _)| target)
+}
+
+fn parse_under(name: &str, domain: &str, ports: PortRange) -> Result<PreviewTarget, HostError> {
     let label = name
         .strip_suffix(domain)
         .and_then(|rest| rest.strip_suffix('.'))
@@ -117,7 +224,10 @@ pub fn parse(host: &str, domain: &str) -> Result<PreviewTarget, HostError> {
         return Err(HostError::WrongDomain);
     }
     let (port, id) = label.split_once('-').ok_or(HostError::Malformed)?;
-    let port = parse_port(port)?;
+    let port = plain_port(port).ok_or(HostError::Malformed)?;
+    if !ports.contains(port) {
+        return Err(HostError::PortOutOfRange(ports));
+    }
     Ok(PreviewTarget {
         sandbox_id: SandboxId::parse(id).ok_or(HostError::Malformed)?,
         port,
@@ -138,19 +248,6 @@ pub fn strip_port(host: &str) -> Option<&str> {
             Some(name)
         }
         Some(_) => None,
-    }
-}
-
-fn parse_port(text: &str) -> Result<u16, HostError> {
-    // Exactly four digits: rejects `+3000`, `03000`, `3e3` and the like before any number parsing.
-    if text.len() != 4 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(HostError::Malformed);
-    }
-    let port: u16 = text.parse().map_err(|_| HostError::Malformed)?;
-    if PORT_RANGE.contains(&port) {
-        Ok(port)
-    } else {
-        Err(HostError::PortOutOfRange)
     }
 }
 
@@ -241,7 +338,6 @@ mod tests {
         for label in [
             format!("03000-{ID}"),
             format!("+3000-{ID}"),
-            format!("300-{ID}"),
             format!("3000-{ID}-x"),
             format!("3000_{ID}"),
             format!("-{ID}"),
@@ -257,14 +353,102 @@ mod tests {
 
     #[test]
     fn refuses_ports_outside_the_range() {
-        for port in ["0000", "2999", "1024"] {
+        for port in ["2999", "1024", "10000", "65535"] {
             let host = format!("{port}-{ID}.{DOMAIN}");
-            assert_eq!(parse(&host, DOMAIN), Err(HostError::PortOutOfRange));
+            assert_eq!(
+                parse(&host, DOMAIN),
+                Err(HostError::PortOutOfRange(PortRange::DAYTONA)),
+                "{host}"
+            );
+        }
+        for port in ["0000", "0", "65536", "99999"] {
+            let host = format!("{port}-{ID}.{DOMAIN}");
+            assert_eq!(parse(&host, DOMAIN), Err(HostError::Malformed), "{host}");
+        }
+    }
+
+    #[test]
+    fn the_port_range_is_a_setting() {
+        let hosts = Hosts {
+            domains: vec![DOMAIN.into()],
+            ports: PortRange::parse("80-8080").unwrap(),
+        };
+        for port in [80, 443, 3000, 8080] {
+            let (target, _) = hosts.parse(&format!("{port}-{ID}.{DOMAIN}")).unwrap();
+            assert_eq!(target.port, port);
+        }
+        for port in [79, 8081, 9999] {
+            assert_eq!(
+                hosts.parse(&format!("{port}-{ID}.{DOMAIN}")),
+                Err(HostError::PortOutOfRange(hosts.ports))
+            );
         }
         assert_eq!(
-            parse(&format!("10000-{ID}.{DOMAIN}"), DOMAIN),
+            hosts.parse(&format!("080-{ID}.{DOMAIN}")),
             Err(HostError::Malformed)
         );
+    }
+
+    #[test]
+    fn port_ranges_parse_strictly() {
+        assert_eq!(PortRange::parse("3000-9999"), Some(PortRange::DAYTONA));
+        assert_eq!(
+            PortRange::parse(" 1 - 65535 "),
+            Some(PortRange {
+                first: 1,
+                last: 65535
+            })
+        );
+        assert_eq!(
+            PortRange::parse("8080"),
+            Some(PortRange {
+                first: 8080,
+                last: 8080
+            })
+        );
+        for bad in [
+            "",
+            "0-10",
+            "9999-3000",
+            "3000-",
+            "-3000",
+            "3000-70000",
+            "+1-2",
+            "a-b",
+            "01-2",
+        ] {
+            assert_eq!(PortRange::parse(bad), None, "{bad}");
+        }
+        assert_eq!(PortRange::DAYTONA.to_string(), "3000-9999");
+    }
+
+    #[test]
+    fn a_host_under_any_preview_domain_parses_and_names_it() {
+        let hosts = Hosts {
+            domains: vec![
+                "preview.example.com".into(),
+                "preview.example.org".into(),
+                "example.com".into(),
+            ],
+            ports: PortRange::DAYTONA,
+        };
+        for domain in ["preview.example.com", "preview.example.org", "example.com"] {
+            let (target, matched) = hosts.parse(&format!("3000-{ID}.{domain}:443")).unwrap();
+            assert_eq!((target.port, matched), (3000, domain));
+        }
+        assert_eq!(
+            hosts.parse(&format!("3000-{ID}.preview.example.net")),
+            Err(HostError::WrongDomain)
+        );
+        // Under a nested domain, the precise error of the domain that matched.
+        assert_eq!(
+            hosts.parse(&format!("2000-{ID}.preview.example.org")),
+            Err(HostError::PortOutOfRange(PortRange::DAYTONA))
+        );
+        assert!(hosts.is_under("x.preview.example.org"));
+        assert!(hosts.is_under("example.com"));
+        assert!(!hosts.is_under("xexample.com"));
+        assert!(!hosts.is_under("example.net"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The decision core: plain data in, a verdict out, no I/O, and nothing imported from the
 //! layers around it.
 //!
-//! [`request`] is what the decision sees of a request, [`host`] parses its host into a sandbox
+//! [`request`] is what the decision sees of a request ([`route`]: what its Envoy route says),
+//! [`host`] parses its host into a sandbox
 //! and port, [`token`] finds the caller's access token and verifies it, [`decision`] turns all
 //! that and the [`decision::Policy`] into a verdict (ask for a look-up, or allow with header
 //! mutations), [`denial`] says why not and what the client is told ([`pages`] for a person),
@@ -17,4 +18,5 @@ pub mod pages;
 pub mod port_limit;
 pub mod preview;
 pub mod request;
+pub mod route;
 pub mod token;

@@ -1,6 +1,7 @@
 //! The request as the decision sees it: Envoy's attributes, header names lower-case, repeated
 //! headers once per value. Plain data; `serve::grpc` builds it from a `CheckRequest`.
 
+use crate::authz::route::Route;
 use crate::authz::token;
 
 /// What the decision needs of a request. Header names are lower-case; repeated headers appear
@@ -15,6 +16,8 @@ pub struct RequestView {
     /// The request target with its query string, undecoded.
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// What the request's Envoy route says (`context_extensions`); the default changes nothing.
+    pub route: Route,
 }
 
 impl RequestView {
@@ -27,7 +30,14 @@ impl RequestView {
             host: host.to_owned(),
             path: path.to_owned(),
             headers: Vec::new(),
+            route: Route::default(),
         }
+    }
+
+    /// The same request on a route with these settings.
+    pub fn on_route(mut self, route: Route) -> Self {
+        self.route = route;
+        self
     }
 
     /// The same request with one more header (its name lower-cased, as Envoy sends it).

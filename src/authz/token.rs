@@ -24,6 +24,9 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// small set of hot tokens is the common case, and more distinct tokens only cost a re-verify.
 const VERIFIED_ENTRIES: usize = 4096;
 
+/// Audiences of one token read at most (a route asks for one of them).
+const MAX_AUDIENCES: usize = 64;
+
 /// Default allowed clock skew between an issuer and us (`exp`, `nbf`, `iat`); `--clock-skew`.
 pub const LEEWAY_SECS: u64 = 30;
 
@@ -76,11 +79,18 @@ pub struct Grant {
     pub expires_at: u64,
     /// For revocation by token.
     pub jti: Option<String>,
+    /// The token's `aud` (a string or an array of strings), for a route's
+    /// `daytona_authz.audience`; empty when absent.
+    pub audiences: Vec<String>,
 }
 
 impl Grant {
     pub fn allows_sandbox(&self, sandbox_id: &str) -> bool {
         self.sandboxes.iter().any(|s| s == sandbox_id)
+    }
+
+    pub fn has_audience(&self, audience: &str) -> bool {
+        self.audiences.iter().any(|a| a == audience)
     }
 
     pub fn allows_port(&self, port: u16) -> bool {
@@ -409,11 +419,23 @@ impl Verifier {
             Some(Value::String(jti)) if !jti.is_empty() && jti.len() <= 256 => Some(jti.clone()),
             Some(_) => return Err(TokenError::Malformed),
         };
+        // `aud` is checked against --jwt-audience by jsonwebtoken (JWTs) or not at all; here it
+        // is only read, for routes that require one more audience. Not strings: none.
+        let audiences = match claims.get("aud") {
+            Some(Value::String(one)) => vec![one.clone()],
+            Some(Value::Array(many)) => many
+                .iter()
+                .take(MAX_AUDIENCES)
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(Grant {
             sandboxes,
             ports,
             expires_at,
             jti,
+            audiences,
         })
     }
 }

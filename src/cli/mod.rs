@@ -129,8 +129,9 @@ pub fn run() -> ExitCode {
         Command::CheckConfig(args) => match args.validate() {
             Ok(config) => {
                 println!(
-                    "configuration OK: preview domain {}, Daytona API {}, gRPC {}, HTTP {}",
-                    config.preview_domain,
+                    "configuration OK: preview domain {} (ports {}), Daytona API {}, gRPC {}, HTTP {}",
+                    config.preview_domains.join(", "),
+                    config.port_range,
                     config.daytona_api_url,
                     config.grpc_addr,
                     config.http_addr

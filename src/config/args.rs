@@ -152,8 +152,24 @@ pub struct ServeArgs {
     pub upstream_domains: Vec<String>,
 
     /// Public hosts are {port}-{sandboxId}.{preview-domain}, e.g. preview.example.com.
-    #[arg(long, env = "DAYTONA_AUTHZ_PREVIEW_DOMAIN", value_name = "DOMAIN")]
-    pub preview_domain: Option<String>,
+    /// Repeatable (or comma-separated) to serve several domains from one deployment.
+    #[arg(
+        long = "preview-domain",
+        env = "DAYTONA_AUTHZ_PREVIEW_DOMAIN",
+        value_delimiter = ',',
+        value_name = "DOMAIN"
+    )]
+    pub preview_domains: Vec<String>,
+    /// Sandbox ports public hosts may name, e.g. 3000-9999 (Daytona's documented range) or
+    /// 80-65535 for a self-hosted Daytona exposing others. Every route's daytona_authz.ports
+    /// must lie within it.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_PORT_RANGE",
+        default_value = "3000-9999",
+        value_name = "FIRST-LAST"
+    )]
+    pub port_range: String,
 
     #[command(flatten)]
     pub jwt: JwtArgs,

@@ -34,8 +34,8 @@ where
     let mut command = Cli::command();
     for name in ["serve", "check-config"] {
         command = command.mut_subcommand(name, |mut sub| {
-            for (id, value) in &defaults {
-                sub = sub.mut_arg(id.as_str(), |arg| arg.default_value(value.clone()));
+            for (id, values) in &defaults {
+                sub = sub.mut_arg(id.as_str(), |arg| arg.default_values(values.clone()));
             }
             sub
         });
@@ -44,8 +44,9 @@ where
     Cli::from_arg_matches(&matches)
 }
 
-/// Reads a TOML config file into (argument id, value) pairs; unknown keys are errors.
-pub(crate) fn file_defaults(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+/// Reads a TOML config file into (argument id, values) pairs; unknown keys are errors, and so is
+/// an array for a flag that is not repeatable.
+pub(crate) fn file_defaults(path: &Path) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("--config: cannot read {}: {e}", path.display())))?;
     let table: toml::Table = text
@@ -57,25 +58,45 @@ pub(crate) fn file_defaults(path: &Path) -> Result<Vec<(String, String)>, Config
         .expect("serve exists");
     let mut defaults = Vec::new();
     for (key, value) in table {
-        let id = key.replace('-', "_");
-        if id == "config" || !serve.get_arguments().any(|a| a.get_id() == id.as_str()) {
+        // Keys are the flag names (`preview-domain`; `preview_domain` too).
+        let long = key.replace('_', "-");
+        let argument = serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()));
+        let Some(argument) = argument.filter(|_| long != "config") else {
             return Err(ConfigError(format!(
                 "--config: unknown key {key:?} in {} (keys are the flag names, e.g. preview-domain)",
                 path.display()
             )));
-        }
-        let value = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            other => {
+        };
+        let repeatable = matches!(argument.get_action(), clap::ArgAction::Append);
+        let values = match value {
+            toml::Value::Array(items) if repeatable => items
+                .into_iter()
+                .map(|item| scalar(&key, item))
+                .collect::<Result<Vec<_>, _>>()?,
+            toml::Value::Array(_) => {
                 return Err(ConfigError(format!(
-                    "--config: {key} must be a string, integer or boolean, not {}",
-                    other.type_str()
+                    "--config: {key} takes one value, not an array"
                 )));
             }
+            other => vec![scalar(&key, other)?],
         };
-        defaults.push((id, value));
+        defaults.push((argument.get_id().to_string(), values));
     }
     Ok(defaults)
+}
+
+/// A string, integer or boolean value, as the flag's text.
+fn scalar(key: &str, value: toml::Value) -> Result<String, ConfigError> {
+    match value {
+        toml::Value::String(s) => Ok(s),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(ConfigError(format!(
+            "--config: {key} must be a string, integer or boolean (or an array of them, for a \
+             repeatable flag), not {}",
+            other.type_str()
+        ))),
+    }
 }

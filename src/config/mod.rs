@@ -49,7 +49,8 @@ mod tests {
         let config = serve(&GOOD).unwrap();
         assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:9191");
         assert_eq!(config.http_addr.to_string(), "127.0.0.1:9192");
-        assert_eq!(config.preview_domain, "preview.example.com");
+        assert_eq!(config.preview_domains, ["preview.example.com"]);
+        assert_eq!(config.port_range, crate::authz::host::PortRange::DAYTONA);
         assert_eq!(config.cache_ttl, Duration::from_secs(60));
         assert_eq!(config.daytona_api_timeout, Duration::from_secs(5));
         assert_eq!(config.ready_grace, Some(Duration::from_secs(30)));
@@ -221,6 +222,40 @@ mod tests {
     }
 
     #[test]
+    fn several_preview_domains_and_a_port_range() {
+        let mut args = GOOD.to_vec();
+        args.extend_from_slice(&[
+            "--preview-domain",
+            "preview.example.org,Preview.Example.com",
+            "--port-range",
+            "80-65535",
+        ]);
+        let config = serve(&args).unwrap();
+        assert_eq!(
+            config.preview_domains,
+            ["preview.example.com", "preview.example.org"],
+            "lower-cased, duplicates dropped, in order"
+        );
+        assert_eq!(config.port_range.to_string(), "80-65535");
+        for (extra, needle) in [
+            (
+                ["--preview-domain", "ok.example.com,bad_domain"],
+                "--preview-domain",
+            ),
+            (["--port-range", "9999-3000"], "--port-range"),
+            (["--port-range", "0-100"], "--port-range"),
+            (["--port-range", "all"], "--port-range"),
+        ] {
+            let mut args = GOOD.to_vec();
+            args.extend_from_slice(&extra);
+            let error = first_error(&args);
+            assert!(error.contains(needle), "{extra:?}: {error}");
+        }
+        let no_domain = ["--daytona-api-key", "key", "--jwt-secret", GOOD[5]];
+        assert!(first_error(&no_domain).contains("missing --preview-domain"));
+    }
+
+    #[test]
     fn browser_settings_are_checked() {
         for (extra, needle) in [
             (["--cookie-name", "bad name"], "--cookie-name"),
@@ -260,7 +295,7 @@ mod tests {
         .unwrap();
         let path = file.to_str().unwrap();
         let config = serve(&["--config", path, "--cache-ttl", "5s"]).unwrap();
-        assert_eq!(config.preview_domain, "from-file.example.com");
+        assert_eq!(config.preview_domains, ["from-file.example.com"]);
         assert_eq!(config.cache_ttl, Duration::from_secs(5), "the flag wins");
         assert_eq!(config.cache_max_entries, 7);
         assert!(config.disable_cors);
@@ -272,6 +307,31 @@ mod tests {
             "{error}"
         );
         std::fs::write(&file, "cache-ttl = [1]\n").unwrap();
+        let error = parse_from(["daytona-authz", "serve", "--config", path]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("cache-ttl takes one value, not an array"),
+            "{error}"
+        );
+        // Repeatable flags take arrays; flags still replace the whole list.
+        std::fs::write(
+            &file,
+            "preview-domain = [\"preview.example.com\", \"preview.example.org\"]\n\
+             upstream-domain = [\"proxy.example.com\"]\nport-range = \"80-9999\"\n\
+             daytona-api-key = \"k\"\njwt-secret = \"0123456789abcdef0123456789abcdef\"\n",
+        )
+        .unwrap();
+        let config = serve(&["--config", path]).unwrap();
+        assert_eq!(
+            config.preview_domains,
+            ["preview.example.com", "preview.example.org"]
+        );
+        assert_eq!(config.upstream_domains, ["proxy.example.com"]);
+        assert_eq!(config.port_range.to_string(), "80-9999");
+        let config = serve(&["--config", path, "--preview-domain", "only.example.net"]).unwrap();
+        assert_eq!(config.preview_domains, ["only.example.net"]);
+        std::fs::write(&file, "preview-domain = [[\"nested\"]]\n").unwrap();
         assert!(parse_from(["daytona-authz", "serve", "--config", path]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
+use crate::authz::host::PortRange;
 use crate::identity::introspection::UnknownBudget;
 
 /// The validated identity settings.
@@ -254,7 +255,9 @@ pub struct ServeConfig {
     pub worker_threads: usize,
     /// Lower-case; never empty.
     pub upstream_domains: Vec<String>,
-    pub preview_domain: String,
+    /// Lower-case, no trailing dot, no duplicates; never empty.
+    pub preview_domains: Vec<String>,
+    pub port_range: PortRange,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
     pub cookie_name: String,
@@ -324,12 +327,13 @@ impl ServeArgs {
             (Some(api), true) => crate::daytona::default_upstream_domains(api),
             _ => upstream_domains,
         };
-        let preview_domain = p.check(match &self.preview_domain {
-            Some(domain) => preview_domain(domain),
-            None => err(
-                "missing --preview-domain (or DAYTONA_AUTHZ_PREVIEW_DOMAIN): public hosts are {port}-{sandboxId}.{preview-domain}",
-            ),
-        });
+        let preview_domains = p.check(preview_domains(&self.preview_domains));
+        let port_range = p.check(PortRange::parse(&self.port_range).ok_or_else(|| {
+            ConfigError(format!(
+                "--port-range: {:?} is not FIRST-LAST ports (e.g. 3000-9999), FIRST at least 1",
+                self.port_range
+            ))
+        }));
         let jwt_issuer = p.check(nonempty("--jwt-issuer", self.jwt.jwt_issuer));
         let jwt_audience = p.check(nonempty("--jwt-audience", self.jwt.jwt_audience));
         let cookie_name = p.check(cookie_name(&self.cookie_name));
@@ -452,7 +456,8 @@ impl ServeArgs {
                 max_concurrent_api_calls: max_concurrent_api_calls?,
                 worker_threads: worker_threads?,
                 upstream_domains,
-                preview_domain: preview_domain?,
+                preview_domains: preview_domains?,
+                port_range: port_range?,
                 jwt_issuer: jwt_issuer?,
                 jwt_audience: jwt_audience?,
                 cookie_name: cookie_name?,
@@ -611,6 +616,37 @@ pub(crate) fn upstream_domain(text: &str) -> Result<String, ConfigError> {
         None => domain,
     })
 }
+
+/// Every `--preview-domain`, checked, without duplicates; at least one.
+pub(crate) fn preview_domains(texts: &[String]) -> Result<Vec<String>, ConfigError> {
+    if texts.is_empty() || texts.iter().all(|t| t.trim().is_empty()) {
+        return err(
+            "missing --preview-domain (or DAYTONA_AUTHZ_PREVIEW_DOMAIN): public hosts are {port}-{sandboxId}.{preview-domain}",
+        );
+    }
+    let mut domains: Vec<String> = Vec::new();
+    let mut problems = Vec::new();
+    for text in texts {
+        match preview_domain(text) {
+            Ok(domain) if !domains.contains(&domain) => domains.push(domain),
+            Ok(_) => {}
+            Err(e) => problems.push(e.0),
+        }
+    }
+    if !problems.is_empty() {
+        return err(problems.join("; "));
+    }
+    if domains.len() > MAX_PREVIEW_DOMAINS {
+        return err(format!(
+            "--preview-domain: {} domains; at most {MAX_PREVIEW_DOMAINS}",
+            domains.len()
+        ));
+    }
+    Ok(domains)
+}
+
+/// `--preview-domain` at most: each one is tried for every Check.
+pub(crate) const MAX_PREVIEW_DOMAINS: usize = 32;
 
 /// A DNS name of letters, digits and hyphens, lower-cased, without a trailing dot.
 pub fn preview_domain(text: &str) -> Result<String, ConfigError> {

@@ -16,6 +16,8 @@ use tonic::{Request, Response, Status};
 
 use super::authorizer::{Authorizer, Outcome};
 use crate::authz::decision::{self, Allow, Denial, LocalReply, RequestView};
+use crate::authz::host::{Hosts, PreviewTarget};
+use crate::authz::route::{Access, Route, RouteError};
 use crate::daytona::PreviewSource;
 use crate::metrics::Metrics;
 
@@ -23,6 +25,8 @@ use crate::metrics::Metrics;
 /// headers too (`max_request_headers_kb`); these make the service safe on its own.
 const MAX_HEADERS: usize = 200;
 const MAX_HEADER_BYTES: usize = 96 * 1024;
+/// Entries of `context_extensions` looked at, at most (a route sets a handful).
+const MAX_CONTEXT_EXTENSIONS: usize = 64;
 
 /// Envoy's `Authorization` service: translates each `CheckRequest` for the [`Authorizer`],
 /// its outcome into a `CheckResponse`, and logs and counts the decision.
@@ -50,7 +54,7 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
         let policy = self.authorizer.policy();
         let mut check = request.into_inner();
         let client = check.get_client_address().cloned().unwrap_or_default();
-        let view = take_view(&mut check);
+        let mut view = take_view(&mut check);
         // Envoy's x-request-id (the one its access log and the upstream see), else its stream id.
         let request_id = view
             .as_ref()
@@ -61,56 +65,108 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                 Some(http.id.clone())
             })
             .unwrap_or_default();
-        let outcome = match &view {
-            Ok(view) => self.authorizer.decide(view).await,
-            Err(denial) => Err(denial.clone()),
+        let outcome = match (&mut view, route(&check)) {
+            (Ok(view), Ok(route)) => {
+                view.route = route;
+                self.authorizer.decide(view).await
+            }
+            (Ok(_), Err(denial)) => Err(denial),
+            (Err(denial), _) => Err(denial.clone()),
         };
-        let response = match outcome {
+        let empty = RequestView::default();
+        let request = view.as_ref().unwrap_or(&empty);
+        let route = &request.route;
+        let (result, reason, response) = match outcome {
             Ok(Outcome::Forward(allow)) => {
-                tracing::debug!(request_id, client, "allowed");
-                self.metrics.decision("allow", "ok", started.elapsed());
-                ok_response(allow)
+                if route.access == Access::PreviewTokenOnly {
+                    // Nobody's token was asked for: every such allow is on the record.
+                    let target = policy.hosts.parse(&request.host).ok();
+                    tracing::info!(
+                        request_id,
+                        client,
+                        route = route.label(),
+                        preview_domain = target.as_ref().map(|(_, domain)| *domain),
+                        sandbox.id = target.as_ref().map(|(t, _)| t.sandbox_id.as_str()),
+                        port = target.as_ref().map(|(t, _)| t.port),
+                        "allowed without an end-user token (daytona_authz.access: preview-token-only)"
+                    );
+                } else {
+                    tracing::debug!(request_id, client, route = route.label(), "allowed");
+                }
+                ("allow", "ok", ok_response(allow))
             }
             Ok(Outcome::Reply(reply)) => {
                 tracing::debug!(
                     request_id,
                     client,
+                    route = route.label(),
                     status = reply.status,
                     reason = reply.reason,
                     "answered at the edge"
                 );
-                self.metrics
-                    .decision("reply", reply.reason, started.elapsed());
-                local_response(reply)
+                ("reply", reply.reason, local_response(reply))
             }
             Err(denial) => {
                 let target = match &view {
-                    Ok(view) => crate::authz::host::parse(&view.host, &policy.preview_domain).ok(),
-                    Err(_) => check_target(&check, &policy.preview_domain),
+                    Ok(view) => policy.hosts.parse(&view.host).ok(),
+                    Err(_) => check_target(&check, &policy.hosts),
                 };
+                if let Denial::BadRoute(error) = &denial {
+                    tracing::error!(
+                        request_id,
+                        %error,
+                        "refusing every request on this Envoy route: its ext_authz context_extensions \
+                         cannot be used (fix the route; 500 until then)"
+                    );
+                }
                 tracing::info!(
                     request_id,
                     client,
-                    sandbox.id = target.as_ref().map(|t| t.sandbox_id.as_str()),
-                    port = target.as_ref().map(|t| t.port),
+                    route = route.label(),
+                    preview_domain = target.as_ref().map(|(_, domain)| *domain),
+                    sandbox.id = target.as_ref().map(|(t, _)| t.sandbox_id.as_str()),
+                    port = target.as_ref().map(|(t, _)| t.port),
                     status = denial.status(),
                     reason = %denial,
                     "denied"
                 );
-                let empty = RequestView::default();
-                let request = view.as_ref().unwrap_or(&empty);
-                self.metrics
-                    .decision("deny", denial.code(), started.elapsed());
-                local_response(decision::render(&denial, request, &policy))
+                let reply = decision::render(&denial, request, &policy);
+                ("deny", denial.code(), local_response(reply))
             }
         };
+        self.metrics.decision(result, reason, started.elapsed());
+        if let Some(name) = &route.name {
+            self.metrics.route_decision(name, result, reason);
+        }
         Ok(Response::new(response))
     }
 }
 
-fn check_target(check: &CheckRequest, domain: &str) -> Option<crate::authz::host::PreviewTarget> {
+/// The route's settings from Envoy's `context_extensions` (its ext_authz per-route
+/// `check_settings`): refused whole when one of our keys is unknown or malformed.
+pub fn route(check: &CheckRequest) -> Result<Route, Denial> {
+    let Some(attributes) = &check.attributes else {
+        return Ok(Route::default());
+    };
+    if attributes.context_extensions.len() > MAX_CONTEXT_EXTENSIONS {
+        return Err(Denial::BadRoute(RouteError::BadValue {
+            key: "context_extensions",
+            value: attributes.context_extensions.len().to_string(),
+            why: "entries are too many",
+        }));
+    }
+    Route::from_extensions(
+        attributes
+            .context_extensions
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .map_err(Denial::BadRoute)
+}
+
+fn check_target<'a>(check: &CheckRequest, hosts: &'a Hosts) -> Option<(PreviewTarget, &'a str)> {
     let http = check.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
-    crate::authz::host::parse(&http.host, domain).ok()
+    hosts.parse(&http.host).ok()
 }
 
 /// The request as the decision sees it, from either header encoding Envoy may use
@@ -118,7 +174,10 @@ fn check_target(check: &CheckRequest, domain: &str) -> Option<crate::authz::host
 /// joined `headers` map). Refused when the headers are over our limits or Envoy sent no HTTP
 /// attributes (then there is no host to authorize).
 pub fn view(check: &CheckRequest) -> Result<RequestView, Denial> {
-    take_view(&mut check.clone())
+    let route = route(check)?;
+    let mut view = take_view(&mut check.clone())?;
+    view.route = route;
+    Ok(view)
 }
 
 /// [`view`] without copying: the strings are moved out of `check` (the hot path owns it). On an
@@ -168,6 +227,7 @@ pub fn take_view(check: &mut CheckRequest) -> Result<RequestView, Denial> {
         host: std::mem::take(&mut http.host),
         path: std::mem::take(&mut http.path),
         headers,
+        route: Route::default(),
     })
 }
 

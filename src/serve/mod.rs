@@ -22,6 +22,7 @@ use tonic_health::server::HealthReporter;
 use arc_swap::ArcSwapOption;
 
 use crate::authz::decision::Policy;
+use crate::authz::host::Hosts;
 use crate::authz::port_limit::PortLimit;
 use crate::authz::token::Verifier;
 use crate::authz::token::{ClaimMapping, Signer};
@@ -149,7 +150,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         max_concurrent_api_calls = config.max_concurrent_api_calls,
         worker_threads = config.worker_threads,
         upstream_domains = ?config.upstream_domains,
-        preview_domain = %config.preview_domain,
+        preview_domains = ?config.preview_domains,
+        port_range = %config.port_range,
         cache_ttl = ?config.cache_ttl,
         cache_max_entries = config.cache_max_entries,
         negative_cache_ttl = ?config.negative_cache_ttl,
@@ -304,7 +306,10 @@ fn policy(config: &ServeConfig, secrets: &Secrets) -> Policy {
         verifier = verifier.with_previous(previous.expose().as_bytes());
     }
     Policy {
-        preview_domain: config.preview_domain.clone(),
+        hosts: Hosts {
+            domains: config.preview_domains.clone(),
+            ports: config.port_range,
+        },
         verifier,
         cookie_name: config.cookie_name.clone(),
         login_url: config.login_url.clone(),
