@@ -626,6 +626,9 @@ pub struct StackOptions {
     pub edge: Edge,
     /// More command-line arguments for Envoy (e.g. the manifest's `--drain-time-s`).
     pub envoy_args: Vec<String>,
+    /// Literal replacements in the Envoy config before it starts, each `from` found exactly once
+    /// (e.g. routes with `context_extensions`, a tracing block uncommented).
+    pub envoy_edits: Vec<(String, String)>,
 }
 
 impl From<AuthzOptions> for StackOptions {
@@ -803,7 +806,7 @@ impl Envoy {
         max_hosts: Option<u32>,
         edge: &Edge,
     ) -> Envoy {
-        Envoy::launch(authz, trusted_ca, max_hosts, edge, &[]).await
+        Envoy::launch(authz, trusted_ca, max_hosts, edge, &[], &[]).await
     }
 
     /// [`Envoy::start_edge`], with more command-line arguments for Envoy.
@@ -813,9 +816,13 @@ impl Envoy {
         max_hosts: Option<u32>,
         edge: &Edge,
         extra_args: &[String],
+        edits: &[(String, String)],
     ) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
-        let config = std::fs::read_to_string(repo_root().join(edge.config_file())).unwrap();
+        let mut config = std::fs::read_to_string(repo_root().join(edge.config_file())).unwrap();
+        for (from, to) in edits {
+            config = replace_n(&config, 1, from, to);
+        }
         let config = match edge {
             Edge::Plain | Edge::BehindProxy => replace_n(
                 &config,
@@ -1017,6 +1024,37 @@ async fn try_spawn_envoy(
     }
 }
 
+/// An edit for [`StackOptions::envoy_edits`] that uncomments the block of the shipped
+/// `config_file` between the comment lines `# BEGIN {block}` and `# END {block}`, as a person
+/// would: the marker lines go, and each line loses its `# ` after the indentation.
+pub fn uncommented(config_file: &str, block: &str) -> (String, String) {
+    let config = std::fs::read_to_string(repo_root().join(config_file)).unwrap();
+    let lines: Vec<&str> = config.lines().collect();
+    let begin = lines
+        .iter()
+        .position(|l| l.trim() == format!("# BEGIN {block}"))
+        .unwrap_or_else(|| panic!("{config_file} has no `# BEGIN {block}`"));
+    let end = lines
+        .iter()
+        .position(|l| l.trim() == format!("# END {block}"))
+        .unwrap_or_else(|| panic!("{config_file} has no `# END {block}`"));
+    let from = lines[begin..=end].join("\n");
+    let to = lines[begin + 1..end]
+        .iter()
+        .map(|line| {
+            let indent = line.len() - line.trim_start().len();
+            let rest = &line[indent..];
+            let rest = rest
+                .strip_prefix("# ")
+                .or_else(|| rest.strip_prefix('#'))
+                .unwrap_or_else(|| panic!("not a comment in {block}: {line:?}"));
+            format!("{}{rest}", &line[..indent])
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    (from, to)
+}
+
 fn replace_n(text: &str, count: usize, from: &str, to: &str) -> String {
     assert_eq!(
         text.matches(from).count(),
@@ -1109,6 +1147,7 @@ impl Stack {
             options.envoy_max_hosts,
             &options.edge,
             &options.envoy_args,
+            &options.envoy_edits,
         )
         .await;
         let http = reqwest::Client::builder()
