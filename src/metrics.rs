@@ -178,7 +178,7 @@ impl Metrics {
         let secret_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "secret_reloads",
-            "Secret reloads on SIGHUP by result",
+            "Reloads of the config file and secrets on SIGHUP, by result",
             secret_reloads.clone(),
         );
         let ready = Gauge::default();

@@ -17,6 +17,7 @@ pub fn mint(args: MintArgs) -> Result<String, CliError> {
         Duration::from_secs(1)..=Duration::from_secs(366 * 24 * 3600),
     )?;
     let ttl = config::duration("--ttl", &args.ttl, Duration::from_secs(1)..=max_ttl)?;
+    let port_range = config::port_range(&args.port_range)?;
     let request = LinkRequest {
         sandbox: args.sandbox.clone(),
         ports: args.ports.clone(),
@@ -24,6 +25,7 @@ pub fn mint(args: MintArgs) -> Result<String, CliError> {
         ttl,
         max_ttl,
         base_url: args.base_url.clone(),
+        port_range,
     };
     let minted = match &args.admin.admin_url {
         Some(_) => super::admin_client::mint(&args.admin, &request)?,
@@ -67,7 +69,7 @@ fn render(minted: &Minted, ttl: Duration) -> String {
 fn in_flags(error: &MintError) -> String {
     match error {
         MintError::NotASandbox(_) => format!("--sandbox: {error}"),
-        MintError::PortOutOfRange(_) => format!("--port: {error}"),
+        MintError::PortOutOfRange(..) => format!("--port: {error} (--port-range)"),
         MintError::TtlOutOfRange { .. } => format!("--ttl: {error}"),
         MintError::NoPorts => "--port: name the ports the link opens (repeat --port), or --any-port for a token that opens every port".into(),
         MintError::PortsAndAnyPort => "--any-port and --port exclude each other".into(),

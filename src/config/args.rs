@@ -483,6 +483,14 @@ pub struct MintArgs {
     /// is printed per --port.
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
+    /// Sandbox ports a link may name (as `serve --port-range`).
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_PORT_RANGE",
+        default_value = "3000-9999",
+        value_name = "FIRST-LAST"
+    )]
+    pub port_range: String,
     #[command(flatten)]
     pub jwt: JwtArgs,
     #[command(flatten)]

@@ -328,12 +328,7 @@ impl ServeArgs {
             _ => upstream_domains,
         };
         let preview_domains = p.check(preview_domains(&self.preview_domains));
-        let port_range = p.check(PortRange::parse(&self.port_range).ok_or_else(|| {
-            ConfigError(format!(
-                "--port-range: {:?} is not FIRST-LAST ports (e.g. 3000-9999), FIRST at least 1",
-                self.port_range
-            ))
-        }));
+        let port_range = p.check(port_range(&self.port_range));
         let jwt_issuer = p.check(nonempty("--jwt-issuer", self.jwt.jwt_issuer));
         let jwt_audience = p.check(nonempty("--jwt-audience", self.jwt.jwt_audience));
         let cookie_name = p.check(cookie_name(&self.cookie_name));
@@ -643,6 +638,15 @@ pub(crate) fn preview_domains(texts: &[String]) -> Result<Vec<String>, ConfigErr
         ));
     }
     Ok(domains)
+}
+
+/// `--port-range`: FIRST-LAST (or one port), FIRST at least 1.
+pub fn port_range(text: &str) -> Result<PortRange, ConfigError> {
+    PortRange::parse(text).ok_or_else(|| {
+        ConfigError(format!(
+            "--port-range: {text:?} is not FIRST-LAST ports (e.g. 3000-9999), FIRST at least 1"
+        ))
+    })
 }
 
 /// `--preview-domain` at most: each one is tried for every Check.

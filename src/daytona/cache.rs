@@ -18,8 +18,8 @@ use crate::metrics::Metrics;
 pub struct PreviewCache<S> {
     source: Arc<S>,
     cache: CoalescingCache<PreviewKey, Preview, DaytonaError>,
-    ttl: Duration,
-    negative_ttl: Duration,
+    /// `(ttl, negative_ttl)`, swapped by a reload of the config file (new answers only).
+    ttls: arc_swap::ArcSwap<(Duration, Duration)>,
     metrics: Arc<Metrics>,
 }
 
@@ -51,10 +51,14 @@ impl<S: PreviewSource> PreviewCache<S> {
         PreviewCache {
             source,
             metrics,
-            ttl,
-            negative_ttl,
+            ttls: arc_swap::ArcSwap::from_pointee((ttl, negative_ttl)),
             cache: CoalescingCache::new(max_entries),
         }
+    }
+
+    /// New lifetimes for answers fetched from now on (entries already cached keep theirs).
+    pub fn set_ttls(&self, ttl: Duration, negative_ttl: Duration) {
+        self.ttls.store(Arc::new((ttl, negative_ttl)));
     }
 
     /// The preview for `target`, from the cache or (once for all concurrent callers) from Daytona.
@@ -79,14 +83,17 @@ impl<S: PreviewSource> PreviewCache<S> {
                 &key,
                 asked,
                 || self.source.fetch(target),
-                |answer| match answer {
-                    Ok(_) => Some(self.ttl),
-                    Err(DaytonaError::NotFound | DaytonaError::BadRequest(_))
-                        if !self.negative_ttl.is_zero() =>
-                    {
-                        Some(self.negative_ttl)
+                |answer| {
+                    let (ttl, negative_ttl) = **self.ttls.load();
+                    match answer {
+                        Ok(_) => Some(ttl),
+                        Err(DaytonaError::NotFound | DaytonaError::BadRequest(_))
+                            if !negative_ttl.is_zero() =>
+                        {
+                            Some(negative_ttl)
+                        }
+                        Err(_) => None,
                     }
-                    Err(_) => None,
                 },
             )
             .await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::authz::host;
+use crate::authz::host::{self, PortRange};
 use crate::authz::token::{Claims, QUERY_PARAMETER, Signer};
 
 /// What to mint.
@@ -19,6 +19,8 @@ pub struct LinkRequest {
     pub max_ttl: Duration,
     /// Template with `{port}` and `{id}`; one link per port.
     pub base_url: Option<String>,
+    /// The ports a link may name (`--port-range`).
+    pub port_range: PortRange,
 }
 
 /// A signed link.
@@ -35,8 +37,8 @@ pub struct Minted {
 pub enum MintError {
     #[error("{0:?} is not a sandbox id (a UUID)")]
     NotASandbox(String),
-    #[error("{0} is outside 3000-9999")]
-    PortOutOfRange(u16),
+    #[error("{0} is outside {1}")]
+    PortOutOfRange(u16, PortRange),
     #[error("{} is outside 1s to {}", humantime::format_duration(*.ttl), humantime::format_duration(*.max))]
     TtlOutOfRange { ttl: Duration, max: Duration },
     #[error("name the ports the link opens, or ask for a token that opens every port")]
@@ -68,8 +70,12 @@ pub fn mint_link(
     if !host::is_uuid(&sandbox) {
         return Err(MintError::NotASandbox(request.sandbox.clone()));
     }
-    if let Some(port) = request.ports.iter().find(|p| !host::PORT_RANGE.contains(p)) {
-        return Err(MintError::PortOutOfRange(*port));
+    if let Some(port) = request
+        .ports
+        .iter()
+        .find(|p| !request.port_range.contains(**p))
+    {
+        return Err(MintError::PortOutOfRange(*port, request.port_range));
     }
     if request.ttl.is_zero() || request.ttl > request.max_ttl {
         return Err(MintError::TtlOutOfRange {
@@ -145,6 +151,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             max_ttl: DEFAULT_MAX_TTL,
             base_url: None,
+            port_range: PortRange::DAYTONA,
         }
     }
 
@@ -160,7 +167,7 @@ mod tests {
         );
         assert_eq!(
             mint(request(vec![80], false)),
-            Err(MintError::PortOutOfRange(80))
+            Err(MintError::PortOutOfRange(80, PortRange::DAYTONA))
         );
         let not_uuid = LinkRequest {
             sandbox: "sandbox".into(),

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
-use crate::authz::host::{self, SandboxId};
+use crate::authz::host::{PortRange, SandboxId};
 use crate::authz::token::{self, Signer};
 use crate::daytona::{PreviewCache, PreviewSource};
 use crate::identity::mint::{self, LinkRequest, MintError};
@@ -25,9 +25,18 @@ use pb::{
 /// How `MintLink` signs: the current HS256 secret (swapped on SIGHUP) and the claims to add.
 pub struct MintSettings {
     pub signer: ArcSwapOption<Signer>,
+    /// Swapped whole by a reload of the config file.
+    pub rules: ArcSwap<MintRules>,
+    pub max_ttl: Duration,
+}
+
+/// What links are signed with and for.
+#[derive(Debug, Clone)]
+pub struct MintRules {
     pub issuer: Option<String>,
     pub audience: Option<String>,
-    pub max_ttl: Duration,
+    /// `--port-range`: the ports a link (or an invalidation) may name.
+    pub port_range: PortRange,
 }
 
 pub struct AdminService<S> {
@@ -66,6 +75,7 @@ impl<S: PreviewSource> AdminService<S> {
             .iter()
             .map(|p| u16::try_from(*p).map_err(|_| AdminError::Invalid("ports", "out of range")))
             .collect::<Result<Vec<_>, _>>()?;
+        let rules = self.minting.rules.load();
         let link = LinkRequest {
             sandbox: request.sandbox_id,
             ports,
@@ -73,11 +83,12 @@ impl<S: PreviewSource> AdminService<S> {
             ttl: Duration::from_secs(request.ttl_seconds),
             max_ttl: self.minting.max_ttl,
             base_url: (!request.base_url.is_empty()).then_some(request.base_url),
+            port_range: rules.port_range,
         };
         let minted = mint::mint_link(
             &signer,
-            self.minting.issuer.as_deref(),
-            self.minting.audience.as_deref(),
+            rules.issuer.as_deref(),
+            rules.audience.as_deref(),
             &link,
             token::now(),
         )?;
@@ -120,8 +131,8 @@ impl<S: PreviewSource> AdminService<S> {
         let port = match request.port {
             None => None,
             Some(port) => match u16::try_from(port) {
-                Ok(port) if host::PORT_RANGE.contains(&port) => Some(port),
-                _ => return Err(AdminError::Invalid("port", "must be within 3000-9999")),
+                Ok(port) if self.minting.rules.load().port_range.contains(port) => Some(port),
+                _ => return Err(AdminError::Invalid("port", "must be within --port-range")),
             },
         };
         self.previews.invalidate(&sandbox_id, port).await;
@@ -171,7 +182,7 @@ impl From<AdminError> for Status {
 fn field_of(error: &MintError) -> &'static str {
     match error {
         MintError::NotASandbox(_) => "sandbox_id",
-        MintError::PortOutOfRange(_) | MintError::NoPorts | MintError::PortsAndAnyPort => "ports",
+        MintError::PortOutOfRange(..) | MintError::NoPorts | MintError::PortsAndAnyPort => "ports",
         MintError::TtlOutOfRange { .. } => "ttl_seconds",
         MintError::BaseUrlWithoutPort
         | MintError::BadBaseUrl { .. }

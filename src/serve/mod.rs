@@ -26,7 +26,7 @@ use crate::authz::host::Hosts;
 use crate::authz::port_limit::PortLimit;
 use crate::authz::token::Verifier;
 use crate::authz::token::{ClaimMapping, Signer};
-use crate::config::{ConfigErrors, Secrets, ServeConfig};
+use crate::config::{Secrets, ServeConfig};
 use crate::daytona::{DaytonaApi, PreviewCache};
 use crate::identity::introspection::{IntrospectionConfig, Introspector};
 use crate::identity::jwks::Jwks;
@@ -35,7 +35,7 @@ use crate::identity::revocation::RevocationError;
 use crate::identity::revocation::Revocations;
 use crate::metrics::Metrics;
 use crate::outbound::ClientError;
-use admin::{AdminService, BearerCheck, MintSettings};
+use admin::{AdminService, BearerCheck, MintRules, MintSettings};
 use authorizer::{Authorizer, Sources, install_jwks};
 use grpc::AuthzService;
 use http::{HttpState, Readiness};
@@ -65,11 +65,18 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Why a SIGHUP reload was refused (the previous secrets stay in use).
+/// Why a SIGHUP reload was refused (the previous configuration and secrets stay in use).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("{}", .0.to_string().replace('\n', "; "))]
-    Secrets(ConfigErrors),
+    /// The command line and config file no longer make a valid configuration.
+    #[error("{}", .0.replace('\n', "; "))]
+    Config(String),
+    /// Settings that take a restart changed; nothing was applied.
+    #[error(
+        "{} cannot change while running (restart daytona-authz for that); nothing was applied",
+        .0.join(", ")
+    )]
+    NeedsRestart(Vec<&'static str>),
     #[error("the admin token cannot be added or removed by a reload")]
     AdminTokenChange,
     #[error("{0}")]
@@ -122,8 +129,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     );
     let minting = Arc::new(MintSettings {
         signer: ArcSwapOption::from(signer(&config.secrets)),
-        issuer: config.jwt_issuer.clone(),
-        audience: config.jwt_audience.clone(),
+        rules: ArcSwap::from_pointee(mint_rules(&config)),
         max_ttl: mint::DEFAULT_MAX_TTL,
     });
 
@@ -243,11 +249,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         stopping.clone(),
     ));
 
-    // SIGHUP: re-read secret files; a bad reload keeps the old secrets.
+    // SIGHUP: re-read the config file and the secret files; a bad reload keeps the old ones.
     let drain_timeout = config.drain_timeout;
     tokio::spawn(reload_on_hangup(Reloadable {
-        config: Arc::new(config),
+        config,
         policy: Arc::clone(&policy),
+        previews: Arc::clone(&previews),
         api: Arc::clone(&api),
         admin: admin_credential,
         identity: Arc::clone(&identity),
@@ -539,10 +546,20 @@ async fn become_ready(
     tracing::info!(why, "ready");
 }
 
+fn mint_rules(config: &ServeConfig) -> MintRules {
+    MintRules {
+        issuer: config.jwt_issuer.clone(),
+        audience: config.jwt_audience.clone(),
+        port_range: config.port_range,
+    }
+}
+
 /// Everything a SIGHUP reload touches.
 struct Reloadable {
-    config: Arc<ServeConfig>,
+    /// The configuration in use: the one start-up validated, or the last reload applied.
+    config: ServeConfig,
     policy: Arc<ArcSwap<Policy>>,
+    previews: Arc<PreviewCache<DaytonaApi>>,
     api: Arc<DaytonaApi>,
     admin: Option<BearerCheck>,
     identity: Arc<Identity>,
@@ -550,9 +567,10 @@ struct Reloadable {
     metrics: Arc<Metrics>,
 }
 
-/// On SIGHUP, reads every secret again (files may have been rotated) and swaps them in; when
-/// any of them is unreadable or invalid, logs why and keeps serving with the old ones.
-async fn reload_on_hangup(state: Reloadable) {
+/// On SIGHUP, reads the command line's config file and every secret again (files may have been
+/// rotated) and swaps them in; when any of them is unreadable or invalid, or a setting changed
+/// that needs a restart, logs why and keeps serving with the old ones.
+async fn reload_on_hangup(mut state: Reloadable) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -561,14 +579,21 @@ async fn reload_on_hangup(state: Reloadable) {
             return;
         };
         while hangups.recv().await.is_some() {
-            match reload(&state) {
-                Ok(()) => {
+            let reread = reread_config();
+            match reread.and_then(|config| reload(&mut state, config)) {
+                Ok(changed) => {
                     state.metrics.secret_reload("ok");
-                    tracing::info!("secrets reloaded");
+                    tracing::info!(
+                        changed = %if changed.is_empty() { "-".to_owned() } else { changed.join(", ") },
+                        "configuration and secrets reloaded"
+                    );
                 }
                 Err(problems) => {
                     state.metrics.secret_reload("error");
-                    tracing::error!(%problems, "secret reload failed; keeping the previous secrets");
+                    tracing::error!(
+                        %problems,
+                        "reload failed; keeping the previous configuration and secrets"
+                    );
                 }
             }
         }
@@ -577,12 +602,93 @@ async fn reload_on_hangup(state: Reloadable) {
     let _ = state;
 }
 
-fn reload(state: &Reloadable) -> Result<(), ReloadError> {
-    let secrets = state
-        .config
-        .secret_sources
-        .load()
-        .map_err(ReloadError::Secrets)?;
+/// The configuration as the command line, the environment and the config file say now.
+fn reread_config() -> Result<ServeConfig, ReloadError> {
+    let cli = crate::config::parse().map_err(|e| ReloadError::Config(e.to_string()))?;
+    match cli.command {
+        crate::config::Command::Serve(args) => args
+            .validate()
+            .map_err(|errors| ReloadError::Config(errors.to_string())),
+        _ => Err(ReloadError::Config("not serving".into())),
+    }
+}
+
+/// Settings a reload cannot apply: what listens where, what the caches and clients were built
+/// with, where identity comes from. Everything else (the policy: preview domains, port range,
+/// issuer, audience, claim names, clock skew, token lifetime, cookie, sign-in URL, CORS; the
+/// cache TTLs; the secrets and where they come from) is applied live.
+fn needs_restart(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! restart_only {
+        ($($flag:literal => $($field:ident).+),* $(,)?) => {
+            $(if old.$($field).+ != new.$($field).+ { changed.push($flag); })*
+        };
+    }
+    restart_only! {
+        "--grpc-addr" => grpc_addr,
+        "--http-addr" => http_addr,
+        "--admin-addr" => admin_addr,
+        "--daytona-api-url" => daytona_api_url,
+        "--daytona-api-timeout" => daytona_api_timeout,
+        "--max-concurrent-api-calls" => max_concurrent_api_calls,
+        "--worker-threads" => worker_threads,
+        "--upstream-domain" => upstream_domains,
+        "--cache-max-entries" => cache_max_entries,
+        "--max-ports-per-sandbox" => max_ports_per_sandbox,
+        "--port-window" => port_window,
+        "--ready-grace" => ready_grace,
+        "--drain-timeout" => drain_timeout,
+        "--log-format" => log_format,
+        "--jwks-url" => identity.jwks_urls,
+        "--jwks-refresh" => identity.jwks_refresh,
+        "--revocation-db" => identity.revocation_db,
+        "--redis-url" => identity.redis_url,
+        "--redis-key-prefix" => identity.redis_key_prefix,
+    }
+    if old.trust.ca_file() != new.trust.ca_file() {
+        changed.push("--ca-file");
+    }
+    if format!("{:?}", old.identity.introspection) != format!("{:?}", new.identity.introspection) {
+        changed.push("--introspection-*");
+    }
+    changed
+}
+
+/// The live settings that differ, for the log.
+fn live_changes(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! live {
+        ($($flag:literal => $($field:ident).+),* $(,)?) => {
+            $(if old.$($field).+ != new.$($field).+ { changed.push($flag); })*
+        };
+    }
+    live! {
+        "--preview-domain" => preview_domains,
+        "--port-range" => port_range,
+        "--jwt-issuer" => jwt_issuer,
+        "--jwt-audience" => jwt_audience,
+        "--cookie-name" => cookie_name,
+        "--login-url" => login_url,
+        "--disable-cors" => disable_cors,
+        "--cors-allow-origin" => cors_allow_origins,
+        "--cache-ttl" => cache_ttl,
+        "--negative-cache-ttl" => negative_cache_ttl,
+        "--sandbox-claim" => identity.sandbox_claim,
+        "--ports-claim" => identity.ports_claim,
+        "--clock-skew" => identity.clock_skew,
+        "--max-token-lifetime" => identity.max_token_lifetime,
+    }
+    changed
+}
+
+/// Applies `config` (re-read) and the secrets it names, or nothing.
+fn reload(state: &mut Reloadable, config: ServeConfig) -> Result<Vec<&'static str>, ReloadError> {
+    let restart = needs_restart(&state.config, &config);
+    if !restart.is_empty() {
+        return Err(ReloadError::NeedsRestart(restart));
+    }
+    // Read and checked by the validation that made `config`.
+    let secrets = &config.secrets;
     if state.admin.is_some() != secrets.admin_token.is_some() {
         return Err(ReloadError::AdminTokenChange);
     }
@@ -597,16 +703,22 @@ fn reload(state: &Reloadable) -> Result<(), ReloadError> {
         introspector.set_client_secret(secret.expose());
     }
     // Keep the JWKS keys the refresh task installed.
-    let mut next = policy(&state.config, &secrets);
+    let mut next = policy(&config, secrets);
     if let Some(jwks) = &state.identity.jwks {
         next.verifier = next.verifier.with_jwks(jwks.keys().to_vec());
     }
     state.policy.store(Arc::new(next));
-    state.minting.signer.store(signer(&secrets));
+    state
+        .previews
+        .set_ttls(config.cache_ttl, config.negative_cache_ttl);
+    state.minting.signer.store(signer(secrets));
+    state.minting.rules.store(Arc::new(mint_rules(&config)));
     if let (Some(check), Some(token)) = (&state.admin, &secrets.admin_token) {
         check.set_token(token.expose());
     }
-    Ok(())
+    let changed = live_changes(&state.config, &config);
+    state.config = config;
+    Ok(changed)
 }
 
 fn local_addr(listener: &TcpListener) -> String {

@@ -674,8 +674,12 @@ impl Authz {
                 state.path().join("revocations.redb"),
             )
             .args(["--daytona-api-url", api_url]);
-        // The tests' preview domain, unless the test named its own.
-        if !options.extra_args.iter().any(|a| a == "--preview-domain") {
+        // The tests' preview domain, unless the test named its own (or a config file does).
+        if !options
+            .extra_args
+            .iter()
+            .any(|a| a == "--preview-domain" || a == "--config")
+        {
             command.args(["--preview-domain", PREVIEW_DOMAIN]);
         }
         command

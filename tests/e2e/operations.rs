@@ -349,7 +349,7 @@ async fn sighup_rereads_secret_files_and_a_bad_file_keeps_the_old_secret() {
     std::fs::write(&secret_file, "short\n").unwrap();
     stack.authz.signal("HUP");
     eventually("the failed reload", Duration::from_secs(10), || {
-        let failed = stack.authz.proc.stderr().contains("secret reload failed");
+        let failed = stack.authz.proc.stderr().contains("reload failed");
         async move { failed.then_some(()) }
     })
     .await;
@@ -884,4 +884,111 @@ async fn a_rollout_played_as_kubernetes_does_loses_no_accepted_request() {
     assert!(outcomes.ok_while_stopping > 0, "{outcomes:?}");
     assert!(outcomes.not_accepted > 0, "{outcomes:?}");
     eprintln!("rollout: {outcomes:?}");
+}
+
+#[tokio::test]
+async fn sighup_applies_a_changed_config_file_live_and_refuses_what_needs_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("daytona-authz.toml");
+    let write = |text: &str| std::fs::write(&file, text).unwrap();
+    write("preview-domain = [\"preview.test\"]\n");
+    let stack = Stack::start_with(AuthzOptions::args(&["--config", file.to_str().unwrap()])).await;
+    let token = bearer(&stack.token(None));
+    let second = format!("3000-{}.preview.example.org", stack.sandbox_id());
+    let with_token = |host: String| {
+        let stack = &stack;
+        let token = token.clone();
+        async move {
+            stack
+                .get(&host, "/", &[("authorization", &token)])
+                .await
+                .status
+        }
+    };
+    let browser = || {
+        let stack = &stack;
+        async move {
+            let reply = stack.get(&stack.host(3000), "/", &support::NAVIGATE).await;
+            (reply.status, reply.header("location").map(str::to_owned))
+        }
+    };
+    assert_eq!(with_token(stack.host(3000)).await, 200);
+    assert_eq!(with_token(second.clone()).await, 400);
+    assert_eq!(browser().await, (401, None));
+    let connections = "cluster.daytona_authz.upstream_cx_total";
+    let before = stack.envoy.stat(connections).await;
+    let reloads = |result: &str| {
+        let stack = &stack;
+        let result = result.to_owned();
+        async move {
+            let metrics = parse_metrics(&stack.authz.metrics().await);
+            metrics
+                .get(&format!(
+                    "daytona_authz_secret_reloads_total{{result=\"{result}\"}}"
+                ))
+                .copied()
+                .unwrap_or(0.0)
+        }
+    };
+
+    // A change that needs a restart (the cache's size) beside a live one: nothing is applied.
+    write(
+        "preview-domain = [\"preview.test\", \"preview.example.org\"]\n\
+         cache-max-entries = 5\n",
+    );
+    stack.authz.signal("HUP");
+    stack
+        .authz
+        .proc
+        .logged(
+            "the refused reload",
+            &["--cache-max-entries", "cannot change while running"],
+        )
+        .await;
+    assert_eq!(reloads("error").await, 1.0);
+    assert_eq!(with_token(second.clone()).await, 400, "nothing was applied");
+
+    // A file that is not TOML: refused too.
+    write("preview-domain = [\n");
+    stack.authz.signal("HUP");
+    eventually("the second refusal", Duration::from_secs(10), || async {
+        (reloads("error").await == 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        with_token(stack.host(3000)).await,
+        200,
+        "the old config serves"
+    );
+
+    // Live changes: a second preview domain and a sign-in page, without a restart.
+    write(
+        "preview-domain = [\"preview.test\", \"preview.example.org\"]\n\
+         login-url = \"https://login.example.com/start\"\n",
+    );
+    stack.authz.signal("HUP");
+    eventually("the applied reload", Duration::from_secs(10), || async {
+        (reloads("ok").await == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(with_token(second).await, 200);
+    let (status, location) = browser().await;
+    assert_eq!(status, 302);
+    assert!(location.is_some_and(|l| l.starts_with("https://login.example.com/start?return_to=")),);
+    stack
+        .authz
+        .proc
+        .logged(
+            "the reload's changes",
+            &["reloaded", "--preview-domain, --login-url"],
+        )
+        .await;
+    // Envoy's connection to daytona-authz was never dropped.
+    assert_eq!(stack.envoy.stat(connections).await, before);
+    stack.authz.proc.stderr().lines().for_each(|line| {
+        assert!(
+            !line.contains(JWT_SECRET) && !line.contains(API_KEY),
+            "{line}"
+        );
+    });
 }
