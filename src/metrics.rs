@@ -43,6 +43,14 @@ pub struct RouteDecisionLabels {
     pub reason: &'static str,
 }
 
+/// The route names counted by name: those `--envoy-config` names (`fixed`), or the first
+/// [`MAX_ROUTE_LABELS`] seen.
+#[derive(Debug, Default)]
+struct RouteNames {
+    names: std::collections::HashSet<String>,
+    fixed: bool,
+}
+
 /// Distinct route names with series of their own; any further name is counted as `other`, so
 /// a misconfigured Envoy cannot grow the metrics without bound.
 pub const MAX_ROUTE_LABELS: usize = 64;
@@ -72,7 +80,7 @@ pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
     route_decisions: Family<RouteDecisionLabels, Counter>,
-    route_names: std::sync::Mutex<std::collections::HashSet<String>>,
+    route_names: std::sync::Mutex<RouteNames>,
     check_seconds: Histogram,
     api_calls: Family<ApiCallLabels, Counter>,
     api_seconds: Histogram,
@@ -304,17 +312,29 @@ impl Metrics {
         self.check_seconds.observe(elapsed.as_secs_f64());
     }
 
-    /// Counts a decision on a named route as well (see [`MAX_ROUTE_LABELS`]).
+    /// The route names of the deployment (`--envoy-config`): only these are counted by name from
+    /// now on. None: the first [`MAX_ROUTE_LABELS`] names seen are.
+    pub fn set_known_routes(&self, names: impl IntoIterator<Item = String>) {
+        let names: std::collections::HashSet<String> = names.into_iter().collect();
+        let mut known = self
+            .route_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.fixed = !names.is_empty();
+        known.names = names;
+    }
+
+    /// Counts a decision on a named route as well (see [`Metrics::set_known_routes`]).
     pub fn route_decision(&self, route: &str, result: &'static str, reason: &'static str) {
         let route = {
-            let mut names = self
+            let mut known = self
                 .route_names
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if names.contains(route) {
+            if known.names.contains(route) {
                 route
-            } else if names.len() < MAX_ROUTE_LABELS {
-                names.insert(route.to_owned());
+            } else if !known.fixed && known.names.len() < MAX_ROUTE_LABELS {
+                known.names.insert(route.to_owned());
                 route
             } else {
                 "other"

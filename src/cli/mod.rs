@@ -136,6 +136,21 @@ pub fn run() -> ExitCode {
                     config.grpc_addr,
                     config.http_addr
                 );
+                for route in &config.envoy_routes {
+                    println!(
+                        "route {} ({}): access {}, ports {}, audience {}, login URL {}",
+                        route.route.label(),
+                        route.location,
+                        route.route.access.as_str(),
+                        route
+                            .route
+                            .ports
+                            .as_ref()
+                            .map_or("any".into(), ToString::to_string),
+                        route.route.audience.as_deref().unwrap_or("-"),
+                        route.route.login_url.as_ref().map_or("-", url::Url::as_str),
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => usage(&errors),

@@ -160,6 +160,17 @@ pub struct ServeArgs {
         value_name = "DOMAIN"
     )]
     pub preview_domains: Vec<String>,
+    /// Envoy config file(s) whose routes and virtual hosts set daytona_authz.* context_extensions
+    /// (repeatable): read at start-up, in check-config and on SIGHUP, so a typo or a port outside
+    /// --port-range fails there instead of answering 500 on that route. Their route names are the
+    /// only ones metrics label by name (others count as `other`).
+    #[arg(
+        long = "envoy-config",
+        env = "DAYTONA_AUTHZ_ENVOY_CONFIG",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
+    pub envoy_configs: Vec<PathBuf>,
     /// Sandbox ports public hosts may name, e.g. 3000-9999 (Daytona's documented range) or
     /// 80-65535 for a self-hosted Daytona exposing others. Every route's daytona_authz.ports
     /// must lie within it.

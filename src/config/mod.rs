@@ -7,11 +7,13 @@
 //! comes from, `validate` the checks and the validated [`ServeConfig`].
 
 mod args;
+mod envoy;
 mod file;
 mod secrets;
 mod validate;
 
 pub use args::*;
+pub use envoy::*;
 pub use file::*;
 pub use secrets::*;
 pub use validate::*;

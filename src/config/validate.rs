@@ -258,6 +258,10 @@ pub struct ServeConfig {
     /// Lower-case, no trailing dot, no duplicates; never empty.
     pub preview_domains: Vec<String>,
     pub port_range: PortRange,
+    /// `--envoy-config`, as given.
+    pub envoy_configs: Vec<PathBuf>,
+    /// The routes those files set daytona_authz.* keys on, checked.
+    pub envoy_routes: Vec<EnvoyRoute>,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
     pub cookie_name: String,
@@ -329,6 +333,16 @@ impl ServeArgs {
         };
         let preview_domains = p.check(preview_domains(&self.preview_domains));
         let port_range = p.check(port_range(&self.port_range));
+        let envoy_routes = match port_range {
+            Some(ports) => match routes(&self.envoy_configs, ports) {
+                Ok(found) => Some(found),
+                Err(problems) => {
+                    p.0.extend(problems);
+                    None
+                }
+            },
+            None => None,
+        };
         let jwt_issuer = p.check(nonempty("--jwt-issuer", self.jwt.jwt_issuer));
         let jwt_audience = p.check(nonempty("--jwt-audience", self.jwt.jwt_audience));
         let cookie_name = p.check(cookie_name(&self.cookie_name));
@@ -453,6 +467,8 @@ impl ServeArgs {
                 upstream_domains,
                 preview_domains: preview_domains?,
                 port_range: port_range?,
+                envoy_configs: self.envoy_configs.clone(),
+                envoy_routes: envoy_routes?,
                 jwt_issuer: jwt_issuer?,
                 jwt_audience: jwt_audience?,
                 cookie_name: cookie_name?,

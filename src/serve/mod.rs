@@ -85,6 +85,7 @@ pub enum ReloadError {
 
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
+    metrics.set_known_routes(route_names(&config));
     if let Some(ca_file) = config.trust.ca_file() {
         tracing::info!(
             ca_file = %ca_file.display(),
@@ -158,6 +159,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         upstream_domains = ?config.upstream_domains,
         preview_domains = ?config.preview_domains,
         port_range = %config.port_range,
+        envoy_routes = config.envoy_routes.len(),
         cache_ttl = ?config.cache_ttl,
         cache_max_entries = config.cache_max_entries,
         negative_cache_ttl = ?config.negative_cache_ttl,
@@ -546,6 +548,15 @@ async fn become_ready(
     tracing::info!(why, "ready");
 }
 
+/// The names of the routes `--envoy-config` gives settings to.
+fn route_names(config: &ServeConfig) -> Vec<String> {
+    config
+        .envoy_routes
+        .iter()
+        .filter_map(|r| r.route.name.clone())
+        .collect()
+}
+
 fn mint_rules(config: &ServeConfig) -> MintRules {
     MintRules {
         issuer: config.jwt_issuer.clone(),
@@ -665,6 +676,7 @@ fn live_changes(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
     live! {
         "--preview-domain" => preview_domains,
         "--port-range" => port_range,
+        "--envoy-config" => envoy_routes,
         "--jwt-issuer" => jwt_issuer,
         "--jwt-audience" => jwt_audience,
         "--cookie-name" => cookie_name,
@@ -713,6 +725,7 @@ fn reload(state: &mut Reloadable, config: ServeConfig) -> Result<Vec<&'static st
         .set_ttls(config.cache_ttl, config.negative_cache_ttl);
     state.minting.signer.store(signer(secrets));
     state.minting.rules.store(Arc::new(mint_rules(&config)));
+    state.metrics.set_known_routes(route_names(&config));
     if let (Some(check), Some(token)) = (&state.admin, &secrets.admin_token) {
         check.set_token(token.expose());
     }

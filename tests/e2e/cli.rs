@@ -306,3 +306,85 @@ fn serve_exits_by_kind_a_busy_port_71_an_unusable_revocation_store_73() {
         stderr(&output)
     );
 }
+
+#[test]
+fn check_config_reads_envoys_routes_and_names_the_one_that_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let envoy = dir.path().join("envoy.yaml");
+    let shipped = std::fs::read_to_string(support::repo_root().join("envoy/envoy.yaml")).unwrap();
+    let (from, to) = support::uncommented("envoy/envoy.yaml", "per-route examples");
+    let examples = shipped.replace(&from, &to);
+    let path = envoy.to_str().unwrap();
+
+    std::fs::write(&envoy, &examples).unwrap();
+    let output = run(&["check-config", "--envoy-config", path], &GOOD_ENV);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(stdout.starts_with("configuration OK"), "{stdout}");
+    assert!(
+        stdout.contains("route webhooks (")
+            && stdout.contains("access preview-token-only, ports 8080"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("route partners ("), "{stdout}");
+
+    // A port range that leaves out the partners' 8000-8099: refused, naming the virtual host.
+    let output = run(
+        &[
+            "check-config",
+            "--envoy-config",
+            path,
+            "--port-range",
+            "3000-8050",
+        ],
+        &GOOD_ENV,
+    );
+    assert_eq!(output.status.code(), Some(64));
+    let err = stderr(&output);
+    assert!(
+        err.contains("> partners") && err.contains("--port-range 3000-8050"),
+        "{err}"
+    );
+
+    // A typo: refused by serve too, before it listens.
+    std::fs::write(
+        &envoy,
+        examples.replace("daytona_authz.access", "daytona_authz.acess"),
+    )
+    .unwrap();
+    let output = run(&["check-config", "--envoy-config", path], &GOOD_ENV);
+    assert_eq!(output.status.code(), Some(64));
+    let err = stderr(&output);
+    assert!(
+        err.contains("> webhooks") && err.contains("daytona_authz.acess"),
+        "{err}"
+    );
+    let output = run(
+        &[
+            "serve",
+            "--envoy-config",
+            path,
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+        &GOOD_ENV,
+    );
+    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
+
+    // The shipped file (examples commented out) sets nothing.
+    let output = run(
+        &[
+            "check-config",
+            "--envoy-config",
+            support::repo_root()
+                .join("envoy/envoy.yaml")
+                .to_str()
+                .unwrap(),
+        ],
+        &GOOD_ENV,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("route "));
+}
