@@ -605,7 +605,7 @@ proptest! {
             Ok(Verdict::Forward(authorized)) => authorized,
             other => return Err(TestCaseError::fail(format!("{path}: {other:?}"))),
         };
-        prop_assert_eq!(authorized.source, TokenSource::QueryParameter);
+        prop_assert_eq!(authorized.source, Some(TokenSource::QueryParameter));
         let allow = decision::allow(&script, &authorized, &preview(&authorized.target), &policy(domain));
         let mut target = expected.clone();
         if let Some(fragment) = &fragment {
@@ -677,7 +677,7 @@ proptest! {
         };
         prop_assert_eq!(&authorized, &Authorized {
             target: PreviewTarget { sandbox_id: id.parse().unwrap(), port: 3000 },
-            source: if by_cookie { TokenSource::Cookie } else { TokenSource::AuthorizationHeader },
+            source: Some(if by_cookie { TokenSource::Cookie } else { TokenSource::AuthorizationHeader }),
         });
         let allow = decision::allow(&view, &authorized, &preview(&authorized.target), &policy);
         let set: Vec<&str> = allow.set_headers.iter().map(|(n, _)| *n).collect();
