@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::authz::app_identity::{ForwardClaim, claim_value};
+
 /// Tokens longer than this are refused without parsing (a JWT we issue is a few hundred bytes).
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
@@ -49,11 +51,13 @@ pub struct MintedClaims<'a> {
     pub jti: String,
 }
 
-/// Which claims name the sandbox(es) and ports a token opens.
+/// Which claims name the sandbox(es) and ports a token opens, and which go to the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimMapping {
     pub sandbox: String,
     pub ports: String,
+    /// `--forward-claim`: claims whose values the app receives in request headers.
+    pub forward: Vec<ForwardClaim>,
 }
 
 impl Default for ClaimMapping {
@@ -61,6 +65,7 @@ impl Default for ClaimMapping {
         ClaimMapping {
             sandbox: "sandbox_id".into(),
             ports: "ports".into(),
+            forward: Vec::new(),
         }
     }
 }
@@ -76,6 +81,12 @@ pub struct Grant {
     pub expires_at: u64,
     /// For revocation by token.
     pub jti: Option<String>,
+    /// `sub`, when it is a string (at most 1 KiB): who the caller is, for the assertion and the
+    /// audit log.
+    pub subject: Option<String>,
+    /// The `--forward-claim` headers and their values, for the claims this token has (made with
+    /// the grant, so remembered with it): `(header, value)`, header lower-case.
+    pub forwarded: Vec<(Arc<str>, String)>,
 }
 
 impl Grant {
@@ -409,12 +420,32 @@ impl Verifier {
             Some(Value::String(jti)) if !jti.is_empty() && jti.len() <= 256 => Some(jti.clone()),
             Some(_) => return Err(TokenError::Malformed),
         };
+        let subject = match claims.get("sub") {
+            Some(Value::String(sub)) if sub.len() <= 1024 => Some(sub.clone()),
+            _ => None,
+        };
+        let forwarded = self
+            .mapping
+            .forward
+            .iter()
+            .filter_map(|forward| {
+                let value = claim_value(claims.get(&forward.claim)?)?;
+                Some((Arc::clone(&forward.header), value))
+            })
+            .collect();
         Ok(Grant {
             sandboxes,
             ports,
             expires_at,
             jti,
+            subject,
+            forwarded,
         })
+    }
+
+    /// The headers `--forward-claim` sets (lower-case): a client's copy of each is always removed.
+    pub fn forwarded_headers(&self) -> impl Iterator<Item = &str> {
+        self.mapping.forward.iter().map(|f| &*f.header)
     }
 }
 

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use crate::config::{self, Command, ConfigError, ConfigErrors, LogFormat};
 use crate::identity::revocation::RevocationError;
 use crate::outbound::ClientError;
-use crate::serve::ServeError;
+use crate::serve::{ServeError, audit};
 
 /// Exit codes (sysexits.h), by the kind of problem that stopped the command. Every error is
 /// mapped here and nowhere else.
@@ -213,17 +213,37 @@ pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime
     builder.enable_all().build()
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as `format` says. Audit lines
+/// (`--audit-log`, target `daytona_authz::audit`) are written apart from the rest: always as one
+/// flat JSON object per line and whatever `RUST_LOG` says, so they stay machine-readable next to
+/// human logs and the flag alone decides whether they are written.
 pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, fmt};
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder
+    let logs = match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
     }
+    .with_filter(filter_fn(|meta| meta.target() != audit::TARGET))
+    .with_filter(filter);
+    let audit = fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(std::io::stderr)
+        .with_filter(filter_fn(|meta| meta.target() == audit::TARGET));
+    tracing_subscriber::registry().with(logs).with(audit).init();
 }

@@ -14,6 +14,7 @@ use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
+use super::audit;
 use super::authorizer::{Authorizer, Outcome};
 use crate::authz::decision::{self, Allow, Denial, LocalReply, RequestView};
 use crate::daytona::PreviewSource;
@@ -65,9 +66,35 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
             Ok(view) => self.authorizer.decide(view).await,
             Err(denial) => Err(denial.clone()),
         };
+        // --audit-log: one line per decision, built only when it is on.
+        let audit = |decision, status, reason: &str, detail, grant| {
+            let request = view.as_ref().ok();
+            let target = match request {
+                Some(view) => crate::authz::host::parse(&view.host, &policy.preview_domain).ok(),
+                None => check_target(&check, &policy.preview_domain),
+            };
+            audit::Record {
+                decision,
+                status,
+                reason,
+                detail,
+                grant,
+                target: target.as_ref(),
+                // route: the per-route settings' name, once RequestView carries the route.
+                route: None,
+                method: request.map(|v| v.method.as_str()),
+                path: request.map(|v| v.path.as_str()),
+                request_id: &request_id,
+                client: &client,
+            }
+            .log();
+        };
         let response = match outcome {
             Ok(Outcome::Forward(allow)) => {
                 tracing::debug!(request_id, client, "allowed");
+                if policy.audit_log {
+                    audit("allow", None, "ok", None, allow.grant.as_deref());
+                }
                 self.metrics.decision("allow", "ok", started.elapsed());
                 ok_response(allow)
             }
@@ -79,11 +106,18 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                     reason = reply.reason,
                     "answered at the edge"
                 );
+                if policy.audit_log {
+                    audit("reply", Some(reply.status), reply.reason, None, None);
+                }
                 self.metrics
                     .decision("reply", reply.reason, started.elapsed());
                 local_response(reply)
             }
             Err(denial) => {
+                if policy.audit_log {
+                    let detail = Some(denial.to_string());
+                    audit("deny", Some(denial.status()), denial.code(), detail, None);
+                }
                 let target = match &view {
                     Ok(view) => crate::authz::host::parse(&view.host, &policy.preview_domain).ok(),
                     Err(_) => check_target(&check, &policy.preview_domain),
@@ -228,6 +262,12 @@ pub fn ok_response(allow: Allow) -> CheckResponse {
         .set_headers
         .into_iter()
         .map(|(k, v)| header(k, v))
+        .chain(
+            allow
+                .identity_headers
+                .into_iter()
+                .map(|(k, v)| header(&k, v)),
+        )
         .collect();
     // Not `query_parameters_to_remove`: Envoy then rebuilds the whole query (reordered, `?a`
     // as `?a=`), which breaks apps that sign or hash it. The new target keeps every other byte.
