@@ -1129,6 +1129,44 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_claims_and_the_subject_are_made_with_the_grant_from_any_verified_claims() {
+        let mapping = ClaimMapping {
+            forward: vec![
+                ForwardClaim::parse("email=x-user-email").unwrap(),
+                ForwardClaim::parse("roles=x-user-roles").unwrap(),
+                ForwardClaim::parse("missing=x-missing").unwrap(),
+            ],
+            ..ClaimMapping::default()
+        };
+        let verifier = Verifier::hs256(SECRET, None, None).with_mapping(mapping);
+        // As an introspection endpoint answers them (RFC 7662 members), or a JWT's payload.
+        let claims = serde_json::json!({
+            "active": true, "sandbox_id": ID, "exp": now() + 60, "sub": "user-1",
+            "email": "a@example.com", "roles": ["dev", 7],
+        });
+        let grant = verifier.grant(claims.as_object().unwrap(), now()).unwrap();
+        assert_eq!(grant.subject.as_deref(), Some("user-1"));
+        let forwarded: Vec<(&str, &str)> = grant
+            .forwarded
+            .iter()
+            .map(|(h, v)| (&**h, v.as_str()))
+            .collect();
+        assert_eq!(
+            forwarded,
+            [("x-user-email", "a@example.com"), ("x-user-roles", "dev,7")]
+        );
+        assert_eq!(
+            verifier.forwarded_headers().collect::<Vec<_>>(),
+            ["x-user-email", "x-user-roles", "x-missing"]
+        );
+        // A `sub` that is not a string names nobody; the token is still good.
+        let odd = serde_json::json!({"sandbox_id": ID, "exp": now() + 60, "sub": 42});
+        let grant = verifier.grant(odd.as_object().unwrap(), now()).unwrap();
+        assert_eq!(grant.subject, None);
+        assert!(grant.forwarded.is_empty());
+    }
+
+    #[test]
     fn a_previous_key_still_verifies_during_rotation() {
         let old = Signer::hs256(b"the-previous-secret-0123456789abcdef")
             .sign(&claims())
