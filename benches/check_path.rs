@@ -99,7 +99,7 @@ fn check_path(request: &CheckRequest, policy: &Policy, preview: &Preview) -> usi
     let response =
         match decision::authorize(&view, policy, now(), &Lookups::default(), &NoRevocations) {
             Ok(Verdict::Forward(authorized)) => {
-                grpc::ok_response(decision::allow(&view, &authorized, preview, policy))
+                grpc::ok_response(decision::allow(&view, &authorized, preview, policy, now()))
             }
             Ok(Verdict::Reply(reply)) => grpc::local_response(reply),
             Ok(Verdict::Lookup(_)) => unreachable!("an HS256 token needs no I/O"),

@@ -20,7 +20,7 @@
 use std::borrow::Cow;
 
 use daytona_authz::authz::decision::{
-    self, Authorized, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, RequestView, Verdict,
+    self, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, RequestView, Verdict,
 };
 use daytona_authz::authz::host::{self, PORT_RANGE, PreviewTarget};
 use daytona_authz::authz::token::{
@@ -606,7 +606,7 @@ proptest! {
             other => return Err(TestCaseError::fail(format!("{path}: {other:?}"))),
         };
         prop_assert_eq!(authorized.source, Some(TokenSource::QueryParameter));
-        let allow = decision::allow(&script, &authorized, &preview(&authorized.target), &policy(domain));
+        let allow = decision::allow(&script, &authorized, &preview(&authorized.target), &policy(domain), token::now());
         let mut target = expected.clone();
         if let Some(fragment) = &fragment {
             target.push('#');
@@ -631,7 +631,7 @@ proptest! {
             Ok(Verdict::Forward(authorized)) => authorized,
             other => return Err(TestCaseError::fail(format!("{path}: {other:?}"))),
         };
-        let allow = decision::allow(&script, &authorized, &preview(&authorized.target), &policy(domain));
+        let allow = decision::allow(&script, &authorized, &preview(&authorized.target), &policy(domain), token::now());
         prop_assert_eq!(allow.path, None);
     }
 
@@ -675,11 +675,10 @@ proptest! {
             Err(decision::Denial::AmbiguousToken(_)) => return Ok(()),
             other => return Err(TestCaseError::fail(format!("{other:?}"))),
         };
-        prop_assert_eq!(&authorized, &Authorized {
-            target: PreviewTarget { sandbox_id: id.parse().unwrap(), port: 3000 },
-            source: Some(if by_cookie { TokenSource::Cookie } else { TokenSource::AuthorizationHeader }),
-        });
-        let allow = decision::allow(&view, &authorized, &preview(&authorized.target), &policy);
+        prop_assert_eq!(&authorized.target, &PreviewTarget { sandbox_id: id.parse().unwrap(), port: 3000 });
+        prop_assert_eq!(authorized.source, Some(if by_cookie { TokenSource::Cookie } else { TokenSource::AuthorizationHeader }));
+        prop_assert!(authorized.grant.is_some());
+        let allow = decision::allow(&view, &authorized, &preview(&authorized.target), &policy, token::now());
         let set: Vec<&str> = allow.set_headers.iter().map(|(n, _)| *n).collect();
         for (name, _) in &headers {
             if name.starts_with("x-daytona-") {

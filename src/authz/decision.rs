@@ -13,6 +13,7 @@ use std::sync::Arc;
 pub use super::denial::{Denial, render};
 pub use super::request::RequestView;
 use super::request::without_token;
+use crate::authz::app_identity::Assertions;
 use crate::authz::host::{Hosts, PreviewTarget};
 use crate::authz::preview::Preview;
 use crate::authz::route::Access;
@@ -51,6 +52,11 @@ pub struct Policy {
     pub introspection: bool,
     /// JWKS sources are configured (an unknown `kid` is worth one refresh).
     pub jwks: bool,
+    /// `--assertion`: a signed statement of who is calling, in its header, on every forwarded
+    /// request with a verified token.
+    pub assertion: Option<Arc<Assertions>>,
+    /// `--audit-log`: one JSON line per decision (see `serve::grpc`).
+    pub audit_log: bool,
 }
 
 impl Policy {
@@ -67,6 +73,8 @@ impl Policy {
             cors_allow_origins: Vec::new(),
             introspection: false,
             jwks: false,
+            assertion: None,
+            audit_log: false,
         }
     }
 }
@@ -80,6 +88,9 @@ pub struct Authorized {
     pub target: PreviewTarget,
     /// Where the token came from; `None` on a `preview-token-only` route (no token needed).
     pub source: Option<TokenSource>,
+    /// What the caller's verified token grants, and who it names; `None` when the request was
+    /// let through without a token.
+    pub grant: Option<Arc<Grant>>,
 }
 
 /// What to do with a request before any call to Daytona.
@@ -195,6 +206,7 @@ pub fn authorize(
             RevocationStatus::Active => Ok(Verdict::Forward(Authorized {
                 target,
                 source: None,
+                grant: None,
             })),
             RevocationStatus::SandboxRevoked | RevocationStatus::TokenRevoked => {
                 Err(Denial::SandboxRevoked)
@@ -291,6 +303,7 @@ pub fn authorize(
     Ok(Verdict::Forward(Authorized {
         target,
         source: Some(found.source),
+        grant: Some(grant),
     }))
 }
 
@@ -455,6 +468,11 @@ pub struct Allow {
     /// The new request target (`:path`) when the query carried `access_token`: only that pair is
     /// cut out. `None`: the target reaches the app byte for byte as the client sent it.
     pub path: Option<String>,
+    /// Who the caller is, for the app: the `--forward-claim` headers of the verified token and
+    /// the `--assertion`. Set, replacing any value the client sent (names lower-case).
+    pub identity_headers: Vec<(Arc<str>, String)>,
+    /// The grant the request is let through on (for the audit log's `sub` and `jti`).
+    pub grant: Option<Arc<Grant>>,
 }
 
 /// Client headers with this prefix are Envoy's to set; a client's copy never reaches the app
@@ -466,6 +484,7 @@ pub fn allow(
     authorized: &Authorized,
     preview: &Preview,
     policy: &Policy,
+    now: u64,
 ) -> Allow {
     let mut set_headers = vec![
         (PREVIEW_TOKEN_HEADER, preview.token.clone()),
@@ -484,11 +503,33 @@ pub fn allow(
     if policy.disable_cors {
         set_headers.push((DISABLE_CORS_HEADER, "true".to_owned()));
     }
+    // Who the caller is, only ever from a verified token's grant.
+    let mut identity_headers: Vec<(Arc<str>, String)> = Vec::new();
+    if let Some(grant) = &authorized.grant {
+        identity_headers.extend(grant.forwarded.iter().cloned());
+        if let Some(assertions) = &policy.assertion
+            && let Ok((_, domain)) = policy.hosts.parse(&request.host)
+            && let Some(assertion) = assertions.assertion(grant, &authorized.target, domain, now)
+        {
+            identity_headers.push((Arc::clone(&assertions.header), assertion));
+        }
+    }
+    // Every client copy of a header we set for the app goes, whether or not we set it this time
+    // (the token may lack the claim): the app can trust these headers to come from us.
+    let ours = |name: &str| {
+        policy.verifier.forwarded_headers().any(|h| h == name)
+            || policy
+                .assertion
+                .as_ref()
+                .is_some_and(|a| &*a.header == name)
+    };
     let mut remove_headers: Vec<String> = Vec::new();
     for (name, _) in &request.headers {
-        let spoofed = (name.starts_with(RESERVED_PREFIX) || name.starts_with(ENVOY_PREFIX))
-            && !set_headers.iter().any(|(set, _)| set == name)
-            && !remove_headers.contains(name);
+        let spoofed =
+            (name.starts_with(RESERVED_PREFIX) || name.starts_with(ENVOY_PREFIX) || ours(name))
+                && !set_headers.iter().any(|(set, _)| set == name)
+                && !identity_headers.iter().any(|(set, _)| &**set == name)
+                && !remove_headers.contains(name);
         if spoofed {
             remove_headers.push(name.clone());
         }
@@ -507,6 +548,8 @@ pub fn allow(
         set_headers,
         remove_headers,
         path: without_token(&request.path),
+        identity_headers,
+        grant: authorized.grant.clone(),
     }
 }
 
@@ -603,13 +646,10 @@ mod tests {
             &policy(),
             now(),
         );
-        assert_eq!(
-            forwarded(verdict),
-            Authorized {
-                target: target(3000),
-                source: Some(TokenSource::AuthorizationHeader)
-            }
-        );
+        let authorized = forwarded(verdict);
+        assert_eq!(authorized.target, target(3000));
+        assert_eq!(authorized.source, Some(TokenSource::AuthorizationHeader));
+        assert_eq!(authorized.grant.unwrap().sandboxes, [ID]);
     }
 
     #[test]
@@ -1328,8 +1368,9 @@ mod tests {
         let authorized = Authorized {
             target: target(3000),
             source: Some(TokenSource::AuthorizationHeader),
+            grant: None,
         };
-        let allow = allow(&req, &authorized, &preview(), &policy());
+        let allow = allow(&req, &authorized, &preview(), &policy(), now());
         assert_eq!(
             allow.set_headers,
             vec![
@@ -1364,8 +1405,9 @@ mod tests {
         let authorized = Authorized {
             target: target(3000),
             source: Some(TokenSource::QueryParameter),
+            grant: None,
         };
-        let allow = allow(&req, &authorized, &preview(), &policy());
+        let allow = allow(&req, &authorized, &preview(), &policy(), now());
         assert!(
             allow.remove_headers.is_empty(),
             "{:?}",
@@ -1381,7 +1423,7 @@ mod tests {
             path: "/p?z=1&access_token=t&a&&%61ccess_token=u&z=3&b=%2F+".into(),
             ..req
         };
-        let allow = super::allow(&req, &authorized, &preview(), &policy());
+        let allow = super::allow(&req, &authorized, &preview(), &policy(), now());
         assert_eq!(allow.path.as_deref(), Some("/p?z=1&a&&z=3&b=%2F+"));
     }
 
@@ -1404,16 +1446,180 @@ mod tests {
         }
     }
 
+    /// A policy forwarding `email` and `groups` to the app.
+    fn forwarding_policy() -> Policy {
+        use crate::authz::app_identity::ForwardClaim;
+        use crate::authz::token::ClaimMapping;
+        let mapping = ClaimMapping {
+            forward: vec![
+                ForwardClaim::parse("email=X-User-Email").unwrap(),
+                ForwardClaim::parse("groups=X-User-Groups").unwrap(),
+            ],
+            ..ClaimMapping::default()
+        };
+        Policy::new(
+            DOMAIN,
+            Verifier::hs256(SECRET, None, None).with_mapping(mapping),
+        )
+    }
+
+    /// A token for sandbox `ID` with these claims besides `sandbox_id` and `exp`.
+    fn token_with(extra: serde_json::Value) -> String {
+        let mut claims = serde_json::json!({"sandbox_id": ID, "exp": now() + 600});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    /// What reaches the app of `headers` and `token`'s claims under `policy`.
+    fn forwarded_allow(policy: &Policy, token: &str, headers: &[(&str, &str)]) -> Allow {
+        let auth = bearer(token);
+        let mut all = headers.to_vec();
+        all.push(("authorization", &auth));
+        let req = request(&host(3000), "/", &all);
+        let authorized = forwarded(authorize(&req, policy, now()));
+        allow(&req, &authorized, &preview(), policy, now())
+    }
+
+    fn identity(allow: &Allow) -> Vec<(&str, &str)> {
+        allow
+            .identity_headers
+            .iter()
+            .map(|(n, v)| (&**n, v.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn forwarded_claims_reach_the_app_in_their_headers() {
+        let policy = forwarding_policy();
+        let t = token_with(serde_json::json!({
+            "sub": "alice", "email": "alice@example.com", "groups": ["dev", "ops"],
+        }));
+        let allow = forwarded_allow(&policy, &t, &[]);
+        assert_eq!(
+            identity(&allow),
+            [
+                ("x-user-email", "alice@example.com"),
+                ("x-user-groups", "dev,ops")
+            ]
+        );
+        let grant = allow.grant.as_ref().unwrap();
+        assert_eq!(grant.subject.as_deref(), Some("alice"));
+        // The values are made with the grant, and remembered with it.
+        let again = forwarded_allow(&policy, &t, &[]);
+        assert!(Arc::ptr_eq(grant, again.grant.as_ref().unwrap()));
+        // Nothing without the setting.
+        assert!(
+            forwarded_allow(&self::policy(), &t, &[])
+                .identity_headers
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn client_copies_of_forwarded_headers_never_reach_the_app() {
+        let policy = forwarding_policy();
+        let spoofs = [
+            ("x-user-email", "admin@example.com"),
+            ("x-user-email", "root@example.com"),
+            ("x-user-groups", "admins"),
+        ];
+        // The token has one of the claims: that header is set (replacing the client's copies),
+        // the other is removed.
+        let t = token_with(serde_json::json!({"email": "alice@example.com"}));
+        let allow = forwarded_allow(&policy, &t, &spoofs);
+        assert_eq!(identity(&allow), [("x-user-email", "alice@example.com")]);
+        assert!(allow.remove_headers.contains(&"x-user-groups".to_owned()));
+        assert!(!allow.remove_headers.contains(&"x-user-email".to_owned()));
+        // Neither claim: both removed, nothing set.
+        let t = token_with(serde_json::json!({"sub": "bob"}));
+        let allow = forwarded_allow(&policy, &t, &spoofs);
+        assert!(allow.identity_headers.is_empty());
+        for name in ["x-user-email", "x-user-groups"] {
+            assert_eq!(
+                allow.remove_headers.iter().filter(|n| *n == name).count(),
+                1,
+                "{name}: {:?}",
+                allow.remove_headers
+            );
+        }
+        // Let through without a grant (a token-less route): removed too.
+        let req = request(&host(3000), "/", &spoofs);
+        let authorized = Authorized {
+            target: target(3000),
+            source: Some(TokenSource::AuthorizationHeader),
+            grant: None,
+        };
+        let allow = super::allow(&req, &authorized, &preview(), &policy, now());
+        assert!(allow.identity_headers.is_empty());
+        assert!(allow.remove_headers.contains(&"x-user-email".to_owned()));
+        assert!(allow.remove_headers.contains(&"x-user-groups".to_owned()));
+    }
+
+    #[test]
+    fn a_claim_cannot_inject_a_header() {
+        let policy = forwarding_policy();
+        for email in [
+            "alice@example.com\r\nx-admin: true",
+            "alice\nx-daytona-preview-token: x",
+            "alice\u{0}",
+        ] {
+            let t = token_with(serde_json::json!({ "email": email }));
+            let allow = forwarded_allow(&policy, &t, &[("x-user-email", "spoof")]);
+            assert!(allow.identity_headers.is_empty(), "{email:?}");
+            assert!(allow.remove_headers.contains(&"x-user-email".to_owned()));
+        }
+        let t = token_with(serde_json::json!({"email": {"nested": "object"}, "groups": [["x"]]}));
+        assert!(
+            forwarded_allow(&policy, &t, &[])
+                .identity_headers
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_assertion_goes_in_its_header_and_a_client_copy_never_does() {
+        use crate::authz::app_identity::{AssertionKey, Assertions};
+        let key = Arc::new(AssertionKey::generate().unwrap());
+        let mut policy = policy();
+        policy.assertion = Some(Arc::new(Assertions::new("X-Caller", key, 60)));
+        let t = token_with(serde_json::json!({"sub": "alice"}));
+        let allow = forwarded_allow(&policy, &t, &[("x-caller", "forged")]);
+        let identity = identity(&allow);
+        assert_eq!(identity.len(), 1);
+        assert_eq!(identity[0].0, "x-caller");
+        assert_ne!(identity[0].1, "forged");
+        assert_eq!(identity[0].1.split('.').count(), 3, "a compact JWS");
+        assert!(!allow.remove_headers.contains(&"x-caller".to_owned()));
+        let req = request(&host(3000), "/", &[("x-caller", "forged")]);
+        let authorized = Authorized {
+            target: target(3000),
+            source: Some(TokenSource::AuthorizationHeader),
+            grant: None,
+        };
+        let allow = super::allow(&req, &authorized, &preview(), &policy, now());
+        assert!(allow.identity_headers.is_empty());
+        assert!(allow.remove_headers.contains(&"x-caller".to_owned()));
+    }
+
     #[test]
     fn allow_removes_a_cookie_header_holding_only_ours_and_can_disable_cors() {
         let req = request(&host(3000), "/", &[("cookie", "daytona_authz=t")]);
         let authorized = Authorized {
             target: target(3000),
             source: Some(TokenSource::Cookie),
+            grant: None,
         };
         let mut policy = policy();
         policy.disable_cors = true;
-        let allow = allow(&req, &authorized, &preview(), &policy);
+        let allow = allow(&req, &authorized, &preview(), &policy, now());
         assert_eq!(allow.remove_headers, vec!["cookie".to_owned()]);
         assert!(
             allow
@@ -1621,10 +1827,11 @@ mod tests {
             authorized,
             Authorized {
                 target: target(3000),
-                source: None
+                source: None,
+                grant: None,
             }
         );
-        let allow = allow(&req, &authorized, &preview(), &policy());
+        let allow = allow(&req, &authorized, &preview(), &policy(), now());
         assert!(
             allow
                 .set_headers

@@ -6,11 +6,13 @@
 //! and port, [`token`] finds the caller's access token and verifies it, [`decision`] turns all
 //! that and the [`decision::Policy`] into a verdict (ask for a look-up, or allow with header
 //! mutations), [`denial`] says why not and what the client is told ([`pages`] for a person),
-//! [`port_limit`] bounds the distinct ports per sandbox, and [`preview`] is what a preview-token
-//! look-up answers. The I/O is the caller's (`serve::authorizer`): introspecting a token or
+//! [`port_limit`] bounds the distinct ports per sandbox, [`preview`] is what a preview-token
+//! look-up answers, and [`app_identity`] tells the app who the caller is (forwarded claims, the
+//! signed assertion). The I/O is the caller's (`serve::authorizer`): introspecting a token or
 //! refetching the JWKS between two calls of [`decision::authorize`], and fetching the preview
 //! token between [`decision::authorize`] and [`decision::allow`].
 
+pub mod app_identity;
 pub mod decision;
 pub mod denial;
 pub mod host;

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::authz::app_identity::{ForwardClaim, claim_value};
+
 /// Tokens longer than this are refused without parsing (a JWT we issue is a few hundred bytes).
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
@@ -52,11 +54,13 @@ pub struct MintedClaims<'a> {
     pub jti: String,
 }
 
-/// Which claims name the sandbox(es) and ports a token opens.
+/// Which claims name the sandbox(es) and ports a token opens, and which go to the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimMapping {
     pub sandbox: String,
     pub ports: String,
+    /// `--forward-claim`: claims whose values the app receives in request headers.
+    pub forward: Vec<ForwardClaim>,
 }
 
 impl Default for ClaimMapping {
@@ -64,6 +68,7 @@ impl Default for ClaimMapping {
         ClaimMapping {
             sandbox: "sandbox_id".into(),
             ports: "ports".into(),
+            forward: Vec::new(),
         }
     }
 }
@@ -82,6 +87,12 @@ pub struct Grant {
     /// The token's `aud` (a string or an array of strings), for a route's
     /// `daytona_authz.audience`; empty when absent.
     pub audiences: Vec<String>,
+    /// `sub`, when it is a string (at most 1 KiB): who the caller is, for the assertion and the
+    /// audit log.
+    pub subject: Option<String>,
+    /// The `--forward-claim` headers and their values, for the claims this token has (made with
+    /// the grant, so remembered with it): `(header, value)`, header lower-case.
+    pub forwarded: Vec<(Arc<str>, String)>,
 }
 
 impl Grant {
@@ -430,13 +441,33 @@ impl Verifier {
                 .collect(),
             _ => Vec::new(),
         };
+        let subject = match claims.get("sub") {
+            Some(Value::String(sub)) if sub.len() <= 1024 => Some(sub.clone()),
+            _ => None,
+        };
+        let forwarded = self
+            .mapping
+            .forward
+            .iter()
+            .filter_map(|forward| {
+                let value = claim_value(claims.get(&forward.claim)?)?;
+                Some((Arc::clone(&forward.header), value))
+            })
+            .collect();
         Ok(Grant {
             sandboxes,
             ports,
             expires_at,
             jti,
             audiences,
+            subject,
+            forwarded,
         })
+    }
+
+    /// The headers `--forward-claim` sets (lower-case): a client's copy of each is always removed.
+    pub fn forwarded_headers(&self) -> impl Iterator<Item = &str> {
+        self.mapping.forward.iter().map(|f| &*f.header)
     }
 }
 
@@ -1117,6 +1148,44 @@ mod tests {
             Some(String::new())
         );
         assert_eq!(cookies_without(&["app=1"], "daytona_authz"), None);
+    }
+
+    #[test]
+    fn forwarded_claims_and_the_subject_are_made_with_the_grant_from_any_verified_claims() {
+        let mapping = ClaimMapping {
+            forward: vec![
+                ForwardClaim::parse("email=x-user-email").unwrap(),
+                ForwardClaim::parse("roles=x-user-roles").unwrap(),
+                ForwardClaim::parse("missing=x-missing").unwrap(),
+            ],
+            ..ClaimMapping::default()
+        };
+        let verifier = Verifier::hs256(SECRET, None, None).with_mapping(mapping);
+        // As an introspection endpoint answers them (RFC 7662 members), or a JWT's payload.
+        let claims = serde_json::json!({
+            "active": true, "sandbox_id": ID, "exp": now() + 60, "sub": "user-1",
+            "email": "a@example.com", "roles": ["dev", 7],
+        });
+        let grant = verifier.grant(claims.as_object().unwrap(), now()).unwrap();
+        assert_eq!(grant.subject.as_deref(), Some("user-1"));
+        let forwarded: Vec<(&str, &str)> = grant
+            .forwarded
+            .iter()
+            .map(|(h, v)| (&**h, v.as_str()))
+            .collect();
+        assert_eq!(
+            forwarded,
+            [("x-user-email", "a@example.com"), ("x-user-roles", "dev,7")]
+        );
+        assert_eq!(
+            verifier.forwarded_headers().collect::<Vec<_>>(),
+            ["x-user-email", "x-user-roles", "x-missing"]
+        );
+        // A `sub` that is not a string names nobody; the token is still good.
+        let odd = serde_json::json!({"sandbox_id": ID, "exp": now() + 60, "sub": 42});
+        let grant = verifier.grant(odd.as_object().unwrap(), now()).unwrap();
+        assert_eq!(grant.subject, None);
+        assert!(grant.forwarded.is_empty());
     }
 
     #[test]

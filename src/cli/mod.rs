@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use crate::config::{self, Command, ConfigError, ConfigErrors, LogFormat};
 use crate::identity::revocation::RevocationError;
 use crate::outbound::ClientError;
-use crate::serve::ServeError;
+use crate::serve::{ServeError, audit};
 
 /// Exit codes (sysexits.h), by the kind of problem that stopped the command. Every error is
 /// mapped here and nowhere else.
@@ -229,17 +229,122 @@ pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime
     builder.enable_all().build()
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as `format` says. Audit lines
+/// (`--audit-log`, target `daytona_authz::audit`) are written apart from the rest: always as one
+/// flat JSON object per line and whatever `RUST_LOG` says, so they stay machine-readable next to
+/// human logs and the flag alone decides whether they are written.
 pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+    let ansi = format == LogFormat::Pretty && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    subscriber(format, filter, ansi, std::io::stderr).init();
+}
+
+/// The logging [`init_tracing`] installs, writing to `writer`.
+fn subscriber<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    ansi: bool,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Clone + Send + Sync + 'static,
+{
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::{Layer as _, fmt};
+
+    let logs = match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(writer.clone())
+            .boxed(),
+        LogFormat::Pretty => fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer.clone())
+            .boxed(),
+    }
+    .with_filter(filter_fn(|meta| meta.target() != audit::TARGET))
+    .with_filter(filter);
+    let audit = fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(writer)
+        .with_filter(filter_fn(|meta| meta.target() == audit::TARGET));
+    tracing_subscriber::registry().with(logs).with(audit)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Everything written, shared.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&'w self) -> Buffer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn audit_lines_are_one_json_object_whatever_the_format_and_level() {
+        for format in [LogFormat::Pretty, LogFormat::Json] {
+            let buffer = Buffer::default();
+            let filter = tracing_subscriber::EnvFilter::new("warn");
+            let subscriber = subscriber(format, filter, false, buffer.clone());
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::info!("filtered out by the level");
+                tracing::warn!(kept = true, "an ordinary warning");
+                crate::serve::audit::Record {
+                    decision: "deny",
+                    status: Some(401),
+                    reason: "invalid_token",
+                    detail: Some("token has expired\nsecond line".into()),
+                    grant: None,
+                    target: None,
+                    preview_domain: Some("preview.example.com"),
+                    route: Some("webhooks"),
+                    method: Some("GET"),
+                    path: Some("/p?access_token=secret#f"),
+                    request_id: "r-1",
+                    client: "127.0.0.1",
+                }
+                .log();
+            });
+            let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 2, "{format:?}: {text}");
+            assert!(lines[0].contains("an ordinary warning"), "{text}");
+            assert_eq!(lines[0].starts_with('{'), format == LogFormat::Json);
+            let audit: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+            assert_eq!(audit["target"], audit::TARGET);
+            assert_eq!(audit["decision"], "deny");
+            assert_eq!(audit["status"], 401);
+            assert_eq!(audit["path"], "/p");
+            assert_eq!(audit["detail"], "token has expired\nsecond line");
+            assert!(audit.get("sub").is_none());
+            assert_eq!(audit["route"], "webhooks");
+            assert_eq!(audit["preview_domain"], "preview.example.com");
+            assert!(!text.contains("secret"), "{text}");
+        }
     }
 }

@@ -322,6 +322,49 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub identity: IdentityArgs,
+
+    #[command(flatten)]
+    pub app_identity: AppIdentityArgs,
+}
+
+/// Who the caller is, told to the app and to the audit log.
+#[derive(Debug, Args)]
+pub struct AppIdentityArgs {
+    /// Send the app this claim of the verified token (JWT or introspection) in this request
+    /// header (repeatable, or comma-separated): `email=X-User-Email`. Strings as they are,
+    /// numbers and booleans as text, arrays joined with `,`; nothing when the token lacks the
+    /// claim. Any client-sent copy of every such header is always removed.
+    #[arg(
+        long = "forward-claim",
+        env = "DAYTONA_AUTHZ_FORWARD_CLAIM",
+        value_delimiter = ',',
+        value_name = "CLAIM=HEADER"
+    )]
+    pub forward_claims: Vec<String>,
+    /// Send the app a short-lived JWT daytona-authz signs (EdDSA or ES256), saying who is
+    /// calling (`sub`), for which sandbox and port; its public key is served at
+    /// /.well-known/jwks.json on --http-addr.
+    #[arg(long, env = "DAYTONA_AUTHZ_ASSERTION")]
+    pub assertion: bool,
+    /// The header the assertion goes in (default X-Daytona-Authz-Assertion).
+    #[arg(long, env = "DAYTONA_AUTHZ_ASSERTION_HEADER", value_name = "NAME")]
+    pub assertion_header: Option<String>,
+    /// PKCS#8 PEM private key (Ed25519 or P-256) to sign assertions with, so replicas share one
+    /// key; read at start-up. Without it each process generates an Ed25519 key when it starts.
+    #[arg(long, env = "DAYTONA_AUTHZ_ASSERTION_KEY_FILE", value_name = "PATH")]
+    pub assertion_key_file: Option<PathBuf>,
+    /// How long an assertion is valid (never past the caller's token's exp).
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_ASSERTION_TTL",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    pub assertion_ttl: String,
+    /// Log every decision (allow, deny, answered at the edge) as one JSON line on stderr, with
+    /// the token's sub and jti, the sandbox, port, request id and client; never a credential.
+    #[arg(long, env = "DAYTONA_AUTHZ_AUDIT_LOG")]
+    pub audit_log: bool,
 }
 
 /// Identity sources beyond the HS256 secret: JWKS, introspection, claim names, revocations.

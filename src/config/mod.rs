@@ -374,4 +374,123 @@ mod tests {
         assert!(error.contains("#fragment"), "{error}");
         assert!(serve(&[&GOOD[..], &["--redis-url", "rediss://127.0.0.1:6380/"]].concat()).is_ok());
     }
+
+    #[test]
+    fn forwarded_claims_assertions_and_the_audit_log_are_checked() {
+        let config = serve(&GOOD).unwrap();
+        assert!(config.app_identity.forward_claims.is_empty());
+        assert!(config.app_identity.assertion.is_none());
+        assert!(!config.app_identity.audit_log);
+
+        let config = serve(
+            &[
+                &GOOD[..],
+                &[
+                    "--forward-claim",
+                    "email=X-User-Email,groups=X-User-Groups",
+                    "--forward-claim",
+                    "sub=x-user",
+                    "--assertion",
+                    "--audit-log",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let headers: Vec<(&str, &str)> = config
+            .app_identity
+            .forward_claims
+            .iter()
+            .map(|f| (f.claim.as_str(), &*f.header))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("email", "x-user-email"),
+                ("groups", "x-user-groups"),
+                ("sub", "x-user")
+            ]
+        );
+        assert!(config.app_identity.audit_log);
+        let assertion = config.app_identity.assertion.unwrap();
+        assert_eq!(assertion.header, "x-daytona-authz-assertion");
+        assert_eq!(assertion.ttl, Duration::from_secs(60));
+        assert_eq!(assertion.key.algorithm(), "EdDSA");
+        assert!(assertion.key_file.is_none());
+        // Validated again (a reload), the generated key stays the same.
+        let again = serve(&[&GOOD[..], &["--assertion"]].concat()).unwrap();
+        assert_eq!(
+            again.app_identity.assertion.unwrap().key.kid(),
+            assertion.key.kid()
+        );
+
+        let cases: [(&[&str], &str); 10] = [
+            (&["--forward-claim", "email"], "--forward-claim"),
+            (&["--forward-claim", "email=x_user"], "--forward-claim"),
+            (&["--forward-claim", "email=Authorization"], "reserved"),
+            (&["--forward-claim", "email=x-daytona-user"], "reserved"),
+            (&["--forward-claim", "email=x-envoy-user"], "reserved"),
+            (
+                &["--forward-claim", "email=x-user,name=X-User"],
+                "two claims for the header x-user",
+            ),
+            (
+                &[
+                    "--forward-claim",
+                    "email=x-caller",
+                    "--assertion",
+                    "--assertion-header",
+                    "X-Caller",
+                ],
+                "is the --assertion-header",
+            ),
+            (&["--assertion-header", "x-caller"], "need --assertion"),
+            (
+                &[
+                    "--assertion",
+                    "--assertion-header",
+                    "x-daytona-preview-token",
+                ],
+                "--assertion-header",
+            ),
+            (
+                &["--assertion", "--assertion-ttl", "1h1s"],
+                "--assertion-ttl",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let error = first_error(&[&GOOD[..], extra].concat());
+            assert!(error.contains(needle), "{extra:?}: {error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("assertion.pem");
+        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        std::fs::write(&file, p256.serialize_pem()).unwrap();
+        let path = file.to_str().unwrap();
+        let config =
+            serve(&[&GOOD[..], &["--assertion", "--assertion-key-file", path]].concat()).unwrap();
+        let assertion = config.app_identity.assertion.unwrap();
+        assert_eq!(assertion.key.algorithm(), "ES256");
+        assert_eq!(assertion.key_file.as_deref(), Some(file.as_path()));
+        assert!(!format!("{assertion:?}").contains("PRIVATE"));
+        std::fs::write(&file, "not a key").unwrap();
+        let error =
+            first_error(&[&GOOD[..], &["--assertion", "--assertion-key-file", path]].concat());
+        assert!(error.starts_with("--assertion-key-file: "), "{error}");
+        let missing = dir.path().join("missing.pem");
+        let error = first_error(
+            &[
+                &GOOD[..],
+                &[
+                    "--assertion",
+                    "--assertion-key-file",
+                    missing.to_str().unwrap(),
+                ],
+            ]
+            .concat(),
+        );
+        assert!(error.contains("cannot read"), "{error}");
+    }
 }

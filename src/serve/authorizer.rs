@@ -174,6 +174,7 @@ impl<S: PreviewSource> Authorizer<S> {
                 &authorized,
                 &preview,
                 &policy,
+                token::now(),
             )));
         }
         Err(Denial::StatusUnknown("identity look-ups"))

@@ -14,6 +14,7 @@ use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
+use super::audit;
 use super::authorizer::{Authorizer, Outcome};
 use crate::authz::decision::{self, Allow, Denial, LocalReply, RequestView};
 use crate::authz::host::{Hosts, PreviewTarget};
@@ -76,6 +77,28 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
         let empty = RequestView::default();
         let request = view.as_ref().unwrap_or(&empty);
         let route = &request.route;
+        // --audit-log: one line per decision, built only when it is on.
+        let audit = |decision, status, reason: &str, detail, grant| {
+            let target = match &view {
+                Ok(view) => policy.hosts.parse(&view.host).ok(),
+                Err(_) => check_target(&check, &policy.hosts),
+            };
+            audit::Record {
+                decision,
+                status,
+                reason,
+                detail,
+                grant,
+                target: target.as_ref().map(|(t, _)| t),
+                preview_domain: target.as_ref().map(|(_, domain)| *domain),
+                route: route.name.as_deref(),
+                method: view.as_ref().ok().map(|v| v.method.as_str()),
+                path: view.as_ref().ok().map(|v| v.path.as_str()),
+                request_id: &request_id,
+                client: &client,
+            }
+            .log();
+        };
         let (result, reason, response) = match outcome {
             Ok(Outcome::Forward(allow)) => {
                 if route.access == Access::PreviewTokenOnly {
@@ -93,6 +116,9 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                 } else {
                     tracing::debug!(request_id, client, route = route.label(), "allowed");
                 }
+                if policy.audit_log {
+                    audit("allow", None, "ok", None, allow.grant.as_deref());
+                }
                 ("allow", "ok", ok_response(allow))
             }
             Ok(Outcome::Reply(reply)) => {
@@ -104,9 +130,16 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                     reason = reply.reason,
                     "answered at the edge"
                 );
+                if policy.audit_log {
+                    audit("reply", Some(reply.status), reply.reason, None, None);
+                }
                 ("reply", reply.reason, local_response(reply))
             }
             Err(denial) => {
+                if policy.audit_log {
+                    let detail = Some(denial.to_string());
+                    audit("deny", Some(denial.status()), denial.code(), detail, None);
+                }
                 let target = match &view {
                     Ok(view) => policy.hosts.parse(&view.host).ok(),
                     Err(_) => check_target(&check, &policy.hosts),
@@ -288,6 +321,12 @@ pub fn ok_response(allow: Allow) -> CheckResponse {
         .set_headers
         .into_iter()
         .map(|(k, v)| header(k, v))
+        .chain(
+            allow
+                .identity_headers
+                .into_iter()
+                .map(|(k, v)| header(&k, v)),
+        )
         .collect();
     // Not `query_parameters_to_remove`: Envoy then rebuilds the whole query (reordered, `?a`
     // as `?a=`), which breaks apps that sign or hash it. The new target keeps every other byte.

@@ -1,5 +1,6 @@
 //! The operator's HTTP side (`--http-addr`): `/healthz` (the process is up), `/readyz` (ready to
-//! serve Checks: same rule as gRPC health) and `/metrics` (Prometheus text).
+//! serve Checks: same rule as gRPC health), `/metrics` (Prometheus text) and, with
+//! `--assertion`, `/.well-known/jwks.json` (the public key apps verify assertions with).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::authz::app_identity::JWKS_PATH;
 use crate::metrics::Metrics;
 
 /// Whether daytona-authz is ready: keys loaded and Daytona answered once (or the grace passed),
@@ -29,10 +31,14 @@ impl Readiness {
     }
 }
 
+/// The JWKS of the assertion key the policy signs with now; `None` without `--assertion`.
+pub type JwksSource = Arc<dyn Fn() -> Option<Arc<str>> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct HttpState {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    pub jwks: JwksSource,
 }
 
 pub fn app(state: HttpState) -> Router {
@@ -40,7 +46,22 @@ pub fn app(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(JWKS_PATH, get(jwks))
         .with_state(state)
+}
+
+async fn jwks(State(state): State<HttpState>) -> axum::response::Response {
+    match (state.jwks)() {
+        Some(jwks) => (
+            [
+                (header::CONTENT_TYPE, "application/jwk-set+json"),
+                (header::CACHE_CONTROL, "max-age=300"),
+            ],
+            jwks.to_string(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no --assertion\n").into_response(),
+    }
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
@@ -85,6 +106,7 @@ mod tests {
         let state = HttpState {
             readiness: Arc::default(),
             metrics: Arc::default(),
+            jwks: Arc::new(|| None),
         };
         let app = app(state.clone());
         assert_eq!(get(app.clone(), "/healthz").await.0, StatusCode::OK);
@@ -94,8 +116,26 @@ mod tests {
         );
         state.readiness.set(true);
         assert_eq!(get(app.clone(), "/readyz").await.0, StatusCode::OK);
-        let (status, text) = get(app, "/metrics").await;
+        let (status, text) = get(app.clone(), "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(text.contains("daytona_authz_build_info"));
+        assert_eq!(get(app, JWKS_PATH).await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn the_assertion_key_is_served_as_a_jwks() {
+        let key = Arc::new(crate::authz::app_identity::AssertionKey::generate().unwrap());
+        let served = Arc::clone(&key);
+        let app = app(HttpState {
+            readiness: Arc::default(),
+            metrics: Arc::default(),
+            jwks: Arc::new(move || Some(served.jwks())),
+        });
+        let (status, text) = get(app, JWKS_PATH).await;
+        assert_eq!(status, StatusCode::OK);
+        let jwks: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(jwks["keys"][0]["kid"], key.kid());
+        assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
+        assert!(jwks["keys"][0].get("d").is_none(), "no private part");
     }
 }

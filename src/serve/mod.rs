@@ -5,6 +5,7 @@
 //! and metrics, [`transport`] accepts gRPC connections.
 
 pub mod admin;
+pub mod audit;
 pub mod authorizer;
 pub mod grpc;
 pub mod http;
@@ -21,6 +22,7 @@ use tonic_health::server::HealthReporter;
 
 use arc_swap::ArcSwapOption;
 
+use crate::authz::app_identity::Assertions;
 use crate::authz::decision::Policy;
 use crate::authz::host::Hosts;
 use crate::authz::port_limit::PortLimit;
@@ -181,17 +183,35 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         max_token_lifetime = ?config.identity.max_token_lifetime,
         introspection_url = config.identity.introspection.as_ref().map(|i| i.url.as_str()),
         revocations = identity.revocations.as_ref().map(|r| r.backend()),
+        forward_claims = ?config.app_identity.forward_claims.iter().map(|f| format!("{}={}", f.claim, f.header)).collect::<Vec<_>>(),
+        audit_log = config.app_identity.audit_log,
         "daytona-authz listening"
     );
+    if let Some(assertion) = &config.app_identity.assertion {
+        tracing::info!(
+            header = %assertion.header,
+            alg = assertion.key.algorithm(),
+            kid = assertion.key.kid(),
+            key = %assertion.key_file.as_ref().map_or_else(
+                || "generated at start-up (--assertion-key-file to share one between replicas)".to_owned(),
+                |path| path.display().to_string(),
+            ),
+            ttl = ?assertion.ttl,
+            jwks = crate::authz::app_identity::JWKS_PATH,
+            "signed assertions on"
+        );
+    }
 
     // `stopping`: a signal came, the drain begins. `stopped`: the drain is over.
     let stopping = CancellationToken::new();
     let stopped = CancellationToken::new();
 
     // HTTP: health, readiness, metrics. Stays up through the drain so probes see "not ready".
+    let signing = Arc::clone(&policy);
     let http_app = http::app(HttpState {
         readiness: Arc::clone(&readiness),
         metrics: Arc::clone(&metrics),
+        jwks: Arc::new(move || signing.load().assertion.as_ref().map(|a| a.key().jwks())),
     });
     let http_task = tokio::spawn(
         axum::serve(http_listener, http_app)
@@ -305,6 +325,7 @@ fn policy(config: &ServeConfig, secrets: &Secrets) -> Policy {
         .with_mapping(ClaimMapping {
             sandbox: config.identity.sandbox_claim.clone(),
             ports: config.identity.ports_claim.clone(),
+            forward: config.app_identity.forward_claims.clone(),
         })
         .with_leeway(config.identity.clock_skew.as_secs())
         .with_max_lifetime(config.identity.max_token_lifetime.map(|d| d.as_secs()));
@@ -326,6 +347,14 @@ fn policy(config: &ServeConfig, secrets: &Secrets) -> Policy {
         cors_allow_origins: config.cors_allow_origins.clone(),
         introspection: config.identity.introspection.is_some(),
         jwks: !config.identity.jwks_urls.is_empty(),
+        assertion: config.app_identity.assertion.as_ref().map(|a| {
+            Arc::new(Assertions::new(
+                &a.header,
+                Arc::clone(&a.key),
+                a.ttl.as_secs(),
+            ))
+        }),
+        audit_log: config.app_identity.audit_log,
     }
 }
 
@@ -689,6 +718,11 @@ fn live_changes(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
         "--ports-claim" => identity.ports_claim,
         "--clock-skew" => identity.clock_skew,
         "--max-token-lifetime" => identity.max_token_lifetime,
+        "--forward-claim" => app_identity.forward_claims,
+        "--audit-log" => app_identity.audit_log,
+    }
+    if format!("{:?}", old.app_identity.assertion) != format!("{:?}", new.app_identity.assertion) {
+        changed.push("--assertion-*");
     }
     changed
 }

@@ -7,6 +7,7 @@
 
 mod abuse;
 mod admin;
+mod app_identity;
 mod attacks;
 mod browser;
 mod chromium;

@@ -915,7 +915,9 @@ async fn sighup_applies_a_changed_config_file_live_and_refuses_what_needs_a_rest
     assert_eq!(with_token(stack.host(3000)).await, 200);
     assert_eq!(with_token(second.clone()).await, 400);
     assert_eq!(browser().await, (401, None));
-    let connections = "cluster.daytona_authz.upstream_cx_total";
+    // Connections to daytona-authz that daytona-authz closed (Envoy may close and reopen its own,
+    // e.g. a health check timing out on a loaded machine).
+    let connections = "cluster.daytona_authz.upstream_cx_destroy_remote";
     let before = stack.envoy.stat(connections).await;
     let reloads = |result: &str| {
         let stack = &stack;
@@ -983,7 +985,7 @@ async fn sighup_applies_a_changed_config_file_live_and_refuses_what_needs_a_rest
             &["reloaded", "--preview-domain, --login-url"],
         )
         .await;
-    // Envoy's connection to daytona-authz was never dropped.
+    // daytona-authz never dropped a connection of Envoy's: the servers kept running.
     assert_eq!(stack.envoy.stat(connections).await, before);
     stack.authz.proc.stderr().lines().for_each(|line| {
         assert!(

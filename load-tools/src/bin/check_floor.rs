@@ -78,6 +78,8 @@ fn answer(args: &Args) -> CheckResponse {
         ],
         remove_headers: vec!["authorization".to_owned()],
         path: None,
+        identity_headers: Vec::new(),
+        grant: None,
     })
 }
 
