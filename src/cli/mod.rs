@@ -3,6 +3,7 @@
 
 pub mod admin_client;
 pub mod mint;
+pub mod telemetry;
 
 use std::process::ExitCode;
 
@@ -110,7 +111,17 @@ pub fn run() -> ExitCode {
                 Ok(config) => config,
                 Err(errors) => return usage(&errors),
             };
-            init_tracing(config.log_format);
+            let telemetry =
+                match telemetry::init(config.log_format, config.tracing.as_ref(), &config.trust) {
+                    Ok(telemetry) => telemetry,
+                    Err(e) => {
+                        eprintln!("daytona-authz: {e}");
+                        return ExitCode::from(match e {
+                            telemetry::TelemetryError::Runtime(_) => exit::OSERR,
+                            telemetry::TelemetryError::Exporter(_) => exit::USAGE,
+                        });
+                    }
+                };
             let runtime = match runtime(config.worker_threads) {
                 Ok(runtime) => runtime,
                 Err(e) => {
@@ -118,7 +129,12 @@ pub fn run() -> ExitCode {
                     return ExitCode::from(exit::OSERR);
                 }
             };
-            match runtime.block_on(crate::serve::serve(config)) {
+            let result = runtime.block_on(crate::serve::serve(config));
+            // After the drain: the last Checks' spans leave before the process does.
+            if let Some(telemetry) = telemetry {
+                telemetry.shutdown();
+            }
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "daytona-authz stopped");
@@ -213,17 +229,12 @@ pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime
     builder.enable_all().build()
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); no traces ([`telemetry::init`]).
 pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
+    // Without an exporter nothing can fail.
+    let _ = telemetry::init(
+        format,
+        None,
+        &crate::outbound::trust::TrustRoots::compiled_in(),
+    );
 }

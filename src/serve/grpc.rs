@@ -13,6 +13,8 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::authorizer::{Authorizer, Outcome};
 use crate::authz::decision::{self, Allow, Denial, LocalReply, RequestView};
@@ -47,10 +49,112 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let started = std::time::Instant::now();
-        let policy = self.authorizer.policy();
-        let mut check = request.into_inner();
-        let client = check.get_client_address().cloned().unwrap_or_default();
+        // Disabled at its callsite unless spans are exported (`--otlp-endpoint`): then this and
+        // every `span.is_disabled()` below are all that tracing costs a Check.
+        let span = tracing::debug_span!(
+            "check",
+            otel.name = "ext_authz Check",
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            status = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            sandbox.id = tracing::field::Empty,
+            port = tracing::field::Empty,
+        );
+        let (metadata, _, mut check) = request.into_parts();
         let view = take_view(&mut check);
+        if !span.is_disabled() {
+            // Before the span is first entered: the parent cannot change after.
+            let _ = span.set_parent(trace_parent(&metadata, view.as_ref().ok()));
+        }
+        let (response, decided) = self
+            .answer(started, check, view, !span.is_disabled())
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled() {
+            decided.record(&span);
+        }
+        Ok(Response::new(response))
+    }
+}
+
+/// What a Check decided, for its span: never a token, a cookie or a query string.
+struct Decided {
+    decision: &'static str,
+    status: u16,
+    reason: &'static str,
+    target: Option<crate::authz::host::PreviewTarget>,
+}
+
+impl Decided {
+    fn record(&self, span: &tracing::Span) {
+        span.record("decision", self.decision);
+        span.record("status", self.status);
+        span.record("reason", self.reason);
+        if let Some(target) = &self.target {
+            span.record("sandbox.id", target.sandbox_id.as_str());
+            span.record("port", target.port);
+        }
+        if self.status >= 500 {
+            span.record("otel.status_code", "error");
+        }
+    }
+}
+
+/// The trace a Check continues: Envoy's ext_authz call (the `traceparent` in the gRPC
+/// metadata, its client span), else the request's own `traceparent` header as Envoy passed
+/// it on, else none (a new trace).
+fn trace_parent(
+    metadata: &tonic::metadata::MetadataMap,
+    request: Option<&RequestView>,
+) -> opentelemetry::Context {
+    use opentelemetry::propagation::{Extractor, TextMapPropagator};
+    use opentelemetry::trace::TraceContextExt;
+
+    struct Metadata<'a>(&'a tonic::metadata::MetadataMap);
+    impl Extractor for Metadata<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            Vec::new()
+        }
+    }
+    struct Headers<'a>(&'a RequestView);
+    impl Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            let mut values = self.0.headers.iter().filter(|(name, _)| name == key);
+            values.next().map(|(_, value)| value.as_str())
+        }
+        fn keys(&self) -> Vec<&str> {
+            Vec::new()
+        }
+    }
+
+    let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+    let envoy = propagator.extract(&Metadata(metadata));
+    if envoy.span().span_context().is_valid() {
+        return envoy;
+    }
+    match request {
+        Some(request) => propagator.extract(&Headers(request)),
+        None => opentelemetry::Context::new(),
+    }
+}
+
+impl<S: PreviewSource> AuthzService<S> {
+    /// The response to one Check, logged and counted, and what it decided (with its sandbox
+    /// and port when `traced`, else those only for a denial, which logs them).
+    async fn answer(
+        &self,
+        started: std::time::Instant,
+        check: CheckRequest,
+        view: Result<RequestView, Denial>,
+        traced: bool,
+    ) -> (CheckResponse, Decided) {
+        let policy = self.authorizer.policy();
+        let client = check.get_client_address().cloned().unwrap_or_default();
         // Envoy's x-request-id (the one its access log and the upstream see), else its stream id.
         let request_id = view
             .as_ref()
@@ -65,11 +169,22 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
             Ok(view) => self.authorizer.decide(view).await,
             Err(denial) => Err(denial.clone()),
         };
-        let response = match outcome {
+        // The sandbox and port, for the span only (when there is one).
+        let target = || match &view {
+            Ok(view) => crate::authz::host::parse(&view.host, &policy.preview_domain).ok(),
+            Err(_) => check_target(&check, &policy.preview_domain),
+        };
+        match outcome {
             Ok(Outcome::Forward(allow)) => {
                 tracing::debug!(request_id, client, "allowed");
                 self.metrics.decision("allow", "ok", started.elapsed());
-                ok_response(allow)
+                let decided = Decided {
+                    decision: "allow",
+                    status: 200,
+                    reason: "ok",
+                    target: if traced { target() } else { None },
+                };
+                (ok_response(allow), decided)
             }
             Ok(Outcome::Reply(reply)) => {
                 tracing::debug!(
@@ -81,13 +196,16 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                 );
                 self.metrics
                     .decision("reply", reply.reason, started.elapsed());
-                local_response(reply)
+                let decided = Decided {
+                    decision: "reply",
+                    status: reply.status,
+                    reason: reply.reason,
+                    target: if traced { target() } else { None },
+                };
+                (local_response(reply), decided)
             }
             Err(denial) => {
-                let target = match &view {
-                    Ok(view) => crate::authz::host::parse(&view.host, &policy.preview_domain).ok(),
-                    Err(_) => check_target(&check, &policy.preview_domain),
-                };
+                let target = target();
                 tracing::info!(
                     request_id,
                     client,
@@ -101,10 +219,18 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                 let request = view.as_ref().unwrap_or(&empty);
                 self.metrics
                     .decision("deny", denial.code(), started.elapsed());
-                local_response(decision::render(&denial, request, &policy))
+                let decided = Decided {
+                    decision: "deny",
+                    status: denial.status(),
+                    reason: denial.code(),
+                    target,
+                };
+                (
+                    local_response(decision::render(&denial, request, &policy)),
+                    decided,
+                )
             }
-        };
-        Ok(Response::new(response))
+        }
     }
 }
 
