@@ -21,3 +21,4 @@ mod monitoring;
 mod operations;
 mod private_ca;
 mod proxy;
+mod tracing;
