@@ -78,6 +78,10 @@ pub fn init(
         let ours = Targets::new().with_target(env!("CARGO_CRATE_NAME"), SPAN_LEVEL);
         tracing_opentelemetry::layer()
             .with_tracer(t.provider.tracer(env!("CARGO_PKG_NAME")))
+            // The code location stays; thread names and busy/idle times add nothing here.
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_filter(ours.and(only(|meta| meta.is_span())))
     });
     tracing_subscriber::registry().with(logs).with(spans).init();
