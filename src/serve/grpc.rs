@@ -434,6 +434,31 @@ mod tests {
     }
 
     #[test]
+    fn a_check_continues_envoy_s_trace_else_the_request_s_else_none() {
+        use opentelemetry::trace::TraceContextExt;
+        let envoy = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parent = |metadata: &[&str], headers: &[(&str, &str)]| {
+            let mut map = tonic::metadata::MetadataMap::new();
+            for value in metadata {
+                map.insert("traceparent", value.parse().unwrap());
+            }
+            let request = RequestView::new("GET", "h", "/").with_headers(headers);
+            let cx = trace_parent(&map, Some(&request));
+            let span = cx.span().span_context().clone();
+            span.is_valid()
+                .then(|| format!("{}-{}", span.trace_id(), span.span_id()))
+        };
+        let envoy_ids = Some("0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331".to_owned());
+        let client_ids = Some("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7".to_owned());
+        assert_eq!(parent(&[envoy], &[("traceparent", client)]), envoy_ids);
+        assert_eq!(parent(&[], &[("traceparent", client)]), client_ids);
+        assert_eq!(parent(&["garbage"], &[("traceparent", client)]), client_ids);
+        assert_eq!(parent(&[], &[]), None);
+        assert_eq!(parent(&[], &[("traceparent", "00-00-00-01")]), None);
+    }
+
+    #[test]
     fn a_local_reply_is_a_denied_response_with_its_status_headers_and_body() {
         let response = local_response(LocalReply {
             reason: "invalid_token",
