@@ -3,13 +3,14 @@
 
 pub mod admin_client;
 pub mod mint;
+pub mod telemetry;
 
 use std::process::ExitCode;
 
 use crate::config::{self, Command, ConfigError, ConfigErrors, LogFormat};
 use crate::identity::revocation::RevocationError;
 use crate::outbound::ClientError;
-use crate::serve::{ServeError, audit};
+use crate::serve::ServeError;
 
 /// Exit codes (sysexits.h), by the kind of problem that stopped the command. Every error is
 /// mapped here and nowhere else.
@@ -110,7 +111,17 @@ pub fn run() -> ExitCode {
                 Ok(config) => config,
                 Err(errors) => return usage(&errors),
             };
-            init_tracing(config.log_format);
+            let telemetry =
+                match telemetry::init(config.log_format, config.tracing.as_ref(), &config.trust) {
+                    Ok(telemetry) => telemetry,
+                    Err(e) => {
+                        eprintln!("daytona-authz: {e}");
+                        return ExitCode::from(match e {
+                            telemetry::TelemetryError::Runtime(_) => exit::OSERR,
+                            telemetry::TelemetryError::Exporter(_) => exit::USAGE,
+                        });
+                    }
+                };
             let runtime = match runtime(config.worker_threads) {
                 Ok(runtime) => runtime,
                 Err(e) => {
@@ -118,7 +129,12 @@ pub fn run() -> ExitCode {
                     return ExitCode::from(exit::OSERR);
                 }
             };
-            match runtime.block_on(crate::serve::serve(config)) {
+            let result = runtime.block_on(crate::serve::serve(config));
+            // After the drain: the last Checks' spans leave before the process does.
+            if let Some(telemetry) = telemetry {
+                telemetry.shutdown();
+            }
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "daytona-authz stopped");
@@ -229,19 +245,18 @@ pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime
     builder.enable_all().build()
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as `format` says. Audit lines
-/// (`--audit-log`, target `daytona_authz::audit`) are written apart from the rest: always as one
-/// flat JSON object per line and whatever `RUST_LOG` says, so they stay machine-readable next to
-/// human logs and the flag alone decides whether they are written.
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); no traces ([`telemetry::init`]).
 pub fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = format == LogFormat::Pretty && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    subscriber(format, filter, ansi, std::io::stderr).init();
+    // Without an exporter nothing can fail.
+    let _ = telemetry::init(
+        format,
+        None,
+        &crate::outbound::trust::TrustRoots::compiled_in(),
+    );
 }
 
-/// The logging [`init_tracing`] installs, writing to `writer`.
+/// The logging [`init_tracing`] installs, writing to `writer` (tests).
+#[cfg(test)]
 fn subscriber<W>(
     format: LogFormat,
     filter: tracing_subscriber::EnvFilter,
@@ -251,31 +266,8 @@ fn subscriber<W>(
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Clone + Send + Sync + 'static,
 {
-    use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::{Layer as _, fmt};
-
-    let logs = match format {
-        LogFormat::Json => fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_writer(writer.clone())
-            .boxed(),
-        LogFormat::Pretty => fmt::layer()
-            .with_ansi(ansi)
-            .with_writer(writer.clone())
-            .boxed(),
-    }
-    .with_filter(filter_fn(|meta| meta.target() != audit::TARGET))
-    .with_filter(filter);
-    let audit = fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_writer(writer)
-        .with_filter(filter_fn(|meta| meta.target() == audit::TARGET));
-    tracing_subscriber::registry().with(logs).with(audit)
+    tracing_subscriber::registry().with(telemetry::log_layers(format, filter, ansi, writer))
 }
 
 #[cfg(test)]
@@ -283,6 +275,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::serve::audit;
 
     /// Everything written, shared.
     #[derive(Clone, Default)]

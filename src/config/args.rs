@@ -300,6 +300,20 @@ pub struct ServeArgs {
     )]
     pub log_format: String,
 
+    /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317 (README,
+    /// "Tracing"): a span for each Check, continuing Envoy's trace, and one for each Daytona,
+    /// JWKS, introspection and Redis call. Off when unset: then no span is ever made.
+    #[arg(long, env = "DAYTONA_AUTHZ_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` the exported spans carry.
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_OTLP_SERVICE_NAME",
+        default_value = "daytona-authz",
+        value_name = "NAME"
+    )]
+    pub otlp_service_name: String,
+
     /// Address of the admin gRPC API (daytona_authz.admin.v1.Admin); served only with an admin token.
     #[arg(
         long,

@@ -213,6 +213,60 @@ mod tests {
     }
 
     #[test]
+    fn tracing_is_off_by_default_and_the_otlp_endpoint_is_checked() {
+        assert_eq!(serve(&GOOD).unwrap().tracing, None);
+        let with = |extra: &[&str]| serve(&[&GOOD[..], extra].concat());
+        let on = with(&["--otlp-endpoint", "http://127.0.0.1:4317"])
+            .unwrap()
+            .tracing
+            .unwrap();
+        assert_eq!(on.endpoint.as_str(), "http://127.0.0.1:4317/");
+        assert_eq!(on.service_name, "daytona-authz");
+        let named = with(&[
+            "--otlp-endpoint",
+            "https://collector.example.com",
+            "--otlp-service-name",
+            "edge-authz",
+        ])
+        .unwrap()
+        .tracing
+        .unwrap();
+        assert_eq!(named.endpoint.host_str(), Some("collector.example.com"));
+        assert_eq!(named.service_name, "edge-authz");
+        for (extra, says) in [
+            (["--otlp-endpoint", "127.0.0.1:4317"], "not a URL"),
+            (["--otlp-endpoint", "collector:4317"], "http:// or https://"),
+            (
+                ["--otlp-endpoint", "grpc://collector:4317"],
+                "http:// or https://",
+            ),
+            (["--otlp-endpoint", "not a url"], "not a URL"),
+            (
+                ["--otlp-endpoint", "http://u:p@collector:4317"],
+                "credentials",
+            ),
+            (
+                ["--otlp-endpoint", "http://collector:4317/v1/traces"],
+                "path",
+            ),
+            (["--otlp-endpoint", "http://collector:4317/?x=1"], "query"),
+            (["--otlp-service-name", ""], "--otlp-service-name"),
+        ] {
+            let mut args = extra.to_vec();
+            if extra[0] != "--otlp-endpoint" {
+                args.extend(["--otlp-endpoint", "http://127.0.0.1:4317"]);
+            }
+            let errors = with(&args).unwrap_err();
+            assert_eq!(errors.0.len(), 1, "{extra:?}: {errors}");
+            let error = errors.0[0].to_string();
+            assert!(error.contains(says), "{extra:?}: {error}");
+            assert!(error.contains("--otlp-"), "{extra:?}: {error}");
+            assert!(!error.contains('\n'), "{error}");
+            assert!(!error.contains("u:p@"), "credentials echoed: {error}");
+        }
+    }
+
+    #[test]
     fn domains_are_checked() {
         for bad in ["", "-x.com", "a..b", "a_b.com", "x.com/", "*.x.com"] {
             assert!(preview_domain(bad).is_err(), "{bad}");

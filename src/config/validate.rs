@@ -351,6 +351,14 @@ impl Problems {
     }
 }
 
+/// Where and as what spans are exported (`--otlp-endpoint`, `--otlp-service-name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracingConfig {
+    /// `http(s)://host[:port]`: the collector's OTLP/gRPC endpoint.
+    pub endpoint: url::Url,
+    pub service_name: String,
+}
+
 /// A validated `serve` configuration.
 #[derive(Debug)]
 pub struct ServeConfig {
@@ -387,6 +395,8 @@ pub struct ServeConfig {
     pub ready_grace: Option<Duration>,
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
+    /// `None`: tracing off (no `--otlp-endpoint`).
+    pub tracing: Option<TracingConfig>,
     pub admin_addr: SocketAddr,
     pub identity: IdentityConfig,
     /// `--forward-claim`, `--assertion`, `--audit-log`.
@@ -501,6 +511,10 @@ impl ServeArgs {
             "json" => Ok(LogFormat::Json),
             other => err(format!("--log-format: {other:?} is not pretty or json")),
         });
+        let tracing = p.check(tracing_config(
+            self.otlp_endpoint.as_deref(),
+            &self.otlp_service_name,
+        ));
 
         let daytona_api_key = p.check(SecretSource::one_of(
             ("--daytona-api-key", self.daytona_api_key),
@@ -594,6 +608,7 @@ impl ServeArgs {
                 ready_grace: ready_grace.map(|g| (!g.is_zero()).then_some(g))?,
                 drain_timeout: drain_timeout?,
                 log_format: log_format?,
+                tracing: tracing?,
                 admin_addr: admin_addr?,
                 identity: identity?,
                 app_identity: app_identity?,
@@ -662,6 +677,44 @@ pub(crate) fn api_url(text: &str) -> Result<url::Url, ConfigError> {
         return err("--daytona-api-url must not carry a query, fragment or credentials");
     }
     Ok(url)
+}
+
+/// `--otlp-endpoint` (none: tracing off) and `--otlp-service-name`. The endpoint is a gRPC
+/// server's root: `http(s)://host[:port]`, nothing after it, and no credentials in it (headers
+/// for a collector that wants them: `OTEL_EXPORTER_OTLP_HEADERS`).
+pub(crate) fn tracing_config(
+    endpoint: Option<&str>,
+    service_name: &str,
+) -> Result<Option<TracingConfig>, ConfigError> {
+    let Some(text) = endpoint else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        err(format!(
+            "--otlp-endpoint: {text:?} {why} (an OTLP/gRPC collector, e.g. http://127.0.0.1:4317)"
+        ))
+    };
+    let Ok(url) = url::Url::parse(text) else {
+        return bad("is not a URL");
+    };
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return bad("must be an http:// or https:// URL");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // Not echoed: the text holds them.
+        return err("--otlp-endpoint must not carry credentials (OTEL_EXPORTER_OTLP_HEADERS can)");
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return bad("must not have a path, query or fragment");
+    }
+    let service_name = service_name.trim();
+    if service_name.is_empty() || service_name.len() > 128 {
+        return err("--otlp-service-name must be 1-128 characters");
+    }
+    Ok(Some(TracingConfig {
+        endpoint: url,
+        service_name: service_name.to_owned(),
+    }))
 }
 
 /// A cookie name: an RFC 6265 token of letters, digits, `_` and `-`.

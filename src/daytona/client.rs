@@ -115,7 +115,27 @@ impl DaytonaApi {
 
     /// One look-up, bounded as a whole by `timeout`: the wait for a slot and the call share it,
     /// so a `Check` gets its answer before Envoy's own ext_authz timeout gives up on it.
+    #[tracing::instrument(
+        level = "debug",
+        name = "daytona.preview_url",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            sandbox.id = %target.sandbox_id,
+            port = target.port,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        )
+    )]
     async fn call(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
+        let result = self.call_untraced(target).await;
+        if let Err(error) = &result {
+            tracing::Span::current().record("error.type", error_type(error));
+        }
+        result
+    }
+
+    async fn call_untraced(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
         if let Some(seconds) = self.backoff.remaining(Instant::now()) {
             // Daytona asked us to wait: asking again now would only prolong its rate limit.
             self.metrics.api_backoff_refusal();
@@ -161,6 +181,7 @@ impl DaytonaApi {
             }
         };
         let status = response.status().as_u16();
+        tracing::Span::current().record("http.response.status_code", status);
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -256,6 +277,18 @@ fn bearer(api_key: &str) -> Result<reqwest::header::HeaderValue, ClientError> {
         })?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// A Daytona error's kind, for the call's span.
+fn error_type(error: &DaytonaError) -> &'static str {
+    match error {
+        DaytonaError::NotFound => "not_found",
+        DaytonaError::BadRequest(_) => "bad_request",
+        DaytonaError::Unauthorized(_) => "unauthorized",
+        DaytonaError::RateLimited { .. } => "rate_limited",
+        DaytonaError::Unavailable(_) => "unavailable",
+        DaytonaError::BadAnswer(_) => "bad_answer",
+    }
 }
 
 fn transport_label(error: &reqwest::Error) -> &'static str {

@@ -396,11 +396,23 @@ impl Introspector {
         Ok(slot)
     }
 
+    /// Nothing of the token in the span (`skip_all`): only how the endpoint answered.
+    #[tracing::instrument(
+        level = "debug",
+        name = "introspection",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            http.response.status_code = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        )
+    )]
     async fn call(&self, token: &str) -> Result<Answer, IntrospectionError> {
         let started = std::time::Instant::now();
         let Ok(Ok(_slot)) = tokio::time::timeout(self.timeout, self.slots.acquire()).await else {
             self.metrics
                 .introspection_call("overloaded", started.elapsed());
+            tracing::Span::current().record("outcome", "overloaded");
             return Err(IntrospectionError::Unavailable(
                 "too many introspection calls in flight".into(),
             ));
@@ -427,10 +439,12 @@ impl Introspector {
             Err(e) => {
                 self.metrics
                     .introspection_call(transport_label(&e), started.elapsed());
+                tracing::Span::current().record("outcome", transport_label(&e));
                 return Err(IntrospectionError::Unavailable(describe(&e)));
             }
         };
         let status = response.status().as_u16();
+        tracing::Span::current().record("http.response.status_code", status);
         let body = match status {
             200 => read_limited(response).await,
             // Nothing else is read: the status says it all.
@@ -467,6 +481,7 @@ impl Introspector {
             Err(IntrospectionError::Shed(_)) => "shed",
         };
         self.metrics.introspection_call(label, started.elapsed());
+        tracing::Span::current().record("outcome", label);
         result
     }
 }

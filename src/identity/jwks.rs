@@ -126,7 +126,27 @@ impl Jwks {
         true
     }
 
+    /// The issuer's host only in the span: a JWKS URL could carry a query.
+    #[tracing::instrument(
+        level = "debug",
+        name = "jwks.fetch",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            server.address = url.host_str(),
+            http.response.status_code = tracing::field::Empty,
+            error = tracing::field::Empty,
+        )
+    )]
     async fn fetch(&self, url: &url::Url) -> Result<Vec<JwkKey>, JwksError> {
+        let result = self.fetch_untraced(url).await;
+        if let Err(JwksError::Fetch { reason, .. }) = &result {
+            tracing::Span::current().record("error", reason.as_str());
+        }
+        result
+    }
+
+    async fn fetch_untraced(&self, url: &url::Url) -> Result<Vec<JwkKey>, JwksError> {
         let fail = |reason: String| JwksError::Fetch {
             url: url.to_string(),
             reason,
@@ -147,6 +167,7 @@ impl Jwks {
                     }
                 })
             })?;
+        tracing::Span::current().record("http.response.status_code", response.status().as_u16());
         if !response.status().is_success() {
             return Err(fail(format!("HTTP {}", response.status().as_u16())));
         }

@@ -845,24 +845,35 @@ impl RedisStore {
             Change::Sandbox { id, revoked: true } => ("s+", id, 0, limits.sandboxes),
             Change::Sandbox { id, revoked: false } => ("s-", id, 0, limits.sandboxes),
         };
-        let mut conn = self.conn.get();
-        let seq: u64 = self
-            .script
-            .key(&self.keys.tokens)
-            .key(&self.keys.sandboxes)
-            .key(&self.keys.seq)
-            .key(&self.keys.changes)
-            .key(&self.keys.epoch)
-            .arg(op)
-            .arg(&**subject)
-            .arg(forget_after)
-            .arg(now)
-            .arg(limit)
-            .arg(random_epoch())
-            .arg(CHANGE_LOG_LEN)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_error)?;
+        let write = async {
+            self.script
+                .key(&self.keys.tokens)
+                .key(&self.keys.sandboxes)
+                .key(&self.keys.seq)
+                .key(&self.keys.changes)
+                .key(&self.keys.epoch)
+                .arg(op)
+                .arg(&**subject)
+                .arg(forget_after)
+                .arg(now)
+                .arg(limit)
+                .arg(random_epoch())
+                .arg(CHANGE_LOG_LEN)
+                .invoke_async(&mut self.conn.get())
+                .await
+                .map_err(redis_error)
+        };
+        let seq: u64 = traced(
+            tracing::debug_span!(
+                "redis.write",
+                otel.kind = "client",
+                db.system.name = "redis",
+                db.operation.name = "EVALSHA",
+                otel.status_code = tracing::field::Empty
+            ),
+            write,
+        )
+        .await?;
         if seq == 0 {
             return Err(match change {
                 Change::Token { .. } => full("tokens", limits.tokens),
@@ -899,13 +910,41 @@ async fn bounded<T>(
 }
 
 async fn prune_redis(conn: &RedisConn, keys: &Keys, now: u64) -> Result<(), RevocationError> {
-    redis::cmd("ZREMRANGEBYSCORE")
-        .arg(&keys.tokens)
-        .arg("-inf")
-        .arg(format!("({now}"))
-        .query_async::<()>(&mut conn.get())
-        .await
-        .map_err(redis_error)
+    let prune = async {
+        redis::cmd("ZREMRANGEBYSCORE")
+            .arg(&keys.tokens)
+            .arg("-inf")
+            .arg(format!("({now}"))
+            .query_async::<()>(&mut conn.get())
+            .await
+            .map_err(redis_error)
+    };
+    traced(
+        tracing::debug_span!(
+            "redis.prune",
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = "ZREMRANGEBYSCORE",
+            otel.status_code = tracing::field::Empty
+        ),
+        prune,
+    )
+    .await
+}
+
+/// Runs one Redis call in `span` (a span for export only, never logged; `debug`, but the mirror's
+/// once-a-second poll at `trace`, not exported), marked an error if it failed. Neither keys nor
+/// values are recorded.
+async fn traced<T>(
+    span: tracing::Span,
+    call: impl Future<Output = Result<T, RevocationError>>,
+) -> Result<T, RevocationError> {
+    use tracing::Instrument as _;
+    let result = call.instrument(span.clone()).await;
+    if result.is_err() && !span.is_disabled() {
+        span.record("otel.status_code", "error");
+    }
+    result
 }
 
 /// The refresh task's view of Redis.
@@ -933,13 +972,21 @@ impl RedisLink {
             .arg("LIMIT")
             .arg(0)
             .arg(CHANGE_LOG_LEN);
-        let (epoch, seq, changes): (Option<String>, Option<u64>, Vec<String>) =
+        let (epoch, seq, changes): (Option<String>, Option<u64>, Vec<String>) = traced(
+            tracing::trace_span!(
+                "redis.refresh",
+                otel.kind = "client",
+                db.system.name = "redis",
+                db.operation.name = "MULTI",
+                otel.status_code = tracing::field::Empty
+            ),
             bounded(REFRESH_TIMEOUT, async {
                 read.query_async(&mut self.conn.get())
                     .await
                     .map_err(redis_error)
-            })
-            .await?;
+            }),
+        )
+        .await?;
         let seq = seq.unwrap_or(0);
         if epoch.is_none() || epoch != self.epoch || seq < last {
             // Redis lost its data (restart without persistence, flush, failover to a replica
@@ -1048,10 +1095,21 @@ impl RedisLink {
             for (op, subject, forget_after) in chunk {
                 call.arg(*op).arg(&**subject).arg(*forget_after);
             }
-            let (n, current): (u64, String) = call
-                .invoke_async(&mut self.conn.get())
-                .await
-                .map_err(redis_error)?;
+            let (n, current): (u64, String) = traced(
+                tracing::debug_span!(
+                    "redis.restore",
+                    otel.kind = "client",
+                    db.system.name = "redis",
+                    db.operation.name = "EVALSHA",
+                    otel.status_code = tracing::field::Empty
+                ),
+                async {
+                    call.invoke_async(&mut self.conn.get())
+                        .await
+                        .map_err(redis_error)
+                },
+            )
+            .await?;
             written += n;
             epoch = current;
             first = false;
@@ -1069,8 +1127,8 @@ impl RedisLink {
         now: u64,
         expected: Option<&str>,
     ) -> Result<(), RevocationError> {
-        let (epoch, seq, tokens, sandboxes): Snapshot = redis::pipe()
-            .atomic()
+        let mut load = redis::pipe();
+        load.atomic()
             .cmd("SET")
             .arg(&self.keys.epoch)
             .arg(random_epoch())
@@ -1086,10 +1144,22 @@ impl RedisLink {
             .arg("+inf")
             .arg("WITHSCORES")
             .cmd("SMEMBERS")
-            .arg(&self.keys.sandboxes)
-            .query_async(&mut self.conn.get())
-            .await
-            .map_err(redis_error)?;
+            .arg(&self.keys.sandboxes);
+        let (epoch, seq, tokens, sandboxes): Snapshot = traced(
+            tracing::debug_span!(
+                "redis.reload",
+                otel.kind = "client",
+                db.system.name = "redis",
+                db.operation.name = "MULTI",
+                otel.status_code = tracing::field::Empty
+            ),
+            async {
+                load.query_async(&mut self.conn.get())
+                    .await
+                    .map_err(redis_error)
+            },
+        )
+        .await?;
         if let Some(expected) = expected {
             let behind =
                 self.epoch.as_deref() == Some(expected) && seq.unwrap_or(0) < shared.read().seq;

@@ -159,21 +159,31 @@ impl TrustRoots {
 
     /// The compiled-in roots and the file's certificates, as one PEM bundle.
     fn pem_bundle(&self) -> Vec<u8> {
-        let mut pem = Vec::new();
-        for certificate in webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        pem(webpki_root_certs::TLS_SERVER_ROOT_CERTS
             .iter()
-            .chain(self.extra.iter())
-        {
-            pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-            let encoded = base64::engine::general_purpose::STANDARD.encode(certificate.as_ref());
-            for line in encoded.as_bytes().chunks(64) {
-                pem.extend_from_slice(line);
-                pem.push(b'\n');
-            }
-            pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
-        }
-        pem
+            .chain(self.extra.iter()))
     }
+
+    /// `--ca-file`'s certificates alone, as one PEM bundle (empty without one): for a client
+    /// that has the compiled-in roots already (the OTLP exporter's).
+    pub fn added_pem(&self) -> Vec<u8> {
+        pem(self.extra.iter())
+    }
+}
+
+/// Certificates as one PEM bundle.
+fn pem<'a>(certificates: impl Iterator<Item = &'a CertificateDer<'a>>) -> Vec<u8> {
+    let mut pem = Vec::new();
+    for certificate in certificates {
+        pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(certificate.as_ref());
+        for line in encoded.as_bytes().chunks(64) {
+            pem.extend_from_slice(line);
+            pem.push(b'\n');
+        }
+        pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    pem
 }
 
 /// Why an outbound HTTPS call failed to connect, for logs: the TLS reason when there is one

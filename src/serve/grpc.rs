@@ -13,6 +13,8 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::audit;
 use super::authorizer::{Authorizer, Outcome};
@@ -52,10 +54,118 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let started = std::time::Instant::now();
+        // Disabled at its callsite unless spans are exported (`--otlp-endpoint`): then this and
+        // every `span.is_disabled()` below are all that tracing costs a Check.
+        let span = tracing::debug_span!(
+            "check",
+            otel.name = "ext_authz Check",
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            status = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            sandbox.id = tracing::field::Empty,
+            port = tracing::field::Empty,
+            route = tracing::field::Empty,
+        );
+        let (metadata, _, mut check) = request.into_parts();
+        let view = take_view(&mut check);
+        if !span.is_disabled() {
+            // Before the span is first entered: the parent cannot change after.
+            let _ = span.set_parent(trace_parent(&metadata, view.as_ref().ok()));
+        }
+        let (response, decided) = self
+            .answer(started, check, view, !span.is_disabled())
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled() {
+            decided.record(&span);
+        }
+        Ok(Response::new(response))
+    }
+}
+
+/// What a Check decided, for its span: never a token, a cookie or a query string.
+struct Decided {
+    decision: &'static str,
+    status: u16,
+    reason: &'static str,
+    target: Option<PreviewTarget>,
+    route: Option<String>,
+}
+
+impl Decided {
+    fn record(&self, span: &tracing::Span) {
+        span.record("decision", self.decision);
+        span.record("status", self.status);
+        span.record("reason", self.reason);
+        if let Some(target) = &self.target {
+            span.record("sandbox.id", target.sandbox_id.as_str());
+            span.record("port", target.port);
+        }
+        if let Some(route) = &self.route {
+            span.record("route", route.as_str());
+        }
+        if self.status >= 500 {
+            span.record("otel.status_code", "error");
+        }
+    }
+}
+
+/// The trace a Check continues: Envoy's ext_authz call (the `traceparent` in the gRPC
+/// metadata, its client span), else the request's own `traceparent` header as Envoy passed
+/// it on, else none (a new trace).
+fn trace_parent(
+    metadata: &tonic::metadata::MetadataMap,
+    request: Option<&RequestView>,
+) -> opentelemetry::Context {
+    use opentelemetry::propagation::{Extractor, TextMapPropagator};
+    use opentelemetry::trace::TraceContextExt;
+
+    struct Metadata<'a>(&'a tonic::metadata::MetadataMap);
+    impl Extractor for Metadata<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            Vec::new()
+        }
+    }
+    struct Headers<'a>(&'a RequestView);
+    impl Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            let mut values = self.0.headers.iter().filter(|(name, _)| name == key);
+            values.next().map(|(_, value)| value.as_str())
+        }
+        fn keys(&self) -> Vec<&str> {
+            Vec::new()
+        }
+    }
+
+    let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+    let envoy = propagator.extract(&Metadata(metadata));
+    if envoy.span().span_context().is_valid() {
+        return envoy;
+    }
+    match request {
+        Some(request) => propagator.extract(&Headers(request)),
+        None => opentelemetry::Context::new(),
+    }
+}
+
+impl<S: PreviewSource> AuthzService<S> {
+    /// The response to one Check, logged and counted, and what it decided (with its sandbox
+    /// and port when `traced`).
+    async fn answer(
+        &self,
+        started: std::time::Instant,
+        check: CheckRequest,
+        view: Result<RequestView, Denial>,
+        traced: bool,
+    ) -> (CheckResponse, Decided) {
         let policy = self.authorizer.policy();
-        let mut check = request.into_inner();
         let client = check.get_client_address().cloned().unwrap_or_default();
-        let mut view = take_view(&mut check);
+        let mut view = view;
         // Envoy's x-request-id (the one its access log and the upstream see), else its stream id.
         let request_id = view
             .as_ref()
@@ -99,7 +209,7 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
             }
             .log();
         };
-        let (result, reason, response) = match outcome {
+        let (result, status, reason, response) = match outcome {
             Ok(Outcome::Forward(allow)) => {
                 if route.access == Access::PreviewTokenOnly {
                     // Nobody's token was asked for: every such allow is on the record.
@@ -119,7 +229,7 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                 if policy.audit_log {
                     audit("allow", None, "ok", None, allow.grant.as_deref());
                 }
-                ("allow", "ok", ok_response(allow))
+                ("allow", 200, "ok", ok_response(allow))
             }
             Ok(Outcome::Reply(reply)) => {
                 tracing::debug!(
@@ -133,7 +243,8 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                 if policy.audit_log {
                     audit("reply", Some(reply.status), reply.reason, None, None);
                 }
-                ("reply", reply.reason, local_response(reply))
+                let status = reply.status;
+                ("reply", status, reply.reason, local_response(reply))
             }
             Err(denial) => {
                 if policy.audit_log {
@@ -164,14 +275,33 @@ impl<S: PreviewSource> Authorization for AuthzService<S> {
                     "denied"
                 );
                 let reply = decision::render(&denial, request, &policy);
-                ("deny", denial.code(), local_response(reply))
+                (
+                    "deny",
+                    denial.status(),
+                    denial.code(),
+                    local_response(reply),
+                )
             }
         };
         self.metrics.decision(result, reason, started.elapsed());
         if let Some(name) = &route.name {
             self.metrics.route_decision(name, result, reason);
         }
-        Ok(Response::new(response))
+        let decided = Decided {
+            decision: result,
+            status,
+            reason,
+            target: if traced {
+                match &view {
+                    Ok(view) => policy.hosts.parse(&view.host).ok().map(|(t, _)| t),
+                    Err(_) => check_target(&check, &policy.hosts).map(|(t, _)| t),
+                }
+            } else {
+                None
+            },
+            route: if traced { route.name.clone() } else { None },
+        };
+        (response, decided)
     }
 }
 

@@ -19,10 +19,12 @@ pub use daytona_authz::authz::token::{Claims, Signer, now};
 pub use daytona_authz::proto::admin as pb;
 pub use daytona_double::{Sandbox, TlsFiles};
 
+mod otlp;
 mod raw;
 mod redis;
 mod servers;
 
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use raw::{RawReply, raw, raw_get};
 pub use redis::RedisServer;
 pub use servers::{FakeDaytonaApi, LocalServer};
@@ -626,8 +628,9 @@ pub struct StackOptions {
     pub edge: Edge,
     /// More command-line arguments for Envoy (e.g. the manifest's `--drain-time-s`).
     pub envoy_args: Vec<String>,
-    /// Literal replacements in the Envoy config before it starts, each `from` found exactly once
-    /// (e.g. routes with `context_extensions`, a tracing block uncommented).
+    /// Changes to the Envoy config's text before it runs, each `(from, to)` a literal
+    /// replacement of the first `from` (which must be there), in order, before the harness's own
+    /// port rewrites (e.g. [`envoy_tracing_edits`]).
     pub envoy_edits: Vec<(String, String)>,
 }
 
@@ -813,7 +816,8 @@ impl Envoy {
         Envoy::launch(authz, trusted_ca, max_hosts, edge, &[], &[]).await
     }
 
-    /// [`Envoy::start_edge`], with more command-line arguments for Envoy.
+    /// [`Envoy::start_edge`], with more command-line arguments for Envoy and `edits` to its
+    /// config (see [`StackOptions::envoy_edits`]).
     pub async fn launch(
         authz: &Authz,
         trusted_ca: Option<&Path>,
@@ -825,7 +829,12 @@ impl Envoy {
         let dir = tempfile::tempdir().unwrap();
         let mut config = std::fs::read_to_string(repo_root().join(edge.config_file())).unwrap();
         for (from, to) in edits {
-            config = replace_n(&config, 1, from, to);
+            assert!(
+                config.contains(from.as_str()),
+                "{} does not contain the text to edit:\n{from}",
+                edge.config_file()
+            );
+            config = config.replacen(from.as_str(), to, 1);
         }
         let config = match edge {
             Edge::Plain | Edge::BehindProxy => replace_n(
@@ -1066,6 +1075,49 @@ fn replace_n(text: &str, count: usize, from: &str, to: &str) -> String {
         "envoy.yaml must contain {from:?} {count} time(s)"
     );
     text.replace(from, to)
+}
+
+/// The edits ([`StackOptions::envoy_edits`]) that turn tracing on in `config` (envoy.yaml's
+/// text): every line between a `# --- tracing` marker and its `# --- end of tracing` loses its
+/// first `# `, and the collector is the one on 127.0.0.1 at `collector_port`. Fails unless
+/// there are such blocks, so a change of the shipped block cannot silently skip the test.
+pub fn envoy_tracing_edits(config: &str, collector_port: u16) -> Vec<(String, String)> {
+    let mut edits = Vec::new();
+    let mut block: Option<(Vec<&str>, Vec<String>)> = None;
+    for line in config.lines() {
+        let marker = line.trim_start();
+        if marker.starts_with("# --- tracing") {
+            assert!(block.is_none(), "a tracing block inside another");
+            block = Some((Vec::new(), Vec::new()));
+        } else if marker.starts_with("# --- end of tracing") {
+            let (from, to) = block.take().expect("an end without a tracing block");
+            assert!(!from.is_empty(), "an empty tracing block");
+            edits.push((from.join("\n"), to.join("\n")));
+        } else if let Some((from, to)) = &mut block {
+            let indent = line.len() - marker.len();
+            let yaml = marker
+                .strip_prefix("# ")
+                .unwrap_or_else(|| panic!("not a commented-out line: {line:?}"));
+            from.push(line);
+            to.push(format!("{}{yaml}", &line[..indent]));
+        }
+    }
+    assert!(block.is_none(), "a tracing block without its end");
+    assert_eq!(
+        edits.len(),
+        2,
+        "the listener's tracing and the collector's cluster"
+    );
+    let collector = "socket_address: { address: otel-collector, port_value: 4317 }";
+    let port = format!("socket_address: {{ address: 127.0.0.1, port_value: {collector_port} }}");
+    for (_, to) in &mut edits {
+        *to = to.replace(collector, &port);
+    }
+    assert!(
+        edits.iter().any(|(_, to)| to.contains(&port)),
+        "no collector address {collector:?} in the tracing blocks"
+    );
+    edits
 }
 
 /// The ports Envoy bound for its public, metrics and edge health listeners, once it has bound all.

@@ -23,3 +23,4 @@ mod operations;
 mod private_ca;
 mod proxy;
 mod routes;
+mod tracing;
