@@ -320,8 +320,14 @@ impl Metrics {
             .route_names
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        known.fixed = !names.is_empty();
-        known.names = names;
+        if names.is_empty() {
+            // The names seen so far keep their series (they exist already) and count towards
+            // the bound: a reload cannot make room for another 64.
+            known.fixed = false;
+            return;
+        }
+        known.fixed = true;
+        known.names.extend(names);
     }
 
     /// Counts a decision on a named route as well (see [`Metrics::set_known_routes`]).

@@ -340,7 +340,7 @@ impl Assertions {
         preview_domain: &str,
         now: u64,
     ) -> Option<String> {
-        let key = cache_key(grant, target);
+        let key = cache_key(grant, target, preview_domain);
         if let Some(signed) = self.signed.get(&key)
             && now < signed.reuse_until
         {
@@ -373,9 +373,10 @@ impl Assertions {
 }
 
 /// Everything an assertion says but its times, hashed: equal keys sign equal claims.
-fn cache_key(grant: &Grant, target: &PreviewTarget) -> [u8; 32] {
+fn cache_key(grant: &Grant, target: &PreviewTarget, preview_domain: &str) -> [u8; 32] {
     let mut hash = Sha256::new();
     for part in [
+        preview_domain.as_bytes(),
         target.sandbox_id.as_str().as_bytes(),
         &target.port.to_be_bytes(),
         grant.subject.as_deref().unwrap_or_default().as_bytes(),
@@ -560,6 +561,17 @@ mod tests {
             .assertion(&caller, &target(3001), "preview.example.com", now)
             .unwrap();
         assert_ne!(other_port, token);
+        // The same sandbox port under another preview domain: its own audience, not a reuse.
+        let other_domain = assertions
+            .assertion(&caller, &target(3000), "preview.example.org", now + 1)
+            .unwrap();
+        let payload = other_domain.split('.').nth(1).unwrap();
+        let payload: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(payload["aud"], format!("3000-{ID}.preview.example.org"));
         let short = grant(None, None, now + 10);
         let token = assertions
             .assertion(&short, &target(3000), "preview.example.com", now)

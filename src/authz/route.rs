@@ -112,6 +112,11 @@ pub enum RouteError {
         value: String,
         why: &'static str,
     },
+    #[error(
+        "daytona_authz.access: preview-token-only asks for no token, so daytona_authz.audience and \
+         daytona_authz.login_url cannot apply (Envoy merges a route's keys over its virtual host's)"
+    )]
+    Conflict,
     #[error("daytona_authz.ports: {ports} is not within --port-range {range}")]
     PortsOutsideRange { ports: PortSet, range: PortRange },
 }
@@ -124,6 +129,12 @@ impl Route {
         let mut route = Route::default();
         for (key, value) in extensions {
             let Some(name) = key.strip_prefix(PREFIX) else {
+                // `daytona-authz.ports`, `Daytona_Authz.audience`: meant for us, and a typo must
+                // not drop a restriction silently.
+                let folded = key.to_ascii_lowercase().replace('-', "_");
+                if folded.starts_with("daytona_authz") {
+                    return Err(RouteError::UnknownKey(key.chars().take(200).collect()));
+                }
                 continue;
             };
             let bad = |key: &'static str, why: &'static str| RouteError::BadValue {
@@ -194,6 +205,14 @@ impl Route {
                 _ => return Err(RouteError::UnknownKey(key.chars().take(200).collect())),
             }
         }
+        // Envoy merges a route's keys over its virtual host's: a route marked
+        // preview-token-only under a virtual host that asks for an audience (or the other way
+        // round) would silently drop the audience. Contradictory settings are refused.
+        if route.access == Access::PreviewTokenOnly
+            && (route.audience.is_some() || route.login_url.is_some())
+        {
+            return Err(RouteError::Conflict);
+        }
         Ok(route)
     }
 
@@ -235,7 +254,7 @@ mod tests {
     fn no_keys_change_nothing_and_other_filters_keys_are_ignored() {
         assert_eq!(route(&[]).unwrap(), Route::default());
         assert_eq!(
-            route(&[("team", "x"), ("daytona_authz", "y"), ("other.route", "z")]).unwrap(),
+            route(&[("team", "x"), ("authz.ports", "y"), ("other.route", "z")]).unwrap(),
             Route::default()
         );
         assert_eq!(Route::default().access, Access::Token);
@@ -247,7 +266,7 @@ mod tests {
         let r = route(&[
             ("daytona_authz.ports", "3000, 8000-8099"),
             ("daytona_authz.audience", "admin-console"),
-            ("daytona_authz.access", "preview-token-only"),
+            ("daytona_authz.access", "token"),
             (
                 "daytona_authz.login_url",
                 "https://sso.example.com/login?x=1",
@@ -260,16 +279,49 @@ mod tests {
         assert!(!ports.contains(3001) && !ports.contains(8100));
         assert_eq!(ports.to_string(), "3000,8000-8099");
         assert_eq!(r.audience.as_deref(), Some("admin-console"));
-        assert_eq!(r.access, Access::PreviewTokenOnly);
+        assert_eq!(r.access, Access::Token);
         assert_eq!(
             r.login_url.as_ref().map(url::Url::as_str),
             Some("https://sso.example.com/login?x=1")
         );
         assert_eq!(r.label(), "webhooks_v1.2");
         assert_eq!(
-            route(&[("daytona_authz.access", "token")]).unwrap().access,
-            Access::Token
+            route(&[("daytona_authz.access", "preview-token-only")])
+                .unwrap()
+                .access,
+            Access::PreviewTokenOnly
         );
+    }
+
+    #[test]
+    fn no_token_and_a_required_audience_or_sign_in_page_contradict_each_other() {
+        for other in [
+            ("daytona_authz.audience", "admin"),
+            ("daytona_authz.login_url", "https://sso.example.com/"),
+        ] {
+            assert_eq!(
+                route(&[("daytona_authz.access", "preview-token-only"), other]),
+                Err(RouteError::Conflict)
+            );
+            assert!(route(&[("daytona_authz.access", "token"), other]).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_typo_in_the_prefix_is_refused_too() {
+        for key in [
+            "daytona-authz.ports",
+            "Daytona_Authz.audience",
+            "DAYTONA_AUTHZ.access",
+            "daytona_authz_ports",
+            "daytona_authz",
+        ] {
+            assert_eq!(
+                route(&[(key, "3000")]),
+                Err(RouteError::UnknownKey(key.into())),
+                "{key}"
+            );
+        }
     }
 
     #[test]

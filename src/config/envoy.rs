@@ -78,6 +78,16 @@ fn walk(
             for (key, value) in map {
                 if key.as_str() == Some("context_extensions") {
                     extensions(value, path, names, ports, found, problems);
+                } else if key.as_str() == Some("envoy.filters.http.ext_authz")
+                    && value["disabled"] == Yaml::Boolean(true)
+                {
+                    problems.push(ConfigError(format!(
+                        "--envoy-config: {}: {}: ext_authz is disabled there, so its requests would \
+                         reach sandboxes without daytona-authz (ext_authz re-picks the route: every \
+                         route must stay behind it; use daytona_authz.access: preview-token-only)",
+                        path.display(),
+                        names.join(" > ")
+                    )));
                 } else {
                     walk(value, path, names, ports, found, problems);
                 }
@@ -209,6 +219,22 @@ static_resources:
         let problems = check(CONFIG, narrow).unwrap_err();
         assert!(
             problems[0].to_string().contains("--port-range 3000-8000"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_route_without_ext_authz_is_refused() {
+        let disabled = CONFIG.replace(
+            "                  check_settings:\n                    context_extensions:\n                      daytona_authz.route: hooks",
+            "                  disabled: true\n                  check_settings:\n                    context_extensions:\n                      daytona_authz.route: hooks",
+        );
+        assert_ne!(disabled, CONFIG);
+        let problems = check(&disabled, PortRange::DAYTONA).unwrap_err();
+        assert!(
+            problems[0]
+                .to_string()
+                .contains("> hooks: ext_authz is disabled"),
             "{problems:?}"
         );
     }

@@ -49,9 +49,21 @@ where
 pub(crate) fn file_defaults(path: &Path) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("--config: cannot read {}: {e}", path.display())))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| ConfigError(format!("--config: {} is not TOML: {e}", path.display())))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        // The message and the place only: toml's own text quotes the offending line, which
+        // may hold a secret (`jwt-secret = "...`), and this ends up in logs on SIGHUP.
+        let place = e.span().map_or_else(String::new, |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {column}")
+        });
+        ConfigError(format!(
+            "--config: {} is not TOML{place}: {}",
+            path.display(),
+            e.message().trim_end()
+        ))
+    })?;
     let serve = Cli::command()
         .find_subcommand("serve")
         .cloned()

@@ -387,6 +387,17 @@ mod tests {
         assert_eq!(config.port_range.to_string(), "80-9999");
         let config = serve(&["--config", path, "--preview-domain", "only.example.net"]).unwrap();
         assert_eq!(config.preview_domains, ["only.example.net"]);
+        // A broken file's error gives the place, never the line: it may hold a secret.
+        std::fs::write(&file, "preview-domain = \"x.example.com\"\njwt-secret = \"s3cr3t-value-0123456789abcdef-xyz\n").unwrap();
+        let error = parse_from(["daytona-authz", "serve", "--config", path]).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("is not TOML at line 2"), "{text}");
+        assert!(!text.contains("s3cr3t-value"), "{text}");
+        std::fs::write(&file, "jwt-secret = \"s3cr3t-value-0123456789abcdef-xyz\"\njwt-secret = \"s3cr3t-value-0123456789abcdef-xyz\"\n").unwrap();
+        let text = parse_from(["daytona-authz", "serve", "--config", path])
+            .unwrap_err()
+            .to_string();
+        assert!(!text.contains("s3cr3t-value"), "{text}");
         std::fs::write(&file, "preview-domain = [[\"nested\"]]\n").unwrap();
         assert!(parse_from(["daytona-authz", "serve", "--config", path]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

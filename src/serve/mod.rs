@@ -619,7 +619,10 @@ async fn reload_on_hangup(mut state: Reloadable) {
             return;
         };
         while hangups.recv().await.is_some() {
-            let reread = reread_config();
+            // Files are read and parsed off the runtime: a Check must not wait for them.
+            let reread = tokio::task::spawn_blocking(reread_config)
+                .await
+                .unwrap_or_else(|e| Err(ReloadError::Config(format!("reading the config: {e}"))));
             match reread.and_then(|config| reload(&mut state, config)) {
                 Ok(changed) => {
                     state.metrics.secret_reload("ok");
@@ -684,6 +687,22 @@ fn needs_restart(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
         "--revocation-db" => identity.revocation_db,
         "--redis-url" => identity.redis_url,
         "--redis-key-prefix" => identity.redis_key_prefix,
+    }
+    if format!("{:?}", old.tracing) != format!("{:?}", new.tracing) {
+        changed.push("--otlp-*");
+    }
+    // Apps verify assertions with the JWKS they fetched (cached up to 5 minutes): a new key
+    // would fail them until they refetch, so it takes a restart (replicas roll one by one).
+    let kid = |c: &ServeConfig| {
+        c.app_identity
+            .assertion
+            .as_ref()
+            .map(|a| a.key.kid().to_owned())
+    };
+    if let (Some(old_kid), Some(new_kid)) = (kid(old), kid(new))
+        && old_kid != new_kid
+    {
+        changed.push("--assertion-key-file");
     }
     if old.trust.ca_file() != new.trust.ca_file() {
         changed.push("--ca-file");

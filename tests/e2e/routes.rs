@@ -140,6 +140,19 @@ async fn the_shipped_per_route_examples_work_through_envoy() {
         "{location}"
     );
 
+    // Port 8080 under the partners domain: the partners virtual host (`*.suffix` beats
+    // `prefix-*`), so no token-less access there; its audience still applies.
+    let partners_8080 = host_in(&stack, 8080, SECOND_DOMAIN);
+    assert_eq!(stack.get(&partners_8080, "/", &[]).await.status, 401);
+    let reply = stack
+        .get(&partners_8080, "/", &[("authorization", &plain)])
+        .await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    let reply = stack
+        .get(&partners_8080, "/", &[("authorization", &partner)])
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
     // A typo in one of our keys: 500 for every request of that virtual host, and a log line
     // naming the key, token or not.
     for headers in [vec![], vec![("authorization", plain.as_str())]] {
@@ -167,7 +180,7 @@ async fn the_shipped_per_route_examples_work_through_envoy() {
             .copied()
     };
     assert_eq!(allowed("webhooks"), Some(1.0), "{metrics:?}");
-    assert_eq!(allowed("partners"), Some(3.0), "{metrics:?}");
+    assert_eq!(allowed("partners"), Some(4.0), "{metrics:?}");
 }
 
 #[tokio::test]
