@@ -141,7 +141,14 @@ pub struct Lookups {
 /// Whether a token or sandbox was revoked. In-memory and synchronous (the store keeps a mirror),
 /// so the decision stays a pure function of what it is given.
 pub trait RevocationView {
-    fn revocation(&self, jti: Option<&str>, sandbox_id: &str, now: u64) -> RevocationStatus;
+    /// Whether a token (its `jti` and `sub`, when it has them) for `sandbox_id` is revoked.
+    fn revocation(
+        &self,
+        jti: Option<&str>,
+        sandbox_id: &str,
+        subject: Option<&str>,
+        now: u64,
+    ) -> RevocationStatus;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +164,7 @@ pub enum RevocationStatus {
 pub struct NoRevocations;
 
 impl RevocationView for NoRevocations {
-    fn revocation(&self, _: Option<&str>, _: &str, _: u64) -> RevocationStatus {
+    fn revocation(&self, _: Option<&str>, _: &str, _: Option<&str>, _: u64) -> RevocationStatus {
         RevocationStatus::Active
     }
 }
@@ -202,7 +209,7 @@ pub fn authorize(
     }
     if route.access == Access::PreviewTokenOnly {
         // No end-user token on this route; a revoked sandbox stays revoked.
-        return match revocations.revocation(None, target.sandbox_id.as_str(), now) {
+        return match revocations.revocation(None, target.sandbox_id.as_str(), None, now) {
             RevocationStatus::Active => Ok(Verdict::Forward(Authorized {
                 target,
                 source: None,
@@ -270,8 +277,8 @@ pub fn authorize(
                 _ => Ok(grant),
             })
             .and_then(|grant| {
-                match revocations.revocation(grant.jti.as_deref(), target.sandbox_id.as_str(), now)
-                {
+                let (jti, subject) = (grant.jti.as_deref(), grant.subject.as_deref());
+                match revocations.revocation(jti, target.sandbox_id.as_str(), subject, now) {
                     RevocationStatus::Active => Ok(grant),
                     RevocationStatus::TokenRevoked => {
                         Err(Denial::InvalidToken(TokenError::Revoked))
@@ -1707,7 +1714,13 @@ mod tests {
     struct Revoked(RevocationStatus);
 
     impl RevocationView for Revoked {
-        fn revocation(&self, _: Option<&str>, _: &str, _: u64) -> RevocationStatus {
+        fn revocation(
+            &self,
+            _: Option<&str>,
+            _: &str,
+            _: Option<&str>,
+            _: u64,
+        ) -> RevocationStatus {
             self.0
         }
     }

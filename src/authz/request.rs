@@ -30,7 +30,7 @@ impl RequestView {
             host: host.to_owned(),
             path: path.to_owned(),
             headers: Vec::new(),
-            route: Route::default(),
+            route: Route::NONE,
         }
     }
 

@@ -122,6 +122,15 @@ pub enum RouteError {
 }
 
 impl Route {
+    /// No settings: what a route without our keys means.
+    pub const NONE: Route = Route {
+        name: None,
+        ports: None,
+        audience: None,
+        access: Access::Token,
+        login_url: None,
+    };
+
     /// The route's settings from `context_extensions` (any order; other filters' keys ignored).
     pub fn from_extensions<'a>(
         extensions: impl IntoIterator<Item = (&'a str, &'a str)>,

@@ -76,8 +76,8 @@ pub fn mint(args: &AdminClientArgs, request: &LinkRequest) -> Result<Minted, Cli
 /// Returns what to print.
 pub fn revoke(args: &RevokeArgs) -> Result<String, CliError> {
     block_on(async {
-        match (&args.jti, &args.sandbox) {
-            (Some(jti), _) => {
+        match (&args.jti, &args.sandbox, &args.subject) {
+            (Some(jti), _, _) => {
                 if let Some(at) = args.expires_at {
                     refuse_past_expiry(at, crate::authz::token::now())?;
                 }
@@ -91,7 +91,7 @@ pub fn revoke(args: &RevokeArgs) -> Result<String, CliError> {
                     .map_err(CliError::Refused)?;
                 Ok(format!("revoked token {jti}\n"))
             }
-            (None, Some(sandbox)) => {
+            (None, Some(sandbox), _) => {
                 connect(&args.admin)
                     .await?
                     .revoke_sandbox(pb::RevokeSandboxRequest {
@@ -106,7 +106,24 @@ pub fn revoke(args: &RevokeArgs) -> Result<String, CliError> {
                     format!("revoked every token for sandbox {sandbox}\n")
                 })
             }
-            (None, None) => Err(ConfigError("give --jti or --sandbox".into()).into()),
+            (None, None, Some(subject)) => {
+                connect(&args.admin)
+                    .await?
+                    .revoke_subject(pb::RevokeSubjectRequest {
+                        subject: subject.clone(),
+                        lift: args.lift,
+                    })
+                    .await
+                    .map_err(CliError::Refused)?;
+                Ok(if args.lift {
+                    format!("lifted the revocation of subject {subject}\n")
+                } else {
+                    format!("revoked every token of subject {subject}\n")
+                })
+            }
+            (None, None, None) => {
+                Err(ConfigError("give --jti, --sandbox or --subject".into()).into())
+            }
         }
     })
 }

@@ -32,7 +32,8 @@ pub enum Command {
     CheckConfig(Box<ServeArgs>),
     /// Sign an access token and print a share link for a sandbox.
     Mint(Box<MintArgs>),
-    /// Revoke an access token (by jti) or every token for a sandbox, through the admin API.
+    /// Revoke an access token (by jti), every token for a sandbox, or every token of a person (by
+    /// sub), through the admin API.
     Revoke(Box<RevokeArgs>),
     /// Ask a running daytona-authz whether it is ready (GET /readyz); exit 0 if so, 1 if not.
     /// For container health checks.
@@ -586,7 +587,7 @@ pub struct AdminClientArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "sandbox"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "sandbox", "subject"])))]
 pub struct RevokeArgs {
     /// Revoke the access token with this `jti` (printed by `mint`).
     #[arg(long, value_name = "JTI")]
@@ -599,8 +600,12 @@ pub struct RevokeArgs {
     /// Revoke every access token for this sandbox.
     #[arg(long, value_name = "ID")]
     pub sandbox: Option<String>,
-    /// With --sandbox: lift an earlier revocation instead.
-    #[arg(long, requires = "sandbox")]
+    /// Revoke every access token whose `sub` claim is this (a person: SSO users, or minted
+    /// tokens with a sub), whichever sandboxes they name.
+    #[arg(long, value_name = "SUB")]
+    pub subject: Option<String>,
+    /// With --sandbox or --subject: lift an earlier revocation instead.
+    #[arg(long, conflicts_with = "jti")]
     pub lift: bool,
     #[command(flatten)]
     pub admin: AdminClientArgs,

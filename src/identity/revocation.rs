@@ -127,6 +127,8 @@ pub enum RevokedBy {
     Token,
     /// Every token for its sandbox was revoked.
     Sandbox,
+    /// Every token naming its `sub` (a person) was revoked.
+    Subject,
 }
 
 /// A failed revocation check or write. Messages never contain a token.
@@ -316,6 +318,37 @@ impl Revocations {
         .await
     }
 
+    /// Revokes every token whose `sub` is `subject` (a person, whatever sandboxes their tokens
+    /// name) until [`Revocations::unrevoke_subject`].
+    ///
+    /// Kept in the sandbox revocations' set (and its Redis set and change log) under
+    /// [`SUBJECT_PREFIX`]: a sandbox id is a UUID, so the two can never meet, and every store
+    /// written before subjects existed reads them as they are.
+    pub async fn revoke_subject(&self, subject: &str) -> Result<(), RevocationError> {
+        validate_subject(subject)?;
+        self.write(
+            Change::Sandbox {
+                id: format!("{SUBJECT_PREFIX}{subject}").into(),
+                revoked: true,
+            },
+            unix_now(),
+        )
+        .await
+    }
+
+    /// Lifts a subject revocation (tokens revoked one by one stay revoked).
+    pub async fn unrevoke_subject(&self, subject: &str) -> Result<(), RevocationError> {
+        validate_subject(subject)?;
+        self.write(
+            Change::Sandbox {
+                id: format!("{SUBJECT_PREFIX}{subject}").into(),
+                revoked: false,
+            },
+            unix_now(),
+        )
+        .await
+    }
+
     /// Lifts a sandbox revocation (tokens revoked one by one stay revoked).
     pub async fn unrevoke_sandbox(&self, sandbox_id: &str) -> Result<(), RevocationError> {
         validate_sandbox(sandbox_id)?;
@@ -329,13 +362,24 @@ impl Revocations {
         .await
     }
 
-    /// The hot path: is a token (its `jti`, if it has one) for `sandbox_id` revoked at `now`
-    /// (unix seconds)? In memory only. With Redis, [`RevocationError::Unknown`] when the mirror
-    /// is over a second old.
+    /// [`Revocations::check_token`] for a token without a `sub`.
     pub fn check(
         &self,
         jti: Option<&str>,
         sandbox_id: &str,
+        now: u64,
+    ) -> Result<Status, RevocationError> {
+        self.check_token(jti, sandbox_id, None, now)
+    }
+
+    /// The hot path: is a token (its `jti` and `sub`, if it has them) for `sandbox_id` revoked at
+    /// `now` (unix seconds)? In memory only. With Redis, [`RevocationError::Unknown`] when the
+    /// mirror is over a second old.
+    pub fn check_token(
+        &self,
+        jti: Option<&str>,
+        sandbox_id: &str,
+        subject: Option<&str>,
         now: u64,
     ) -> Result<Status, RevocationError> {
         if matches!(self.backend, Backend::Redis(_)) && !self.shared.is_fresh() {
@@ -344,6 +388,14 @@ impl Revocations {
         let mirror = self.shared.read();
         if mirror.sandboxes.contains(sandbox_id) {
             return Ok(Status::Revoked(RevokedBy::Sandbox));
+        }
+        if let Some(subject) = subject
+            && mirror.subjects > 0
+            && mirror
+                .sandboxes
+                .contains(format!("{SUBJECT_PREFIX}{subject}").as_str())
+        {
+            return Ok(Status::Revoked(RevokedBy::Subject));
         }
         if let Some(jti) = jti
             && mirror
@@ -449,7 +501,10 @@ enum Change {
 struct Mirror {
     /// jti → unix second after which it may be forgotten.
     tokens: HashMap<Box<str>, u64>,
+    /// Revoked sandbox ids, and revoked subjects under [`SUBJECT_PREFIX`].
     sandboxes: HashSet<Box<str>>,
+    /// How many of `sandboxes` are subjects (none: the hot path looks no further).
+    subjects: usize,
     /// Redis only: the last change (its `seq`) the mirror reflects.
     seq: u64,
 }
@@ -462,10 +517,15 @@ impl Mirror {
                 *kept = (*kept).max(forget_after);
             }
             Change::Sandbox { id, revoked: true } => {
-                self.sandboxes.insert(id);
+                let subject = id.starts_with(SUBJECT_PREFIX);
+                if self.sandboxes.insert(id) && subject {
+                    self.subjects += 1;
+                }
             }
             Change::Sandbox { id, revoked: false } => {
-                self.sandboxes.remove(&id);
+                if self.sandboxes.remove(&id) && id.starts_with(SUBJECT_PREFIX) {
+                    self.subjects -= 1;
+                }
             }
         }
     }
@@ -575,6 +635,7 @@ impl LocalStore {
             let sandboxes = txn.open_table(SANDBOXES).map_err(disk)?;
             for entry in sandboxes.iter().map_err(disk)? {
                 let (id, _) = entry.map_err(disk)?;
+                mirror.subjects += usize::from(id.value().starts_with(SUBJECT_PREFIX));
                 mirror.sandboxes.insert(id.value().into());
             }
         }
@@ -1169,12 +1230,18 @@ impl RedisLink {
                 ));
             }
         }
+        let sandboxes: HashSet<Box<str>> =
+            sandboxes.into_iter().map(String::into_boxed_str).collect();
         let mirror = Mirror {
             tokens: tokens
                 .into_iter()
                 .map(|(jti, score)| (jti.into_boxed_str(), score_to_secs(score)))
                 .collect(),
-            sandboxes: sandboxes.into_iter().map(String::into_boxed_str).collect(),
+            subjects: sandboxes
+                .iter()
+                .filter(|id| id.starts_with(SUBJECT_PREFIX))
+                .count(),
+            sandboxes,
             seq: seq.unwrap_or(0),
         };
         let old = std::mem::replace(&mut *shared.write(), mirror);
@@ -1283,6 +1350,25 @@ async fn refresh_loop(shared: Arc<Shared>, mut link: RedisLink) {
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
+
+/// Where revoked subjects sit in the sandbox revocations' set (see
+/// [`Revocations::revoke_subject`]).
+const SUBJECT_PREFIX: &str = "sub:";
+
+/// Longest `sub` revoked (a token's `sub` is read up to 1 KiB).
+pub const MAX_SUBJECT_BYTES: usize = 1024;
+
+fn validate_subject(subject: &str) -> Result<(), RevocationError> {
+    if subject.is_empty()
+        || subject.len() > MAX_SUBJECT_BYTES
+        || subject.chars().any(char::is_control)
+    {
+        return Err(RevocationError::Invalid(format!(
+            "a subject must be 1 to {MAX_SUBJECT_BYTES} bytes of printable characters"
+        )));
+    }
+    Ok(())
+}
 
 fn validate_jti(jti: &str) -> Result<(), RevocationError> {
     if jti.is_empty() || jti.len() > MAX_JTI_BYTES || jti.chars().any(char::is_control) {
@@ -1417,6 +1503,54 @@ mod tests {
         assert_eq!(store.check(Some("jti-1"), SANDBOX, now), TOKEN_REVOKED);
         // Lifting a sandbox that is not revoked is harmless.
         store.unrevoke_sandbox(OTHER_SANDBOX).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn local_revoked_subject_stops_their_tokens_for_every_sandbox_until_lifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(&dir);
+        let store = open(&path);
+        let now = unix_now();
+        let subject_revoked = Ok(Status::Revoked(RevokedBy::Subject));
+        // Any printable text is a subject, a separator or a UUID included.
+        for subject in ["alice@example.com", "a|b sub:x", SANDBOX] {
+            store.revoke_subject(subject).await.unwrap();
+            for sandbox in [SANDBOX, OTHER_SANDBOX] {
+                assert_eq!(
+                    store.check_token(Some("j"), sandbox, Some(subject), now),
+                    subject_revoked
+                );
+            }
+        }
+        assert_eq!(
+            store.check_token(Some("j"), SANDBOX, Some("bob"), now),
+            ACTIVE
+        );
+        assert_eq!(store.check_token(Some("j"), SANDBOX, None, now), ACTIVE);
+        // A subject that reads like a sandbox id revokes no sandbox.
+        assert_eq!(store.check(None, SANDBOX, now), ACTIVE);
+        // Kept across a restart.
+        drop(store);
+        let store = open(&path);
+        assert_eq!(
+            store.check_token(None, SANDBOX, Some("alice@example.com"), now),
+            subject_revoked
+        );
+        store.unrevoke_subject("alice@example.com").await.unwrap();
+        assert_eq!(
+            store.check_token(None, SANDBOX, Some("alice@example.com"), now),
+            ACTIVE
+        );
+        assert_eq!(
+            store.check_token(None, SANDBOX, Some("a|b sub:x"), now),
+            subject_revoked
+        );
+        for bad in ["", "line\nbreak", &"x".repeat(MAX_SUBJECT_BYTES + 1)] {
+            assert!(matches!(
+                store.revoke_subject(bad).await,
+                Err(RevocationError::Invalid(_))
+            ));
+        }
     }
 
     #[tokio::test]
@@ -1890,6 +2024,38 @@ mod tests {
             a.revoke_sandbox("NOT-A-UUID").await,
             Err(RevocationError::Invalid(_))
         ));
+
+        // Subjects travel the same way, and a later replica loads them.
+        a.revoke_subject("alice|x").await.unwrap();
+        let subject_revoked = Ok(Status::Revoked(RevokedBy::Subject));
+        assert!(
+            within(second, || b.check_token(
+                None,
+                SANDBOX,
+                Some("alice|x"),
+                now
+            ) == subject_revoked)
+            .await,
+            "the other replica did not see the subject revocation within a second"
+        );
+        let d = Revocations::connect_redis(&server.url(), PREFIX, Counter::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            d.check_token(None, OTHER_SANDBOX, Some("alice|x"), now),
+            subject_revoked
+        );
+        b.unrevoke_subject("alice|x").await.unwrap();
+        assert!(
+            within(second, || a.check_token(
+                None,
+                SANDBOX,
+                Some("alice|x"),
+                now
+            ) == ACTIVE)
+            .await,
+            "the other replica did not see the subject lifted within a second"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,8 +18,8 @@ use crate::proto::admin as pb;
 use pb::admin_server::{Admin, AdminServer};
 use pb::{
     InvalidatePreviewTokenRequest, InvalidatePreviewTokenResponse, MintLinkRequest,
-    MintLinkResponse, RevokeSandboxRequest, RevokeSandboxResponse, RevokeTokenRequest,
-    RevokeTokenResponse,
+    MintLinkResponse, RevokeSandboxRequest, RevokeSandboxResponse, RevokeSubjectRequest,
+    RevokeSubjectResponse, RevokeTokenRequest, RevokeTokenResponse,
 };
 
 /// How `MintLink` signs: the current HS256 secret (swapped on SIGHUP) and the claims to add.
@@ -126,6 +126,21 @@ impl<S: PreviewSource> AdminService<S> {
         Ok(())
     }
 
+    async fn set_subject_revocation(
+        &self,
+        request: RevokeSubjectRequest,
+    ) -> Result<(), AdminError> {
+        let store = self.revocations()?;
+        if request.lift {
+            store.unrevoke_subject(&request.subject).await?;
+        } else {
+            store.revoke_subject(&request.subject).await?;
+        }
+        // The subject is a person's id, no credential: the log may name whom.
+        tracing::info!(subject = %request.subject, lifted = request.lift, "subject revocation changed");
+        Ok(())
+    }
+
     async fn invalidate(&self, request: InvalidatePreviewTokenRequest) -> Result<(), AdminError> {
         let sandbox_id = sandbox_id(&request.sandbox_id)?;
         let port = match request.port {
@@ -219,6 +234,14 @@ impl<S: PreviewSource> Admin for AdminService<S> {
     ) -> Result<Response<RevokeSandboxResponse>, Status> {
         self.set_sandbox_revocation(request.into_inner()).await?;
         Ok(Response::new(RevokeSandboxResponse {}))
+    }
+
+    async fn revoke_subject(
+        &self,
+        request: Request<RevokeSubjectRequest>,
+    ) -> Result<Response<RevokeSubjectResponse>, Status> {
+        self.set_subject_revocation(request.into_inner()).await?;
+        Ok(Response::new(RevokeSubjectResponse {}))
     }
 
     async fn invalidate_preview_token(

@@ -66,10 +66,19 @@ impl KeySource for Jwks {
 }
 
 impl RevocationView for Revocations {
-    fn revocation(&self, jti: Option<&str>, sandbox_id: &str, now: u64) -> RevocationStatus {
-        match self.check(jti, sandbox_id, now) {
+    fn revocation(
+        &self,
+        jti: Option<&str>,
+        sandbox_id: &str,
+        subject: Option<&str>,
+        now: u64,
+    ) -> RevocationStatus {
+        match self.check_token(jti, sandbox_id, subject, now) {
             Ok(revocation::Status::Active) => RevocationStatus::Active,
-            Ok(revocation::Status::Revoked(RevokedBy::Token)) => RevocationStatus::TokenRevoked,
+            // A revoked person's tokens are revoked tokens (401, "revoked").
+            Ok(revocation::Status::Revoked(RevokedBy::Token | RevokedBy::Subject)) => {
+                RevocationStatus::TokenRevoked
+            }
             Ok(revocation::Status::Revoked(RevokedBy::Sandbox)) => RevocationStatus::SandboxRevoked,
             Err(_) => RevocationStatus::Unknown,
         }
@@ -270,7 +279,13 @@ mod tests {
     struct FakeRevocations(Vec<&'static str>);
 
     impl RevocationView for FakeRevocations {
-        fn revocation(&self, _jti: Option<&str>, sandbox_id: &str, _now: u64) -> RevocationStatus {
+        fn revocation(
+            &self,
+            _jti: Option<&str>,
+            sandbox_id: &str,
+            _subject: Option<&str>,
+            _now: u64,
+        ) -> RevocationStatus {
             if self.0.contains(&sandbox_id) {
                 RevocationStatus::SandboxRevoked
             } else {

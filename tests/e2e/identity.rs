@@ -1370,6 +1370,96 @@ async fn mint_and_revoke_subcommands_talk_to_a_running_server() {
 }
 
 #[tokio::test]
+async fn revoke_subject_stops_a_persons_tokens_for_every_sandbox_until_lifted() {
+    let stack = Stack::start().await;
+    let admin_url = format!(
+        "http://{}",
+        stack.authz.admin_addr.as_deref().expect("admin API on")
+    );
+    let other = stack.double.create_sandbox().await;
+    // HS256 tokens with a `sub`, naming both sandboxes.
+    let token_of = |sub: &str| {
+        let claims = serde_json::json!({
+            "sandbox_id": [stack.sandbox_id(), other.id],
+            "sub": sub,
+            "exp": now() + 600,
+        });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )
+        .unwrap();
+        support::remember_secret(&token);
+        format!("Bearer {token}")
+    };
+    let (alice, bob) = (token_of("alice@example.com"), token_of("bob@example.com"));
+    let get = |host: String, auth: String| {
+        let stack = &stack;
+        async move { stack.get(&host, "/", &[("authorization", &auth)]).await }
+    };
+    let status = |host: String, auth: String| {
+        let get = &get;
+        async move { get(host, auth).await.status }
+    };
+    let hosts = [stack.host(3000), support::host_for(&other.id, 3000)];
+    for host in &hosts {
+        assert_eq!(status(host.clone(), alice.clone()).await, 200);
+    }
+    let revoke = |lift: bool| {
+        let mut args = [
+            "revoke",
+            "--admin-url",
+            &admin_url,
+            "--subject",
+            "alice@example.com",
+        ]
+        .map(String::from)
+        .to_vec();
+        if lift {
+            args.push("--lift".into());
+        }
+        cli(
+            args,
+            vec![("DAYTONA_AUTHZ_ADMIN_TOKEN", ADMIN_TOKEN.to_owned())],
+        )
+    };
+    let output = revoke(false).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("alice@example.com"),
+        "{}",
+        stdout(&output)
+    );
+    for host in &hosts {
+        until_status("alice revoked", 401, Duration::from_secs(1), || {
+            get(host.clone(), alice.clone())
+        })
+        .await;
+        assert_eq!(
+            status(host.clone(), bob.clone()).await,
+            200,
+            "bob is not alice"
+        );
+    }
+    let output = revoke(true).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    until_status("alice lifted", 200, Duration::from_secs(1), || {
+        get(hosts[1].clone(), alice.clone())
+    })
+    .await;
+    // --lift needs --sandbox or --subject.
+    let output = cli(
+        ["revoke", "--admin-url", &admin_url, "--jti", "x", "--lift"]
+            .map(String::from)
+            .to_vec(),
+        vec![("DAYTONA_AUTHZ_ADMIN_TOKEN", ADMIN_TOKEN.to_owned())],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
+}
+
+#[tokio::test]
 async fn an_expiry_in_the_past_is_refused_by_the_admin_api_and_the_cli() {
     let stack = Stack::start().await;
     let mut admin_api = admin_client(&stack).await;
