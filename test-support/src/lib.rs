@@ -865,8 +865,8 @@ impl Envoy {
                 if let Edge::Sso { oauth, .. } = edge {
                     for file in OAUTH_SECRETS_SDS {
                         let sds = std::fs::read_to_string(repo_root().join(file)).unwrap();
-                        let sds =
-                            replace_n(&sds, 2, "/etc/envoy/oauth", &oauth.display().to_string());
+                        assert!(sds.contains("filename: /etc/envoy/oauth/"), "{file}");
+                        let sds = sds.replace("/etc/envoy/oauth", &oauth.display().to_string());
                         let name = Path::new(file).file_name().unwrap();
                         std::fs::write(sds_dir.join(name), sds).unwrap();
                     }
@@ -1543,7 +1543,9 @@ pub fn edge_variant(base: &str, edge: &Edge) -> String {
 # --sso-audience <client_id> --jwks-url <the provider's JWKS>). Requests with one of\n\
 # daytona-authz's own tokens (Bearer, share link, its cookie) never go to the provider.\n\
 # Replace login.example.com (the provider), preview.example.com (your preview domain) and\n\
-# daytona-previews (the client_id) below; README \"Single sign-on\".\n\
+# daytona-previews (the client_id) below; README \"Single sign-on\". Mount envoy/sds at\n\
+# /etc/envoy/sds, the edge certificate at /etc/envoy/tls and the OAuth2 client secret and HMAC\n\
+# key files at /etc/envoy/oauth (sds/oauth-*.yaml).\n\
 #\n{}",
             sso_variant(&tls_variant(base))
         ),
