@@ -105,6 +105,10 @@ try {
   // 2. The team's second sandbox: no provider, no login.
   out.second = await open(page, scenario.a2);
 
+  // 2b. A share link opened while signed in: the filter passes it by (its cookies, still
+  //     encrypted, go along to daytona-authz), the link's cookie opens the app.
+  out.shared_signed_in = await open(page, scenario.shared);
+
   // 3. Another team's sandbox: the 403 page.
   out.other = await open(page, scenario.other);
 
