@@ -7,7 +7,7 @@
 //! The user's ID token names the sandboxes it opens (`sandbox_id`, an array claim the provider
 //! issues for the `sandboxes` scope); the user also carries `groups`, for rules that decide by
 //! team once policies land (then the test's users drop `sandbox_id` and the sandboxes get a
-//! `team` label; see `USERS`).
+//! `team` label; see `users()`).
 //!
 //! Needs node with tests/sso/node_modules (`npm ci --prefix tests/sso`; scripts/test runs it)
 //! and Chromium (`CHROMIUM_BIN`, else `chromium` on PATH). Without them the tests skip, unless CI
@@ -48,11 +48,19 @@ const SESSION_COOKIES: [&str; 5] = [
     "RefreshToken",
 ];
 
-/// The test users: `alice` of team A, whose ID token names team A's sandboxes.
+/// The teams' sandboxes.
+const TEAM_A: [&str; 2] = [A1, A2];
+const TEAM_B: [&str; 1] = [B1];
+
+/// The test users and their groups: `alice` of team A, `bob` of team B. Until `[[policy]]`
+/// rules decide by `groups` for tokens that name no sandbox (issue #18), each ID token names its
+/// team's sandboxes itself (`sandbox_id`); once they do, this claim goes, the sandboxes get a
+/// `team` label in the double and daytona-authz a rule like
+/// `token.groups.exists(g, g == sandbox.labels["team"])`, and every assertion stays as it is.
 fn users() -> serde_json::Value {
     serde_json::json!({
-        "alice": { "groups": ["team-a"], "sandbox_id": [A1, A2] },
-        "bob": { "groups": ["team-b"], "sandbox_id": [B1] },
+        "alice": { "groups": ["team-a"], "sandbox_id": TEAM_A },
+        "bob": { "groups": ["team-b"], "sandbox_id": TEAM_B },
     })
 }
 
