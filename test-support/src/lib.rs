@@ -1639,7 +1639,11 @@ const SSO_FILTER: &str = r#"          http_filters:
                   timeout: 5s
                 authorization_endpoint: https://login.example.com/oauth2/authorize
                 # RP-initiated logout: signing out here ends the provider's session too
-                # (otherwise the next visit signs the person in again without a prompt).
+                # (otherwise the next visit signs the person in again without a prompt). The
+                # provider then sends the browser back to https://<the sandbox host>/, which it
+                # must accept as a post-logout redirect URI (a wildcard where it allows one);
+                # else name one fixed page it accepts (Envoy 1.40 validates this form):
+                #   post_logout_redirect_uri: { uri: "https://platform.example.com/signed-out" }
                 end_session_endpoint: https://login.example.com/oauth2/logout
                 # ONE callback URL for every sandbox (register exactly this one with the
                 # provider): the host is any name under the preview domain that resolves to
