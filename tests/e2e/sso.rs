@@ -439,6 +439,13 @@ async fn a_person_signs_in_once_for_the_teams_sandboxes_and_signs_out() {
     //    provider never asked.
     assert!(is_app(&seen["shared"]), "{report}");
     assert_eq!(seen["shared"]["idp"], serde_json::json!([]), "{report}");
+    // And on that page a fetch without the session (nor the link's cookie) gets 401 from the
+    // edge: Chromium's own Fetch Metadata, no redirect to the provider.
+    assert_eq!(seen["fetch_without_session"]["status"], 401, "{report}");
+    assert_eq!(
+        seen["fetch_without_session"]["redirected"], false,
+        "{report}"
+    );
 
     // One sign-in (one code exchanged) for all of it.
     let stats = sso.idp.stats().await;

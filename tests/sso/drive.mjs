@@ -127,6 +127,12 @@ try {
   const stranger = await browser.newContext();
   const strangerPage = await stranger.newPage();
   out.shared = await open(strangerPage, scenario.shared);
+  // 5b. On that page (a share link's, no session), the app's own script fetches its sandbox
+  //     without credentials: 401 from the edge, not a redirect to the provider.
+  out.fetch_without_session = await strangerPage.evaluate(async () => {
+    const r = await fetch('/data', { credentials: 'omit' });
+    return { status: r.status, redirected: r.redirected, url: r.url };
+  }).catch((e) => ({ error: String(e) }));
   await stranger.close();
 
   // 6. Sign-out: the provider's session ends too, so the team's sandboxes ask for a login again.
