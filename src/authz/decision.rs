@@ -265,7 +265,11 @@ pub fn authorize(
     let mut granted = None;
     for candidate in &found.candidates {
         let grant = match policy.verifier.verify(candidate, now) {
-            Err(TokenError::Opaque) if policy.introspection => {
+            // An opaque single-sign-on cookie is the filter's encrypted form (a request the
+            // filter passed by): never sent to the introspection endpoint.
+            Err(TokenError::Opaque)
+                if policy.introspection && found.source != TokenSource::SsoCookie =>
+            {
                 match lookups.introspected.iter().find(|(t, _)| t == candidate) {
                     None => return Ok(Verdict::Lookup(Lookup::Introspect(candidate.to_string()))),
                     Some((_, Introspected::Active(claims))) => {
@@ -2281,6 +2285,22 @@ mod tests {
         assert!(
             !allow.remove_headers.contains(&"authorization".to_owned()),
             "{allow:?}"
+        );
+    }
+
+    #[test]
+    fn an_opaque_session_cookie_is_never_introspected() {
+        let mut policy = sso_policy();
+        policy.introspection = true;
+        // What a request the filter passed by carries: the token cookie still encrypted.
+        let req = request(
+            &host(3000),
+            "/",
+            &[("cookie", "IdToken=Ab3dEncryptedByEnvoy"), NAVIGATION],
+        );
+        assert_eq!(
+            authorize(&req, &policy, now()),
+            Err(Denial::InvalidToken(TokenError::Malformed))
         );
     }
 
