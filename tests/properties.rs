@@ -10,7 +10,9 @@
 //!   domain asked for;
 //! * `authorize` never forwards a request for a sandbox other than the token's, however the
 //!   host is mangled;
-//! * `cookies_without` never leaves our cookie in, and keeps every other pair, in order;
+//! * `cookies_without` never leaves our cookie in, and keeps every other pair, in order; the
+//!   forwarded request carries none of ours nor of Envoy's OAuth2 filter (single sign-on), and
+//!   every other pair, in order;
 //! * `extract` never returns a token that is not in the input (literally for headers and
 //!   cookies; for the query, literally unless percent-encoded), never one from the fragment, and
 //!   honours precedence;
@@ -23,6 +25,7 @@ use daytona_authz::authz::decision::{
     self, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, RequestView, Verdict,
 };
 use daytona_authz::authz::host::{self, PORT_RANGE, PreviewTarget};
+use daytona_authz::authz::sso::{self, Sso};
 use daytona_authz::authz::token::{
     self, Claims, QUERY_PARAMETER, Signer, TokenSource, Verifier, cookie_values, cookies_without,
     extract, query_values,
@@ -195,6 +198,20 @@ fn cookie_headers() -> impl Strategy<Value = Vec<String>> {
             .map(|pairs| pairs.join(";"))
             .collect::<Vec<_>>()
     })
+}
+
+/// Cookie names of Envoy's OAuth2 filter, their per-flow forms (`NAME.<flow id>`), near misses,
+/// and the names of [`cookie_name`].
+fn filter_cookie_name() -> impl Strategy<Value = String> {
+    let base = || prop::sample::select(sso::DEFAULT_COOKIES.to_vec());
+    prop_oneof![
+        3 => base().prop_map(str::to_owned),
+        2 => (base(), "[0-9a-f]{1,16}").prop_map(|(n, flow)| format!("{n}.{flow}")),
+        1 => base().prop_map(|n| format!("{n}.")),
+        1 => base().prop_map(|n| format!("{n}x")),
+        1 => base().prop_map(str::to_ascii_lowercase),
+        3 => cookie_name(),
+    ]
 }
 
 /// The name of a `name=value` piece of a `Cookie` header, as RFC 6265 servers read it.
@@ -416,6 +433,55 @@ proptest! {
         }
     }
 
+    #[test]
+    fn the_forwarded_request_carries_no_cookie_of_ours_or_of_the_oauth2_filter(
+        id in uuid(),
+        pairs in prop::collection::vec((filter_cookie_name(), cookie_value()), 0..8),
+        split in 1..3usize,
+        source in prop::sample::select(vec![TokenSource::Cookie, TokenSource::SsoCookie, TokenSource::AuthorizationHeader]),
+        on in any::<bool>(),
+    ) {
+        let domain = "preview.example.com";
+        let host = format!("3000-{id}.{domain}");
+        let pairs: Vec<String> = pairs.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        // Over one or more Cookie headers, as HTTP/2 clients send them.
+        let headers: Vec<String> = pairs.chunks(pairs.len().div_ceil(split).max(1)).map(|c| c.join("; ")).collect();
+        let mut list: Vec<(&str, &str)> = headers.iter().map(|h| ("cookie", h.as_str())).collect();
+        list.push(("authorization", "Bearer opaque"));
+        let req = request(&host, "/", &list);
+        let mut policy = policy(domain);
+        if on {
+            policy.sso = Sso { token_cookie: Some("IdToken".into()), audience: Some("c".into()), ..Sso::default() };
+        }
+        let target = policy.hosts.parse(&host).unwrap().0;
+        let authorized = decision::Authorized { target, source: Some(source), grant: None };
+        let allow = decision::allow(&req, &authorized, &preview(&authorized.target), &policy, token::now());
+        let removed = allow.remove_headers.iter().any(|h| h == "cookie");
+        let set: Option<&String> = allow.set_headers.iter().find(|(n, _)| *n == "cookie").map(|(_, v)| v);
+        let forwarded: Vec<String> = match (removed, set) {
+            (true, None) => Vec::new(),
+            (false, Some(rest)) => vec![rest.clone()],
+            (false, None) => headers.clone(),
+            (true, Some(_)) => return Err(TestCaseError::fail("cookie both set and removed")),
+        };
+        let theirs = |name: &str| name == OURS || Sso::default().is_filter_cookie(name);
+        let kept: Vec<&str> = forwarded.iter().flat_map(|h| h.split(';')).map(str::trim).filter(|p| !p.is_empty()).collect();
+        for pair in &kept {
+            prop_assert!(!theirs(pair_name(pair)), "{headers:?} -> {forwarded:?}");
+        }
+        let expected: Vec<&str> = pairs.iter().map(|p| p.trim()).filter(|p| !p.is_empty() && !theirs(pair_name(p))).collect();
+        if removed || set.is_some() {
+            prop_assert_eq!(kept, expected);
+        }
+        // `Bearer opaque` repeats no cookie here: it goes only when it was the token.
+        prop_assert_eq!(
+            allow.remove_headers.iter().any(|h| h == "authorization"),
+            source == TokenSource::AuthorizationHeader
+                || pairs.iter().any(|p| theirs(pair_name(p))
+                    && p.split_once('=').is_some_and(|(_, v)| v.trim().trim_matches('"') == "opaque"))
+        );
+    }
+
     // --- query ----------------------------------------------------------------------------
 
     #[test]
@@ -546,6 +612,9 @@ proptest! {
                             prop_assert!(cookies.iter().any(|h| h.contains(candidate.as_ref())));
                             prop_assert!(cookie_values(&cookie_refs, OURS).any(|v| v == *candidate));
                         }
+                        // `extract` never answers with the single-sign-on cookie (the decision
+                        // reads it itself, only when there is nothing of ours).
+                        TokenSource::SsoCookie => prop_assert!(false, "extract found {found:?}"),
                     }
                 }
             }

@@ -17,6 +17,7 @@ use crate::authz::app_identity::Assertions;
 use crate::authz::host::{Hosts, PreviewTarget};
 use crate::authz::preview::Preview;
 use crate::authz::route::Access;
+use crate::authz::sso::Sso;
 use crate::authz::token::{self, ExtractError, Grant, TokenError, TokenSource, Verifier};
 
 /// Request headers daytona-authz sets on the way upstream. Daytona's proxy reads the first two;
@@ -57,6 +58,9 @@ pub struct Policy {
     pub assertion: Option<Arc<Assertions>>,
     /// `--audit-log`: one JSON line per decision (see `serve::grpc`).
     pub audit_log: bool,
+    /// Single sign-on through Envoy's OAuth2 filter: which of its cookies holds the token, and
+    /// which never reach the app.
+    pub sso: Sso,
 }
 
 impl Policy {
@@ -75,6 +79,7 @@ impl Policy {
             jwks: false,
             assertion: None,
             audit_log: false,
+            sso: Sso::default(),
         }
     }
 }
@@ -221,11 +226,28 @@ pub fn authorize(
             RevocationStatus::Unknown => Err(Denial::StatusUnknown("revocations")),
         };
     }
-    let authorization: Vec<&str> = request.header_values("authorization").collect();
+    let mut authorization: Vec<&str> = request.header_values("authorization").collect();
     let cookies: Vec<&str> = request.header_values("cookie").collect();
-    let found = token::extract(&authorization, &request.path, &cookies, &policy.cookie_name)
+    if policy.sso.forwarded_bearer(&authorization, &cookies) {
+        // Envoy's OAuth2 filter copied its session into `Authorization`: that is the session
+        // cookie again (read from the cookie below, under the cookie's rules), not a token the
+        // caller sent. `allow` removes the header.
+        authorization.clear();
+    }
+    let found = match token::extract(&authorization, &request.path, &cookies, &policy.cookie_name)
         .map_err(Denial::AmbiguousToken)?
-        .ok_or(Denial::MissingToken)?;
+    {
+        Some(found) => found,
+        // Nothing of ours: the single-sign-on session, if any.
+        None => match policy.sso.candidates(&cookies) {
+            Ok(candidates) if !candidates.is_empty() => token::Found {
+                source: TokenSource::SsoCookie,
+                candidates,
+            },
+            Ok(_) => return Err(Denial::MissingToken),
+            Err(ambiguous) => return Err(Denial::AmbiguousToken(ambiguous)),
+        },
+    };
     if found.source != TokenSource::AuthorizationHeader
         && authorization
             .iter()
@@ -236,10 +258,12 @@ pub fn authorize(
         // it to the app.
         return Err(Denial::AmbiguousToken(ExtractError::MalformedAuthorization));
     }
-    if found.source == TokenSource::Cookie && !cookie_may_be_used(request, policy, &target) {
+    let ambient = matches!(found.source, TokenSource::Cookie | TokenSource::SsoCookie);
+    if ambient && !cookie_may_be_used(request, policy, &target) {
         // All preview hosts are one "site": a page in sandbox B, or on any other host of the
         // site, can make the browser send the user's cookie for sandbox A (SameSite=Lax lets
-        // it), and Daytona reflects any Origin with credentials.
+        // it), and Daytona reflects any Origin with credentials. The single-sign-on session is
+        // scoped to the whole preview domain: the browser sends it to every sandbox.
         return Err(Denial::CrossSandbox);
     }
     // The first candidate that verifies and grants this target wins; otherwise the first
@@ -248,7 +272,11 @@ pub fn authorize(
     let mut granted = None;
     for candidate in &found.candidates {
         let grant = match policy.verifier.verify(candidate, now) {
-            Err(TokenError::Opaque) if policy.introspection => {
+            // An opaque single-sign-on cookie is the filter's encrypted form (a request the
+            // filter passed by): never sent to the introspection endpoint.
+            Err(TokenError::Opaque)
+                if policy.introspection && found.source != TokenSource::SsoCookie =>
+            {
                 match lookups.introspected.iter().find(|(t, _)| t == candidate) {
                     None => return Ok(Verdict::Lookup(Lookup::Introspect(candidate.to_string()))),
                     Some((_, Introspected::Active(claims))) => {
@@ -272,6 +300,16 @@ pub fn authorize(
             .and_then(|grant| match &route.audience {
                 // The route asks for one more audience than --jwt-audience.
                 Some(audience) if !grant.has_audience(audience) => {
+                    Err(Denial::InvalidToken(TokenError::WrongIssuerOrAudience))
+                }
+                _ => Ok(grant),
+            })
+            .and_then(|grant| match &policy.sso.audience {
+                // A single-sign-on token is for our OAuth2 client: an ID token the same
+                // identity provider issued to another application is not a session here.
+                Some(audience)
+                    if found.source == TokenSource::SsoCookie && !grant.has_audience(audience) =>
+                {
                     Err(Denial::InvalidToken(TokenError::WrongIssuerOrAudience))
                 }
                 _ => Ok(grant),
@@ -541,12 +579,19 @@ pub fn allow(
             remove_headers.push(name.clone());
         }
     }
-    if authorized.source == Some(TokenSource::AuthorizationHeader) {
+    let cookies: Vec<&str> = request.header_values("cookie").collect();
+    let authorization: Vec<&str> = request.header_values("authorization").collect();
+    // Our Bearer, and the OAuth2 filter's copy of its session (whatever authenticated this
+    // request), never reach the sandbox.
+    if authorized.source == Some(TokenSource::AuthorizationHeader)
+        || policy.sso.forwarded_bearer(&authorization, &cookies)
+    {
         remove_headers.push("authorization".to_owned());
     }
-    // Our cookie never reaches the sandbox; the app's own cookies pass untouched.
-    let cookies: Vec<&str> = request.header_values("cookie").collect();
-    match token::cookies_without(&cookies, &policy.cookie_name) {
+    // Our cookie and the OAuth2 filter's never reach the sandbox; the app's own cookies pass
+    // untouched.
+    let ours = |name: &str| name == policy.cookie_name || policy.sso.is_filter_cookie(name);
+    match token::cookies_without_any(&cookies, ours) {
         Some(rest) if rest.is_empty() => remove_headers.push("cookie".to_owned()),
         Some(rest) => set_headers.push(("cookie", rest)),
         None => {}
@@ -2038,5 +2083,255 @@ mod tests {
             ],
         );
         forwarded(authorize(&own, &two, now()));
+    }
+
+    // --- single sign-on: the session of Envoy's OAuth2 filter ----------------------------------
+
+    fn sso_policy() -> Policy {
+        let mut policy = policy();
+        policy.sso = Sso {
+            token_cookie: Some("IdToken".into()),
+            audience: Some("previews".into()),
+            ..Sso::default()
+        };
+        policy
+    }
+
+    /// An ID token as the provider signs it for our client (`aud`), naming `sandbox`.
+    fn id_token(sandbox: &str, audience: &str) -> String {
+        Signer::hs256(SECRET)
+            .sign(&Claims {
+                sandbox_id: sandbox.into(),
+                exp: now() + 600,
+                ports: None,
+                iss: None,
+                aud: Some(audience.into()),
+            })
+            .unwrap()
+    }
+
+    /// The Cookie header a signed-in browser's request has once the filter decrypted it.
+    fn session(id_token: &str) -> String {
+        format!(
+            "app=1; OauthHMAC=h; OauthExpires=9; BearerToken=at; IdToken={id_token}; RefreshToken=rt"
+        )
+    }
+
+    const NAVIGATION: (&str, &str) = ("sec-fetch-mode", "navigate");
+
+    #[test]
+    fn a_single_sign_on_session_is_verified_like_any_token() {
+        let t = id_token(ID, "previews");
+        let cookie = session(&t);
+        let req = request(&host(3000), "/", &[("cookie", &cookie), NAVIGATION]);
+        let authorized = forwarded(authorize(&req, &sso_policy(), now()));
+        assert_eq!(authorized.source, Some(TokenSource::SsoCookie));
+        assert_eq!(authorized.grant.unwrap().sandboxes, [ID]);
+        // Another sandbox: 403, as for any token that does not name it.
+        let other = request(
+            &format!("3000-{OTHER}.{DOMAIN}"),
+            "/",
+            &[("cookie", &cookie), NAVIGATION],
+        );
+        assert_eq!(
+            authorize(&other, &sso_policy(), now()),
+            Err(Denial::WrongSandbox)
+        );
+        // An ID token the provider issued to another of its clients: not a session here.
+        let foreign = session(&id_token(ID, "another-app"));
+        let req = request(&host(3000), "/", &[("cookie", &foreign), NAVIGATION]);
+        assert_eq!(
+            authorize(&req, &sso_policy(), now()),
+            Err(Denial::InvalidToken(TokenError::WrongIssuerOrAudience))
+        );
+        // Single sign-on off: the cookie is nobody's token.
+        let req = request(&host(3000), "/", &[("cookie", &cookie), NAVIGATION]);
+        assert_eq!(authorize(&req, &policy(), now()), Err(Denial::MissingToken));
+    }
+
+    #[test]
+    fn the_session_is_refused_to_another_sandboxs_pages() {
+        let t = id_token(ID, "previews");
+        let cookie = session(&t);
+        let sibling = format!("https://3000-{OTHER}.{DOMAIN}");
+        for headers in [
+            vec![
+                ("cookie", cookie.as_str()),
+                ("origin", sibling.as_str()),
+                ("sec-fetch-mode", "cors"),
+            ],
+            vec![
+                ("cookie", cookie.as_str()),
+                ("sec-fetch-site", "same-site"),
+                ("sec-fetch-mode", "no-cors"),
+            ],
+        ] {
+            let req = request(&host(3000), "/", &headers);
+            assert_eq!(
+                authorize(&req, &sso_policy(), now()),
+                Err(Denial::CrossSandbox),
+                "{headers:?}"
+            );
+        }
+        // The sandbox's own pages may use it.
+        let own = format!("https://8080-{ID}.{DOMAIN}");
+        let req = request(
+            &host(3000),
+            "/",
+            &[
+                ("cookie", &cookie),
+                ("origin", &own),
+                ("sec-fetch-mode", "cors"),
+            ],
+        );
+        forwarded(authorize(&req, &sso_policy(), now()));
+    }
+
+    #[test]
+    fn the_filters_forwarded_bearer_is_the_session_not_a_token_of_the_callers() {
+        let t = id_token(ID, "previews");
+        let cookie = session(&t);
+        // forward_bearer_token: the access token (opaque here) repeated in Authorization.
+        let sibling = format!("https://3000-{OTHER}.{DOMAIN}");
+        let req = request(
+            &host(3000),
+            "/",
+            &[
+                ("cookie", &cookie),
+                ("authorization", "Bearer at"),
+                ("origin", &sibling),
+            ],
+        );
+        // Read as the session: the cookie's rules apply, and refuse another sandbox's page.
+        assert_eq!(
+            authorize(&req, &sso_policy(), now()),
+            Err(Denial::CrossSandbox)
+        );
+        let req = request(
+            &host(3000),
+            "/",
+            &[
+                ("cookie", &cookie),
+                ("authorization", "Bearer at"),
+                NAVIGATION,
+            ],
+        );
+        let authorized = forwarded(authorize(&req, &sso_policy(), now()));
+        assert_eq!(authorized.source, Some(TokenSource::SsoCookie));
+        let allow = allow(&req, &authorized, &preview(), &sso_policy(), now());
+        assert!(
+            allow.remove_headers.contains(&"authorization".to_owned()),
+            "{allow:?}"
+        );
+        // A Bearer of the caller's own wins over the session, as our tokens always do.
+        let own = token(ID, None, now() + 60);
+        let bearer = bearer(&own);
+        let req = request(
+            &host(3000),
+            "/",
+            &[("cookie", &cookie), ("authorization", &bearer)],
+        );
+        assert_eq!(
+            forwarded(authorize(&req, &sso_policy(), now())).source,
+            Some(TokenSource::AuthorizationHeader)
+        );
+    }
+
+    #[test]
+    fn the_filters_cookies_never_reach_the_app() {
+        let t = id_token(ID, "previews");
+        let cookie = format!(
+            "{}; OauthNonce.ab12=n; OauthCodeVerifier.ab12=v; daytona_authz=x",
+            session(&t)
+        );
+        let req = request(
+            &host(3000),
+            "/",
+            &[
+                ("cookie", &cookie),
+                ("authorization", "Bearer at"),
+                NAVIGATION,
+            ],
+        );
+        let authorized = Authorized {
+            target: target(3000),
+            source: Some(TokenSource::SsoCookie),
+            grant: None,
+        };
+        for policy in [sso_policy(), policy()] {
+            // Whether or not single sign-on is on here.
+            let allow = super::allow(&req, &authorized, &preview(), &policy, now());
+            let cookies: Vec<&String> = allow
+                .set_headers
+                .iter()
+                .filter(|(n, _)| *n == "cookie")
+                .map(|(_, v)| v)
+                .collect();
+            assert_eq!(cookies, ["app=1"], "{allow:?}");
+            assert!(
+                allow.remove_headers.contains(&"authorization".to_owned()),
+                "{allow:?}"
+            );
+        }
+        // Only the session's cookies: no Cookie header at all.
+        let only = session(&t);
+        let req = request(
+            &host(3000),
+            "/",
+            &[("cookie", only.trim_start_matches("app=1; "))],
+        );
+        let allow = super::allow(&req, &authorized, &preview(), &sso_policy(), now());
+        assert!(
+            allow.remove_headers.contains(&"cookie".to_owned()),
+            "{allow:?}"
+        );
+        // An app's own Authorization that is no copy of the session stays.
+        let req = request(
+            &host(3000),
+            "/",
+            &[
+                ("cookie", "IdToken=x"),
+                ("authorization", "Basic dXNlcjpwdw=="),
+            ],
+        );
+        let allow = super::allow(&req, &authorized, &preview(), &sso_policy(), now());
+        assert!(
+            !allow.remove_headers.contains(&"authorization".to_owned()),
+            "{allow:?}"
+        );
+    }
+
+    #[test]
+    fn an_opaque_session_cookie_is_never_introspected() {
+        let mut policy = sso_policy();
+        policy.introspection = true;
+        // What a request the filter passed by carries: the token cookie still encrypted.
+        let req = request(
+            &host(3000),
+            "/",
+            &[("cookie", "IdToken=Ab3dEncryptedByEnvoy"), NAVIGATION],
+        );
+        assert_eq!(
+            authorize(&req, &policy, now()),
+            Err(Denial::InvalidToken(TokenError::Malformed))
+        );
+    }
+
+    #[test]
+    fn our_own_cookie_and_links_win_over_the_session() {
+        let t = id_token(ID, "previews");
+        let ours = token(ID, None, now() + 60);
+        let cookie = format!("{}; daytona_authz={ours}", session(&t));
+        let req = request(&host(3000), "/", &[("cookie", &cookie), NAVIGATION]);
+        assert_eq!(
+            forwarded(authorize(&req, &sso_policy(), now())).source,
+            Some(TokenSource::Cookie)
+        );
+        let link = format!("/?access_token={ours}");
+        let req = request(&host(3000), &link, &[("cookie", &session(&t)), NAVIGATION]);
+        assert_eq!(
+            replied(authorize(&req, &sso_policy(), now())).reason,
+            "link_to_cookie"
+        );
     }
 }

@@ -606,6 +606,8 @@ pub enum TokenSource {
     AuthorizationHeader,
     QueryParameter,
     Cookie,
+    /// The token cookie of Envoy's OAuth2 filter (single sign-on, `--sso-token-cookie`).
+    SsoCookie,
 }
 
 /// The query parameter of RFC 6750 §2.3.
@@ -703,6 +705,12 @@ pub fn cookie_values<'a>(cookies: &[&'a str], name: &'a str) -> impl Iterator<It
 /// `Cookie` header values without cookie `name`, joined into one header value; `None` when the
 /// request carried no such cookie (then the header is left exactly as it was).
 pub fn cookies_without(cookies: &[&str], name: &str) -> Option<String> {
+    cookies_without_any(cookies, |pair_name| pair_name == name)
+}
+
+/// `Cookie` header values without the cookies whose names `drop` says, joined into one header
+/// value; `None` when the request carried none of them (the header is then left as it was).
+pub fn cookies_without_any(cookies: &[&str], drop: impl Fn(&str) -> bool) -> Option<String> {
     let mut found = false;
     let mut kept: Vec<&str> = Vec::new();
     for pair in cookies.iter().flat_map(|header| header.split(';')) {
@@ -711,7 +719,7 @@ pub fn cookies_without(cookies: &[&str], name: &str) -> Option<String> {
             continue;
         }
         let pair_name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
-        if pair_name == name {
+        if drop(pair_name) {
             found = true;
         } else {
             kept.push(pair);
@@ -723,7 +731,7 @@ pub fn cookies_without(cookies: &[&str], name: &str) -> Option<String> {
 /// The credentials of `Bearer <token>` (scheme case-insensitive, RFC 7235).
 /// The token of an `Authorization` value that is exactly one `Bearer <token68>` (RFC 6750 §2.1:
 /// the scheme, one or more spaces, then the token; nothing else around or inside it).
-fn bearer(value: &str) -> Option<&str> {
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, rest) = value.trim_matches(' ').split_once(' ')?;
     let token = rest.trim_start_matches(' ');
     let token68 = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);

@@ -227,6 +227,29 @@ pub struct ServeArgs {
     )]
     pub cors_allow_origins: Vec<String>,
 
+    /// Single sign-on through Envoy's OAuth2 filter (envoy/envoy-sso.yaml): the filter's cookie
+    /// holding the token to verify for a signed-in person: `IdToken` (the ID token, which Envoy
+    /// decrypts before the Check) or `BearerToken` (the access token, if the identity provider
+    /// issues JWTs). Verified like any token (--jwks-url of the identity provider), under the
+    /// same rules as the share-link cookie. Default: no single sign-on.
+    #[arg(long, env = "DAYTONA_AUTHZ_SSO_TOKEN_COOKIE", value_name = "NAME")]
+    pub sso_token_cookie: Option<String>,
+    /// The audience a single-sign-on token must name: the OAuth2 filter's client_id (an ID
+    /// token's `aud`). Required with --sso-token-cookie.
+    #[arg(long, env = "DAYTONA_AUTHZ_SSO_AUDIENCE", value_name = "CLIENT_ID")]
+    pub sso_audience: Option<String>,
+    /// The cookies of Envoy's OAuth2 filter (repeatable, or comma-separated), `NAME.<suffix>`
+    /// included: never passed to the sandbox app, whether or not single sign-on is on. Default:
+    /// the filter's default names.
+    #[arg(
+        long = "sso-cookie",
+        env = "DAYTONA_AUTHZ_SSO_COOKIE",
+        value_delimiter = ',',
+        value_name = "NAME",
+        default_values = crate::authz::sso::DEFAULT_COOKIES
+    )]
+    pub sso_cookies: Vec<String>,
+
     /// How long a sandbox's preview token is cached; also how long a token Daytona regenerated
     /// (sandbox restart) can be served stale.
     #[arg(

@@ -312,6 +312,45 @@ mod tests {
     }
 
     #[test]
+    fn single_sign_on_settings_are_checked() {
+        // Off by default, the OAuth2 filter's cookies still named for stripping.
+        let config = serve(&GOOD).unwrap();
+        assert_eq!(config.sso, crate::authz::sso::Sso::default());
+        assert!(config.sso.is_filter_cookie("OauthHMAC"));
+        for (extra, needle) in [
+            (
+                &["--sso-token-cookie", "IdToken"][..],
+                "needs --sso-audience",
+            ),
+            (
+                &["--sso-token-cookie", "bad name", "--sso-audience", "x"][..],
+                "--sso-token-cookie",
+            ),
+            (&["--sso-cookie", "Id;Token"][..], "--sso-cookie"),
+            (&["--sso-audience", " "][..], "--sso-audience"),
+        ] {
+            let mut args = GOOD.to_vec();
+            args.extend_from_slice(extra);
+            let error = first_error(&args);
+            assert!(error.contains(needle), "{extra:?}: {error}");
+        }
+        let mut args = GOOD.to_vec();
+        args.extend_from_slice(&[
+            "--sso-token-cookie",
+            "__Secure-Id",
+            "--sso-audience",
+            "daytona-previews",
+            "--sso-cookie",
+            "__Secure-Hmac,__Secure-Expires",
+        ]);
+        let sso = serve(&args).unwrap().sso;
+        assert_eq!(sso.token_cookie.as_deref(), Some("__Secure-Id"));
+        assert_eq!(sso.audience.as_deref(), Some("daytona-previews"));
+        assert_eq!(sso.cookies, ["__Secure-Hmac", "__Secure-Expires"]);
+        assert!(sso.is_filter_cookie("__Secure-Id") && !sso.is_filter_cookie("IdToken"));
+    }
+
+    #[test]
     fn browser_settings_are_checked() {
         for (extra, needle) in [
             (["--cookie-name", "bad name"], "--cookie-name"),

@@ -385,6 +385,8 @@ pub struct ServeConfig {
     pub disable_cors: bool,
     /// Lower-case `scheme://host[:port]`.
     pub cors_allow_origins: Vec<String>,
+    /// `--sso-*`: the OAuth2 filter's session.
+    pub sso: crate::authz::sso::Sso,
     pub cache_ttl: Duration,
     pub cache_max_entries: u64,
     /// Zero: Daytona's 404/400 answers are not cached.
@@ -472,6 +474,11 @@ impl ServeArgs {
             .iter()
             .filter_map(|o| p.check(cors_origin(o)))
             .collect();
+        let sso = p.check(sso(
+            self.sso_token_cookie.as_deref(),
+            self.sso_audience.as_deref(),
+            &self.sso_cookies,
+        ));
         let cache_ttl = p.check(duration(
             "--cache-ttl",
             &self.cache_ttl,
@@ -600,6 +607,7 @@ impl ServeArgs {
                 login_url: login_url?,
                 disable_cors: self.disable_cors,
                 cors_allow_origins,
+                sso: sso?,
                 cache_ttl: cache_ttl?,
                 cache_max_entries: self.cache_max_entries,
                 negative_cache_ttl: negative_cache_ttl?,
@@ -730,6 +738,42 @@ pub(crate) fn cookie_name(text: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// The `--sso-*` settings: cookie names as `--cookie-name` takes them, and an audience whenever
+/// single sign-on is on (else any ID token of the identity provider, for any of its clients,
+/// would open sandboxes).
+pub(crate) fn sso(
+    token_cookie: Option<&str>,
+    audience: Option<&str>,
+    cookies: &[String],
+) -> Result<crate::authz::sso::Sso, ConfigError> {
+    let name = |flag: &str, text: &str| {
+        cookie_name(text).map_err(|_| {
+            ConfigError(format!(
+                "{flag}: {text:?} must be 1-64 letters, digits, '_' or '-'"
+            ))
+        })
+    };
+    let cookies = cookies
+        .iter()
+        .map(|c| name("--sso-cookie", c.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let token_cookie = token_cookie
+        .map(|c| name("--sso-token-cookie", c.trim()))
+        .transpose()?;
+    let audience = match (audience.map(str::trim), &token_cookie) {
+        (Some(""), _) => return err("--sso-audience must not be empty"),
+        (None, Some(_)) => {
+            return err("--sso-token-cookie needs --sso-audience (the OAuth2 filter's client_id)");
+        }
+        (audience, _) => audience.map(str::to_owned),
+    };
+    Ok(crate::authz::sso::Sso {
+        token_cookie,
+        audience,
+        cookies,
+    })
 }
 
 /// An absolute http(s) URL without a fragment; https unless it is on loopback.

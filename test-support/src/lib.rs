@@ -843,7 +843,11 @@ impl Envoy {
                 "address: 0.0.0.0, port_value: 8080",
                 "address: 127.0.0.1, port_value: 0",
             ),
-            Edge::Tls(certificate_dir) => {
+            Edge::Tls(certificate_dir)
+            | Edge::Sso {
+                certificate: certificate_dir,
+                ..
+            } => {
                 // The SDS file as shipped, pointed at the test's certificate directory, in a
                 // directory of its own as envoy-tls.yaml expects.
                 let sds_dir = dir.path().join("sds");
@@ -856,13 +860,33 @@ impl Envoy {
                     &certificate_dir.display().to_string(),
                 );
                 std::fs::write(sds_dir.join("edge-certificate.yaml"), sds).unwrap();
-                let config =
-                    replace_n(&config, 3, "/etc/envoy/sds", &sds_dir.display().to_string());
+                // envoy-sso.yaml's two OAuth2 secrets, likewise pointed at the test's files.
+                let mut sds_paths = 3;
+                if let Edge::Sso { oauth, .. } = edge {
+                    for file in OAUTH_SECRETS_SDS {
+                        let sds = std::fs::read_to_string(repo_root().join(file)).unwrap();
+                        assert!(sds.contains("filename: /etc/envoy/oauth/"), "{file}");
+                        let sds = sds.replace("/etc/envoy/oauth", &oauth.display().to_string());
+                        let name = Path::new(file).file_name().unwrap();
+                        std::fs::write(sds_dir.join(name), sds).unwrap();
+                    }
+                    sds_paths += 2 * OAUTH_SECRETS_SDS.len();
+                }
+                let config = replace_n(
+                    &config,
+                    sds_paths,
+                    "/etc/envoy/sds",
+                    &sds_dir.display().to_string(),
+                );
+                let port = match edge {
+                    Edge::Sso { port, .. } => *port,
+                    _ => 0,
+                };
                 replace_n(
                     &config,
                     1,
                     "address: 0.0.0.0, port_value: 8443",
-                    "address: 127.0.0.1, port_value: 0",
+                    &format!("address: 127.0.0.1, port_value: {port}"),
                 )
             }
         };
@@ -1388,6 +1412,12 @@ pub fn echoed_headers(reply: &Reply) -> BTreeMap<String, Vec<String>> {
 /// The SDS file envoy-tls.yaml reads its certificate through.
 pub const EDGE_CERTIFICATE_SDS: &str = "envoy/sds/edge-certificate.yaml";
 
+/// The SDS files envoy-sso.yaml reads its OAuth2 client secret and HMAC key through.
+pub const OAUTH_SECRETS_SDS: [&str; 2] = [
+    "envoy/sds/oauth-client-secret.yaml",
+    "envoy/sds/oauth-hmac-secret.yaml",
+];
+
 /// How clients reach Envoy, i.e. which shipped config runs.
 #[derive(Debug, Clone, Default)]
 pub enum Edge {
@@ -1399,6 +1429,16 @@ pub enum Edge {
     /// `envoy/envoy-tls.yaml`: Envoy ends TLS with `tls.crt` and `tls.key` from this directory
     /// (an [`EdgeCertificate`]'s).
     Tls(PathBuf),
+    /// `envoy/envoy-sso.yaml`: envoy-tls.yaml with single sign-on (Envoy's OAuth2 filter before
+    /// ext_authz). `certificate` as for [`Edge::Tls`]; `oauth` holds `client-secret` and
+    /// `hmac-secret`. The identity provider's addresses are the test's to edit in
+    /// ([`StackOptions::envoy_edits`]). The public listener binds `port` on loopback (not any
+    /// free one): the callback URL registered with the provider names it.
+    Sso {
+        certificate: PathBuf,
+        oauth: PathBuf,
+        port: u16,
+    },
 }
 
 impl Edge {
@@ -1408,6 +1448,7 @@ impl Edge {
             Edge::Plain => "envoy/envoy.yaml",
             Edge::BehindProxy => "envoy/envoy-behind-proxy.yaml",
             Edge::Tls(_) => "envoy/envoy-tls.yaml",
+            Edge::Sso { .. } => "envoy/envoy-sso.yaml",
         }
     }
 }
@@ -1486,8 +1527,44 @@ pub fn edge_variant(base: &str, edge: &Edge) -> String {
 #\n{text}"
             )
         }
-        Edge::Tls(_) => {
-            let text = one(
+        Edge::Tls(_) => format!(
+            "{GENERATED}\
+# Variant: Envoy ends TLS itself on port 8443, with the certificate files named in\n\
+# sds/edge-certificate.yaml (mounted at /etc/envoy/sds; the PEM files at /etc/envoy/tls).\n\
+#\n{}",
+            tls_variant(base)
+        ),
+        Edge::Sso { .. } => format!(
+            "{GENERATED}\
+# Variant: single sign-on. envoy-tls.yaml (Envoy ends TLS on port 8443, the certificate files\n\
+# named in sds/edge-certificate.yaml) with Envoy's OAuth2 filter before ext_authz: a person\n\
+# without a session is sent to the identity provider and back, and daytona-authz verifies the\n\
+# ID token the filter keeps in its cookie (daytona-authz --sso-token-cookie IdToken\n\
+# --sso-audience <client_id> --jwks-url <the provider's JWKS>). Requests with one of\n\
+# daytona-authz's own tokens (Bearer, share link, its cookie) never go to the provider.\n\
+# Replace login.example.com (the provider), preview.example.com (your preview domain) and\n\
+# daytona-previews (the client_id) below; README \"Single sign-on\". Mount envoy/sds at\n\
+# /etc/envoy/sds, the edge certificate at /etc/envoy/tls and the OAuth2 client secret and HMAC\n\
+# key files at /etc/envoy/oauth (sds/oauth-*.yaml).\n\
+#\n{}",
+            sso_variant(&tls_variant(base))
+        ),
+    }
+}
+
+/// envoy.yaml with its public listener ending TLS (envoy-tls.yaml without its header).
+fn tls_variant(base: &str) -> String {
+    const LISTENER: &str = "\
+  - name: public_http
+    address:
+      # Public listener, plain HTTP. Over TLS, run envoy-tls.yaml (Envoy ends TLS) or
+      # envoy-behind-proxy.yaml (a proxy in front ends it): README, \"TLS at the edge\".
+      socket_address: { address: 0.0.0.0, port_value: 8080 }
+    per_connection_buffer_limit_bytes: 1048576   # 1 MiB read/write buffer per connection
+    filter_chains:
+    - filters:
+";
+    let text = once(
                 base,
                 LISTENER,
                 "\
@@ -1519,25 +1596,200 @@ pub fn edge_variant(base: &str, edge: &Edge) -> String {
       filters:
 ",
             );
-            let text = one(
-                &text,
-                "codec_type: AUTO                    # HTTP/1.1 and cleartext HTTP/2 (h2c)",
-                "codec_type: AUTO                    # HTTP/1.1 and HTTP/2 (ALPN)",
-            );
-            let text = one(
-                &text,
-                "\nstatic_resources:\n",
-                "\n# SDS (the certificate files) needs a node name; nothing else uses it.\n\
+    let text = once(
+        &text,
+        "codec_type: AUTO                    # HTTP/1.1 and cleartext HTTP/2 (h2c)",
+        "codec_type: AUTO                    # HTTP/1.1 and HTTP/2 (ALPN)",
+    );
+    once(
+        &text,
+        "\nstatic_resources:\n",
+        "\n# SDS (the certificate files) needs a node name; nothing else uses it.\n\
 node: { id: daytona-edge, cluster: daytona-edge }\n\nstatic_resources:\n",
-            );
-            format!(
-                "{GENERATED}\
-# Variant: Envoy ends TLS itself on port 8443, with the certificate files named in\n\
-# sds/edge-certificate.yaml (mounted at /etc/envoy/sds; the PEM files at /etc/envoy/tls).\n\
-#\n{text}"
-            )
-        }
-    }
+    )
+}
+
+/// envoy-sso.yaml's OAuth2 filter, in front of ext_authz (replaces the start of `http_filters`).
+const SSO_FILTER: &str = r#"          http_filters:
+          # Order matters: oauth2 -> ext_authz -> dynamic_forward_proxy -> router.
+          #
+          # --- single sign-on (README "Single sign-on") ------------------------------------
+          # Envoy's OAuth2 filter runs the authorization code flow with PKCE (S256, always on)
+          # and keeps the session in cookies: the tokens encrypted (AES-256 keyed by the HMAC
+          # secret), the whole set signed (OauthHMAC), HttpOnly, Secure, SameSite=Lax, for the
+          # WHOLE preview domain (cookie_domain), so a second sandbox opens without a new
+          # sign-in. On a signed-in request it decrypts the tokens in the Cookie header before
+          # ext_authz: daytona-authz verifies the ID token (--sso-token-cookie IdToken) and
+          # removes every one of the filter's cookies, and the Bearer the filter forwards, before
+          # the sandbox app sees the request. The domain-wide session is an ambient credential:
+          # daytona-authz lets it authenticate only top-level navigations and the sandbox's own
+          # pages (Fetch Metadata, Origin), as its share-link cookie. A sandbox's page can still
+          # set cookies on the preview domain (it can overwrite the session with another valid
+          # one, or sign the person out); it cannot read the session (HttpOnly) nor use it
+          # against another sandbox. SECURITY.md and README "Single sign-on" say more.
+          - name: envoy.filters.http.oauth2
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.oauth2.v3.OAuth2
+              config:
+                # The identity provider (OpenID Connect): its token endpoint is called by Envoy
+                # through the identity_provider cluster; the other two are where browsers go.
+                token_endpoint:
+                  cluster: identity_provider
+                  uri: https://login.example.com/oauth2/token
+                  timeout: 5s
+                authorization_endpoint: https://login.example.com/oauth2/authorize
+                # RP-initiated logout: signing out here ends the provider's session too
+                # (otherwise the next visit signs the person in again without a prompt). The
+                # provider then sends the browser back to https://<the sandbox host>/, which it
+                # must accept as a post-logout redirect URI (a wildcard where it allows one);
+                # else name one fixed page it accepts (Envoy 1.40 validates this form):
+                #   post_logout_redirect_uri: { uri: "https://platform.example.com/signed-out" }
+                end_session_endpoint: https://login.example.com/oauth2/logout
+                # ONE callback URL for every sandbox (register exactly this one with the
+                # provider): the host is any name under the preview domain that resolves to
+                # this Envoy. The filter answers it itself, before ext_authz, then sends the
+                # browser back to the sandbox URL it started from.
+                redirect_uri: https://sso.preview.example.com/_daytona_authz/sso/callback
+                redirect_path_matcher:
+                  path: { exact: /_daytona_authz/sso/callback }
+                # Opened on any sandbox host: deletes the session cookies, then the provider's
+                # end-session page.
+                signout_path:
+                  path: { exact: /_daytona_authz/sso/sign-out }
+                auth_scopes: [openid, email, profile, offline_access]
+                # The access token goes to daytona-authz as `Authorization: Bearer`; it sees
+                # that the header repeats the filter's cookie and removes it before the app.
+                forward_bearer_token: true
+                # Refresh tokens renew the session when the access token (the session's
+                # lifetime: OauthExpires) or the ID token (its cookie lives until the token's
+                # `exp`) runs out, without sending the person to the provider.
+                use_refresh_token: true
+                # Requests that carry one of daytona-authz's own tokens never go to the
+                # provider: a Bearer token, a share link (?access_token=) or its cookie (rename
+                # here with --cookie-name), and CORS preflights (daytona-authz answers them).
+                # Which of them is valid is daytona-authz's to decide, as without this filter.
+                pass_through_matcher:
+                - name: authorization
+                  string_match: { prefix: "bearer ", ignore_case: true }
+                - name: ":path"
+                  string_match:
+                    safe_regex: { regex: "[^?#]*\\?([^#]*&)?access_token=.*" }
+                - name: cookie
+                  string_match:
+                    safe_regex: { regex: "(.*[;,] *)?daytona_authz=.*" }
+                - name: access-control-request-method
+                  present_match: true
+                # Without a session, only a person's top-level navigation is sent to the
+                # provider; a script's fetch/XHR, a WebSocket upgrade or a program (no
+                # `Sec-Fetch-Mode: navigate`) gets 401, never a redirect it cannot follow.
+                deny_redirect_matcher:
+                - name: sec-fetch-mode
+                  string_match: { exact: navigate }
+                  invert_match: true
+                  treat_missing_header_as_empty: true
+                - name: upgrade
+                  present_match: true
+                credentials:
+                  client_id: daytona-previews
+                  # Secrets from files, through SDS (sds/oauth-*.yaml name the files).
+                  token_secret:
+                    name: oauth_client_secret
+                    sds_config:
+                      path_config_source:
+                        path: /etc/envoy/sds/oauth-client-secret.yaml
+                        watched_directory: { path: /etc/envoy/sds }
+                      resource_api_version: V3
+                  hmac_secret:
+                    name: oauth_hmac_secret
+                    sds_config:
+                      path_config_source:
+                        path: /etc/envoy/sds/oauth-hmac-secret.yaml
+                        watched_directory: { path: /etc/envoy/sds }
+                      resource_api_version: V3
+                  # The preview domain: every sandbox host shares the session (and receives
+                  # the cookies; daytona-authz strips them).
+                  cookie_domain: preview.example.com
+                cookie_configs:
+                  bearer_token_cookie_config: { same_site: LAX }
+                  oauth_hmac_cookie_config: { same_site: LAX }
+                  oauth_expires_cookie_config: { same_site: LAX }
+                  id_token_cookie_config: { same_site: LAX }
+                  refresh_token_cookie_config: { same_site: LAX }
+                  oauth_nonce_cookie_config: { same_site: LAX }
+                  code_verifier_cookie_config: { same_site: LAX }
+          # --- end of single sign-on -----------------------------------------------------------
+"#;
+
+/// envoy-sso.yaml's cluster for the identity provider's token endpoint (before the admin one).
+const SSO_CLUSTER: &str = r#"  # The identity provider's token endpoint, for the OAuth2 filter (HTTPS, name checked).
+  - name: identity_provider
+    type: LOGICAL_DNS
+    connect_timeout: 5s
+    dns_lookup_family: V4_PREFERRED
+    load_assignment:
+      cluster_name: identity_provider
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: login.example.com, port_value: 443 }
+    # --- identity provider TLS
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: login.example.com
+        common_tls_context:
+          tls_params: { tls_minimum_protocol_version: TLSv1_2 }
+          validation_context:
+            trusted_ca: { filename: /etc/ssl/certs/ca-certificates.crt }
+            match_typed_subject_alt_names:
+            - san_type: DNS
+              matcher: { exact: login.example.com }
+    # --- end of identity provider TLS
+"#;
+
+/// `text` with `from` (there exactly once) replaced by `to`.
+fn once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "envoy.yaml must contain this exactly once:\n{from}"
+    );
+    text.replacen(from, to, 1)
+}
+
+/// The TLS variant with single sign-on: the OAuth2 filter before ext_authz, the identity
+/// provider's cluster, and the per-route example without a user token exempt from it.
+fn sso_variant(tls: &str) -> String {
+    let text = once(
+        tls,
+        "          http_filters:\n          # Order matters: ext_authz -> dynamic_forward_proxy -> router.\n",
+        SSO_FILTER,
+    );
+    let text = once(
+        &text,
+        "  # Envoy's own admin interface (loopback), reached only through the metrics listener's\n",
+        &format!(
+            "{SSO_CLUSTER}\n  # Envoy's own admin interface (loopback), reached only through the metrics listener's\n"
+        ),
+    );
+    once(
+        &text,
+        "            # - name: webhooks                    # port 8080 of every sandbox, without a user token
+            #   domains: [\"8080-*\"]
+            #   routes: *preview_routes
+            #   typed_per_filter_config:
+",
+        "            # - name: webhooks                    # port 8080 of every sandbox, without a user token
+            #   domains: [\"8080-*\"]
+            #   routes: *preview_routes
+            #   typed_per_filter_config:
+            #     envoy.filters.http.oauth2:          # no sign-in on this virtual host
+            #       \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig
+            #       disabled: true
+",
+    )
 }
 
 /// A throwaway certificate authority, for certificates Envoy serves or trusts.

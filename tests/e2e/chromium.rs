@@ -23,10 +23,10 @@ use support::{
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a finished Chromium run printed.
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Output {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// A pipe read to its end on a thread; what arrived so far can be taken at any time, so a
@@ -61,14 +61,14 @@ impl Drain {
 /// Runs `command` in its own process group and waits for it and for its output to end. If that
 /// takes longer than `timeout`, kills the whole group (Chromium's zygote, renderer and other
 /// helpers too) and fails the test with what it printed.
-async fn run_bounded(command: &mut Command, timeout: Duration) -> Output {
+pub(crate) async fn run_bounded(command: &mut Command, timeout: Duration) -> Output {
     let mut child: Child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start chromium: {e}"));
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
     // The child leads its group, so the group's id is the child's.
     let group = child.id();
     let stdout = Drain::new(child.stdout.take().expect("piped"));
@@ -311,7 +311,7 @@ async fn dump_dom(chromium: &Path, url: &str, domain: &str, extra: &[String]) ->
 /// user's cookie) with `fetch` directly, through a redirect of its own origin (`bounce`, if
 /// any), and with `<script src>` / `<img>`; it reads `own` (a URL of its own) as a control.
 /// It writes what it could read into `<pre id="out">` as JSON.
-fn hostile_page(victim: &str, bounce: Option<&str>, own: &str) -> String {
+pub(crate) fn hostile_page(victim: &str, bounce: Option<&str>, own: &str) -> String {
     let bounce = bounce.map_or("null".to_owned(), |b| format!("{b:?}"));
     format!(
         r#"<!DOCTYPE html><html><head><title>hostile</title></head><body>
@@ -354,7 +354,7 @@ fn page_results(dom: &str) -> serde_json::Value {
 }
 
 /// Every request sandbox `id`'s app received that the hostile page made (`via=` in the path).
-async fn stolen(stack: &Stack, id: &str) -> Vec<String> {
+pub(crate) async fn stolen(stack: &Stack, id: &str) -> Vec<String> {
     stack
         .double
         .proxy_requests()
@@ -381,7 +381,7 @@ fn through_a_share_link(stack: &Stack, a: &str, next: &str) -> String {
     )
 }
 
-fn urlencode(text: &str) -> String {
+pub(crate) fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
@@ -492,7 +492,7 @@ enum HttpsEdge {
 
 /// The SPKI hash Chromium's `--ignore-certificate-errors-spki-list` takes: Chromium then trusts
 /// the edge certificate with this key (and no other), as if the test CA were installed.
-fn spki_hash(key_pem: &str) -> String {
+pub(crate) fn spki_hash(key_pem: &str) -> String {
     use base64::Engine as _;
     use rcgen::PublicKeyData as _;
     use sha2::Digest as _;

@@ -54,7 +54,12 @@ fn is_secure(cookie: &str) -> bool {
 fn shipped_variants_are_envoy_yaml_with_their_documented_changes() {
     let base = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
     let update = std::env::var_os("UPDATE_ENVOY_VARIANTS").is_some();
-    for edge in [Edge::BehindProxy, Edge::Tls(Default::default())] {
+    let sso = Edge::Sso {
+        certificate: Default::default(),
+        oauth: Default::default(),
+        port: 0,
+    };
+    for edge in [Edge::BehindProxy, Edge::Tls(Default::default()), sso] {
         let path = repo_root().join(edge.config_file());
         let expected = edge_variant(&base, &edge);
         if update {
@@ -75,6 +80,15 @@ fn shipped_variants_are_envoy_yaml_with_their_documented_changes() {
         std::fs::read_to_string(repo_root().join("envoy/envoy-behind-proxy.yaml")).unwrap();
     assert!(behind.contains("xff_num_trusted_hops: 1\n"));
     assert!(base.contains("xff_num_trusted_hops: 0\n"));
+    // envoy-sso.yaml is envoy-tls.yaml with the OAuth2 filter before ext_authz.
+    let sso = std::fs::read_to_string(repo_root().join("envoy/envoy-sso.yaml")).unwrap();
+    let oauth2 = sso.find("- name: envoy.filters.http.oauth2").unwrap();
+    let ext_authz = sso.find("- name: envoy.filters.http.ext_authz").unwrap();
+    assert!(oauth2 < ext_authz);
+    assert!(sso.contains("path: /etc/envoy/sds/edge-certificate.yaml"));
+    assert!(sso.contains("path: /etc/envoy/sds/oauth-hmac-secret.yaml"));
+    // Its pass-through matcher names daytona-authz's default cookie.
+    assert!(sso.contains(r#"safe_regex: { regex: "(.*[;,] *)?daytona_authz=.*" }"#));
 }
 
 /// A stack whose Envoy ends TLS with a `*.preview.test` certificate from `ca`.

@@ -23,4 +23,5 @@ mod operations;
 mod private_ca;
 mod proxy;
 mod routes;
+mod sso;
 mod tracing;
