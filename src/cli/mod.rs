@@ -142,8 +142,8 @@ pub fn run() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig(args) => match args.validate() {
-            Ok(config) => {
+        Command::CheckConfig(check) => match explained(*check) {
+            (Ok(config), question) => {
                 println!(
                     "configuration OK: preview domain {} (ports {}), Daytona API {}, gRPC {}, HTTP {}",
                     config.preview_domains.join(", "),
@@ -167,9 +167,17 @@ pub fn run() -> ExitCode {
                         route.route.login_url.as_ref().map_or("-", url::Url::as_str),
                     );
                 }
+                if let Some(rules) = &config.rules {
+                    for name in rules.names() {
+                        println!("policy rule {name:?}: compiled and checked");
+                    }
+                }
+                if let Some(question) = question {
+                    return explain(&config, &question);
+                }
                 ExitCode::SUCCESS
             }
-            Err(errors) => usage(&errors),
+            (Err(errors), _) => usage(&errors),
         },
         Command::Mint(args) => printed(mint::mint(*args)),
         Command::Revoke(args) => printed(admin_client::revoke(&args)),
@@ -177,6 +185,48 @@ pub fn run() -> ExitCode {
             &args.http_addr,
             if args.live { "healthz" } else { "readyz" },
         ),
+    }
+}
+
+/// `check-config`'s configuration, validated, and its `--explain` question if any.
+fn explained(
+    check: config::CheckConfigArgs,
+) -> (
+    Result<config::ServeConfig, ConfigErrors>,
+    Option<crate::serve::explain::Question>,
+) {
+    let question = check.explain.then(|| crate::serve::explain::Question {
+        token: check.token.unwrap_or_default(),
+        sandbox: check.sandbox.unwrap_or_default(),
+        port: check.port.unwrap_or_default(),
+        method: check.method,
+        path: check.path,
+    });
+    (check.serve.validate(), question)
+}
+
+/// `check-config --explain`: the decision for one token, sandbox and port. Exits 0 whatever it
+/// is (the configuration is valid); 64 only when the question cannot be asked.
+fn explain(config: &config::ServeConfig, question: &crate::serve::explain::Question) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("daytona-authz: cannot start the runtime: {e}");
+            return ExitCode::from(exit::OSERR);
+        }
+    };
+    match runtime.block_on(crate::serve::explain::explain(config, question)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("daytona-authz: {e}");
+            ExitCode::from(exit::USAGE)
+        }
     }
 }
 
