@@ -513,6 +513,50 @@ impl Double {
             .await
     }
 
+    /// A new sandbox with these labels (what `GET /sandbox/{id}` reports, and policies read).
+    pub async fn create_sandbox_with_labels(&self, labels: &[(&str, &str)]) -> Sandbox {
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned())))
+            .collect();
+        self.post("sandboxes", serde_json::json!({ "labels": labels }))
+            .await
+    }
+
+    /// Calls of `GET /sandbox/{id}` (sandbox descriptions) so far.
+    pub async fn sandbox_calls(&self) -> u64 {
+        let stats: serde_json::Value = self
+            .http
+            .get(self.control("stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["sandbox_calls"].as_u64().unwrap()
+    }
+
+    /// Calls of the preview-url API for one sandbox (any port).
+    pub async fn preview_url_calls_for(&self, sandbox_id: &str) -> u64 {
+        let stats: serde_json::Value = self
+            .http
+            .get(self.control("stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["per_key"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(key, _)| key.starts_with(&format!("{sandbox_id}:")))
+            .map(|(_, n)| n.as_u64().unwrap())
+            .sum()
+    }
+
     /// Makes the preview-url API answer only after `delay` (replaces any other fault).
     pub async fn delay(&self, delay: Duration) {
         let _: serde_json::Value = self
