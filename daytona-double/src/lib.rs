@@ -1341,10 +1341,7 @@ fn serve(
         options.on_token_issued,
     );
     let sandboxes = initial_sandboxes(&double, &options.sandboxes);
-    double
-        .lock()
-        .labels
-        .extend(options.labels.clone().into_iter());
+    double.lock().labels.extend(options.labels.clone());
     let double = Arc::new(double);
 
     info!(
