@@ -248,3 +248,53 @@ async fn check_config_explains_a_decision_and_names_a_broken_rule() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_applies_new_rules_live_and_a_broken_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let team_rule = RULES
+        .split("\n[[policy]]\nname = \"platform")
+        .next()
+        .unwrap();
+    let config = config_file(&dir, team_rule);
+    let stack = Stack::start_with(AuthzOptions::args(&["--config", &config])).await;
+    let sandbox = stack
+        .double
+        .create_sandbox_with_labels(&[("team", "team-b")])
+        .await;
+    let admin = bearer(&member_of(&["platform-admins"]));
+    let host = host_for(&sandbox.id, 3000);
+    let status = || async {
+        stack
+            .get(&host, "/", &[("authorization", &admin)])
+            .await
+            .status
+    };
+    assert_eq!(status().await, 403, "only the team rule so far");
+
+    // A broken rule: the reload is refused, naming it, and the old rules keep serving.
+    config_file(
+        &dir,
+        &format!("{team_rule}\n[[policy]]\nname = \"oops\"\nallow = 'token.groups.exists('\n"),
+    );
+    stack.authz.signal("HUP");
+    stack
+        .authz
+        .proc
+        .logged(
+            "the refused reload",
+            &["reload failed", "oops", "does not parse"],
+        )
+        .await;
+    assert_eq!(status().await, 403);
+
+    // The admins' rule added: applied without a restart.
+    config_file(&dir, RULES);
+    stack.authz.signal("HUP");
+    stack
+        .authz
+        .proc
+        .logged("the applied reload", &["reloaded", "[[policy]]"])
+        .await;
+    assert_eq!(status().await, 200);
+}
