@@ -577,14 +577,25 @@ impl SandboxInfo {
     }
 }
 
+/// The keys of `request`, made once (a key is a shared string).
+static REQUEST_KEYS: std::sync::LazyLock<[Key; 4]> = std::sync::LazyLock::new(|| {
+    [
+        "port".into(),
+        "method".into(),
+        "path".into(),
+        "route".into(),
+    ]
+});
+
 impl RequestFacts<'_> {
     fn value(&self) -> Value {
         let text = |s: &str| Value::String(Arc::new(s.to_owned()));
+        let [port, method, path, route] = &*REQUEST_KEYS;
         let mut map: HashMap<Key, Value> = HashMap::with_capacity(4);
-        map.insert("port".into(), Value::Int(i64::from(self.port)));
-        map.insert("method".into(), text(self.method));
-        map.insert("path".into(), text(self.path));
-        map.insert("route".into(), text(self.route));
+        map.insert(port.clone(), Value::Int(i64::from(self.port)));
+        map.insert(method.clone(), text(self.method));
+        map.insert(path.clone(), text(self.path));
+        map.insert(route.clone(), text(self.route));
         Value::Map(Map { map: Arc::new(map) })
     }
 }
