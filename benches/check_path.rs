@@ -8,10 +8,13 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use std::sync::Arc;
+
 use daytona_authz::authz::decision::{
-    self, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, RequestView, Verdict,
+    self, DEFAULT_COOKIE_NAME, Lookups, NoRevocations, Policy, RequestView, SandboxAnswer, Verdict,
 };
 use daytona_authz::authz::host;
+use daytona_authz::authz::policy::{RequestFacts, RuleSpec, Rules, SandboxInfo, TokenClaims};
 use daytona_authz::authz::token::{Verifier, now};
 use daytona_authz::daytona::{Preview, Upstream};
 use daytona_authz::serve::grpc;
@@ -93,18 +96,80 @@ fn preview() -> Preview {
     }
 }
 
+/// The two rules of README's "Policy" section.
+fn with_rules() -> Policy {
+    let rules = Rules::compile(&[
+        RuleSpec {
+            name: "team members open their team's sandboxes".into(),
+            allow: r#"token.groups.exists(g, g == sandbox.labels["team"])"#.into(),
+        },
+        RuleSpec {
+            name: "platform admins open everything, port 22222 excepted".into(),
+            allow: r#""platform-admins" in token.groups && request.port != 22222"#.into(),
+        },
+    ])
+    .unwrap();
+    let mut policy = policy();
+    policy.verifier = policy.verifier.with_policy_identities(true);
+    policy.rules = Some(Arc::new(rules));
+    policy
+}
+
+/// A token naming no sandbox, with an identity provider's usual claims and `groups`.
+fn sso_token() -> String {
+    let claims = serde_json::json!({
+        "sub": "alice", "email": "alice@example.com", "name": "Alice Example",
+        "groups": ["staff", "engineering", "team-c", "team-a"],
+        "iss": "https://idp.example.com", "aud": "daytona-authz", "exp": now() + 3600,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+/// The sandbox as Daytona describes it (cached by the authorizer).
+fn described() -> Lookups {
+    let info = SandboxInfo::new(
+        ID.into(),
+        "web".into(),
+        "org".into(),
+        "started".into(),
+        std::collections::BTreeMap::from([
+            ("team".to_owned(), "team-a".to_owned()),
+            ("env".to_owned(), "dev".to_owned()),
+        ]),
+    )
+    .unwrap();
+    Lookups {
+        sandbox: Some(SandboxAnswer::Found(Arc::new(info))),
+        ..Lookups::default()
+    }
+}
+
 /// The whole pure path for one request, as `Check` runs it (minus the cache look-up).
 fn check_path(request: &CheckRequest, policy: &Policy, preview: &Preview) -> usize {
+    check_path_with(request, policy, preview, &Lookups::default())
+}
+
+/// The same with look-ups already answered (the sandbox's description, for the policy).
+fn check_path_with(
+    request: &CheckRequest,
+    policy: &Policy,
+    preview: &Preview,
+    lookups: &Lookups,
+) -> usize {
     let view = grpc::view(request).expect("within limits");
-    let response =
-        match decision::authorize(&view, policy, now(), &Lookups::default(), &NoRevocations) {
-            Ok(Verdict::Forward(authorized)) => {
-                grpc::ok_response(decision::allow(&view, &authorized, preview, policy, now()))
-            }
-            Ok(Verdict::Reply(reply)) => grpc::local_response(reply),
-            Ok(Verdict::Lookup(_)) => unreachable!("an HS256 token needs no I/O"),
-            Err(denial) => grpc::local_response(decision::render(&denial, &view, policy)),
-        };
+    let response = match decision::authorize(&view, policy, now(), lookups, &NoRevocations) {
+        Ok(Verdict::Forward(authorized)) => {
+            grpc::ok_response(decision::allow(&view, &authorized, preview, policy, now()))
+        }
+        Ok(Verdict::Reply(reply)) => grpc::local_response(reply),
+        Ok(Verdict::Lookup(_)) => unreachable!("an HS256 token needs no more I/O"),
+        Err(denial) => grpc::local_response(decision::render(&denial, &view, policy)),
+    };
     // Something of the response, so none of it is optimised away.
     usize::from(response.http_response.is_some())
 }
@@ -129,6 +194,15 @@ fn benches(c: &mut Criterion) {
     });
     group.bench_function("deny_missing_token", |b| {
         b.iter(|| check_path(black_box(&anonymous), &policy, &preview))
+    });
+    // A token naming no sandbox, the policy deciding on the (cached) sandbox description: the
+    // warm path of single sign-on.
+    let ruled = with_rules();
+    let sso = check_request(&[("authorization", format!("Bearer {}", sso_token()))]);
+    let lookups = described();
+    assert_eq!(check_path_with(&sso, &ruled, &preview, &lookups), 1);
+    group.bench_function("allow_bearer_by_policy", |b| {
+        b.iter(|| check_path_with(black_box(&sso), &ruled, &preview, &lookups))
     });
     group.finish();
 
@@ -155,6 +229,36 @@ fn benches(c: &mut Criterion) {
     });
     group.bench_function("request_view", |b| {
         b.iter(|| grpc::view(black_box(&bearer)))
+    });
+    // The rules alone, for a token they allow by its second rule and one they deny (every rule
+    // evaluated, then the closest searched).
+    let rules = ruled.rules.clone().unwrap();
+    let member = TokenClaims::new(
+        serde_json::json!({"sub": "a", "groups": ["staff", "platform-admins"]})
+            .as_object()
+            .unwrap(),
+    )
+    .unwrap();
+    let Some(SandboxAnswer::Found(sandbox)) = &lookups.sandbox else {
+        unreachable!()
+    };
+    let facts = RequestFacts {
+        port: 3000,
+        method: "GET",
+        path: "/",
+        route: "",
+    };
+    group.bench_function("policy_evaluate_allow", |b| {
+        b.iter(|| rules.evaluate(black_box(&member), sandbox, &facts))
+    });
+    let outsider = TokenClaims::new(
+        serde_json::json!({"sub": "b", "groups": ["staff", "team-z"]})
+            .as_object()
+            .unwrap(),
+    )
+    .unwrap();
+    group.bench_function("policy_evaluate_deny", |b| {
+        b.iter(|| rules.evaluate(black_box(&outsider), sandbox, &facts))
     });
     group.finish();
 }

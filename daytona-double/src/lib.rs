@@ -194,6 +194,8 @@ struct Double {
 struct MutableState {
     /// Sandbox id → current preview token.
     sandboxes: HashMap<String, String>,
+    /// Sandbox id → its labels (`GET /sandbox/{id}`); none: no labels.
+    labels: HashMap<String, BTreeMap<String, String>>,
     stats: PreviewUrlStats,
     fault: Fault,
     proxy_log: VecDeque<ProxyRequestRecord>,
@@ -202,6 +204,8 @@ struct MutableState {
 #[derive(Default, Serialize)]
 struct PreviewUrlStats {
     preview_url_calls: u64,
+    /// Calls of `GET /sandbox/{id}` (the sandbox's description).
+    sandbox_calls: u64,
     /// `"{id}:{port}"` as they appeared in the request path → calls.
     per_key: BTreeMap<String, u64>,
 }
@@ -411,6 +415,7 @@ fn api_router(double: Arc<Double>) -> Router {
             "/api/sandbox/{sandbox_id}/ports/{port}/preview-url",
             get(preview_url),
         )
+        .route("/api/sandbox/{sandbox_id}", get(describe_sandbox))
         .route("/_double/stats", get(stats))
         .route("/_double/sandboxes", post(create_sandbox))
         .route(
@@ -470,6 +475,52 @@ async fn preview_url(
     })
     .into_response()
 }
+
+/// `GET /api/sandbox/{sandboxIdOrName}`: the sandbox as Daytona's `Sandbox` schema has it (the
+/// fields a client reads; labels as set with [`Options::labels`] or `POST /_double/sandboxes`).
+async fn describe_sandbox(
+    State(double): State<Arc<Double>>,
+    Path(sandbox_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    double.lock().stats.sandbox_calls += 1;
+    let path = uri.path();
+    if !has_api_key(&headers, &double.api_key) {
+        return daytona_error(StatusCode::UNAUTHORIZED, path, "Unauthorized");
+    }
+    if double.current_token(&sandbox_id).is_none() {
+        let message = format!("Sandbox with ID or name {sandbox_id} not found");
+        return daytona_error(StatusCode::NOT_FOUND, path, &message);
+    }
+    let labels = double
+        .lock()
+        .labels
+        .get(&sandbox_id)
+        .cloned()
+        .unwrap_or_default();
+    let now = iso8601_now();
+    Json(serde_json::json!({
+        "id": sandbox_id,
+        "organizationId": DOUBLE_ORGANIZATION_ID,
+        "name": sandbox_id,
+        "labels": labels,
+        "public": false,
+        "state": "started",
+        "desiredState": "started",
+        "errorReason": null,
+        "target": "us",
+        "user": "daytona",
+        "autoStopInterval": 15,
+        "createdAt": now,
+        "updatedAt": now,
+        "lastActivityAt": now,
+    }))
+    .into_response()
+}
+
+/// The organization every sandbox of the double belongs to.
+pub const DOUBLE_ORGANIZATION_ID: &str = "00000000-0000-4000-8000-00000000d0b1";
 
 /// `Authorization: Bearer <the API key>`, scheme case-insensitive.
 fn has_api_key(headers: &HeaderMap, api_key: &str) -> bool {
@@ -531,9 +582,10 @@ async fn stats(State(double): State<Arc<Double>>) -> Response {
 #[serde(default, deny_unknown_fields)]
 struct NewSandbox {
     id: Option<String>,
+    labels: BTreeMap<String, String>,
 }
 
-/// `POST /_double/sandboxes`, body optional: `{"id": "..."}`.
+/// `POST /_double/sandboxes`, body optional: `{"id": "...", "labels": {"team": "..."}}`.
 async fn create_sandbox(State(double): State<Arc<Double>>, uri: Uri, body: Bytes) -> Response {
     let request: NewSandbox = match parse_optional_json(&body) {
         Ok(request) => request,
@@ -546,7 +598,11 @@ async fn create_sandbox(State(double): State<Arc<Double>>, uri: Uri, body: Bytes
     }
     match double.create_sandbox(id) {
         Some(sandbox) => {
-            info!(sandbox.id = %sandbox.id, "sandbox created");
+            info!(sandbox.id = %sandbox.id, labels = ?request.labels, "sandbox created");
+            double
+                .lock()
+                .labels
+                .insert(sandbox.id.clone(), request.labels);
             (StatusCode::CREATED, Json(sandbox)).into_response()
         }
         None => daytona_error(StatusCode::CONFLICT, uri.path(), "sandbox exists"),
@@ -1161,6 +1217,8 @@ pub struct Options {
     pub api_tls: Option<TlsFiles>,
     /// Every well-formed sandbox id (a lower-case UUID) exists (benchmarks).
     pub any_sandbox: bool,
+    /// Labels of sandboxes (by id) as `GET /sandbox/{id}` reports them; others have none.
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
     /// Told every preview token the double issues, the initial sandboxes' included (tests check
     /// that no log of the system under test ever contains one).
     pub on_token_issued: Option<TokenHook>,
@@ -1178,6 +1236,7 @@ impl Options {
             proxy_tls: None,
             api_tls: None,
             any_sandbox: false,
+            labels: BTreeMap::new(),
             on_token_issued: None,
         }
     }
@@ -1282,6 +1341,7 @@ fn serve(
         options.on_token_issued,
     );
     let sandboxes = initial_sandboxes(&double, &options.sandboxes);
+    double.lock().labels.extend(options.labels.clone());
     let double = Arc::new(double);
 
     info!(

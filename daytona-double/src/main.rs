@@ -57,6 +57,10 @@ struct Cli {
     )]
     sandboxes: Vec<String>,
 
+    /// A label of a sandbox, as `GET /sandbox/{id}` reports it: `UUID:key=value` (repeatable).
+    #[arg(long = "label", value_name = "UUID:KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String, String)>,
+
     /// Domain of preview hosts: `{port}-{sandboxId}.{proxy_domain}`.
     #[arg(
         long,
@@ -137,6 +141,17 @@ async fn main() -> Result<(), daytona_double::Error> {
         proxy_addr: cli.proxy_addr,
         api_key: cli.api_key,
         sandboxes: cli.sandboxes,
+        labels: cli.labels.into_iter().fold(
+            std::collections::BTreeMap::new(),
+            |mut all: std::collections::BTreeMap<
+                String,
+                std::collections::BTreeMap<String, String>,
+            >,
+             (id, key, value)| {
+                all.entry(id).or_default().insert(key, value);
+                all
+            },
+        ),
         proxy_domain: cli.proxy_domain,
         proxy_tls: tls_files(cli.proxy_tls_cert, cli.proxy_tls_key),
         api_tls: tls_files(cli.api_tls_cert, cli.api_tls_key),
@@ -175,4 +190,14 @@ async fn shutdown_signal() -> std::io::Result<()> {
         _ = terminate.recv() => Ok(()),
         result = tokio::signal::ctrl_c() => result,
     }
+}
+
+/// `--label UUID:key=value`.
+fn parse_label(text: &str) -> Result<(String, String, String), String> {
+    let (id, pair) = text.split_once(':').ok_or("expected UUID:key=value")?;
+    let (key, value) = pair.split_once('=').ok_or("expected UUID:key=value")?;
+    if key.is_empty() {
+        return Err("the label key is empty".into());
+    }
+    Ok((parse_sandbox_id(id)?, key.to_owned(), value.to_owned()))
 }

@@ -14,8 +14,9 @@ pub use super::denial::{Denial, render};
 pub use super::request::RequestView;
 use super::request::without_token;
 use crate::authz::app_identity::Assertions;
-use crate::authz::host::{Hosts, PreviewTarget};
-use crate::authz::preview::Preview;
+use crate::authz::host::{Hosts, PreviewTarget, SandboxId};
+use crate::authz::policy::{Outcome, RequestFacts, Rules, SandboxInfo};
+use crate::authz::preview::{DaytonaError, Preview};
 use crate::authz::route::Access;
 use crate::authz::sso::Sso;
 use crate::authz::token::{self, ExtractError, Grant, TokenError, TokenSource, Verifier};
@@ -61,6 +62,9 @@ pub struct Policy {
     /// Single sign-on through Envoy's OAuth2 filter: which of its cookies holds the token, and
     /// which never reach the app.
     pub sso: Sso,
+    /// The `[[policy]]` rules: who may open which sandbox with a token that names none (the
+    /// verifier then accepts such tokens). `None`: no rules, and such tokens are malformed.
+    pub rules: Option<Arc<Rules>>,
 }
 
 impl Policy {
@@ -80,6 +84,7 @@ impl Policy {
             assertion: None,
             audit_log: false,
             sso: Sso::default(),
+            rules: None,
         }
     }
 }
@@ -126,6 +131,16 @@ pub enum Lookup {
     Introspect(String),
     /// A JWT names a key we do not hold: fetch the JWKS again (rate limited by the caller).
     RefreshJwks,
+    /// A token without the sandbox claim is to be decided by the `[[policy]]` rules: what does
+    /// Daytona say of this sandbox (`GET /sandbox/{id}`, cached by the caller)?
+    Sandbox(SandboxId),
+}
+
+/// Daytona's description of the request's sandbox, or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxAnswer {
+    Found(Arc<SandboxInfo>),
+    Failed(DaytonaError),
 }
 
 /// An introspection answer, as the decision needs it.
@@ -141,6 +156,8 @@ pub enum Introspected {
 pub struct Lookups {
     pub introspected: Vec<(String, Introspected)>,
     pub jwks_refreshed: bool,
+    /// The request's sandbox as Daytona describes it (asked only for policy-decided tokens).
+    pub sandbox: Option<SandboxAnswer>,
 }
 
 /// Whether a token or sandbox was revoked. In-memory and synchronous (the store keeps a mirror),
@@ -325,6 +342,21 @@ pub fn authorize(
                     RevocationStatus::Unknown => Err(Denial::StatusUnknown("revocations")),
                 }
             });
+        // A token that names no sandbox: the policy decides, on what Daytona says of the
+        // sandbox (looked up only now: after the token, its audience and revocations passed).
+        let verdict = match verdict {
+            Ok(grant) if grant.identity.is_some() => match &lookups.sandbox {
+                None => {
+                    return Ok(Verdict::Lookup(Lookup::Sandbox(target.sandbox_id.clone())));
+                }
+                // Not knowing is never masked: fail closed at once (404: no such sandbox).
+                Some(SandboxAnswer::Failed(error)) => return Err(Denial::Daytona(error.clone())),
+                Some(SandboxAnswer::Found(sandbox)) => {
+                    by_policy(request, policy, &target, &grant, sandbox).map(|()| grant)
+                }
+            },
+            other => other,
+        };
         match verdict {
             Ok(grant) => {
                 granted = Some((grant, candidate));
@@ -490,12 +522,39 @@ fn preflight(request: &RequestView) -> LocalReply {
     }
 }
 
+/// Whether a rule lets this token's holder open this sandbox port.
+fn by_policy(
+    request: &RequestView,
+    policy: &Policy,
+    target: &PreviewTarget,
+    grant: &Grant,
+    sandbox: &SandboxInfo,
+) -> Result<(), Denial> {
+    let (Some(rules), Some(claims)) = (&policy.rules, &grant.identity) else {
+        return Err(Denial::PolicyDenied { closest: None });
+    };
+    let path = request.path.split(['?', '#']).next().unwrap_or_default();
+    let facts = RequestFacts {
+        port: target.port,
+        method: &request.method,
+        path,
+        route: request.route.name.as_deref().unwrap_or_default(),
+    };
+    match rules.evaluate(claims, sandbox, &facts) {
+        Outcome::Allowed(_) => Ok(()),
+        Outcome::Denied(closest) => Err(Denial::PolicyDenied {
+            closest: closest.map(|c| c.to_string()),
+        }),
+    }
+}
+
 fn check_grant(grant: &Grant, target: &PreviewTarget, now: u64) -> Result<(), Denial> {
     // The verifier already checked `exp` (with leeway); this guards callers that cache grants.
     if grant.expires_at.saturating_add(token::LEEWAY_SECS) < now {
         return Err(Denial::InvalidToken(TokenError::Expired));
     }
-    if !grant.allows_sandbox(target.sandbox_id.as_str()) {
+    // A token naming no sandbox (the policy decides) is checked for its ports only here.
+    if grant.identity.is_none() && !grant.allows_sandbox(target.sandbox_id.as_str()) {
         return Err(Denial::WrongSandbox);
     }
     if !grant.allows_port(target.port) {
@@ -1715,7 +1774,7 @@ mod tests {
         ] {
             let lookups = Lookups {
                 introspected: vec![("opaque-abc".into(), answer)],
-                jwks_refreshed: false,
+                ..Lookups::default()
             };
             let verdict = super::authorize(&req, &policy, now(), &lookups, &NoRevocations);
             assert_eq!(verdict, Err(denial.clone()));
@@ -2083,6 +2142,190 @@ mod tests {
             ],
         );
         forwarded(authorize(&own, &two, now()));
+    }
+
+    // --- [[policy]]: tokens that name no sandbox ------------------------------------------
+
+    fn identity_token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn with_rules() -> Policy {
+        let rules = crate::authz::policy::Rules::compile(&[
+            crate::authz::policy::RuleSpec {
+                name: "team".into(),
+                allow: r#"token.groups.exists(g, g == sandbox.labels["team"])"#.into(),
+            },
+            crate::authz::policy::RuleSpec {
+                name: "admins".into(),
+                allow: r#""platform-admins" in token.groups && request.port != 22222"#.into(),
+            },
+        ])
+        .unwrap();
+        let mut policy = policy();
+        policy.verifier = policy.verifier.with_policy_identities(true);
+        policy.hosts.ports = crate::authz::host::PortRange::parse("3000-30000").unwrap();
+        policy.rules = Some(Arc::new(rules));
+        policy
+    }
+
+    fn described(team: &str) -> Lookups {
+        let info = SandboxInfo::new(
+            ID.into(),
+            "web".into(),
+            "org".into(),
+            "started".into(),
+            std::collections::BTreeMap::from([("team".to_owned(), team.to_owned())]),
+        )
+        .unwrap();
+        Lookups {
+            sandbox: Some(SandboxAnswer::Found(Arc::new(info))),
+            ..Lookups::default()
+        }
+    }
+
+    #[test]
+    fn a_token_naming_no_sandbox_is_malformed_without_policies() {
+        let t = identity_token(serde_json::json!({"groups": ["team-a"], "exp": now() + 60}));
+        let auth = bearer(&t);
+        let req = request(&host(3000), "/", &[("authorization", &auth)]);
+        assert_eq!(
+            authorize(&req, &policy(), now()),
+            Err(Denial::InvalidToken(TokenError::Malformed))
+        );
+        // Rules configured but the verifier not told: the same (the two go together).
+        let mut half = with_rules();
+        half.verifier = Verifier::hs256(SECRET, None, None);
+        assert_eq!(
+            authorize(&req, &half, now()),
+            Err(Denial::InvalidToken(TokenError::Malformed))
+        );
+    }
+
+    #[test]
+    fn with_policies_the_rules_decide_on_the_sandbox_daytona_describes() {
+        let policy = with_rules();
+        let t = identity_token(
+            serde_json::json!({"sub": "alice", "groups": ["team-a"], "exp": now() + 60}),
+        );
+        let auth = bearer(&t);
+        let req = request(&host(3000), "/app?x=1", &[("authorization", &auth)]);
+        let decide =
+            |lookups: &Lookups| super::authorize(&req, &policy, now(), lookups, &NoRevocations);
+        assert_eq!(
+            decide(&Lookups::default()),
+            Ok(Verdict::Lookup(Lookup::Sandbox(ID.parse().unwrap())))
+        );
+        let authorized = forwarded(decide(&described("team-a")));
+        assert_eq!(authorized.target, target(3000));
+        assert!(authorized.grant.unwrap().identity.is_some());
+        let denial = decide(&described("team-b")).unwrap_err();
+        assert_eq!(denial, Denial::PolicyDenied { closest: None });
+        assert_eq!((denial.status(), denial.code()), (403, "policy_denied"));
+        let reply = render(&denial, &req, &policy);
+        assert!(reply.body.contains("policy_denied"), "{}", reply.body);
+        let page = render(&denial, &request(&host(3000), "/", &[HTML]), &policy);
+        assert!(page.body.contains("<html"), "{}", page.body);
+        // Daytona cannot say: fail closed; no such sandbox: 404.
+        for (error, status) in [
+            (DaytonaError::Unavailable("down".into()), 503),
+            (DaytonaError::NotFound, 404),
+        ] {
+            let lookups = Lookups {
+                sandbox: Some(SandboxAnswer::Failed(error.clone())),
+                ..Lookups::default()
+            };
+            assert_eq!(decide(&lookups).unwrap_err().status(), status, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_platform_admin_opens_every_team_but_not_port_22222_and_the_log_says_how_close() {
+        let policy = with_rules();
+        let t =
+            identity_token(serde_json::json!({"groups": ["platform-admins"], "exp": now() + 60}));
+        let auth = bearer(&t);
+        for team in ["team-a", "team-b"] {
+            let req = request(&host(3000), "/", &[("authorization", &auth)]);
+            forwarded(super::authorize(
+                &req,
+                &policy,
+                now(),
+                &described(team),
+                &NoRevocations,
+            ));
+        }
+        let req = request(&host(22222), "/", &[("authorization", &auth)]);
+        let denial = super::authorize(&req, &policy, now(), &described("team-a"), &NoRevocations)
+            .unwrap_err();
+        assert_eq!(
+            denial,
+            Denial::PolicyDenied {
+                closest: Some("\"admins\" (its first 1 of 2 conditions true)".into())
+            }
+        );
+        assert!(denial.to_string().contains("admins"), "the log says it");
+        let reply = render(&denial, &req, &policy);
+        assert!(
+            !reply.body.contains("admins"),
+            "the client never learns it: {}",
+            reply.body
+        );
+    }
+
+    #[test]
+    fn revocations_apply_to_policy_tokens_before_daytona_is_asked() {
+        let policy = with_rules();
+        let t = identity_token(
+            serde_json::json!({"groups": ["team-a"], "exp": now() + 60, "jti": "j-1"}),
+        );
+        let auth = bearer(&t);
+        let req = request(&host(3000), "/", &[("authorization", &auth)]);
+        for (status, expected) in [
+            (
+                RevocationStatus::TokenRevoked,
+                Denial::InvalidToken(TokenError::Revoked),
+            ),
+            (RevocationStatus::SandboxRevoked, Denial::SandboxRevoked),
+            (
+                RevocationStatus::Unknown,
+                Denial::StatusUnknown("revocations"),
+            ),
+        ] {
+            assert_eq!(
+                super::authorize(&req, &policy, now(), &Lookups::default(), &Revoked(status)),
+                Err(expected)
+            );
+        }
+        // A ports claim still narrows what such a token opens.
+        let narrow = identity_token(
+            serde_json::json!({"groups": ["team-a"], "exp": now() + 60, "ports": [3000]}),
+        );
+        let auth = bearer(&narrow);
+        let req = request(&host(4000), "/", &[("authorization", &auth)]);
+        assert_eq!(
+            super::authorize(&req, &policy, now(), &described("team-a"), &NoRevocations),
+            Err(Denial::PortNotGranted)
+        );
+    }
+
+    #[test]
+    fn a_token_naming_sandboxes_works_as_before_with_policies() {
+        let policy = with_rules();
+        let t = token(ID, None, now() + 60);
+        let auth = bearer(&t);
+        let req = request(&host(3000), "/", &[("authorization", &auth)]);
+        // No look-up, no rule: the claim decides.
+        forwarded(authorize(&req, &policy, now()));
+        let other = token(OTHER, None, now() + 60);
+        let auth = bearer(&other);
+        let req = request(&host(3000), "/", &[("authorization", &auth)]);
+        assert_eq!(authorize(&req, &policy, now()), Err(Denial::WrongSandbox));
     }
 
     // --- single sign-on: the session of Envoy's OAuth2 filter ----------------------------------

@@ -53,6 +53,10 @@ pub enum Denial {
     /// The route's `context_extensions` cannot be used: nothing is decided on them.
     #[error("route settings: {0}")]
     BadRoute(RouteError),
+    /// A token that names no sandbox, and no `[[policy]]` rule lets it open this one. Which
+    /// rule came closest is for the log only.
+    #[error("no policy rule allows this token here; closest: {}", .closest.as_deref().unwrap_or("none"))]
+    PolicyDenied { closest: Option<String> },
 }
 
 impl Denial {
@@ -66,7 +70,8 @@ impl Denial {
             | Denial::SandboxRevoked
             | Denial::CrossSandbox
             | Denial::CorsOriginRefused
-            | Denial::PortNotOnRoute => 403,
+            | Denial::PortNotOnRoute
+            | Denial::PolicyDenied { .. } => 403,
             Denial::BadRoute(_) => 500,
             Denial::StatusUnknown(_) => 503,
             Denial::TooManyPorts { .. } => 429,
@@ -93,6 +98,7 @@ impl Denial {
             | Denial::CrossSandbox => "insufficient_scope",
             Denial::CorsOriginRefused => "cors_origin_refused",
             Denial::PortNotOnRoute => "port_not_served",
+            Denial::PolicyDenied { .. } => "policy_denied",
             Denial::BadRoute(_) => "route_misconfigured",
             Denial::StatusUnknown(_) => "identity_unavailable",
             Denial::TooManyPorts { .. } => "too_many_ports",
@@ -134,6 +140,7 @@ impl Denial {
             }
             Denial::CorsOriginRefused => "This origin may not call this sandbox.".into(),
             Denial::PortNotOnRoute => "This port is not served at this address.".into(),
+            Denial::PolicyDenied { .. } => "You are signed in, but no access rule lets you open this sandbox (or this port of it). Ask the platform team for access.".into(),
             Denial::BadRoute(_) => "This address is not set up correctly at the preview proxy. Tell the platform team.".into(),
             Denial::StatusUnknown(_) => {
                 "Access cannot be checked right now; try again shortly.".into()

@@ -8,8 +8,9 @@
 //! mutations), [`denial`] says why not and what the client is told ([`pages`] for a person),
 //! [`port_limit`] bounds the distinct ports per sandbox, [`preview`] is what a preview-token
 //! look-up answers, and [`app_identity`] tells the app who the caller is (forwarded claims, the
-//! signed assertion), [`sso`] reads the session of Envoy's OAuth2 filter. The I/O is the
-//! caller's (`serve::authorizer`): introspecting a token or
+//! signed assertion), [`sso`] reads the session of Envoy's OAuth2 filter, [`policy`] holds the
+//! `[[policy]]` rules that decide for tokens that do not name sandboxes. The I/O is the caller's
+//! (`serve::authorizer`): introspecting a token or
 //! refetching the JWKS between two calls of [`decision::authorize`], and fetching the preview
 //! token between [`decision::authorize`] and [`decision::allow`].
 
@@ -18,6 +19,7 @@ pub mod decision;
 pub mod denial;
 pub mod host;
 pub mod pages;
+pub mod policy;
 pub mod port_limit;
 pub mod preview;
 pub mod request;

@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::authz::app_identity::{ForwardClaim, claim_value};
+use crate::authz::policy::TokenClaims;
 
 /// Tokens longer than this are refused without parsing (a JWT we issue is a few hundred bytes).
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -93,6 +94,9 @@ pub struct Grant {
     /// The `--forward-claim` headers and their values, for the claims this token has (made with
     /// the grant, so remembered with it): `(header, value)`, header lower-case.
     pub forwarded: Vec<(Arc<str>, String)>,
+    /// A token without the sandbox claim, accepted because `[[policy]]` rules are configured:
+    /// its claims, for the rules to decide which sandboxes it opens (`sandboxes` is empty).
+    pub identity: Option<TokenClaims>,
 }
 
 impl Grant {
@@ -193,6 +197,9 @@ pub struct Verifier {
     /// Seconds from now past which no token may expire (`--max-token-lifetime`); `None`: any.
     max_lifetime: Option<u64>,
     mapping: ClaimMapping,
+    /// `[[policy]]` rules are configured: a token without the sandbox claim is an identity for
+    /// them to decide on, not a malformed token.
+    policy_identities: bool,
     /// What jsonwebtoken checks (HS256; the JWKS algorithms change only `algorithms`), built
     /// when the rules change rather than for every token.
     validation: Validation,
@@ -227,6 +234,7 @@ impl Verifier {
             leeway: LEEWAY_SECS,
             max_lifetime: None,
             mapping: ClaimMapping::default(),
+            policy_identities: false,
             validation: validation(issuer, audience, LEEWAY_SECS),
             verified: verified_cache(),
         }
@@ -258,6 +266,14 @@ impl Verifier {
 
     pub fn with_mapping(mut self, mapping: ClaimMapping) -> Self {
         self.mapping = mapping;
+        self.verified = verified_cache();
+        self
+    }
+
+    /// With `true` (policies configured), tokens without the sandbox claim are accepted as
+    /// identities for the policy to decide on; with `false` they are malformed.
+    pub fn with_policy_identities(mut self, on: bool) -> Self {
+        self.policy_identities = on;
         self.verified = verified_cache();
         self
     }
@@ -388,7 +404,12 @@ impl Verifier {
 
     /// Maps verified (or introspected) claims to a grant, with the configured claim names.
     pub fn grant(&self, claims: &Map<String, Value>, now: u64) -> Result<Grant, TokenError> {
+        let mut identity = None;
         let sandboxes = match claims.get(&self.mapping.sandbox) {
+            None if self.policy_identities => {
+                identity = Some(TokenClaims::new(claims).ok_or(TokenError::Malformed)?);
+                Vec::new()
+            }
             Some(Value::String(one)) => vec![one.to_ascii_lowercase()],
             Some(Value::Array(many)) if !many.is_empty() && many.len() <= 1000 => many
                 .iter()
@@ -462,6 +483,7 @@ impl Verifier {
             audiences,
             subject,
             forwarded,
+            identity,
         })
     }
 

@@ -86,6 +86,7 @@ pub fn serve_exit_code(error: &ServeError) -> u8 {
 }
 
 pub fn run() -> ExitCode {
+    quiet_interpreter_panics();
     let cli = match config::parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -142,8 +143,8 @@ pub fn run() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig(args) => match args.validate() {
-            Ok(config) => {
+        Command::CheckConfig(check) => match explained(*check) {
+            (Ok(config), question) => {
                 println!(
                     "configuration OK: preview domain {} (ports {}), Daytona API {}, gRPC {}, HTTP {}",
                     config.preview_domains.join(", "),
@@ -167,9 +168,17 @@ pub fn run() -> ExitCode {
                         route.route.login_url.as_ref().map_or("-", url::Url::as_str),
                     );
                 }
+                if let Some(rules) = &config.rules {
+                    for name in rules.names() {
+                        println!("policy rule {name:?}: compiled and checked");
+                    }
+                }
+                if let Some(question) = question {
+                    return explain(&config, &question);
+                }
                 ExitCode::SUCCESS
             }
-            Err(errors) => usage(&errors),
+            (Err(errors), _) => usage(&errors),
         },
         Command::Mint(args) => printed(mint::mint(*args)),
         Command::Revoke(args) => printed(admin_client::revoke(&args)),
@@ -178,6 +187,63 @@ pub fn run() -> ExitCode {
             if args.live { "healthz" } else { "readyz" },
         ),
     }
+}
+
+/// `check-config`'s configuration, validated, and its `--explain` question if any.
+fn explained(
+    check: config::CheckConfigArgs,
+) -> (
+    Result<config::ServeConfig, ConfigErrors>,
+    Option<crate::serve::explain::Question>,
+) {
+    let question = check.explain.then(|| crate::serve::explain::Question {
+        token: check.token.unwrap_or_default(),
+        sandbox: check.sandbox.unwrap_or_default(),
+        port: check.port.unwrap_or_default(),
+        method: check.method,
+        path: check.path,
+    });
+    (check.serve.validate(), question)
+}
+
+/// `check-config --explain`: the decision for one token, sandbox and port. Exits 0 whatever it
+/// is (the configuration is valid); 64 only when the question cannot be asked.
+fn explain(config: &config::ServeConfig, question: &crate::serve::explain::Question) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("daytona-authz: cannot start the runtime: {e}");
+            return ExitCode::from(exit::OSERR);
+        }
+    };
+    match runtime.block_on(crate::serve::explain::explain(config, question)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("daytona-authz: {e}");
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
+/// The CEL interpreter panics (`todo!`) on a few inputs (a macro over a string, say); the policy
+/// catches that and counts the rule as false. The default hook would print the panic's message,
+/// which quotes the input (a token's claim): this one logs a warning without it instead, and
+/// leaves every other panic to the default hook.
+fn quiet_interpreter_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| match info.location() {
+        Some(at) if at.file().contains("cel-interpreter") => tracing::warn!(
+            at = %format!("{}:{}", at.file().rsplit('/').next().unwrap_or_default(), at.line()),
+            "a policy rule hit a case the CEL interpreter does not support; the rule counts as false"
+        ),
+        _ => default(info),
+    }));
 }
 
 fn usage(errors: &ConfigErrors) -> ExitCode {

@@ -28,8 +28,9 @@ pub enum Command {
     /// token is set).
     Serve(Box<ServeArgs>),
     /// Validate a `serve` configuration (flags, environment, config file, secrets) and exit:
-    /// 0 when it is good, 64 with every problem listed.
-    CheckConfig(Box<ServeArgs>),
+    /// 0 when it is good, 64 with every problem listed. With --explain, also say what the
+    /// policy decides for a token, sandbox and port (asking Daytona about the sandbox).
+    CheckConfig(Box<CheckConfigArgs>),
     /// Sign an access token and print a share link for a sandbox.
     Mint(Box<MintArgs>),
     /// Revoke an access token (by jti), every token for a sandbox, or every token of a person (by
@@ -363,6 +364,41 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub app_identity: AppIdentityArgs,
+
+    /// The config file's `[[policy]]` rules (set by the config file's reader, not a flag).
+    #[arg(skip)]
+    pub policies: Vec<crate::authz::policy::RuleSpec>,
+}
+
+/// `check-config`: the `serve` settings, and optionally one decision to explain.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Also print what this configuration decides for --token on port --port of sandbox
+    /// --sandbox, and which [[policy]] rule allowed it (or came closest). Fetches the sandbox's
+    /// description from the configured Daytona API. Exits 0 whenever the configuration is valid.
+    #[arg(long, requires_all = ["token", "sandbox", "port"])]
+    pub explain: bool,
+    /// The access token to explain (a JWT or an opaque token).
+    #[arg(long, requires = "explain", value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// The sandbox (its UUID).
+    #[arg(long, requires = "explain", value_name = "ID")]
+    pub sandbox: Option<String>,
+    /// The sandbox port.
+    #[arg(long, requires = "explain", value_name = "PORT")]
+    pub port: Option<u16>,
+    /// The request's method and path, as the rules see them.
+    #[arg(
+        long,
+        requires = "explain",
+        default_value = "GET",
+        value_name = "METHOD"
+    )]
+    pub method: String,
+    #[arg(long, requires = "explain", default_value = "/", value_name = "PATH")]
+    pub path: String,
 }
 
 /// Who the caller is, told to the app and to the audit log.

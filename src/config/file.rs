@@ -1,11 +1,12 @@
 //! The config file (`--config`, TOML): its keys become defaults below flags and environment
-//! variables.
+//! variables; its `[[policy]]` tables (no flag has them) are the policy rules.
 
 use std::path::{Path, PathBuf};
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 use super::*;
+use crate::authz::policy::RuleSpec;
 
 /// Parses the command line, with a `serve`/`check-config` config file as the lowest-precedence
 /// source above the defaults.
@@ -27,7 +28,7 @@ where
     let Some(file) = file else {
         return Cli::from_arg_matches(&matches);
     };
-    let defaults = file_defaults(&file)
+    let (defaults, policies) = file_defaults(&file)
         .map_err(|e| Cli::command().error(clap::error::ErrorKind::InvalidValue, e.to_string()))?;
     // The file's values become the defaults of `serve` and `check-config`, so flags and
     // environment variables still win.
@@ -41,12 +42,58 @@ where
         });
     }
     let matches: ArgMatches = command.try_get_matches_from(&args)?;
-    Cli::from_arg_matches(&matches)
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    match &mut cli.command {
+        Command::Serve(serve) => serve.policies = policies,
+        Command::CheckConfig(check) => check.serve.policies = policies,
+        _ => {}
+    }
+    Ok(cli)
 }
 
-/// Reads a TOML config file into (argument id, values) pairs; unknown keys are errors, and so is
-/// an array for a flag that is not repeatable.
-pub(crate) fn file_defaults(path: &Path) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+/// The `policy` key: an array of tables with exactly `name` and `allow`, both strings.
+fn policy_tables(path: &Path, value: toml::Value) -> Result<Vec<RuleSpec>, ConfigError> {
+    let bad = |why: String| ConfigError(format!("--config: {} {why}", path.display()));
+    let toml::Value::Array(tables) = value else {
+        return Err(bad(
+            "has `policy` that is not [[policy]] tables (name = \"...\", allow = '<CEL>')".into(),
+        ));
+    };
+    let mut rules = Vec::new();
+    for (index, table) in tables.into_iter().enumerate() {
+        let place = format!("[[policy]] #{}", index + 1);
+        let toml::Value::Table(table) = table else {
+            return Err(bad(format!("{place} is not a table")));
+        };
+        let (mut name, mut allow) = (None, None);
+        for (key, value) in table {
+            let toml::Value::String(text) = value else {
+                return Err(bad(format!("{place}: {key} must be a string")));
+            };
+            match key.as_str() {
+                "name" => name = Some(text),
+                "allow" => allow = Some(text),
+                other => {
+                    return Err(bad(format!(
+                        "{place}: unknown field {other:?} (a rule has name and allow)"
+                    )));
+                }
+            }
+        }
+        match (name, allow) {
+            (Some(name), Some(allow)) => rules.push(RuleSpec { name, allow }),
+            _ => return Err(bad(format!("{place} needs both name and allow"))),
+        }
+    }
+    Ok(rules)
+}
+
+/// What a config file sets: (argument id, values) pairs, and the policy rules.
+pub(crate) type FileSettings = (Vec<(String, Vec<String>)>, Vec<RuleSpec>);
+
+/// Reads a TOML config file into (argument id, values) pairs and its `[[policy]]` rules; unknown
+/// keys are errors, and so is an array for a flag that is not repeatable.
+pub(crate) fn file_defaults(path: &Path) -> Result<FileSettings, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("--config: cannot read {}: {e}", path.display())))?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
@@ -69,7 +116,12 @@ pub(crate) fn file_defaults(path: &Path) -> Result<Vec<(String, Vec<String>)>, C
         .cloned()
         .expect("serve exists");
     let mut defaults = Vec::new();
+    let mut policies = Vec::new();
     for (key, value) in table {
+        if key == "policy" {
+            policies = policy_tables(path, value)?;
+            continue;
+        }
         // Keys are the flag names (`preview-domain`; `preview_domain` too).
         let long = key.replace('_', "-");
         let argument = serve
@@ -96,7 +148,7 @@ pub(crate) fn file_defaults(path: &Path) -> Result<Vec<(String, Vec<String>)>, C
         };
         defaults.push((argument.get_id().to_string(), values));
     }
-    Ok(defaults)
+    Ok((defaults, policies))
 }
 
 /// A string, integer or boolean value, as the flag's text.

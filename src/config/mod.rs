@@ -597,4 +597,71 @@ mod tests {
         );
         assert!(error.contains("cannot read"), "{error}");
     }
+
+    #[test]
+    fn policy_rules_come_from_the_config_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("daytona-authz.toml");
+        let path = file.to_str().unwrap();
+        let base = "preview-domain = \"preview.example.com\"\ndaytona-api-key = \"k\"\njwt-secret = \"0123456789abcdef0123456789abcdef\"\n";
+        std::fs::write(
+            &file,
+            format!(
+                "{base}[[policy]]\nname = \"team members open their team's sandboxes\"\nallow = 'token.groups.exists(g, g == sandbox.labels[\"team\"])'\n\n[[policy]]\nname = \"platform admins open everything, port 22222 excepted\"\nallow = '\"platform-admins\" in token.groups && request.port != 22222'\n"
+            ),
+        )
+        .unwrap();
+        let config = serve(&["--config", path]).unwrap();
+        assert_eq!(config.policies.len(), 2);
+        let rules = config.rules.unwrap();
+        assert_eq!(
+            rules.names().collect::<Vec<_>>(),
+            [
+                "team members open their team's sandboxes",
+                "platform admins open everything, port 22222 excepted"
+            ]
+        );
+        // check-config reads them too.
+        let cli = parse_from(["daytona-authz", "check-config", "--config", path]).unwrap();
+        match cli.command {
+            Command::CheckConfig(args) => assert_eq!(args.serve.policies.len(), 2),
+            _ => unreachable!(),
+        }
+        // No rules: none.
+        std::fs::write(&file, base).unwrap();
+        assert!(serve(&["--config", path]).unwrap().rules.is_none());
+
+        // A broken expression is a validation error (exit 64) naming the rule.
+        std::fs::write(
+            &file,
+            format!("{base}[[policy]]\nname = \"ok\"\nallow = 'true'\n[[policy]]\nname = \"broken rule\"\nallow = 'token.groups.exists(g, '\n"),
+        )
+        .unwrap();
+        let errors = serve(&["--config", path]).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert!(
+            errors.0[0]
+                .0
+                .starts_with("[[policy]] \"broken rule\": allow does not parse"),
+            "{errors}"
+        );
+        // An unknown field of a rule, a rule without allow, and policy that is not tables are
+        // refused while reading the file.
+        for (text, says) in [
+            (
+                "[[policy]]\nname = \"x\"\nallow = 'true'\nalow = 'false'\n",
+                "unknown field \"alow\"",
+            ),
+            ("[[policy]]\nname = \"x\"\n", "needs both name and allow"),
+            ("policy = \"true\"\n", "not [[policy]] tables"),
+            (
+                "[[policy]]\nname = \"x\"\nallow = true\n",
+                "allow must be a string",
+            ),
+        ] {
+            std::fs::write(&file, format!("{base}{text}")).unwrap();
+            let error = parse_from(["daytona-authz", "serve", "--config", path]).unwrap_err();
+            assert!(error.to_string().contains(says), "{text}: {error}");
+        }
+    }
 }

@@ -12,6 +12,7 @@ use crate::authz::app_identity::{
     AssertionKey, DEFAULT_ASSERTION_HEADER, ForwardClaim, MAX_FORWARD_CLAIMS, app_header,
 };
 use crate::authz::host::PortRange;
+use crate::authz::policy::{RuleSpec, Rules};
 use crate::identity::introspection::UnknownBudget;
 
 /// The validated identity settings.
@@ -409,6 +410,9 @@ pub struct ServeConfig {
     pub secret_sources: SecretSources,
     /// The secrets as read at start-up.
     pub secrets: Secrets,
+    /// The config file's `[[policy]]` rules as written, and compiled (`None`: no rules).
+    pub policies: Vec<RuleSpec>,
+    pub rules: Option<Arc<Rules>>,
 }
 
 /// `--max-ports-per-sandbox` at most: every port Daytona exposes (3000-9999).
@@ -418,8 +422,20 @@ pub(crate) const MAX_WORKER_THREADS: usize = 256;
 
 impl ServeArgs {
     /// Checks everything, reporting every problem.
-    pub fn validate(self) -> Result<ServeConfig, ConfigErrors> {
+    pub fn validate(mut self) -> Result<ServeConfig, ConfigErrors> {
         let mut p = Problems::default();
+        let policies = std::mem::take(&mut self.policies);
+        let rules = if policies.is_empty() {
+            Some(None)
+        } else {
+            match Rules::compile(&policies) {
+                Ok(rules) => Some(Some(Arc::new(rules))),
+                Err(problems) => {
+                    p.0.extend(problems.into_iter().map(ConfigError));
+                    None
+                }
+            }
+        };
         let grpc_addr = p.check(socket_addr("--grpc-addr", &self.grpc_addr));
         let http_addr = p.check(socket_addr("--http-addr", &self.http_addr));
         let admin_addr = p.check(socket_addr("--admin-addr", &self.admin_addr));
@@ -623,6 +639,8 @@ impl ServeArgs {
                 trust: trust?,
                 secret_sources: sources?,
                 secrets: secrets?,
+                policies,
+                rules: rules?,
             })
         })();
         match config {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{DaytonaError, Preview, PreviewSource};
+use super::{DaytonaError, Preview, PreviewSource, SandboxInfo};
 use crate::authz::host::{PreviewTarget, SandboxId};
 use crate::cache::CoalescingCache;
 use crate::metrics::Metrics;
@@ -18,6 +18,9 @@ use crate::metrics::Metrics;
 pub struct PreviewCache<S> {
     source: Arc<S>,
     cache: CoalescingCache<PreviewKey, Preview, DaytonaError>,
+    /// Sandboxes' descriptions (`GET /sandbox/{id}`, for the `[[policy]]` rules), by UUID: the
+    /// same lifetimes, coalescing and bound as preview tokens.
+    sandboxes: CoalescingCache<u128, SandboxInfo, DaytonaError>,
     /// `(ttl, negative_ttl)`, swapped by a reload of the config file (new answers only).
     ttls: arc_swap::ArcSwap<(Duration, Duration)>,
     metrics: Arc<Metrics>,
@@ -53,6 +56,7 @@ impl<S: PreviewSource> PreviewCache<S> {
             metrics,
             ttls: arc_swap::ArcSwap::from_pointee((ttl, negative_ttl)),
             cache: CoalescingCache::new(max_entries),
+            sandboxes: CoalescingCache::new(max_entries),
         }
     }
 
@@ -83,27 +87,52 @@ impl<S: PreviewSource> PreviewCache<S> {
                 &key,
                 asked,
                 || self.source.fetch(target),
-                |answer| {
-                    let (ttl, negative_ttl) = **self.ttls.load();
-                    match answer {
-                        Ok(_) => Some(ttl),
-                        Err(DaytonaError::NotFound | DaytonaError::BadRequest(_))
-                            if !negative_ttl.is_zero() =>
-                        {
-                            Some(negative_ttl)
-                        }
-                        Err(_) => None,
-                    }
-                },
+                |answer| self.keep(answer),
             )
             .await;
         self.metrics.set_cache_entries(self.entry_count());
         answer
     }
 
-    /// Forgets one port of a sandbox, or every port of it.
+    /// Daytona's description of a sandbox, from the cache or (once for all concurrent callers)
+    /// from Daytona; kept as long as preview tokens are (a 404 as long as a negative answer).
+    pub async fn sandbox(
+        &self,
+        sandbox_id: &SandboxId,
+    ) -> Result<Arc<SandboxInfo>, Arc<DaytonaError>> {
+        let asked = Instant::now();
+        let key = sandbox_id.uuid().as_u128();
+        if let Some(answer) = self.sandboxes.cached(&key, asked) {
+            return answer;
+        }
+        self.sandboxes
+            .get_or_fetch(
+                &key,
+                asked,
+                || self.source.sandbox(sandbox_id),
+                |answer| self.keep(answer),
+            )
+            .await
+    }
+
+    /// How long an answer is kept: `ttl` for a success, `negative_ttl` for Daytona's 404/400.
+    fn keep<T>(&self, answer: &Result<T, DaytonaError>) -> Option<Duration> {
+        let (ttl, negative_ttl) = **self.ttls.load();
+        match answer {
+            Ok(_) => Some(ttl),
+            Err(DaytonaError::NotFound | DaytonaError::BadRequest(_))
+                if !negative_ttl.is_zero() =>
+            {
+                Some(negative_ttl)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Forgets one port of a sandbox, or every port of it; and its description either way.
     pub async fn invalidate(&self, sandbox_id: &SandboxId, port: Option<u16>) {
         let key = PreviewKey::new(sandbox_id, port.unwrap_or(0));
+        self.sandboxes.remove(&key.sandbox);
         match port {
             Some(_) => self.cache.remove(&key),
             None => self.cache.retain(|cached| cached.sandbox != key.sandbox),
@@ -114,6 +143,7 @@ impl<S: PreviewSource> PreviewCache<S> {
     /// Drops the entries that have expired (see [`CoalescingCache::remove_expired`]).
     pub fn remove_expired(&self) {
         self.cache.remove_expired(Instant::now());
+        self.sandboxes.remove_expired(Instant::now());
         self.metrics.set_cache_entries(self.entry_count());
     }
 
@@ -138,6 +168,25 @@ mod tests {
     }
 
     impl PreviewSource for Counting {
+        async fn sandbox(&self, sandbox_id: &SandboxId) -> Result<SandboxInfo, DaytonaError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(error) = &self.error {
+                return Err(error.clone());
+            }
+            if self.fail {
+                return Err(DaytonaError::Unavailable("down".into()));
+            }
+            SandboxInfo::new(
+                sandbox_id.as_str().into(),
+                "web".into(),
+                "org".into(),
+                "started".into(),
+                Default::default(),
+            )
+            .map_err(DaytonaError::BadAnswer)
+        }
+
         async fn fetch(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -319,6 +368,46 @@ mod tests {
             assert_eq!(cache.source.calls.load(Ordering::SeqCst), 2, "{error}");
             assert_eq!(cache.entry_count(), 0);
         }
+    }
+
+    #[tokio::test]
+    async fn descriptions_are_coalesced_cached_and_forgotten_with_the_preview_token() {
+        let cache = counting(false, Duration::from_secs(60));
+        let id: SandboxId = ID.parse().unwrap();
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = Arc::clone(&cache);
+                let id = id.clone();
+                tokio::spawn(async move { cache.sandbox(&id).await })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap().id, ID);
+        }
+        assert_eq!(
+            cache.source.calls.load(Ordering::SeqCst),
+            1,
+            "one call for 20"
+        );
+        cache.sandbox(&id).await.unwrap();
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 1, "cached");
+        // Forgetting one port's preview token forgets the description too.
+        cache.invalidate(&id, Some(3000)).await;
+        cache.sandbox(&id).await.unwrap();
+        assert_eq!(cache.source.calls.load(Ordering::SeqCst), 2);
+        // A failure is not kept; a 404 is, for the negative TTL.
+        let failing = counting(true, Duration::from_secs(60));
+        assert!(failing.sandbox(&id).await.is_err());
+        assert!(failing.sandbox(&id).await.is_err());
+        assert_eq!(failing.source.calls.load(Ordering::SeqCst), 2);
+        let gone = answering(DaytonaError::NotFound, Duration::from_secs(60));
+        for _ in 0..3 {
+            assert_eq!(
+                *gone.sandbox(&id).await.unwrap_err(),
+                DaytonaError::NotFound
+            );
+        }
+        assert_eq!(gone.source.calls.load(Ordering::SeqCst), 1);
     }
 
     #[test]

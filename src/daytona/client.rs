@@ -1,5 +1,6 @@
-//! The Daytona REST API client: `GET /sandbox/{id}/ports/{port}/preview-url` with the
-//! organization's API key, bounded in time and in calls in flight, backing off on 429.
+//! The Daytona REST API client: `GET /sandbox/{id}/ports/{port}/preview-url` and
+//! `GET /sandbox/{id}` with the organization's API key, bounded in time, in body size and in
+//! calls in flight, backing off on 429.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use arc_swap::ArcSwap;
 use serde::Deserialize;
 
 use super::upstream::parse_upstream;
-use super::{DaytonaError, Preview, PreviewSource};
+use super::{DaytonaError, Preview, PreviewSource, SandboxInfo};
 use crate::authz::host::{PreviewTarget, SandboxId};
 use crate::metrics::Metrics;
 use crate::outbound::trust::TrustRoots;
@@ -128,14 +129,63 @@ impl DaytonaApi {
         )
     )]
     async fn call(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
-        let result = self.call_untraced(target).await;
+        let result = match self.get(self.preview_url(target)).await {
+            Ok(body) => {
+                let answer = parse_answer(&body, target, &self.upstream_domains);
+                if let Err(e) = &answer {
+                    tracing::warn!(error = %e, sandbox.id = %target.sandbox_id, port = target.port, "refusing Daytona's answer");
+                }
+                answer
+            }
+            Err(error) => Err(error),
+        };
         if let Err(error) = &result {
             tracing::Span::current().record("error.type", error_type(error));
         }
         result
     }
 
-    async fn call_untraced(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
+    fn sandbox_url(&self, sandbox_id: &SandboxId) -> url::Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("validated as an http(s) URL")
+            .pop_if_empty()
+            .extend(["sandbox", sandbox_id.as_str()]);
+        url
+    }
+
+    /// `GET /sandbox/{id}`, bounded and counted as the preview-url call is.
+    #[tracing::instrument(
+        level = "debug",
+        name = "daytona.sandbox",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            sandbox.id = %sandbox_id,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        )
+    )]
+    async fn describe_sandbox(&self, sandbox_id: &SandboxId) -> Result<SandboxInfo, DaytonaError> {
+        let result = match self.get(self.sandbox_url(sandbox_id)).await {
+            Ok(body) => {
+                let answer = parse_sandbox(&body, sandbox_id);
+                if let Err(e) = &answer {
+                    tracing::warn!(error = %e, sandbox.id = %sandbox_id, "refusing Daytona's description of the sandbox");
+                }
+                answer
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            tracing::Span::current().record("error.type", error_type(error));
+        }
+        result
+    }
+
+    /// One GET of the API, bounded as a whole by `timeout`: the body of a 200, or the error
+    /// its status means.
+    async fn get(&self, url: url::Url) -> Result<Vec<u8>, DaytonaError> {
         if let Some(seconds) = self.backoff.remaining(Instant::now()) {
             // Daytona asked us to wait: asking again now would only prolong its rate limit.
             self.metrics.api_backoff_refusal();
@@ -162,7 +212,7 @@ impl DaytonaApi {
         }
         let response = self
             .http
-            .get(self.preview_url(target))
+            .get(url)
             .header(
                 reqwest::header::AUTHORIZATION,
                 (**self.authorization.load()).clone(),
@@ -195,13 +245,7 @@ impl DaytonaApi {
             self.answered.send_replace(true);
         }
         match status {
-            200 => {
-                let answer = parse_answer(&body, target, &self.upstream_domains);
-                if let Err(e) = &answer {
-                    tracing::warn!(error = %e, sandbox.id = %target.sandbox_id, port = target.port, "refusing Daytona's answer");
-                }
-                answer
-            }
+            200 => Ok(body),
             400 => Err(DaytonaError::BadRequest(error_message(&body))),
             401 | 403 => Err(DaytonaError::Unauthorized(status)),
             404 => Err(DaytonaError::NotFound),
@@ -311,6 +355,43 @@ impl PreviewSource for DaytonaApi {
     async fn fetch(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
         self.call(target).await
     }
+
+    async fn sandbox(&self, sandbox_id: &SandboxId) -> Result<SandboxInfo, DaytonaError> {
+        self.describe_sandbox(sandbox_id).await
+    }
+}
+
+/// Daytona's `Sandbox` as far as the policy reads it; other fields are ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SandboxAnswer {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    organization_id: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+fn parse_sandbox(body: &[u8], sandbox_id: &SandboxId) -> Result<SandboxInfo, DaytonaError> {
+    let answer: SandboxAnswer = serde_json::from_slice(body)
+        .map_err(|_| DaytonaError::BadAnswer("not the expected sandbox JSON".into()))?;
+    if !answer.id.eq_ignore_ascii_case(sandbox_id.as_str()) {
+        return Err(DaytonaError::BadAnswer(
+            "the answer describes another sandbox".into(),
+        ));
+    }
+    SandboxInfo::new(
+        sandbox_id.as_str().to_owned(),
+        answer.name.unwrap_or_default(),
+        answer.organization_id.unwrap_or_default(),
+        answer.state.unwrap_or_default(),
+        answer.labels.unwrap_or_default(),
+    )
+    .map_err(|why| DaytonaError::BadAnswer(format!("sandbox: {why}")))
 }
 
 /// A transport error without the URL (which is harmless, but keeps log lines short).
@@ -398,6 +479,45 @@ mod tests {
             );
         }
         assert!(parse_answer(b"{}", &target(), &allowed()).is_err());
+    }
+
+    #[test]
+    fn a_sandbox_description_is_read_and_checked() {
+        let id: SandboxId = ID.parse().unwrap();
+        let body = serde_json::json!({
+            "id": ID, "organizationId": "org-1", "name": "web", "state": "started",
+            "labels": {"team": "team-a"}, "public": false, "target": "us", "cpu": 2
+        });
+        let info = parse_sandbox(&serde_json::to_vec(&body).unwrap(), &id).unwrap();
+        assert_eq!(info.labels["team"], "team-a");
+        assert_eq!(
+            (info.organization_id.as_str(), info.state.as_str()),
+            ("org-1", "started")
+        );
+        // No labels at all is a sandbox without labels.
+        let bare = serde_json::json!({"id": ID});
+        assert!(
+            parse_sandbox(&serde_json::to_vec(&bare).unwrap(), &id)
+                .unwrap()
+                .labels
+                .is_empty()
+        );
+        let other = serde_json::json!({"id": "11111111-2222-4333-8444-555555555555"});
+        for body in [
+            serde_json::to_vec(&other).unwrap(),
+            b"[]".to_vec(),
+            b"{}".to_vec(),
+        ] {
+            assert!(matches!(
+                parse_sandbox(&body, &id),
+                Err(DaytonaError::BadAnswer(_))
+            ));
+        }
+        let labels: serde_json::Map<String, serde_json::Value> = (0..100)
+            .map(|i| (format!("k{i}"), serde_json::Value::String("v".into())))
+            .collect();
+        let crowded = serde_json::json!({"id": ID, "labels": labels});
+        assert!(parse_sandbox(&serde_json::to_vec(&crowded).unwrap(), &id).is_err());
     }
 
     #[test]

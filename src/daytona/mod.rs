@@ -1,5 +1,6 @@
 //! Daytona: the REST API client ([`client`]), the allow-list its preview URLs must match
-//! ([`upstream`]) and the preview-token cache in front of it ([`cache`]).
+//! ([`upstream`]) and the preview-token cache in front of it ([`cache`]), which also caches
+//! sandboxes' descriptions (`GET /sandbox/{id}`, for the `[[policy]]` rules) the same way.
 //!
 //! One call per (sandbox, port) however many requests arrive at once: concurrent misses for one
 //! key wait on the same API call (a `quick_cache` placeholder). Entries live `--cache-ttl`, which
@@ -19,14 +20,22 @@ pub use cache::PreviewCache;
 pub use client::DaytonaApi;
 pub use upstream::default_upstream_domains;
 
-use crate::authz::host::PreviewTarget;
+use crate::authz::host::{PreviewTarget, SandboxId};
+pub use crate::authz::policy::SandboxInfo;
 
 /// The seam between the authorization service and Daytona; tests substitute their own.
 pub trait PreviewSource: Send + Sync + 'static {
+    /// `GET /sandbox/{id}/ports/{port}/preview-url`.
     fn fetch(
         &self,
         target: &PreviewTarget,
     ) -> impl Future<Output = Result<Preview, DaytonaError>> + Send;
+
+    /// `GET /sandbox/{id}`: what the `[[policy]]` rules see of a sandbox.
+    fn sandbox(
+        &self,
+        sandbox_id: &SandboxId,
+    ) -> impl Future<Output = Result<SandboxInfo, DaytonaError>> + Send;
 }
 
 /// What the client, allow-list and cache tests share: a sandbox port and the allowed domains.

@@ -151,7 +151,7 @@ impl<S: PreviewSource> AdminService<S> {
             },
         };
         self.previews.invalidate(&sandbox_id, port).await;
-        tracing::info!(sandbox.id = %sandbox_id, port, "preview token invalidated");
+        tracing::info!(sandbox.id = %sandbox_id, port, "preview token and sandbox description invalidated");
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! One request's whole decision, I/O included. The core ([`crate::authz::decision`]) is a pure
-//! function that either decides or asks for a look-up (introspect this token, refetch the JWKS);
+//! function that either decides or asks for a look-up (introspect this token, refetch the JWKS,
+//! describe this sandbox for the `[[policy]]` rules, from the same cache as preview tokens);
 //! the [`Authorizer`] answers the look-up and asks again, at most [`MAX_LOOKUPS`] times, then
 //! fetches the preview token for an authorized request. Every source of I/O sits behind a trait
 //! ([`PreviewSource`], [`Introspect`], [`KeySource`], [`RevocationView`]) so tests put fakes at
@@ -13,7 +14,7 @@ use arc_swap::ArcSwap;
 
 use crate::authz::decision::{
     self, Allow, Denial, Introspected, LocalReply, Lookup, Lookups, NoRevocations, Policy,
-    RequestView, RevocationStatus, RevocationView, Verdict,
+    RequestView, RevocationStatus, RevocationView, SandboxAnswer, Verdict,
 };
 use crate::authz::port_limit::PortLimit;
 use crate::authz::token::{self, JwkKey};
@@ -169,6 +170,19 @@ impl<S: PreviewSource> Authorizer<S> {
                     lookups.jwks_refreshed = true;
                     continue;
                 }
+                Verdict::Lookup(Lookup::Sandbox(sandbox_id)) => {
+                    let answer = match self.previews.sandbox(&sandbox_id).await {
+                        Ok(info) => SandboxAnswer::Found(info),
+                        Err(error) => {
+                            if !matches!(*error, crate::authz::preview::DaytonaError::NotFound) {
+                                tracing::warn!(%error, sandbox.id = %sandbox_id, "cannot describe the sandbox for the policy; refusing the request");
+                            }
+                            SandboxAnswer::Failed((*error).clone())
+                        }
+                    };
+                    lookups.sandbox = Some(answer);
+                    continue;
+                }
             };
             // One sandbox cannot take more than its share of Envoy's DNS cache (nor make one
             // Daytona call per port it walks).
@@ -214,14 +228,38 @@ mod tests {
     const DOMAIN: &str = "preview.example.com";
     const PREVIEW_TOKEN: &str = "daytona-preview-token-0123456789";
 
-    /// Daytona: the same preview for every port (or `error`), counting calls.
+    /// Daytona: the same preview for every port (or `error`), counting calls; sandboxes
+    /// described with the team label `team` (or `describe_error`), counting those calls too.
     #[derive(Default)]
     struct FakeDaytona {
         calls: AtomicUsize,
         error: Option<DaytonaError>,
+        described: AtomicUsize,
+        team: &'static str,
+        describe_error: Option<DaytonaError>,
     }
 
     impl PreviewSource for FakeDaytona {
+        async fn sandbox(
+            &self,
+            sandbox_id: &crate::authz::host::SandboxId,
+        ) -> Result<crate::daytona::SandboxInfo, DaytonaError> {
+            self.described.fetch_add(1, SeqCst);
+            // Long enough for concurrent requests to find the call in flight.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(error) = &self.describe_error {
+                return Err(error.clone());
+            }
+            crate::daytona::SandboxInfo::new(
+                sandbox_id.as_str().into(),
+                "web".into(),
+                "org".into(),
+                "started".into(),
+                std::collections::BTreeMap::from([("team".to_owned(), self.team.to_owned())]),
+            )
+            .map_err(DaytonaError::BadAnswer)
+        }
+
         async fn fetch(&self, target: &PreviewTarget) -> Result<Preview, DaytonaError> {
             self.calls.fetch_add(1, SeqCst);
             match &self.error {
@@ -573,5 +611,100 @@ mod tests {
             401
         );
         assert_eq!(keys.refetches.load(SeqCst), 2);
+    }
+
+    fn with_rules() -> Policy {
+        let rules = crate::authz::policy::Rules::compile(&[crate::authz::policy::RuleSpec {
+            name: "team".into(),
+            allow: r#"token.groups.exists(g, g == sandbox.labels["team"])"#.into(),
+        }])
+        .unwrap();
+        let mut policy = policy();
+        policy.verifier = policy.verifier.with_policy_identities(true);
+        policy.rules = Some(Arc::new(rules));
+        policy
+    }
+
+    fn member_of(group: &str) -> String {
+        let claims = serde_json::json!({"groups": [group], "exp": now() + 600});
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_is_described_once_for_a_burst_and_the_policy_decides_before_any_preview_token()
+     {
+        let daytona = Arc::new(FakeDaytona {
+            team: "team-a",
+            ..FakeDaytona::default()
+        });
+        let service = Arc::new(service(with_rules(), Sources::default(), &daytona));
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let service = Arc::clone(&service);
+                tokio::spawn(async move { send(&service, bearer(&member_of("team-a"))).await.0 })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), 200);
+        }
+        assert_eq!(
+            daytona.described.load(SeqCst),
+            1,
+            "one description for the burst"
+        );
+        assert_eq!(daytona.calls.load(SeqCst), 1, "one preview token");
+        // Another team: 403, from the cached description, and no preview token asked for.
+        let daytona = Arc::new(FakeDaytona {
+            team: "team-b",
+            ..FakeDaytona::default()
+        });
+        let service = self::service(with_rules(), Sources::default(), &daytona);
+        for _ in 0..3 {
+            let (status, headers) = send(&service, bearer(&member_of("team-a"))).await;
+            assert_eq!(status, 403);
+            assert!(!headers.iter().any(|(n, _)| n == "x-daytona-preview-token"));
+        }
+        assert_eq!(daytona.described.load(SeqCst), 1);
+        assert_eq!(
+            daytona.calls.load(SeqCst),
+            0,
+            "nothing reached the preview-url API"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_daytona_cannot_describe_fails_closed() {
+        for (error, status) in [
+            (DaytonaError::Unavailable("down".into()), 503),
+            (
+                DaytonaError::RateLimited {
+                    retry_after: Some(3),
+                },
+                503,
+            ),
+            (DaytonaError::NotFound, 404),
+            (DaytonaError::BadAnswer("odd".into()), 502),
+        ] {
+            let daytona = Arc::new(FakeDaytona {
+                team: "team-a",
+                describe_error: Some(error.clone()),
+                ..FakeDaytona::default()
+            });
+            let service = service(with_rules(), Sources::default(), &daytona);
+            let (got, headers) = send(&service, bearer(&member_of("team-a"))).await;
+            assert_eq!(got, status, "{error:?}");
+            assert!(!headers.iter().any(|(n, _)| n == "x-daytona-preview-token"));
+            assert_eq!(daytona.calls.load(SeqCst), 0);
+        }
+        // Without policies the same token is simply malformed: Daytona is never asked.
+        let daytona = Arc::new(FakeDaytona::default());
+        let service = service(policy(), Sources::default(), &daytona);
+        assert_eq!(send(&service, bearer(&member_of("team-a"))).await.0, 401);
+        assert_eq!(daytona.described.load(SeqCst), 0);
     }
 }

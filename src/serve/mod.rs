@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod audit;
 pub mod authorizer;
+pub mod explain;
 pub mod grpc;
 pub mod http;
 pub mod transport;
@@ -187,6 +188,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         revocations = identity.revocations.as_ref().map(|r| r.backend()),
         forward_claims = ?config.app_identity.forward_claims.iter().map(|f| format!("{}={}", f.claim, f.header)).collect::<Vec<_>>(),
         audit_log = config.app_identity.audit_log,
+        policy_rules = ?config.rules.as_ref().map(|r| r.names().collect::<Vec<_>>()),
         "daytona-authz listening"
     );
     if let Some(assertion) = &config.app_identity.assertion {
@@ -330,7 +332,8 @@ fn policy(config: &ServeConfig, secrets: &Secrets) -> Policy {
             forward: config.app_identity.forward_claims.clone(),
         })
         .with_leeway(config.identity.clock_skew.as_secs())
-        .with_max_lifetime(config.identity.max_token_lifetime.map(|d| d.as_secs()));
+        .with_max_lifetime(config.identity.max_token_lifetime.map(|d| d.as_secs()))
+        .with_policy_identities(config.rules.is_some());
     if let Some(current) = &secrets.jwt_secret {
         verifier = verifier.with_hs256(current.expose().as_bytes());
     }
@@ -358,6 +361,7 @@ fn policy(config: &ServeConfig, secrets: &Secrets) -> Policy {
             ))
         }),
         audit_log: config.app_identity.audit_log,
+        rules: config.rules.clone(),
     }
 }
 
@@ -389,6 +393,33 @@ impl Identity {
 
 /// Introspection, JWKS and the revocation store, as configured.
 async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identity, ServeError> {
+    let settings = &config.identity;
+    let (introspector, jwks) = token_sources(config, metrics)?;
+    let revocations = match &settings.redis_url {
+        Some(url) => {
+            Revocations::connect_redis_trusting(
+                url,
+                &config.trust,
+                &settings.redis_key_prefix,
+                metrics.revocation_store_restores(),
+            )
+            .await
+        }
+        None => Revocations::open_local(&settings.revocation_db),
+    }
+    .map_err(ServeError::RevocationStore)?;
+    Ok(Identity {
+        introspector,
+        jwks,
+        revocations: Some(Arc::new(revocations)),
+    })
+}
+
+/// What tells a token's claims besides our HS256 secrets: introspection and the JWKS.
+type TokenSources = (Option<Arc<Introspector>>, Option<Arc<Jwks>>);
+
+/// Introspection and the JWKS, as configured (not fetched yet).
+fn token_sources(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<TokenSources, ServeError> {
     let settings = &config.identity;
     let introspector = match (
         &settings.introspection,
@@ -426,24 +457,7 @@ async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identi
             .map_err(ServeError::Jwks)?,
         ))
     };
-    let revocations = match &settings.redis_url {
-        Some(url) => {
-            Revocations::connect_redis_trusting(
-                url,
-                &config.trust,
-                &settings.redis_key_prefix,
-                metrics.revocation_store_restores(),
-            )
-            .await
-        }
-        None => Revocations::open_local(&settings.revocation_db),
-    }
-    .map_err(ServeError::RevocationStore)?;
-    Ok(Identity {
-        introspector,
-        jwks,
-        revocations: Some(Arc::new(revocations)),
-    })
+    Ok((introspector, jwks))
 }
 
 /// Least time between two JWKS fetches caused by unknown `kid`s.
@@ -743,6 +757,7 @@ fn live_changes(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
         "--max-token-lifetime" => identity.max_token_lifetime,
         "--forward-claim" => app_identity.forward_claims,
         "--audit-log" => app_identity.audit_log,
+        "[[policy]]" => policies,
     }
     if format!("{:?}", old.app_identity.assertion) != format!("{:?}", new.app_identity.assertion) {
         changed.push("--assertion-*");

@@ -255,6 +255,8 @@ pub struct Proc {
     child: Child,
     pub stdout: Arc<Mutex<String>>,
     pub stderr: Arc<Mutex<String>>,
+    /// How many of the two pipes have been read to their end.
+    drained: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proc {
@@ -265,13 +267,15 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let stdout = collect(child.stdout.take().expect("piped"));
-        let stderr = collect(child.stderr.take().expect("piped"));
+        let drained = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stdout = collect(child.stdout.take().expect("piped"), Arc::clone(&drained));
+        let stderr = collect(child.stderr.take().expect("piped"), Arc::clone(&drained));
         Proc {
             name,
             child,
             stdout,
             stderr,
+            drained,
         }
     }
 
@@ -290,11 +294,20 @@ impl Proc {
     /// Waits for the process to exit (it was told to, or is expected to).
     pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let name = self.name;
-        eventually(&format!("{name} to exit"), timeout, || {
+        let status = eventually(&format!("{name} to exit"), timeout, || {
             let status = self.child.try_wait().expect("try_wait");
             async move { status }
         })
-        .await
+        .await;
+        // Everything it wrote, read: the pipes' readers may still be behind on a busy machine.
+        // (Bounded: a child of its own could hold a pipe open.)
+        let drained = Arc::clone(&self.drained);
+        poll(Duration::from_secs(5), || {
+            let done = drained.load(std::sync::atomic::Ordering::Acquire) == 2;
+            async move { done.then_some(()) }
+        })
+        .await;
+        status
     }
 
     pub fn kill(&mut self) {
@@ -343,7 +356,10 @@ impl Drop for Proc {
     }
 }
 
-fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+fn collect(
+    stream: impl Read + Send + 'static,
+    drained: Arc<std::sync::atomic::AtomicUsize>,
+) -> Arc<Mutex<String>> {
     let buffer = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&buffer);
     std::thread::spawn(move || {
@@ -353,6 +369,7 @@ fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
             sink.lock().unwrap().push_str(&line);
             line.clear();
         }
+        drained.fetch_add(1, std::sync::atomic::Ordering::Release);
     });
     buffer
 }
@@ -511,6 +528,50 @@ impl Double {
     pub async fn create_sandbox_with_id(&self, id: &str) -> Sandbox {
         self.post("sandboxes", serde_json::json!({ "id": id }))
             .await
+    }
+
+    /// A new sandbox with these labels (what `GET /sandbox/{id}` reports, and policies read).
+    pub async fn create_sandbox_with_labels(&self, labels: &[(&str, &str)]) -> Sandbox {
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned())))
+            .collect();
+        self.post("sandboxes", serde_json::json!({ "labels": labels }))
+            .await
+    }
+
+    /// Calls of `GET /sandbox/{id}` (sandbox descriptions) so far.
+    pub async fn sandbox_calls(&self) -> u64 {
+        let stats: serde_json::Value = self
+            .http
+            .get(self.control("stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["sandbox_calls"].as_u64().unwrap()
+    }
+
+    /// Calls of the preview-url API for one sandbox (any port).
+    pub async fn preview_url_calls_for(&self, sandbox_id: &str) -> u64 {
+        let stats: serde_json::Value = self
+            .http
+            .get(self.control("stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["per_key"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(key, _)| key.starts_with(&format!("{sandbox_id}:")))
+            .map(|(_, n)| n.as_u64().unwrap())
+            .sum()
     }
 
     /// Makes the preview-url API answer only after `delay` (replaces any other fault).

@@ -20,6 +20,7 @@ mod https_upstream;
 mod identity;
 mod monitoring;
 mod operations;
+mod policy;
 mod private_ca;
 mod proxy;
 mod routes;

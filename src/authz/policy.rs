@@ -1,0 +1,780 @@
+//! Who may open which sandbox, for tokens that do not name sandboxes: the `[[policy]]` rules of
+//! the config file, CEL expressions over the verified token's claims (`token`), the sandbox as
+//! Daytona describes it (`sandbox`) and the request (`request`). A request is allowed when any
+//! rule is true; an error while evaluating a rule (a claim the token lacks, a type mismatch)
+//! counts as false, so a rule can only open, never break, the door.
+//!
+//! Compiled once (start-up, reload): parsed, then checked without any input (only the three
+//! variables, known functions and operators, the fields `sandbox` and `request` have) and
+//! evaluated once against a representative input, which must yield a boolean or an error of
+//! missing data. Evaluation is bounded: CEL has no loops beyond its macros over the inputs'
+//! lists and maps, and the inputs are bounded in size here ([`TokenClaims`], [`SandboxInfo`]).
+//! Pure: no I/O; the sandbox's description is looked up by the caller (`Lookup::Sandbox`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use cel_interpreter::objects::{Key, Map};
+use cel_interpreter::{Context, Value};
+use cel_parser::Expression;
+use cel_parser::ast::{EntryExpr, Expr};
+
+/// Rules at most, and the longest expression: each is evaluated for every such request.
+pub const MAX_RULES: usize = 64;
+pub const MAX_EXPRESSION_LEN: usize = 4096;
+/// Nesting of an expression at most (the interpreter recurses on it).
+const MAX_DEPTH: usize = 48;
+
+/// Bounds on a token's claims as a policy sees them: a token beyond them is refused (it is not
+/// evaluated at all), so the cost of a rule over `token` stays small.
+pub const MAX_CLAIM_VALUES: usize = 2048;
+pub const MAX_CLAIM_LIST: usize = 256;
+pub const MAX_CLAIM_STRING: usize = 2048;
+const MAX_CLAIM_DEPTH: usize = 4;
+
+/// Bounds on a sandbox's labels (Daytona's answer beyond them is refused as unusable).
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY: usize = 256;
+pub const MAX_LABEL_VALUE: usize = 1024;
+
+/// The fields of `sandbox` and `request`: a rule naming another is refused at start-up.
+const SANDBOX_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "labels",
+    "organizationId",
+    "organization",
+    "state",
+];
+const REQUEST_FIELDS: &[&str] = &["port", "method", "path", "route"];
+
+/// The functions the interpreter knows (its default context), and the operators it evaluates.
+const FUNCTIONS: &[&str] = &[
+    "contains",
+    "size",
+    "max",
+    "min",
+    "startsWith",
+    "endsWith",
+    "string",
+    "bytes",
+    "double",
+    "int",
+    "uint",
+    "matches",
+    "duration",
+    "timestamp",
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+];
+const OPERATORS: &[&str] = &[
+    "_?_:_",
+    "_&&_",
+    "_||_",
+    "!_",
+    "_-_",
+    "_+_",
+    "_*_",
+    "_/_",
+    "_%_",
+    "_==_",
+    "_!=_",
+    "_>=_",
+    "_<=_",
+    "_>_",
+    "_<_",
+    "-_",
+    "_[_]",
+    "@in",
+    "@not_strictly_false",
+];
+
+/// A rule as the config file gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub name: String,
+    pub allow: String,
+}
+
+/// One compiled rule: the whole expression, and its top-level `&&` conditions (for "closest").
+struct Rule {
+    name: Arc<str>,
+    expression: Expression,
+    conditions: Vec<Expression>,
+}
+
+/// The compiled policy: every rule, and the interpreter's functions (built once).
+pub struct Rules {
+    rules: Vec<Rule>,
+    functions: Context<'static>,
+}
+
+impl std::fmt::Debug for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.rules.iter().map(|r| &r.name))
+            .finish()
+    }
+}
+
+/// A token's verified claims as a CEL map, built once per token (the verifier remembers it with
+/// the grant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaims(Arc<Value>);
+
+/// What Daytona's `GET /sandbox/{id}` says of a sandbox, as rules see it (built once per answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub name: String,
+    pub organization_id: String,
+    pub state: String,
+    pub labels: BTreeMap<String, String>,
+    value: Value,
+}
+
+/// What the request adds: the port, method, path without its query, and the route's name.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub port: u16,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// `daytona_authz.route`; `""` when the route has no name.
+    pub route: &'a str,
+}
+
+/// The outcome of evaluating every rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// This rule allowed it (the first one that did).
+    Allowed(Arc<str>),
+    /// None did; the closest one, if any rule got anywhere.
+    Denied(Option<Closest>),
+}
+
+/// The rule that came closest to allowing a denied request: the one that got furthest down its
+/// chain of top-level `&&` conditions, i.e. with the most leading conditions true before the
+/// first false one (ties: the first such rule; a rule whose first condition is false never
+/// comes closest). For the log and `--explain`, never for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closest {
+    pub rule: Arc<str>,
+    pub true_conditions: usize,
+    pub conditions: usize,
+}
+
+impl std::fmt::Display for Closest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} (its first {} of {} conditions true)",
+            self.rule, self.true_conditions, self.conditions
+        )
+    }
+}
+
+impl Rules {
+    /// Compiles and checks every rule; every problem is one line naming its rule.
+    pub fn compile(specs: &[RuleSpec]) -> Result<Rules, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut rules = Vec::new();
+        if specs.len() > MAX_RULES {
+            problems.push(format!(
+                "[[policy]]: {} rules; at most {MAX_RULES}",
+                specs.len()
+            ));
+        }
+        let functions = Context::default();
+        for (index, spec) in specs.iter().enumerate() {
+            let label = if spec.name.trim().is_empty() {
+                format!("[[policy]] #{}", index + 1)
+            } else {
+                format!("[[policy]] {:?}", spec.name)
+            };
+            if spec.name.trim().is_empty() || spec.name.len() > 200 {
+                problems.push(format!("{label}: needs a name of 1-200 characters"));
+                continue;
+            }
+            if specs[..index].iter().any(|other| other.name == spec.name) {
+                problems.push(format!("{label}: two rules have this name"));
+                continue;
+            }
+            match compile_one(spec, &functions) {
+                Ok(rule) => rules.push(rule),
+                Err(why) => problems.push(format!("{label}: {why}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Rules { rules, functions })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// The rules' names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| &*r.name)
+    }
+
+    /// Evaluates the rules in order: the first true one allows. When none does, says which came
+    /// closest.
+    pub fn evaluate(
+        &self,
+        token: &TokenClaims,
+        sandbox: &SandboxInfo,
+        request: &RequestFacts<'_>,
+    ) -> Outcome {
+        let mut scope = self.functions.new_inner_scope();
+        scope.add_variable_from_value("token", (*token.0).clone());
+        scope.add_variable_from_value("sandbox", sandbox.value.clone());
+        scope.add_variable_from_value("request", request.value());
+        for rule in &self.rules {
+            if holds(&rule.expression, &scope) {
+                return Outcome::Allowed(Arc::clone(&rule.name));
+            }
+        }
+        let mut closest: Option<Closest> = None;
+        for rule in &self.rules {
+            let true_conditions = rule
+                .conditions
+                .iter()
+                .take_while(|condition| holds(condition, &scope))
+                .count();
+            if true_conditions > 0
+                && closest
+                    .as_ref()
+                    .is_none_or(|best| true_conditions > best.true_conditions)
+            {
+                closest = Some(Closest {
+                    rule: Arc::clone(&rule.name),
+                    true_conditions,
+                    conditions: rule.conditions.len(),
+                });
+            }
+        }
+        Outcome::Denied(closest)
+    }
+}
+
+/// Whether `expression` is `true` (not merely truthy) in `scope`. An error is false, and so is a
+/// panic of the interpreter (it has `todo!()`s for inputs such as a macro over a string): a rule
+/// can never take a request down.
+fn holds(expression: &Expression, scope: &Context<'_>) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        matches!(Value::resolve(expression, scope), Ok(Value::Bool(true)))
+    }))
+    .unwrap_or(false)
+}
+
+fn compile_one(spec: &RuleSpec, functions: &Context<'static>) -> Result<Rule, String> {
+    if spec.allow.trim().is_empty() || spec.allow.len() > MAX_EXPRESSION_LEN {
+        return Err(format!(
+            "allow must be a CEL expression of 1-{MAX_EXPRESSION_LEN} characters"
+        ));
+    }
+    let expression = std::panic::catch_unwind(|| cel_parser::Parser::new().parse(&spec.allow))
+        .map_err(|_| "allow does not parse".to_owned())?
+        .map_err(|errors| {
+            let said: Vec<String> = errors
+                .errors
+                .iter()
+                .map(|e| format!("at {}:{}: {}", e.pos.0, e.pos.1, e.msg))
+                .collect();
+            format!("allow does not parse: {}", said.join("; "))
+        })?;
+    check(&expression, &mut Vec::new(), 0)?;
+    // Evaluated once against a representative input: the result must be a boolean, and the only
+    // errors allowed are missing data (a claim or label that input does not have).
+    let mut scope = functions.new_inner_scope();
+    let sample = SandboxInfo::sample();
+    let token = TokenClaims::sample();
+    scope.add_variable_from_value("token", (*token.0).clone());
+    scope.add_variable_from_value("sandbox", sample.value.clone());
+    scope.add_variable_from_value(
+        "request",
+        RequestFacts {
+            port: 3000,
+            method: "GET",
+            path: "/",
+            route: "",
+        }
+        .value(),
+    );
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Value::resolve(&expression, &scope)
+    }))
+    .map_err(|_| "allow cannot be evaluated (the interpreter failed on it)".to_owned())?;
+    match result {
+        Ok(Value::Bool(_)) => {}
+        Ok(other) => {
+            return Err(format!(
+                "allow must be a condition (true or false), not a {}",
+                other.type_of()
+            ));
+        }
+        Err(cel_interpreter::ExecutionError::NoSuchKey(_)) => {}
+        Err(error) => return Err(format!("allow fails on a representative request: {error}")),
+    }
+    let mut conditions = Vec::new();
+    conjuncts(&expression, &mut conditions);
+    Ok(Rule {
+        name: spec.name.as_str().into(),
+        expression,
+        conditions,
+    })
+}
+
+/// The top-level `&&` conditions of an expression (itself when it is not a conjunction).
+fn conjuncts(expression: &Expression, out: &mut Vec<Expression>) {
+    match &expression.expr {
+        Expr::Call(call) if call.func_name == "_&&_" && call.args.len() == 2 => {
+            conjuncts(&call.args[0], out);
+            conjuncts(&call.args[1], out);
+        }
+        _ => out.push(expression.clone()),
+    }
+}
+
+/// Checks an expression without input: only `token`, `sandbox`, `request` (and the macros' own
+/// variables), known functions and operators, known fields of `sandbox` and `request`, no
+/// message literals, bounded nesting.
+fn check(expression: &Expression, bound: &mut Vec<String>, depth: usize) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("allow nests deeper than {MAX_DEPTH} levels"));
+    }
+    let next = depth + 1;
+    match &expression.expr {
+        Expr::Ident(name) => {
+            if !(["token", "sandbox", "request"].contains(&name.as_str()) || bound.contains(name)) {
+                return Err(format!(
+                    "allow names {name:?}; the inputs are token, sandbox and request"
+                ));
+            }
+        }
+        Expr::Select(select) => {
+            if let Expr::Ident(root) = &select.operand.expr
+                && !bound.contains(root)
+            {
+                let known = match root.as_str() {
+                    "sandbox" => Some(SANDBOX_FIELDS),
+                    "request" => Some(REQUEST_FIELDS),
+                    _ => None,
+                };
+                if let Some(fields) = known
+                    && !fields.contains(&select.field.as_str())
+                {
+                    return Err(format!(
+                        "allow names {root}.{}; {root} has {}",
+                        select.field,
+                        fields.join(", ")
+                    ));
+                }
+            }
+            check(&select.operand, bound, next)?;
+        }
+        Expr::Call(call) => {
+            let name = call.func_name.as_str();
+            let operator = !name.starts_with(|c: char| c.is_ascii_alphabetic());
+            if operator && !OPERATORS.contains(&name) {
+                return Err(format!(
+                    "allow uses an operator this interpreter lacks ({name})"
+                ));
+            }
+            if !operator && !FUNCTIONS.contains(&name) {
+                return Err(format!("allow calls an unknown function {name}()"));
+            }
+            if let Some(target) = &call.target {
+                check(target, bound, next)?;
+            }
+            for arg in &call.args {
+                check(arg, bound, next)?;
+            }
+        }
+        Expr::Comprehension(comprehension) => {
+            check(&comprehension.iter_range, bound, next)?;
+            check(&comprehension.accu_init, bound, next)?;
+            let before = bound.len();
+            bound.push(comprehension.iter_var.clone());
+            if let Some(second) = &comprehension.iter_var2 {
+                bound.push(second.clone());
+            }
+            bound.push(comprehension.accu_var.clone());
+            let inner = [
+                &comprehension.loop_cond,
+                &comprehension.loop_step,
+                &comprehension.result,
+            ]
+            .into_iter()
+            .try_for_each(|e| check(e, bound, next));
+            bound.truncate(before);
+            inner?;
+        }
+        Expr::List(list) => {
+            for element in &list.elements {
+                check(element, bound, next)?;
+            }
+        }
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                match &entry.expr {
+                    EntryExpr::MapEntry(e) => {
+                        check(&e.key, bound, next)?;
+                        check(&e.value, bound, next)?;
+                    }
+                    EntryExpr::StructField(_) => return Err("allow has a message literal".into()),
+                }
+            }
+        }
+        Expr::Literal(_) => {}
+        Expr::Struct(_) => return Err("allow has a message literal (not supported)".into()),
+        Expr::Unspecified => return Err("allow does not parse".into()),
+    }
+    Ok(())
+}
+
+impl TokenClaims {
+    /// Verified (or introspected) claims as a CEL map, or `None` when they are beyond the bounds
+    /// (too many values, a list or string too long, nested too deep).
+    pub fn new(claims: &serde_json::Map<String, serde_json::Value>) -> Option<TokenClaims> {
+        let mut budget = MAX_CLAIM_VALUES;
+        let value = object(claims, &mut budget, 0)?;
+        Some(TokenClaims(Arc::new(value)))
+    }
+
+    fn sample() -> TokenClaims {
+        let claims = serde_json::json!({
+            "sub": "someone", "email": "someone@example.com", "groups": ["example-group"],
+            "roles": ["example-role"], "exp": 4_102_444_800u64, "iat": 1_700_000_000u64,
+            "iss": "https://issuer.example.com", "aud": "daytona-authz",
+        });
+        TokenClaims::new(claims.as_object().expect("an object")).expect("within bounds")
+    }
+}
+
+fn object(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    budget: &mut usize,
+    depth: usize,
+) -> Option<Value> {
+    let mut map = HashMap::with_capacity(claims.len());
+    for (name, value) in claims {
+        if name.len() > MAX_CLAIM_STRING {
+            return None;
+        }
+        map.insert(Key::from(name.as_str()), json(value, budget, depth + 1)?);
+    }
+    Some(Value::Map(Map { map: Arc::new(map) }))
+}
+
+fn json(value: &serde_json::Value, budget: &mut usize, depth: usize) -> Option<Value> {
+    *budget = budget.checked_sub(1)?;
+    if depth > MAX_CLAIM_DEPTH {
+        return None;
+    }
+    Some(match value {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Value::Int(i),
+            (None, Some(u), _) => Value::UInt(u),
+            (None, None, Some(f)) => Value::Float(f),
+            _ => return None,
+        },
+        serde_json::Value::String(s) if s.len() <= MAX_CLAIM_STRING => {
+            Value::String(Arc::new(s.clone()))
+        }
+        serde_json::Value::String(_) => return None,
+        serde_json::Value::Array(items) if items.len() <= MAX_CLAIM_LIST => Value::List(Arc::new(
+            items
+                .iter()
+                .map(|item| json(item, budget, depth + 1))
+                .collect::<Option<Vec<_>>>()?,
+        )),
+        serde_json::Value::Array(_) => return None,
+        serde_json::Value::Object(members) if members.len() <= MAX_CLAIM_LIST => {
+            object(members, budget, depth)?
+        }
+        serde_json::Value::Object(_) => return None,
+    })
+}
+
+impl SandboxInfo {
+    /// A sandbox's description, or why it cannot be used (labels beyond the bounds).
+    pub fn new(
+        id: String,
+        name: String,
+        organization_id: String,
+        state: String,
+        labels: BTreeMap<String, String>,
+    ) -> Result<SandboxInfo, String> {
+        if labels.len() > MAX_LABELS {
+            return Err(format!("more than {MAX_LABELS} labels"));
+        }
+        if labels
+            .iter()
+            .any(|(k, v)| k.len() > MAX_LABEL_KEY || v.len() > MAX_LABEL_VALUE)
+        {
+            return Err("a label key or value is too long".into());
+        }
+        if [&id, &name, &organization_id, &state]
+            .iter()
+            .any(|s| s.len() > MAX_LABEL_VALUE)
+        {
+            return Err("a field is too long".into());
+        }
+        let text = |s: &str| Value::String(Arc::new(s.to_owned()));
+        let label_map: HashMap<Key, Value> = labels
+            .iter()
+            .map(|(k, v)| (Key::from(k.as_str()), text(v)))
+            .collect();
+        let mut map: HashMap<Key, Value> = HashMap::new();
+        map.insert("id".into(), text(&id));
+        map.insert("name".into(), text(&name));
+        map.insert("organizationId".into(), text(&organization_id));
+        map.insert("organization".into(), text(&organization_id));
+        map.insert("state".into(), text(&state));
+        map.insert(
+            "labels".into(),
+            Value::Map(Map {
+                map: Arc::new(label_map),
+            }),
+        );
+        Ok(SandboxInfo {
+            id,
+            name,
+            organization_id,
+            state,
+            labels,
+            value: Value::Map(Map { map: Arc::new(map) }),
+        })
+    }
+
+    fn sample() -> SandboxInfo {
+        SandboxInfo::new(
+            "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93".into(),
+            "example".into(),
+            "example-organization".into(),
+            "started".into(),
+            BTreeMap::from([("team".to_owned(), "example-team".to_owned())]),
+        )
+        .expect("within bounds")
+    }
+}
+
+/// The keys of `request`, made once (a key is a shared string).
+static REQUEST_KEYS: std::sync::LazyLock<[Key; 4]> = std::sync::LazyLock::new(|| {
+    [
+        "port".into(),
+        "method".into(),
+        "path".into(),
+        "route".into(),
+    ]
+});
+
+impl RequestFacts<'_> {
+    fn value(&self) -> Value {
+        let text = |s: &str| Value::String(Arc::new(s.to_owned()));
+        let [port, method, path, route] = &*REQUEST_KEYS;
+        let mut map: HashMap<Key, Value> = HashMap::with_capacity(4);
+        map.insert(port.clone(), Value::Int(i64::from(self.port)));
+        map.insert(method.clone(), text(self.method));
+        map.insert(path.clone(), text(self.path));
+        map.insert(route.clone(), text(self.route));
+        Value::Map(Map { map: Arc::new(map) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEAM: &str = r#"token.groups.exists(g, g == sandbox.labels["team"])"#;
+    const ADMINS: &str = r#""platform-admins" in token.groups && request.port != 22222"#;
+
+    fn rules(specs: &[(&str, &str)]) -> Result<Rules, Vec<String>> {
+        Rules::compile(
+            &specs
+                .iter()
+                .map(|(name, allow)| RuleSpec {
+                    name: (*name).into(),
+                    allow: (*allow).into(),
+                })
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn example() -> Rules {
+        rules(&[("team", TEAM), ("admins", ADMINS)]).unwrap()
+    }
+
+    fn token(claims: serde_json::Value) -> TokenClaims {
+        TokenClaims::new(claims.as_object().unwrap()).unwrap()
+    }
+
+    fn sandbox(team: Option<&str>) -> SandboxInfo {
+        let labels = team
+            .map(|t| BTreeMap::from([("team".to_owned(), t.to_owned())]))
+            .unwrap_or_default();
+        SandboxInfo::new(
+            "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93".into(),
+            "web".into(),
+            "org-1".into(),
+            "started".into(),
+            labels,
+        )
+        .unwrap()
+    }
+
+    fn on(port: u16) -> RequestFacts<'static> {
+        RequestFacts {
+            port,
+            method: "GET",
+            path: "/app",
+            route: "preview",
+        }
+    }
+
+    fn allowed(outcome: Outcome) -> String {
+        match outcome {
+            Outcome::Allowed(rule) => rule.to_string(),
+            other => panic!("not allowed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_issue_examples_decide_by_team_and_admin_group() {
+        let rules = example();
+        let alice = token(serde_json::json!({"sub": "alice", "groups": ["team-a", "staff"]}));
+        assert_eq!(
+            allowed(rules.evaluate(&alice, &sandbox(Some("team-a")), &on(3000))),
+            "team"
+        );
+        assert_eq!(
+            rules.evaluate(&alice, &sandbox(Some("team-b")), &on(3000)),
+            Outcome::Denied(None)
+        );
+        assert_eq!(
+            rules.evaluate(&alice, &sandbox(None), &on(3000)),
+            Outcome::Denied(None),
+            "no team label: nobody's team"
+        );
+        let admin = token(serde_json::json!({"groups": ["platform-admins"]}));
+        for team in [Some("team-a"), Some("team-b"), None] {
+            assert_eq!(
+                allowed(rules.evaluate(&admin, &sandbox(team), &on(3000))),
+                "admins"
+            );
+        }
+        assert_eq!(
+            rules.evaluate(&admin, &sandbox(Some("team-b")), &on(22222)),
+            Outcome::Denied(Some(Closest {
+                rule: "admins".into(),
+                true_conditions: 1,
+                conditions: 2
+            }))
+        );
+        // No groups claim at all: every rule errors, which is false.
+        let nobody = token(serde_json::json!({"sub": "x"}));
+        assert_eq!(
+            rules.evaluate(&nobody, &sandbox(Some("team-a")), &on(3000)),
+            Outcome::Denied(None)
+        );
+    }
+
+    #[test]
+    fn every_input_is_there() {
+        let rules = rules(&[(
+            "all",
+            r#"sandbox.id == "0b8f2a4e-6c1d-4f3a-9e2b-7d5c8a1f0e93" && sandbox.name == "web"
+               && sandbox.organizationId == "org-1" && sandbox.organization == "org-1"
+               && sandbox.state == "started" && request.method == "GET" && request.path == "/app"
+               && request.route == "preview" && request.port == 3000 && token.sub == "x"
+               && token.n == 7 && token.email.endsWith("@example.com")"#,
+        )])
+        .unwrap();
+        let t = token(serde_json::json!({"sub": "x", "n": 7, "email": "x@example.com"}));
+        assert_eq!(
+            allowed(rules.evaluate(&t, &sandbox(None), &on(3000))),
+            "all"
+        );
+        assert_eq!(
+            rules.evaluate(&t, &sandbox(None), &on(3001)),
+            Outcome::Denied(Some(Closest {
+                rule: "all".into(),
+                true_conditions: 8,
+                conditions: 12
+            }))
+        );
+    }
+
+    #[test]
+    fn a_claim_of_an_unexpected_shape_is_false_not_a_crash() {
+        let rules = example();
+        // A single group as a string, as some providers send it: `exists` over a string.
+        let odd = token(serde_json::json!({"groups": "team-a"}));
+        assert_eq!(
+            rules.evaluate(&odd, &sandbox(Some("team-a")), &on(3000)),
+            Outcome::Denied(None)
+        );
+    }
+
+    #[test]
+    fn broken_rules_are_refused_naming_the_rule() {
+        for (allow, says) in [
+            ("token.groups.exists(g, ", "does not parse"),
+            ("request.port", "must be a condition"),
+            ("sandbox.lables.team == 'a'", "sandbox.lables"),
+            ("request.host == 'x'", "request.host"),
+            ("user.admin", "\"user\""),
+            ("lower(token.sub) == 'a'", "unknown function lower()"),
+            ("request.port > 'a'", "representative"),
+            ("", "1-4096"),
+        ] {
+            let problems = rules(&[("fine", "true"), ("the broken one", allow)]).unwrap_err();
+            assert_eq!(problems.len(), 1, "{allow}: {problems:?}");
+            assert!(
+                problems[0].starts_with("[[policy]] \"the broken one\": "),
+                "{problems:?}"
+            );
+            assert!(problems[0].contains(says), "{allow}: {problems:?}");
+            assert!(!problems[0].contains('\n'), "{problems:?}");
+        }
+        let twice = rules(&[("a", "true"), ("a", "false")]).unwrap_err();
+        assert!(twice[0].contains("two rules"), "{twice:?}");
+        assert!(rules(&[("", "true")]).unwrap_err()[0].contains("#1"));
+        // Missing data is fine at start-up: the claim may be there at run time.
+        rules(&[("roles", r#""admin" in token.roles_claim_not_in_sample"#)]).unwrap();
+    }
+
+    #[test]
+    fn claims_beyond_the_bounds_are_refused() {
+        let many: Vec<String> = (0..=MAX_CLAIM_LIST).map(|i| format!("g{i}")).collect();
+        assert!(
+            TokenClaims::new(serde_json::json!({"groups": many}).as_object().unwrap()).is_none()
+        );
+        let long = "x".repeat(MAX_CLAIM_STRING + 1);
+        assert!(TokenClaims::new(serde_json::json!({"sub": long}).as_object().unwrap()).is_none());
+        let deep = serde_json::json!({"a": {"b": {"c": {"d": {"e": 1}}}}});
+        assert!(TokenClaims::new(deep.as_object().unwrap()).is_none());
+        let labels: BTreeMap<String, String> = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
+        assert!(SandboxInfo::new("i".into(), "n".into(), "o".into(), "s".into(), labels).is_err());
+    }
+}

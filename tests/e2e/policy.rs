@@ -1,0 +1,326 @@
+//! `[[policy]]` rules through a real Envoy: tokens that name no sandbox (what single sign-on
+//! gives) opened by the rules of the config file, on the labels the Daytona double reports for
+//! each sandbox; and `check-config --explain` saying why.
+
+use std::process::Command;
+
+use support::{
+    API_KEY, AuthzOptions, JWT_SECRET, PREVIEW_DOMAIN, Stack, bearer, host_for, now,
+    remember_secret,
+};
+
+const RULES: &str = r#"
+[[policy]]
+name = "team members open their team's sandboxes"
+allow = 'token.groups.exists(g, g == sandbox.labels["team"])'
+
+[[policy]]
+name = "platform admins open everything, port 22222 excepted"
+allow = '"platform-admins" in token.groups && request.port != 22222'
+"#;
+
+/// A config file with the rules, and ports up to 30000 (so port 22222 reaches the policy).
+fn config_file(dir: &tempfile::TempDir, rules: &str) -> String {
+    let path = dir.path().join("daytona-authz.toml");
+    std::fs::write(
+        &path,
+        format!("preview-domain = \"{PREVIEW_DOMAIN}\"\nport-range = \"3000-30000\"\n{rules}"),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// An HS256 token without `sandbox_id`, carrying `groups` (as an identity provider's would).
+fn member_of(groups: &[&str]) -> String {
+    let claims = serde_json::json!({
+        "sub": format!("user-of-{}", groups.join("+")),
+        "groups": groups,
+        "exp": now() + 600,
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    remember_secret(&token);
+    token
+}
+
+#[tokio::test]
+async fn groups_open_their_teams_sandboxes_and_admins_all_but_port_22222() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&dir, RULES);
+    let stack = Stack::start_with(AuthzOptions::args(&["--config", &config])).await;
+    let team_a = stack
+        .double
+        .create_sandbox_with_labels(&[("team", "team-a")])
+        .await;
+    let team_b = stack
+        .double
+        .create_sandbox_with_labels(&[("team", "team-b")])
+        .await;
+    let alice = bearer(&member_of(&["team-a", "staff"]));
+    let admin = bearer(&member_of(&["platform-admins"]));
+
+    // A team-a member opens the team-a sandbox (twice: the description is cached).
+    for _ in 0..2 {
+        let reply = stack
+            .get(
+                &host_for(&team_a.id, 3000),
+                "/",
+                &[("authorization", &alice)],
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let received = stack.double.proxy_requests().await;
+    assert_eq!(
+        received.last().unwrap().values("x-daytona-preview-token"),
+        [team_a.token.as_str()]
+    );
+    // ... but not team-b's: 403 policy_denied, and nothing asked of the preview-url API.
+    let reply = stack
+        .get(
+            &host_for(&team_b.id, 3000),
+            "/",
+            &[("authorization", &alice)],
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "policy_denied", "{}", reply.body);
+    assert!(
+        !reply.body.contains("members") && !reply.body.contains("team-"),
+        "no rule is named to the user: {}",
+        reply.body
+    );
+    assert_eq!(stack.double.preview_url_calls_for(&team_b.id).await, 0);
+    let page = stack
+        .get(
+            &host_for(&team_b.id, 3000),
+            "/",
+            &[("authorization", &alice), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(page.status, 403);
+    assert!(
+        page.body.contains("<html") || page.body.contains("<!doctype"),
+        "{}",
+        page.body
+    );
+
+    // A platform admin opens both, but never port 22222; the log says which rule came closest.
+    for sandbox in [&team_a, &team_b] {
+        let reply = stack
+            .get(
+                &host_for(&sandbox.id, 3000),
+                "/",
+                &[("authorization", &admin)],
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let reply = stack
+        .get(
+            &host_for(&team_a.id, 22222),
+            "/",
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "policy_denied");
+    let line = stack
+        .authz
+        .proc
+        .logged(
+            "the policy denial",
+            &["platform admins open everything", "1 of 2"],
+        )
+        .await;
+    assert!(line.contains("closest"), "{line}");
+
+    // A token naming no sandbox and in no group: 403; each sandbox was described once.
+    let nobody = bearer(&member_of(&[]));
+    let reply = stack
+        .get(
+            &host_for(&team_a.id, 3000),
+            "/",
+            &[("authorization", &nobody)],
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(stack.double.sandbox_calls().await, 2);
+    // A sandbox Daytona does not know: 404, as for any token.
+    let unknown = "11111111-2222-4333-8444-555555555555";
+    let reply = stack
+        .get(&host_for(unknown, 3000), "/", &[("authorization", &admin)])
+        .await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    // A claim of an unexpected shape (one group as a string, as some providers send it) makes
+    // the interpreter give up on the rule: false, 403, and the log quotes no claim.
+    let odd = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"groups": "team-a-single-group", "exp": now() + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    remember_secret(&odd);
+    let reply = stack
+        .get(
+            &host_for(&team_a.id, 3000),
+            "/",
+            &[("authorization", &bearer(&odd))],
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    stack
+        .authz
+        .proc
+        .logged(
+            "the interpreter's warning",
+            &["CEL interpreter does not support"],
+        )
+        .await;
+    assert!(!stack.authz.proc.stderr().contains("team-a-single-group"));
+    // Tokens naming sandboxes work as before.
+    let reply = stack
+        .get(
+            &stack.host(3000),
+            "/",
+            &[("authorization", &bearer(&stack.token(None)))],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+fn check_config(args: &[&str], api_url: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_daytona-authz"))
+        .arg("check-config")
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("DAYTONA_API_KEY", API_KEY)
+        .env("DAYTONA_AUTHZ_JWT_SECRET", JWT_SECRET)
+        .env("DAYTONA_API_URL", api_url)
+        .output()
+        .expect("run daytona-authz")
+}
+
+#[tokio::test]
+async fn check_config_explains_a_decision_and_names_a_broken_rule() {
+    let double = support::Double::start().await;
+    let team_a = double
+        .create_sandbox_with_labels(&[("team", "team-a")])
+        .await;
+    let team_b = double
+        .create_sandbox_with_labels(&[("team", "team-b")])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&dir, RULES);
+    let alice = member_of(&["team-a"]);
+    let admin = member_of(&["platform-admins"]);
+    let explain = |token: &str, sandbox: &str, port: &str| {
+        let output = check_config(
+            &[
+                "--config",
+                &config,
+                "--explain",
+                "--token",
+                token,
+                "--sandbox",
+                sandbox,
+                "--port",
+                port,
+            ],
+            &double.api_url,
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+        support::assert_no_secret("check-config --explain", &stdout);
+        stdout
+    };
+    let out = explain(&alice, &team_a.id, "3000");
+    assert!(out.contains("decision: allow"), "{out}");
+    assert!(
+        out.contains("allowed by: rule \"team members open their team's sandboxes\""),
+        "{out}"
+    );
+    assert!(out.contains("team=team-a"), "{out}");
+    let out = explain(&alice, &team_b.id, "3000");
+    assert!(out.contains("decision: deny (403 policy_denied)"), "{out}");
+    assert!(out.contains("closest: none"), "{out}");
+    let out = explain(&admin, &team_b.id, "22222");
+    assert!(out.contains("decision: deny (403 policy_denied)"), "{out}");
+    assert!(
+        out.contains("closest: \"platform admins open everything, port 22222 excepted\""),
+        "{out}"
+    );
+    let out = explain(&admin, &team_b.id, "3000");
+    assert!(out.contains("allowed by: rule \"platform admins"), "{out}");
+    // The explanation never asked for a preview token.
+    assert_eq!(double.api_calls().await, 0);
+
+    // A broken rule: exit 64, naming the rule.
+    let broken = config_file(
+        &dir,
+        "[[policy]]\nname = \"half written\"\nallow = 'token.groups.exists(g, '\n",
+    );
+    let output = check_config(&["--config", &broken], &double.api_url);
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("[[policy]] \"half written\": allow does not parse"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_applies_new_rules_live_and_a_broken_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let team_rule = RULES
+        .split("\n[[policy]]\nname = \"platform")
+        .next()
+        .unwrap();
+    let config = config_file(&dir, team_rule);
+    let stack = Stack::start_with(AuthzOptions::args(&["--config", &config])).await;
+    let sandbox = stack
+        .double
+        .create_sandbox_with_labels(&[("team", "team-b")])
+        .await;
+    let admin = bearer(&member_of(&["platform-admins"]));
+    let host = host_for(&sandbox.id, 3000);
+    let status = || async {
+        stack
+            .get(&host, "/", &[("authorization", &admin)])
+            .await
+            .status
+    };
+    assert_eq!(status().await, 403, "only the team rule so far");
+
+    // A broken rule: the reload is refused, naming it, and the old rules keep serving.
+    config_file(
+        &dir,
+        &format!("{team_rule}\n[[policy]]\nname = \"oops\"\nallow = 'token.groups.exists('\n"),
+    );
+    stack.authz.signal("HUP");
+    stack
+        .authz
+        .proc
+        .logged(
+            "the refused reload",
+            &["reload failed", "oops", "does not parse"],
+        )
+        .await;
+    assert_eq!(status().await, 403);
+
+    // The admins' rule added: applied without a restart.
+    config_file(&dir, RULES);
+    stack.authz.signal("HUP");
+    stack
+        .authz
+        .proc
+        .logged("the applied reload", &["reloaded", "[[policy]]"])
+        .await;
+    assert_eq!(status().await, 200);
+}
