@@ -530,6 +530,23 @@ impl Double {
             .await
     }
 
+    /// A sandbox with this id (a lower-case UUID) and these labels.
+    pub async fn create_sandbox_with_id_and_labels(
+        &self,
+        id: &str,
+        labels: &[(&str, &str)],
+    ) -> Sandbox {
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned())))
+            .collect();
+        self.post(
+            "sandboxes",
+            serde_json::json!({ "id": id, "labels": labels }),
+        )
+        .await
+    }
+
     /// A new sandbox with these labels (what `GET /sandbox/{id}` reports, and policies read).
     pub async fn create_sandbox_with_labels(&self, labels: &[(&str, &str)]) -> Sandbox {
         let labels: serde_json::Map<String, serde_json::Value> = labels

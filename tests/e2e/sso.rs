@@ -4,10 +4,9 @@
 //! filter keeps in its cookie, and headless Chromium (Debian's, driven by playwright-core:
 //! tests/sso/drive.mjs) signing in, opening sandboxes and signing out.
 //!
-//! The user's ID token names the sandboxes it opens (`sandbox_id`, an array claim the provider
-//! issues for the `sandboxes` scope); the user also carries `groups`, for rules that decide by
-//! team once policies land (then the test's users drop `sandbox_id` and the sandboxes get a
-//! `team` label; see `users()`).
+//! The user's ID token names no sandbox: it carries the person's `groups`, and daytona-authz's
+//! `[[policy]]` rule opens a sandbox to the groups its `team` label names (the labels the Daytona
+//! double reports, as Daytona's `GET /sandbox/{id}` does).
 //!
 //! Needs node with tests/sso/node_modules (`npm ci --prefix tests/sso`; scripts/test runs it)
 //! and Chromium (`CHROMIUM_BIN`, else `chromium` on PATH). Without them the tests skip, unless CI
@@ -52,17 +51,22 @@ const SESSION_COOKIES: [&str; 5] = [
 const TEAM_A: [&str; 2] = [A1, A2];
 const TEAM_B: [&str; 1] = [B1];
 
-/// The test users and their groups: `alice` of team A, `bob` of team B. Until `[[policy]]`
-/// rules decide by `groups` for tokens that name no sandbox (issue #18), each ID token names its
-/// team's sandboxes itself (`sandbox_id`); once they do, this claim goes, the sandboxes get a
-/// `team` label in the double and daytona-authz a rule like
-/// `token.groups.exists(g, g == sandbox.labels["team"])`, and every assertion stays as it is.
+/// The test users and their groups: `alice` of team A, `bob` of team B. Their ID tokens name no
+/// sandbox; [`RULES`] decides.
 fn users() -> serde_json::Value {
     serde_json::json!({
-        "alice": { "groups": ["team-a"], "sandbox_id": TEAM_A },
-        "bob": { "groups": ["team-b"], "sandbox_id": TEAM_B },
+        "alice": { "groups": ["team-a"] },
+        "bob": { "groups": ["team-b"] },
     })
 }
+
+/// daytona-authz's config file: the preview domain and the rule that opens a team's sandboxes
+/// to its members (README, "Policy").
+const RULES: &str = r#"
+[[policy]]
+name = "team members open their team's sandboxes"
+allow = 'token.groups.exists(g, g == sandbox.labels["team"])'
+"#;
 
 /// What the single-sign-on tests need, or `None` (skipped, said on stderr).
 fn requirements(test: &str) -> Option<(PathBuf, PathBuf)> {
@@ -243,8 +247,12 @@ impl SsoStack {
             std::fs::write(oauth.path().join(file), secret).unwrap();
         }
         let jwks = format!("http://127.0.0.1:{}/jwks", idp.port);
+        let config = oauth.path().join("daytona-authz.toml");
+        std::fs::write(&config, format!("preview-domain = \"{DOMAIN}\"\n{RULES}")).unwrap();
         let stack = Stack::start_with(StackOptions {
             authz: AuthzOptions::args(&[
+                "--config",
+                config.to_str().unwrap(),
                 "--jwks-url",
                 &jwks,
                 "--sso-token-cookie",
@@ -264,8 +272,13 @@ impl SsoStack {
             ..Default::default()
         })
         .await;
-        for id in [A1, A2, B1] {
-            stack.double.create_sandbox_with_id(id).await;
+        for (team, ids) in [("team-a", &TEAM_A[..]), ("team-b", &TEAM_B[..])] {
+            for id in ids {
+                stack
+                    .double
+                    .create_sandbox_with_id_and_labels(id, &[("team", team)])
+                    .await;
+            }
         }
         SsoStack {
             stack,
@@ -418,6 +431,15 @@ async fn a_person_signs_in_once_for_the_teams_sandboxes_and_signs_out() {
     assert_eq!(seen["other"]["status"], 403, "{report}");
     assert!(!is_app(&seen["other"]), "{report}");
     assert_eq!(seen["other"]["idp"], serde_json::json!([]), "{report}");
+    // Refused by the rule (the ID token names no sandbox), not for naming another one.
+    sso.stack
+        .authz
+        .proc
+        .logged(
+            "the policy's denial of team B's sandbox",
+            &["no policy rule allows this token here", B1],
+        )
+        .await;
 
     // 4. A page of A2 cannot read A1 with the session (it reads its own sandbox), and none of
     //    its requests (fetch, redirect, <script>, <img>, no-cors) reached A1's app.
