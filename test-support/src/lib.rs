@@ -496,19 +496,23 @@ impl Double {
     /// Calls to the preview-url API for real sandboxes: daytona-authz's readiness probe (which
     /// asks about the nil UUID, a sandbox that cannot exist) is not counted.
     pub async fn api_calls(&self) -> u64 {
-        let stats: serde_json::Value = self
-            .http
+        let stats = self.stats().await;
+        let probes = stats["per_key"][format!("{PROBE_SANDBOX}:3000")]
+            .as_u64()
+            .unwrap_or(0);
+        stats["preview_url_calls"].as_u64().unwrap() - probes
+    }
+
+    /// The double's counters (`GET /_double/stats`).
+    async fn stats(&self) -> serde_json::Value {
+        self.http
             .get(self.control("stats"))
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        let probes = stats["per_key"][format!("{PROBE_SANDBOX}:3000")]
-            .as_u64()
-            .unwrap_or(0);
-        stats["preview_url_calls"].as_u64().unwrap() - probes
+            .unwrap()
     }
 
     /// Regenerates a sandbox's preview token, as Daytona does on every sandbox start.
@@ -536,52 +540,31 @@ impl Double {
         id: &str,
         labels: &[(&str, &str)],
     ) -> Sandbox {
-        let labels: serde_json::Map<String, serde_json::Value> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned())))
-            .collect();
         self.post(
             "sandboxes",
-            serde_json::json!({ "id": id, "labels": labels }),
+            serde_json::json!({ "id": id, "labels": labels_object(labels) }),
         )
         .await
     }
 
     /// A new sandbox with these labels (what `GET /sandbox/{id}` reports, and policies read).
     pub async fn create_sandbox_with_labels(&self, labels: &[(&str, &str)]) -> Sandbox {
-        let labels: serde_json::Map<String, serde_json::Value> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned())))
-            .collect();
-        self.post("sandboxes", serde_json::json!({ "labels": labels }))
-            .await
+        self.post(
+            "sandboxes",
+            serde_json::json!({ "labels": labels_object(labels) }),
+        )
+        .await
     }
 
     /// Calls of `GET /sandbox/{id}` (sandbox descriptions) so far.
     pub async fn sandbox_calls(&self) -> u64 {
-        let stats: serde_json::Value = self
-            .http
-            .get(self.control("stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = self.stats().await;
         stats["sandbox_calls"].as_u64().unwrap()
     }
 
     /// Calls of the preview-url API for one sandbox (any port).
     pub async fn preview_url_calls_for(&self, sandbox_id: &str) -> u64 {
-        let stats: serde_json::Value = self
-            .http
-            .get(self.control("stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = self.stats().await;
         stats["per_key"]
             .as_object()
             .unwrap()
@@ -1137,6 +1120,14 @@ async fn try_spawn_envoy(
         Some(admin) => Ok((proc, admin)),
         None => Err(proc),
     }
+}
+
+/// Sandbox labels as the double's `POST /_double/sandboxes` takes them.
+fn labels_object(labels: &[(&str, &str)]) -> serde_json::Map<String, serde_json::Value> {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned())))
+        .collect()
 }
 
 /// An edit for [`StackOptions::envoy_edits`] that uncomments the block of the shipped
