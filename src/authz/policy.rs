@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cel_interpreter::objects::{Key, Map};
 use cel_interpreter::{Context, Value};
@@ -104,6 +105,71 @@ pub struct RuleSpec {
     pub allow: String,
 }
 
+/// Outcomes remembered per policy (a reload starts afresh): a warm request of a signed-in person
+/// costs a look-up, not an evaluation. The key is what the outcome depends on: the token's claims
+/// and the sandbox's description (each by the serial number it got when it was built, so a new
+/// token or a re-fetched description is a new key, never a stale hit) and those request fields
+/// that some rule names. A request whose path is longer than [`MAX_MEMO_PATH`] (when a rule reads
+/// the path) is evaluated and not remembered.
+pub const MEMO_ENTRIES: usize = 16_384;
+pub const MAX_MEMO_PATH: usize = 256;
+
+/// Serial numbers of [`TokenClaims`] and [`SandboxInfo`] values (never reused: 2^64).
+static SERIAL: AtomicU64 = AtomicU64::new(1);
+
+fn serial() -> u64 {
+    SERIAL.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Which fields of `request` the rules read (a bare `request` reads them all).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RequestUse {
+    port: bool,
+    method: bool,
+    path: bool,
+    route: bool,
+}
+
+/// A remembered outcome's key (fields no rule reads are left empty).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct MemoKey {
+    token: u64,
+    sandbox: u64,
+    port: u16,
+    method: Box<str>,
+    path: Box<str>,
+    route: Box<str>,
+}
+
+/// The same key, borrowed from the request (a look-up allocates nothing). Hashes as [`MemoKey`]
+/// does: the same fields, of the same types, in the same order.
+#[derive(Debug, Hash)]
+struct MemoProbe<'a> {
+    token: u64,
+    sandbox: u64,
+    port: u16,
+    method: &'a str,
+    path: &'a str,
+    route: &'a str,
+}
+
+impl quick_cache::Equivalent<MemoKey> for MemoProbe<'_> {
+    fn equivalent(&self, key: &MemoKey) -> bool {
+        self.token == key.token
+            && self.sandbox == key.sandbox
+            && self.port == key.port
+            && same(self.method, &key.method)
+            && same(self.path, &key.path)
+            && same(self.route, &key.route)
+    }
+}
+
+/// String equality that does not call `memcmp` for the empty strings most keys hold (glibc's
+/// vectorised `memcmp` cost more than the rest of a look-up on this machine: bench/NOTES.md).
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
+}
+
 /// One compiled rule: the whole expression, and its top-level `&&` conditions (for "closest").
 struct Rule {
     name: Arc<str>,
@@ -115,6 +181,8 @@ struct Rule {
 pub struct Rules {
     rules: Vec<Rule>,
     functions: Context<'static>,
+    reads: RequestUse,
+    memo: quick_cache::sync::Cache<MemoKey, Outcome>,
 }
 
 impl std::fmt::Debug for Rules {
@@ -127,11 +195,22 @@ impl std::fmt::Debug for Rules {
 
 /// A token's verified claims as a CEL map, built once per token (the verifier remembers it with
 /// the grant).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenClaims(Arc<Value>);
+#[derive(Debug, Clone)]
+pub struct TokenClaims {
+    value: Arc<Value>,
+    serial: u64,
+}
+
+impl PartialEq for TokenClaims {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Eq for TokenClaims {}
 
 /// What Daytona's `GET /sandbox/{id}` says of a sandbox, as rules see it (built once per answer).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SandboxInfo {
     pub id: String,
     pub name: String,
@@ -139,7 +218,16 @@ pub struct SandboxInfo {
     pub state: String,
     pub labels: BTreeMap<String, String>,
     value: Value,
+    serial: u64,
 }
+
+impl PartialEq for SandboxInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Eq for SandboxInfo {}
 
 /// What the request adds: the port, method, path without its query, and the route's name.
 #[derive(Debug, Clone, Copy)]
@@ -213,7 +301,16 @@ impl Rules {
             }
         }
         if problems.is_empty() {
-            Ok(Rules { rules, functions })
+            let mut reads = RequestUse::default();
+            for rule in &rules {
+                request_use(&rule.expression, &mut reads);
+            }
+            Ok(Rules {
+                rules,
+                functions,
+                reads,
+                memo: quick_cache::sync::Cache::new(MEMO_ENTRIES),
+            })
         } else {
             Err(problems)
         }
@@ -233,15 +330,51 @@ impl Rules {
     }
 
     /// Evaluates the rules in order: the first true one allows. When none does, says which came
-    /// closest.
+    /// closest. The same inputs give the same outcome (rules have no clock and no I/O), so it is
+    /// remembered ([`MEMO_ENTRIES`]).
     pub fn evaluate(
         &self,
         token: &TokenClaims,
         sandbox: &SandboxInfo,
         request: &RequestFacts<'_>,
     ) -> Outcome {
+        let reads = self.reads;
+        let probe = MemoProbe {
+            token: token.serial,
+            sandbox: sandbox.serial,
+            port: if reads.port { request.port } else { 0 },
+            method: if reads.method { request.method } else { "" },
+            path: if reads.path { request.path } else { "" },
+            route: if reads.route { request.route } else { "" },
+        };
+        if let Some(outcome) = self.memo.get(&probe) {
+            return outcome;
+        }
+        let outcome = self.evaluate_afresh(token, sandbox, request);
+        if probe.path.len() <= MAX_MEMO_PATH && probe.method.len() <= MAX_MEMO_PATH {
+            self.memo.insert(
+                MemoKey {
+                    token: probe.token,
+                    sandbox: probe.sandbox,
+                    port: probe.port,
+                    method: probe.method.into(),
+                    path: probe.path.into(),
+                    route: probe.route.into(),
+                },
+                outcome.clone(),
+            );
+        }
+        outcome
+    }
+
+    fn evaluate_afresh(
+        &self,
+        token: &TokenClaims,
+        sandbox: &SandboxInfo,
+        request: &RequestFacts<'_>,
+    ) -> Outcome {
         let mut scope = self.functions.new_inner_scope();
-        scope.add_variable_from_value("token", (*token.0).clone());
+        scope.add_variable_from_value("token", (*token.value).clone());
         scope.add_variable_from_value("sandbox", sandbox.value.clone());
         scope.add_variable_from_value("request", request.value());
         for rule in &self.rules {
@@ -304,7 +437,7 @@ fn compile_one(spec: &RuleSpec, functions: &Context<'static>) -> Result<Rule, St
     let mut scope = functions.new_inner_scope();
     let sample = SandboxInfo::sample();
     let token = TokenClaims::sample();
-    scope.add_variable_from_value("token", (*token.0).clone());
+    scope.add_variable_from_value("token", (*token.value).clone());
     scope.add_variable_from_value("sandbox", sample.value.clone());
     scope.add_variable_from_value(
         "request",
@@ -338,6 +471,65 @@ fn compile_one(spec: &RuleSpec, functions: &Context<'static>) -> Result<Rule, St
         expression,
         conditions,
     })
+}
+
+/// Marks the fields of `request` that `expression` reads: `request.port` reads the port, a bare
+/// `request` (indexed, compared, or a macro's variable of that name) counts as reading every field.
+fn request_use(expression: &Expression, reads: &mut RequestUse) {
+    let all = RequestUse {
+        port: true,
+        method: true,
+        path: true,
+        route: true,
+    };
+    match &expression.expr {
+        Expr::Ident(name) if name == "request" => *reads = all,
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        Expr::Select(select) => match (&select.operand.expr, select.field.as_str()) {
+            (Expr::Ident(root), field) if root == "request" => match field {
+                "port" => reads.port = true,
+                "method" => reads.method = true,
+                "path" => reads.path = true,
+                "route" => reads.route = true,
+                _ => *reads = all,
+            },
+            _ => request_use(&select.operand, reads),
+        },
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                request_use(target, reads);
+            }
+            for arg in &call.args {
+                request_use(arg, reads);
+            }
+        }
+        Expr::Comprehension(c) => {
+            if [&c.iter_var, &c.accu_var].contains(&&"request".to_owned())
+                || c.iter_var2.as_deref() == Some("request")
+            {
+                *reads = all;
+            }
+            for e in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
+                request_use(e, reads);
+            }
+        }
+        Expr::List(list) => list.elements.iter().for_each(|e| request_use(e, reads)),
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                if let EntryExpr::MapEntry(e) = &entry.expr {
+                    request_use(&e.key, reads);
+                    request_use(&e.value, reads);
+                }
+            }
+        }
+        Expr::Struct(_) => *reads = all,
+    }
 }
 
 /// The top-level `&&` conditions of an expression (itself when it is not a conjunction).
@@ -454,7 +646,10 @@ impl TokenClaims {
     pub fn new(claims: &serde_json::Map<String, serde_json::Value>) -> Option<TokenClaims> {
         let mut budget = MAX_CLAIM_VALUES;
         let value = object(claims, &mut budget, 0)?;
-        Some(TokenClaims(Arc::new(value)))
+        Some(TokenClaims {
+            value: Arc::new(value),
+            serial: serial(),
+        })
     }
 
     fn sample() -> TokenClaims {
@@ -562,6 +757,7 @@ impl SandboxInfo {
             state,
             labels,
             value: Value::Map(Map { map: Arc::new(map) }),
+            serial: serial(),
         })
     }
 
@@ -760,6 +956,110 @@ mod tests {
         assert!(rules(&[("", "true")]).unwrap_err()[0].contains("#1"));
         // Missing data is fine at start-up: the claim may be there at run time.
         rules(&[("roles", r#""admin" in token.roles_claim_not_in_sample"#)]).unwrap();
+    }
+
+    #[test]
+    fn a_remembered_outcome_is_never_reused_for_other_inputs() {
+        let rules = rules(&[
+            (
+                "public",
+                r#"request.path.startsWith("/public") && "staff" in token.groups"#,
+            ),
+            ("team", TEAM),
+        ])
+        .unwrap();
+        let alice = token(serde_json::json!({"groups": ["staff"]}));
+        let at = |path: &'static str| RequestFacts {
+            port: 3000,
+            method: "GET",
+            path,
+            route: "",
+        };
+        let box_a = sandbox(None);
+        // Twice each way, so the second answer of each comes from memory.
+        for _ in 0..2 {
+            assert_eq!(
+                allowed(rules.evaluate(&alice, &box_a, &at("/public/a.css"))),
+                "public"
+            );
+            assert!(matches!(
+                rules.evaluate(&alice, &box_a, &at("/private")),
+                Outcome::Denied(_)
+            ));
+        }
+        // Daytona now says the sandbox is team-a's: a new description, a new outcome.
+        let team_a = token(serde_json::json!({"groups": ["team-a"]}));
+        assert!(matches!(
+            rules.evaluate(&team_a, &box_a, &at("/private")),
+            Outcome::Denied(_)
+        ));
+        let relabelled = sandbox(Some("team-a"));
+        assert_eq!(
+            allowed(rules.evaluate(&team_a, &relabelled, &at("/private"))),
+            "team"
+        );
+        // The same claims in a new token are a new key too (and decide the same).
+        let again = token(serde_json::json!({"groups": ["team-a"]}));
+        assert_eq!(
+            allowed(rules.evaluate(&again, &relabelled, &at("/private"))),
+            "team"
+        );
+    }
+
+    #[test]
+    fn the_memory_key_holds_the_request_fields_some_rule_reads() {
+        let reads = |allow: &str| rules(&[("r", allow)]).unwrap().reads;
+        assert_eq!(reads(TEAM), RequestUse::default());
+        assert_eq!(
+            reads(ADMINS),
+            RequestUse {
+                port: true,
+                ..RequestUse::default()
+            }
+        );
+        let all = RequestUse {
+            port: true,
+            method: true,
+            path: true,
+            route: true,
+        };
+        assert_eq!(reads(r#"request["path"] == "/""#), all);
+        assert_eq!(reads(r#"[request].exists(r, r.method == "GET")"#), all);
+        assert_eq!(
+            reads(r#"request.method == "GET" && request.route == "r""#),
+            RequestUse {
+                method: true,
+                route: true,
+                ..RequestUse::default()
+            }
+        );
+        // A probe hashes as the key it stands for.
+        let hash = |v: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            v(&mut h);
+            std::hash::Hasher::finish(&h)
+        };
+        let key = MemoKey {
+            token: 1,
+            sandbox: 2,
+            port: 3,
+            method: "GET".into(),
+            path: "/p".into(),
+            route: "".into(),
+        };
+        let probe = MemoProbe {
+            token: 1,
+            sandbox: 2,
+            port: 3,
+            method: "GET",
+            path: "/p",
+            route: "",
+        };
+        assert_eq!(
+            hash(&|h| std::hash::Hash::hash(&key, h)),
+            hash(&|h| std::hash::Hash::hash(&probe, h))
+        );
+        assert!(quick_cache::Equivalent::equivalent(&probe, &key));
     }
 
     #[test]
