@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cel_interpreter::objects::{Key, Map};
-use cel_interpreter::{Context, Value};
-use cel_parser::Expression;
-use cel_parser::ast::{EntryExpr, Expr};
+use cel::common::ast::{EntryExpr, Expr};
+use cel::objects::{Key, Map};
+use cel::parser::Expression;
+use cel::{Context, Value};
 
 /// Rules at most, and the longest expression: each is evaluated for every such request.
 pub const MAX_RULES: usize = 64;
@@ -53,8 +53,6 @@ const REQUEST_FIELDS: &[&str] = &["port", "method", "path", "route"];
 const FUNCTIONS: &[&str] = &[
     "contains",
     "size",
-    "max",
-    "min",
     "startsWith",
     "endsWith",
     "string",
@@ -180,7 +178,7 @@ struct Rule {
 /// The compiled policy: every rule, and the interpreter's functions (built once).
 pub struct Rules {
     rules: Vec<Rule>,
-    functions: Context<'static>,
+    functions: Context<'static, 'static>,
     reads: RequestUse,
     memo: quick_cache::sync::Cache<MemoKey, Outcome>,
 }
@@ -405,23 +403,22 @@ impl Rules {
     }
 }
 
-/// Whether `expression` is `true` (not merely truthy) in `scope`. An error is false, and so is a
-/// panic of the interpreter (it has `todo!()`s for inputs such as a macro over a string): a rule
-/// can never take a request down.
-fn holds(expression: &Expression, scope: &Context<'_>) -> bool {
+/// Whether `expression` is `true` in `scope`. An error is false, and so is a panic of the
+/// interpreter (it still has a few `todo!()`s): a rule can never take a request down.
+fn holds(expression: &Expression, scope: &Context<'_, '_>) -> bool {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         matches!(Value::resolve(expression, scope), Ok(Value::Bool(true)))
     }))
     .unwrap_or(false)
 }
 
-fn compile_one(spec: &RuleSpec, functions: &Context<'static>) -> Result<Rule, String> {
+fn compile_one(spec: &RuleSpec, functions: &Context<'static, 'static>) -> Result<Rule, String> {
     if spec.allow.trim().is_empty() || spec.allow.len() > MAX_EXPRESSION_LEN {
         return Err(format!(
             "allow must be a CEL expression of 1-{MAX_EXPRESSION_LEN} characters"
         ));
     }
-    let expression = std::panic::catch_unwind(|| cel_parser::Parser::new().parse(&spec.allow))
+    let expression = std::panic::catch_unwind(|| cel::Program::compile(&spec.allow))
         .map_err(|_| "allow does not parse".to_owned())?
         .map_err(|errors| {
             let said: Vec<String> = errors
@@ -430,7 +427,9 @@ fn compile_one(spec: &RuleSpec, functions: &Context<'static>) -> Result<Rule, St
                 .map(|e| format!("at {}:{}: {}", e.pos.0, e.pos.1, e.msg))
                 .collect();
             format!("allow does not parse: {}", said.join("; "))
-        })?;
+        })?
+        .expression()
+        .clone();
     check(&expression, &mut Vec::new(), 0)?;
     // Evaluated once against a representative input: the result must be a boolean, and the only
     // errors allowed are missing data (a claim or label that input does not have).
@@ -461,7 +460,7 @@ fn compile_one(spec: &RuleSpec, functions: &Context<'static>) -> Result<Rule, St
                 other.type_of()
             ));
         }
-        Err(cel_interpreter::ExecutionError::NoSuchKey(_)) => {}
+        Err(cel::ExecutionError::NoSuchKey(_)) => {}
         Err(error) => return Err(format!("allow fails on a representative request: {error}")),
     }
     let mut conditions = Vec::new();
@@ -928,6 +927,52 @@ mod tests {
             rules.evaluate(&odd, &sandbox(Some("team-a")), &on(3000)),
             Outcome::Denied(None)
         );
+    }
+
+    /// What the specification says, and `cel-interpreter` 0.10 did not do: each of these opened
+    /// the door there.
+    #[test]
+    fn operators_follow_the_cel_specification_not_truthiness() {
+        let box_a = sandbox(None);
+        let deny = |allow: &str, claims: serde_json::Value| {
+            let rules = rules(&[("r", allow)]).unwrap();
+            assert!(
+                matches!(
+                    rules.evaluate(&token(claims.clone()), &box_a, &on(3000)),
+                    Outcome::Denied(_)
+                ),
+                "{allow} with {claims} must not allow"
+            );
+        };
+        // `in` over a string is no substring test: one group sent as a string.
+        deny(
+            ADMINS,
+            serde_json::json!({"groups": "platform-admins-readonly"}),
+        );
+        deny(
+            r#""admins" in token.groups"#,
+            serde_json::json!({"groups": "non-admins"}),
+        );
+        // A missing key is an error, not null: two missing values are not equal.
+        deny(
+            r#"token["https://acme.dev/team"] == sandbox.labels["team"]"#,
+            serde_json::json!({"sub": "x"}),
+        );
+        // `&&`, `||`, `!` and `?:` take booleans only.
+        deny(
+            r#""staff" in token.groups && token.email_verified"#,
+            serde_json::json!({"groups": ["staff"], "email_verified": "false"}),
+        );
+        deny("token.admin || false", serde_json::json!({"admin": "yes"}));
+        deny("!token.blocked", serde_json::json!({"sub": "x"}));
+        deny("!token.blocked", serde_json::json!({"blocked": "no"}));
+        deny("token.vip ? true : false", serde_json::json!({"vip": 1}));
+        // A macro over a string is an error (0.10 panicked).
+        deny(TEAM, serde_json::json!({"groups": "team-a"}));
+        // And the same rules still allow what they should.
+        let rules = rules(&[("r", r#"!token.blocked && "staff" in token.groups"#)]).unwrap();
+        let ok = token(serde_json::json!({"blocked": false, "groups": ["staff"]}));
+        assert_eq!(allowed(rules.evaluate(&ok, &box_a, &on(3000))), "r");
     }
 
     #[test]

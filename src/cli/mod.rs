@@ -231,17 +231,34 @@ fn explain(config: &config::ServeConfig, question: &crate::serve::explain::Quest
     }
 }
 
-/// The CEL interpreter panics (`todo!`) on a few inputs (a macro over a string, say); the policy
-/// catches that and counts the rule as false. The default hook would print the panic's message,
-/// which quotes the input (a token's claim): this one logs a warning without it instead, and
+/// The CEL interpreter may panic on an input it does not support (it has a few `todo!()`s left);
+/// the policy catches that and counts the rule as false. The default hook would print the panic's
+/// message, which may quote the input (a token's claim): this one logs a warning without it
+/// instead, at most once a minute (a token with an odd claim may come with every request), and
 /// leaves every other panic to the default hook.
 fn quiet_interpreter_panics() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
+    static SINCE: AtomicU64 = AtomicU64::new(0);
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| match info.location() {
-        Some(at) if at.file().contains("cel-interpreter") => tracing::warn!(
-            at = %format!("{}:{}", at.file().rsplit('/').next().unwrap_or_default(), at.line()),
-            "a policy rule hit a case the CEL interpreter does not support; the rule counts as false"
-        ),
+        Some(at) if at.file().contains("/cel-0.") => {
+            let missed = SINCE.fetch_add(1, Ordering::Relaxed) + 1;
+            let now = crate::authz::token::now();
+            let last = LAST_WARNED.load(Ordering::Relaxed);
+            if now >= last.saturating_add(60)
+                && LAST_WARNED
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                SINCE.store(0, Ordering::Relaxed);
+                tracing::warn!(
+                    at = %format!("{}:{}", at.file().rsplit('/').next().unwrap_or_default(), at.line()),
+                    times = missed,
+                    "a policy rule hit a case the CEL interpreter does not support; the rule counts as false"
+                );
+            }
+        }
         _ => default(info),
     }));
 }
