@@ -323,9 +323,12 @@ pub fn authorize(
             })
             .and_then(|grant| match &policy.sso.audience {
                 // A single-sign-on token is for our OAuth2 client: an ID token the same
-                // identity provider issued to another application is not a session here.
+                // identity provider issued to another application is not a session here. The
+                // same holds for any token the rules decide (no sandbox claim), whether it came
+                // in the session cookie, as a Bearer, a link or our cookie.
                 Some(audience)
-                    if found.source == TokenSource::SsoCookie && !grant.has_audience(audience) =>
+                    if (found.source == TokenSource::SsoCookie || grant.identity.is_some())
+                        && !grant.has_audience(audience) =>
                 {
                     Err(Denial::InvalidToken(TokenError::WrongIssuerOrAudience))
                 }
@@ -2204,6 +2207,62 @@ mod tests {
         assert_eq!(
             authorize(&req, &half, now()),
             Err(Denial::InvalidToken(TokenError::Malformed))
+        );
+    }
+
+    /// The reviewer's attack: the identity provider's token for another application (a wiki's ID
+    /// token, an access token for another API) sent as a Bearer, a link or our cookie, when
+    /// --sso-audience names ours. Decided by the rules, it must name our audience whatever way
+    /// it came; a share link (naming its sandbox) is not affected.
+    #[test]
+    fn a_token_the_rules_decide_must_name_the_sso_audience_however_it_is_sent() {
+        let mut policy = with_rules();
+        policy.sso.audience = Some("previews".into());
+        let lookups = described("team-a");
+        let token_for = |aud: &str| {
+            identity_token(serde_json::json!({"groups": ["team-a"], "aud": aud, "exp": now() + 60}))
+        };
+        let decide =
+            |req: &RequestView| super::authorize(req, &policy, now(), &lookups, &NoRevocations);
+        for (aud, allowed) in [("wiki", false), ("previews", true)] {
+            let t = token_for(aud);
+            let auth = bearer(&t);
+            let cookie = format!("{DEFAULT_COOKIE_NAME}={t}");
+            for req in [
+                request(&host(3000), "/", &[("authorization", &auth)]),
+                request(&host(3000), &format!("/?access_token={t}"), &[]),
+                request(&host(3000), "/", &[("cookie", &cookie)]),
+            ] {
+                let verdict = decide(&req);
+                if allowed {
+                    assert!(verdict.is_ok(), "{aud}: {verdict:?}");
+                } else {
+                    assert_eq!(
+                        verdict,
+                        Err(Denial::InvalidToken(TokenError::WrongIssuerOrAudience)),
+                        "{aud}"
+                    );
+                }
+            }
+        }
+        // No `aud` at all: refused too.
+        let bare = identity_token(serde_json::json!({"groups": ["team-a"], "exp": now() + 60}));
+        let auth = bearer(&bare);
+        assert_eq!(
+            decide(&request(&host(3000), "/", &[("authorization", &auth)])),
+            Err(Denial::InvalidToken(TokenError::WrongIssuerOrAudience))
+        );
+        // A share link names its sandbox: --jwt-audience governs it, not --sso-audience.
+        let link = token(ID, None, now() + 60);
+        let auth = bearer(&link);
+        assert!(
+            forwarded(decide(&request(
+                &host(3000),
+                "/",
+                &[("authorization", &auth)]
+            )))
+            .grant
+            .is_some()
         );
     }
 

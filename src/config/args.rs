@@ -235,8 +235,10 @@ pub struct ServeArgs {
     /// same rules as the share-link cookie. Default: no single sign-on.
     #[arg(long, env = "DAYTONA_AUTHZ_SSO_TOKEN_COOKIE", value_name = "NAME")]
     pub sso_token_cookie: Option<String>,
-    /// The audience a single-sign-on token must name: the OAuth2 filter's client_id (an ID
-    /// token's `aud`). Required with --sso-token-cookie.
+    /// The audience a single-sign-on token must name, and every token decided by the `[[policy]]`
+    /// rules (one without a sandbox claim, however it was sent): the OAuth2 filter's client_id
+    /// (an ID token's `aud`). Required with --sso-token-cookie, and with `[[policy]]` rules when
+    /// tokens come from --jwks-url or --introspection-url.
     #[arg(long, env = "DAYTONA_AUTHZ_SSO_AUDIENCE", value_name = "CLIENT_ID")]
     pub sso_audience: Option<String>,
     /// The cookies of Envoy's OAuth2 filter (repeatable, or comma-separated), `NAME.<suffix>`

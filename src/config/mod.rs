@@ -645,6 +645,22 @@ mod tests {
                 .starts_with("[[policy]] \"broken rule\": allow does not parse"),
             "{errors}"
         );
+        // Rules over an identity provider's tokens need the audience those tokens must name.
+        std::fs::write(
+            &file,
+            "preview-domain = \"preview.example.com\"\ndaytona-api-key = \"k\"\njwks-url = \"https://idp.example.com/jwks\"\n[[policy]]\nname = \"ok\"\nallow = 'true'\n",
+        )
+        .unwrap();
+        let errors = serve(&["--config", path]).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert!(
+            errors.0[0].0.starts_with(
+                "[[policy]] with --jwks-url or --introspection-url needs --sso-audience"
+            ),
+            "{errors}"
+        );
+        let config = serve(&["--config", path, "--sso-audience", "previews"]).unwrap();
+        assert_eq!(config.sso.audience.as_deref(), Some("previews"));
         // An unknown field of a rule, a rule without allow, and policy that is not tables are
         // refused while reading the file.
         for (text, says) in [

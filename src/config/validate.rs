@@ -573,6 +573,16 @@ impl ServeArgs {
         let other_sources = identity
             .as_ref()
             .is_some_and(|i| !i.jwks_urls.is_empty() || i.introspection.is_some());
+        if !policies.is_empty() && other_sources && self.sso_audience.is_none() {
+            // A token without a sandbox claim is decided by the rules: without an audience to
+            // require, any token of the identity provider, issued to any of its applications
+            // (a wiki's ID token, an access token for another API), would be one.
+            p.0.push(ConfigError(
+                "[[policy]] with --jwks-url or --introspection-url needs --sso-audience: the \
+                 audience (the OAuth2 client_id) every token decided by the rules must name"
+                    .into(),
+            ));
+        }
         let jwt_secret = match jwt_secret {
             Some(None) if !other_sources => {
                 p.0.push(ConfigError(missing_jwt_secret()));
