@@ -661,6 +661,23 @@ mod tests {
         );
         let config = serve(&["--config", path, "--sso-audience", "previews"]).unwrap();
         assert_eq!(config.sso.audience.as_deref(), Some("previews"));
+        // Our cookie and the filter's cannot share a name.
+        for clash in [
+            &["--cookie-name", "IdToken", "--sso-token-cookie", "IdToken"][..],
+            &["--sso-token-cookie", "daytona_authz"][..],
+            &["--cookie-name", "OauthHMAC"][..],
+        ] {
+            let mut args = vec!["--config", path, "--sso-audience", "previews"];
+            args.extend_from_slice(clash);
+            let errors = serve(&args).unwrap_err();
+            assert!(
+                errors
+                    .0
+                    .iter()
+                    .any(|e| e.0.contains("is also a cookie of the OAuth2 filter")),
+                "{clash:?}: {errors}"
+            );
+        }
         // An unknown field of a rule, a rule without allow, and policy that is not tables are
         // refused while reading the file.
         for (text, says) in [

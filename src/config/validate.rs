@@ -495,6 +495,17 @@ impl ServeArgs {
             self.sso_audience.as_deref(),
             &self.sso_cookies,
         ));
+        if let (Some(sso), Some(ours)) = (&sso, &cookie_name)
+            && (sso.token_cookie.as_deref() == Some(ours.as_str())
+                || sso.cookies.iter().any(|c| c == ours))
+        {
+            // One cookie read two ways: the session's token would count as a share link's
+            // (another audience rule), and our cookie would be stripped as the filter's.
+            p.0.push(ConfigError(format!(
+                "--cookie-name {ours:?} is also a cookie of the OAuth2 filter (--sso-token-cookie, \
+                 --sso-cookie): give them different names"
+            )));
+        }
         let cache_ttl = p.check(duration(
             "--cache-ttl",
             &self.cache_ttl,
