@@ -430,7 +430,14 @@ fn compile_one(spec: &RuleSpec, functions: &Context<'static, 'static>) -> Result
         })?
         .expression()
         .clone();
-    check(&expression, &mut Vec::new(), 0)?;
+    match check(&expression)? {
+        Ty::Bool | Ty::Dyn => {}
+        other => {
+            return Err(format!(
+                "allow must be a condition (true or false), not a {other}"
+            ));
+        }
+    }
     // Evaluated once against a representative input: the result must be a boolean, and the only
     // errors allowed are missing data (a claim or label that input does not have).
     let mut scope = functions.new_inner_scope();
@@ -542,101 +549,381 @@ fn conjuncts(expression: &Expression, out: &mut Vec<Expression>) {
     }
 }
 
-/// Checks an expression without input: only `token`, `sandbox`, `request` (and the macros' own
-/// variables), known functions and operators, known fields of `sandbox` and `request`, no
-/// message literals, bounded nesting.
-fn check(expression: &Expression, bound: &mut Vec<String>, depth: usize) -> Result<(), String> {
+/// The static type of an expression, as far as it can be known before any input: the fields of
+/// `sandbox` and `request` have known types, a token's claims do not (`Dyn`: whatever the issuer
+/// sends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ty {
+    Dyn,
+    Null,
+    Bool,
+    Int,
+    Uint,
+    Double,
+    String,
+    Bytes,
+    Duration,
+    Timestamp,
+    List(Box<Ty>),
+    Map(Box<Ty>, Box<Ty>),
+    Sandbox,
+    Request,
+}
+
+impl std::fmt::Display for Ty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ty::Dyn => f.write_str("dyn"),
+            Ty::Null => f.write_str("null"),
+            Ty::Bool => f.write_str("bool"),
+            Ty::Int => f.write_str("int"),
+            Ty::Uint => f.write_str("uint"),
+            Ty::Double => f.write_str("double"),
+            Ty::String => f.write_str("string"),
+            Ty::Bytes => f.write_str("bytes"),
+            Ty::Duration => f.write_str("duration"),
+            Ty::Timestamp => f.write_str("timestamp"),
+            Ty::List(t) => write!(f, "list({t})"),
+            Ty::Map(k, v) => write!(f, "map({k}, {v})"),
+            Ty::Sandbox => f.write_str("sandbox"),
+            Ty::Request => f.write_str("request"),
+        }
+    }
+}
+
+impl Ty {
+    fn numeric(&self) -> bool {
+        matches!(self, Ty::Int | Ty::Uint | Ty::Double)
+    }
+
+    /// Whether values of the two types can be equal (`==`, `in`): the same type, numbers of
+    /// any kind, `null`, or a `dyn` on either side.
+    fn comparable(&self, other: &Ty) -> bool {
+        match (self, other) {
+            (Ty::Dyn, _) | (_, Ty::Dyn) | (Ty::Null, _) | (_, Ty::Null) => true,
+            (a, b) if a.numeric() && b.numeric() => true,
+            (Ty::List(a), Ty::List(b)) => a.comparable(b),
+            (Ty::Map(ka, va), Ty::Map(kb, vb)) => ka.comparable(kb) && va.comparable(vb),
+            (a, b) => a == b,
+        }
+    }
+
+    /// The type of a value that is one or the other (`?:`, a list's elements).
+    fn join(self, other: Ty) -> Ty {
+        if self == other { self } else { Ty::Dyn }
+    }
+
+    /// The fields of `sandbox` and `request`.
+    fn field(&self, name: &str) -> Option<Ty> {
+        match (self, name) {
+            (Ty::Sandbox, "labels") => Some(Ty::Map(Box::new(Ty::String), Box::new(Ty::String))),
+            (Ty::Sandbox, f) if SANDBOX_FIELDS.contains(&f) => Some(Ty::String),
+            (Ty::Request, "port") => Some(Ty::Int),
+            (Ty::Request, f) if REQUEST_FIELDS.contains(&f) => Some(Ty::String),
+            _ => None,
+        }
+    }
+}
+
+/// The variables in scope: the three inputs, then the macros' own.
+struct Scope {
+    bound: Vec<(String, Ty)>,
+    /// Macros (`exists`, `all`, `map`, ...) nested at this point.
+    macros: usize,
+}
+
+/// Macros nested in one another at most: each multiplies the steps (three over lists of 256 are
+/// 16 million per request).
+const MAX_NESTED_MACROS: usize = 2;
+
+/// Checks and types an expression without input: only `token`, `sandbox`, `request` (and the
+/// macros' own variables); known functions and operators, applied to operands of types they
+/// take (`request.port == "3000"` compares an int with a string: refused); known fields of
+/// `sandbox` and `request`; no message literals; bounded nesting. What the token's claims hold
+/// is not known before a token arrives (`dyn`): an operation on one is checked at run time,
+/// where a type mismatch is an error, which is false.
+fn check(expression: &Expression) -> Result<Ty, String> {
+    let mut scope = Scope {
+        bound: vec![
+            (
+                "token".into(),
+                Ty::Map(Box::new(Ty::String), Box::new(Ty::Dyn)),
+            ),
+            ("sandbox".into(), Ty::Sandbox),
+            ("request".into(), Ty::Request),
+        ],
+        macros: 0,
+    };
+    typed(expression, &mut scope, 0)
+}
+
+/// An operator as written (`_==_` is `==`, `@in` is `in`).
+fn written(operator: &str) -> &str {
+    match operator {
+        "_?_:_" => "? :",
+        "_[_]" => "[ ]",
+        other => other.trim_matches(|c| c == '_' || c == '@'),
+    }
+}
+
+fn typed(expression: &Expression, scope: &mut Scope, depth: usize) -> Result<Ty, String> {
     if depth > MAX_DEPTH {
         return Err(format!("allow nests deeper than {MAX_DEPTH} levels"));
     }
     let next = depth + 1;
-    match &expression.expr {
-        Expr::Ident(name) => {
-            if !(["token", "sandbox", "request"].contains(&name.as_str()) || bound.contains(name)) {
+    Ok(match &expression.expr {
+        Expr::Ident(name) => match scope.bound.iter().rev().find(|(n, _)| n == name) {
+            Some((_, ty)) => ty.clone(),
+            None => {
                 return Err(format!(
                     "allow names {name:?}; the inputs are token, sandbox and request"
                 ));
             }
-        }
+        },
         Expr::Select(select) => {
-            if let Expr::Ident(root) = &select.operand.expr
-                && !bound.contains(root)
-            {
-                let known = match root.as_str() {
-                    "sandbox" => Some(SANDBOX_FIELDS),
-                    "request" => Some(REQUEST_FIELDS),
-                    _ => None,
-                };
-                if let Some(fields) = known
-                    && !fields.contains(&select.field.as_str())
-                {
-                    return Err(format!(
-                        "allow names {root}.{}; {root} has {}",
-                        select.field,
+            let operand = typed(&select.operand, scope, next)?;
+            let field = select.field.as_str();
+            let ty = match &operand {
+                Ty::Sandbox | Ty::Request => operand.field(field).ok_or_else(|| {
+                    let (root, fields) = if operand == Ty::Sandbox {
+                        ("sandbox", SANDBOX_FIELDS)
+                    } else {
+                        ("request", REQUEST_FIELDS)
+                    };
+                    format!(
+                        "allow names {root}.{field}; {root} has {}",
                         fields.join(", ")
+                    )
+                })?,
+                Ty::Map(key, value) if key.comparable(&Ty::String) => (**value).clone(),
+                Ty::Dyn => Ty::Dyn,
+                other => {
+                    return Err(format!(
+                        "allow reads .{field} of a {other}, which has no fields"
                     ));
                 }
-            }
-            check(&select.operand, bound, next)?;
+            };
+            if select.test { Ty::Bool } else { ty }
         }
-        Expr::Call(call) => {
-            let name = call.func_name.as_str();
-            let operator = !name.starts_with(|c: char| c.is_ascii_alphabetic());
-            if operator && !OPERATORS.contains(&name) {
+        Expr::Call(call) => call_type(call, scope, next)?,
+        Expr::Comprehension(c) => {
+            if scope.macros >= MAX_NESTED_MACROS {
                 return Err(format!(
-                    "allow uses an operator this interpreter lacks ({name})"
+                    "allow nests more than {MAX_NESTED_MACROS} macros (exists, all, map, ...)"
                 ));
             }
-            if !operator && !FUNCTIONS.contains(&name) {
-                return Err(format!("allow calls an unknown function {name}()"));
-            }
-            if let Some(target) = &call.target {
-                check(target, bound, next)?;
-            }
-            for arg in &call.args {
-                check(arg, bound, next)?;
-            }
-        }
-        Expr::Comprehension(comprehension) => {
-            check(&comprehension.iter_range, bound, next)?;
-            check(&comprehension.accu_init, bound, next)?;
-            let before = bound.len();
-            bound.push(comprehension.iter_var.clone());
-            if let Some(second) = &comprehension.iter_var2 {
-                bound.push(second.clone());
-            }
-            bound.push(comprehension.accu_var.clone());
-            let inner = [
-                &comprehension.loop_cond,
-                &comprehension.loop_step,
-                &comprehension.result,
-            ]
-            .into_iter()
-            .try_for_each(|e| check(e, bound, next));
-            bound.truncate(before);
-            inner?;
+            let range = typed(&c.iter_range, scope, next)?;
+            let (first, second) = match &range {
+                Ty::List(t) => (Ty::Int, (**t).clone()),
+                Ty::Map(k, v) => ((**k).clone(), (**v).clone()),
+                Ty::Dyn => (Ty::Dyn, Ty::Dyn),
+                other => {
+                    return Err(format!(
+                        "allow applies a macro (exists, all, map, ...) to a {other}; it takes a list or a map"
+                    ));
+                }
+            };
+            // One variable: a list's elements or a map's keys; two: index and element, or key
+            // and value.
+            let vars = match &c.iter_var2 {
+                None if matches!(range, Ty::List(_)) => vec![(c.iter_var.clone(), second)],
+                None => vec![(c.iter_var.clone(), first)],
+                Some(v2) => vec![(c.iter_var.clone(), first), (v2.clone(), second)],
+            };
+            let accu = typed(&c.accu_init, scope, next)?;
+            let before = scope.bound.len();
+            scope.bound.extend(vars);
+            scope.bound.push((c.accu_var.clone(), accu));
+            scope.macros += 1;
+            let result = [&c.loop_cond, &c.loop_step]
+                .into_iter()
+                .try_for_each(|e| typed(e, scope, next).map(drop))
+                .and_then(|()| typed(&c.result, scope, next));
+            scope.macros -= 1;
+            scope.bound.truncate(before);
+            result?
         }
         Expr::List(list) => {
-            for element in &list.elements {
-                check(element, bound, next)?;
+            let mut element: Option<Ty> = None;
+            for e in &list.elements {
+                let ty = typed(e, scope, next)?;
+                element = Some(match element {
+                    None => ty,
+                    Some(before) => before.join(ty),
+                });
             }
+            Ty::List(Box::new(element.unwrap_or(Ty::Dyn)))
         }
         Expr::Map(map) => {
+            let (mut key, mut value): (Option<Ty>, Option<Ty>) = (None, None);
             for entry in &map.entries {
                 match &entry.expr {
                     EntryExpr::MapEntry(e) => {
-                        check(&e.key, bound, next)?;
-                        check(&e.value, bound, next)?;
+                        let k = typed(&e.key, scope, next)?;
+                        let v = typed(&e.value, scope, next)?;
+                        key = Some(key.map_or(k.clone(), |before| before.join(k)));
+                        value = Some(value.map_or(v.clone(), |before| before.join(v)));
                     }
                     EntryExpr::StructField(_) => return Err("allow has a message literal".into()),
                 }
             }
+            Ty::Map(
+                Box::new(key.unwrap_or(Ty::Dyn)),
+                Box::new(value.unwrap_or(Ty::Dyn)),
+            )
         }
-        Expr::Literal(_) => {}
+        Expr::Literal(literal) => {
+            use cel::common::ast::LiteralValue as L;
+            match literal {
+                L::Boolean(_) => Ty::Bool,
+                L::Bytes(_) => Ty::Bytes,
+                L::Double(_) => Ty::Double,
+                L::Int(_) => Ty::Int,
+                L::Null => Ty::Null,
+                L::String(_) => Ty::String,
+                L::UInt(_) => Ty::Uint,
+            }
+        }
         Expr::Struct(_) => return Err("allow has a message literal (not supported)".into()),
         Expr::Unspecified => return Err("allow does not parse".into()),
+    })
+}
+
+/// The type of an operator's or a function's result, its operands checked.
+fn call_type(
+    call: &cel::common::ast::CallExpr,
+    scope: &mut Scope,
+    next: usize,
+) -> Result<Ty, String> {
+    let name = call.func_name.as_str();
+    let operator = !name.starts_with(|c: char| c.is_ascii_alphabetic());
+    if operator && !OPERATORS.contains(&name) {
+        return Err(format!(
+            "allow uses an operator this interpreter lacks ({name})"
+        ));
     }
-    Ok(())
+    if !operator && !FUNCTIONS.contains(&name) {
+        return Err(format!("allow calls an unknown function {name}()"));
+    }
+    let target = call
+        .target
+        .as_ref()
+        .map(|t| typed(t, scope, next))
+        .transpose()?;
+    let args = call
+        .args
+        .iter()
+        .map(|a| typed(a, scope, next))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mismatch = || {
+        let mut types: Vec<String> = target.iter().map(ToString::to_string).collect();
+        types.extend(args.iter().map(ToString::to_string));
+        if operator {
+            format!(
+                "allow applies {} to {}, which it does not take",
+                written(name),
+                types.join(" and ")
+            )
+        } else {
+            format!(
+                "allow calls {name}() on {}, which it does not take",
+                types.join(", ")
+            )
+        }
+    };
+    let is = |ty: &Ty, want: &Ty| ty == want || *ty == Ty::Dyn;
+    // The receiver and arguments together: `s.startsWith(p)` and `startsWith(s, p)` alike.
+    let all: Vec<&Ty> = target.iter().chain(args.iter()).collect();
+    let ty = match (name, all.as_slice()) {
+        ("_&&_" | "_||_", [a, b]) if is(a, &Ty::Bool) && is(b, &Ty::Bool) => Ty::Bool,
+        ("!_" | "@not_strictly_false", [a]) if is(a, &Ty::Bool) => Ty::Bool,
+        ("_?_:_", [c, a, b]) if is(c, &Ty::Bool) => (*a).clone().join((*b).clone()),
+        ("_==_" | "_!=_", [a, b]) if a.comparable(b) => Ty::Bool,
+        ("_<_" | "_<=_" | "_>_" | "_>=_", [a, b])
+            if (a.numeric() && b.numeric())
+                || (a == b
+                    && matches!(
+                        a,
+                        Ty::String | Ty::Bytes | Ty::Bool | Ty::Duration | Ty::Timestamp
+                    ))
+                || **a == Ty::Dyn
+                || **b == Ty::Dyn =>
+        {
+            Ty::Bool
+        }
+        ("@in", [x, container]) => match container {
+            Ty::List(element) if x.comparable(element) => Ty::Bool,
+            Ty::Map(key, _) if x.comparable(key) => Ty::Bool,
+            Ty::Sandbox | Ty::Request if x.comparable(&Ty::String) => Ty::Bool,
+            Ty::Dyn => Ty::Bool,
+            _ => return Err(mismatch()),
+        },
+        ("_[_]", [container, index]) => match container {
+            Ty::List(element) if matches!(index, Ty::Int | Ty::Uint | Ty::Dyn) => {
+                (**element).clone()
+            }
+            Ty::Map(key, value) if index.comparable(key) => (**value).clone(),
+            Ty::Sandbox | Ty::Request | Ty::Dyn if index.comparable(&Ty::String) => Ty::Dyn,
+            _ => return Err(mismatch()),
+        },
+        ("_+_", [a, b]) => match (a, b) {
+            (Ty::Dyn, _) | (_, Ty::Dyn) => Ty::Dyn,
+            (Ty::List(x), Ty::List(y)) => Ty::List(Box::new((**x).clone().join((**y).clone()))),
+            (Ty::Timestamp, Ty::Duration) | (Ty::Duration, Ty::Timestamp) => Ty::Timestamp,
+            (a, b)
+                if a == b
+                    && matches!(
+                        a,
+                        Ty::Int | Ty::Uint | Ty::Double | Ty::String | Ty::Bytes | Ty::Duration
+                    ) =>
+            {
+                (*a).clone()
+            }
+            _ => return Err(mismatch()),
+        },
+        ("_-_", [a, b]) => match (a, b) {
+            (Ty::Dyn, _) | (_, Ty::Dyn) => Ty::Dyn,
+            (Ty::Timestamp, Ty::Timestamp) => Ty::Duration,
+            (Ty::Timestamp, Ty::Duration) => Ty::Timestamp,
+            (a, b) if a == b && (a.numeric() || **a == Ty::Duration) => (*a).clone(),
+            _ => return Err(mismatch()),
+        },
+        ("_*_" | "_/_" | "_%_", [a, b]) => match (a, b) {
+            (Ty::Dyn, _) | (_, Ty::Dyn) => Ty::Dyn,
+            (Ty::Double, Ty::Double) if name == "_%_" => return Err(mismatch()),
+            (a, b) if a == b && a.numeric() => (*a).clone(),
+            _ => return Err(mismatch()),
+        },
+        ("-_", [a]) if matches!(a, Ty::Int | Ty::Double | Ty::Dyn) => (*a).clone(),
+        ("size", [Ty::String | Ty::Bytes | Ty::List(_) | Ty::Map(..) | Ty::Dyn]) => Ty::Int,
+        ("contains" | "startsWith" | "endsWith" | "matches", [a, b])
+            if is(a, &Ty::String) && is(b, &Ty::String) =>
+        {
+            Ty::Bool
+        }
+        ("string", [_]) => Ty::String,
+        ("bytes", [a]) if is(a, &Ty::String) || **a == Ty::Bytes => Ty::Bytes,
+        ("double", [a]) if a.numeric() || is(a, &Ty::String) => Ty::Double,
+        ("int" | "uint", [a]) if a.numeric() || is(a, &Ty::String) || **a == Ty::Timestamp => {
+            if name == "int" {
+                Ty::Int
+            } else {
+                Ty::Uint
+            }
+        }
+        ("duration", [a]) if is(a, &Ty::String) => Ty::Duration,
+        ("timestamp", [a]) if is(a, &Ty::String) || **a == Ty::Int => Ty::Timestamp,
+        (getter, [a, rest @ ..])
+            if getter.starts_with("get")
+                && rest.len() <= 1
+                && rest.iter().all(|tz| is(tz, &Ty::String))
+                && matches!(a, Ty::Timestamp | Ty::Duration | Ty::Dyn) =>
+        {
+            Ty::Int
+        }
+        _ => return Err(mismatch()),
+    };
+    Ok(ty)
 }
 
 impl TokenClaims {
@@ -984,7 +1271,31 @@ mod tests {
             ("request.host == 'x'", "request.host"),
             ("user.admin", "\"user\""),
             ("lower(token.sub) == 'a'", "unknown function lower()"),
-            ("request.port > 'a'", "representative"),
+            ("request.port > 'a'", "applies > to int and string"),
+            (r#"request.port == "3000""#, "applies == to int and string"),
+            (
+                r#"sandbox.labels.team == 1"#,
+                "applies == to string and int",
+            ),
+            (
+                r#""a" in request.method"#,
+                "applies in to string and string",
+            ),
+            ("size(request.port) > 0", "calls size() on int"),
+            (
+                "request.method.startsWith(1)",
+                "calls startsWith() on string, int",
+            ),
+            ("request.path + 1 == 'x'", "applies + to string and int"),
+            ("!request.method", "applies ! to string"),
+            ("request.method && true", "applies && to string and bool"),
+            ("request.port.exists(p, p == 1)", "applies a macro"),
+            ("request.port.x == 1", "of a int, which has no fields"),
+            ("sandbox.labels", "not a map(string, string)"),
+            (
+                "token.a.exists(x, token.b.exists(y, token.c.exists(z, x == y && y == z)))",
+                "more than 2 macros",
+            ),
             ("", "1-4096"),
         ] {
             let problems = rules(&[("fine", "true"), ("the broken one", allow)]).unwrap_err();
@@ -1001,6 +1312,44 @@ mod tests {
         assert!(rules(&[("", "true")]).unwrap_err()[0].contains("#1"));
         // Missing data is fine at start-up: the claim may be there at run time.
         rules(&[("roles", r#""admin" in token.roles_claim_not_in_sample"#)]).unwrap();
+        // What a claim holds is not known before a token: checked at run time.
+        rules(&[
+            (
+                "claims",
+                r#"token.level > 3 && token.email.endsWith("@example.com") && token.admin"#,
+            ),
+            (
+                "two macros",
+                "token.groups.exists(g, token.teams.all(t, t != g))",
+            ),
+            (
+                "map",
+                r#"token.groups.map(g, g + "-x").exists(g, g == sandbox.labels["team"])"#,
+            ),
+            (
+                "filter",
+                r#"size(token.groups.filter(g, g.startsWith("team-"))) > 0"#,
+            ),
+            ("exists_one", r#"token.groups.exists_one(g, g == "staff")"#),
+            ("has", "has(token.groups) && has(sandbox.labels.team)"),
+            (
+                "ternary",
+                r#"request.port == 3000 ? request.method == "GET" : false"#,
+            ),
+            (
+                "numbers",
+                "request.port >= 3000u && request.port < 4000.0 && -request.port < 0",
+            ),
+            (
+                "index",
+                r#"sandbox.labels["team"] in ["a", "b"] && request["path"] != "/x""#,
+            ),
+            (
+                "time",
+                r#"timestamp(token.iat) < timestamp("2030-01-01T00:00:00Z") + duration("1h")"#,
+            ),
+        ])
+        .unwrap();
     }
 
     #[test]
