@@ -93,8 +93,15 @@ pub async fn explain(config: &ServeConfig, question: &Question) -> Result<String
     }
     let _ = writeln!(
         out,
-        "request: {} {}{} (sandbox {sandbox_id}, port {}); revocations not consulted",
+        "request: {} {}{} (sandbox {sandbox_id}, port {}), the token as a Bearer",
         question.method, request.host, question.path, question.port
+    );
+    let _ = writeln!(
+        out,
+        "not applied here: revocations (the running server's store), a route's \
+         daytona_authz.* keys (the request is on a route without them), the rules for a token \
+         in a cookie (cross-sandbox checks; the session cookie's audience applies to every token \
+         the rules decide, so it is checked)"
     );
     if let Some(SandboxAnswer::Found(info)) = &lookups.sandbox {
         let labels: Vec<String> = info
