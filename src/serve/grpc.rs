@@ -484,7 +484,16 @@ pub fn local_response(reply: LocalReply) -> CheckResponse {
         headers: reply
             .headers
             .into_iter()
-            .map(|(k, v)| header(k, v))
+            .map(|(k, v)| {
+                let repeated = k == "set-cookie";
+                let mut option = header(k, v);
+                if repeated {
+                    // A local reply has no client copy to replace, and two cookies may be
+                    // cleared (host-only and domain-wide): each its own header.
+                    option.append_action = HeaderAppendAction::AppendIfExistsOrAdd.into();
+                }
+                option
+            })
             .collect(),
         body: reply.body,
     };

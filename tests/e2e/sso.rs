@@ -623,6 +623,43 @@ async fn without_a_session_only_a_navigation_goes_to_the_provider() {
             .is_some_and(|c| c.starts_with("daytona_authz=")),
         "{reply:?}"
     );
+    // A cookie of our name that a sandbox's page planted for the whole preview domain: the
+    // filter lets the request by, daytona-authz refuses it (401) and clears it both ways,
+    // host-only and domain-wide, so the next navigation goes to the provider, not to this 401
+    // again on every sandbox.
+    let reply = https_get(
+        &client,
+        &host,
+        sso.port,
+        "/page",
+        &[
+            ("sec-fetch-mode", "navigate"),
+            ("accept", "text/html"),
+            ("cookie", "daytona_authz=planted-by-another-sandbox"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 401, "{reply:?}");
+    let cleared: Vec<&str> = reply
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with("daytona_authz=; Max-Age=0") && !c.contains("Domain=")),
+        "{cleared:?}"
+    );
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with("daytona_authz=; Max-Age=0")
+                && c.contains(&format!("Domain={DOMAIN}"))),
+        "{cleared:?}"
+    );
     // A forged session (an ID token of our own making in the cookie, no valid HMAC): the
     // filter sends the navigation to the provider; nothing reaches the app.
     let forged = format!("IdToken={token}; OauthHMAC=forged; OauthExpires=9999999999");
