@@ -181,7 +181,13 @@ pub fn run() -> ExitCode {
             (Err(errors), _) => usage(&errors),
         },
         Command::Mint(args) => printed(mint::mint(*args)),
-        Command::Revoke(args) => printed(admin_client::revoke(&args)),
+        Command::Revoke(args) => {
+            let result = admin_client::revoke(&args);
+            if let (Ok(_), Some(note)) = (&result, admin_client::subject_hint(&args)) {
+                eprintln!("daytona-authz: {note}");
+            }
+            printed(result)
+        }
         Command::Healthcheck(args) => healthcheck(
             &args.http_addr,
             if args.live { "healthz" } else { "readyz" },

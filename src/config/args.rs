@@ -660,7 +660,8 @@ pub struct RevokeArgs {
     #[arg(long, value_name = "ID")]
     pub sandbox: Option<String>,
     /// Revoke every access token whose `sub` claim is this (a person: SSO users, or minted
-    /// tokens with a sub), whichever sandboxes they name.
+    /// tokens with a sub), whichever sandboxes they name. Compared exactly: most identity
+    /// providers' `sub` is an opaque id, not an email (the audit log's `sub` field shows it).
     #[arg(long, value_name = "SUB")]
     pub subject: Option<String>,
     /// With --sandbox or --subject: lift an earlier revocation instead.
