@@ -269,7 +269,13 @@ allow = 'token.groups.exists(g, g == "staff") && request.path.startsWith("/publi
 }
 
 fn check_config(args: &[&str], api_url: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_daytona-authz"))
+    check_config_with_stdin(args, api_url, "")
+}
+
+/// `check-config` with `stdin` on its standard input.
+fn check_config_with_stdin(args: &[&str], api_url: &str, stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_daytona-authz"))
         .arg("check-config")
         .args(args)
         .env_clear()
@@ -277,8 +283,16 @@ fn check_config(args: &[&str], api_url: &str) -> std::process::Output {
         .env("DAYTONA_API_KEY", API_KEY)
         .env("DAYTONA_AUTHZ_JWT_SECRET", JWT_SECRET)
         .env("DAYTONA_API_URL", api_url)
-        .output()
-        .expect("run daytona-authz")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run daytona-authz");
+    // Written whole, then closed: the child reads standard input only with --token-file -.
+    let mut input = child.stdin.take().unwrap();
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    child.wait_with_output().expect("daytona-authz's output")
 }
 
 #[tokio::test]
@@ -333,6 +347,71 @@ async fn check_config_explains_a_decision_and_names_a_broken_rule() {
     );
     let out = explain(&admin, &team_b.id, "3000");
     assert!(out.contains("allowed by: rule \"platform admins"), "{out}");
+
+    // The token from a file, or from standard input (`-`), keeps it out of `ps` and the
+    // shell's history; the same decision. A trailing newline (`echo`'s) is not part of it.
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{alice}\n")).unwrap();
+    let from = |source: &str, stdin: &str| {
+        let args = [
+            "--config",
+            &config,
+            "--explain",
+            "--token-file",
+            source,
+            "--sandbox",
+            &team_a.id,
+            "--port",
+            "3000",
+        ];
+        check_config_with_stdin(&args, &double.api_url, stdin)
+    };
+    for output in [
+        from(file.to_str().unwrap(), ""),
+        from("-", &format!("{alice}\n")),
+    ] {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+        assert!(stdout.contains("decision: allow"), "{stdout}");
+        support::assert_no_secret("check-config --explain --token-file", &stdout);
+    }
+    // Not both; and an empty or missing file is a usage error (64) that quotes no token.
+    let both = check_config(
+        &[
+            "--config",
+            &config,
+            "--explain",
+            "--token",
+            &alice,
+            "--token-file",
+            "-",
+            "--sandbox",
+            &team_a.id,
+            "--port",
+            "3000",
+        ],
+        &double.api_url,
+    );
+    assert_eq!(both.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&both.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    for (source, stdin, says) in [
+        ("-", "", "--token-file: standard input is empty"),
+        (
+            "/nonexistent/token",
+            "",
+            "--token-file: cannot read /nonexistent/token",
+        ),
+    ] {
+        let output = from(source, stdin);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
     // The explanation never asked for a preview token.
     assert_eq!(double.api_calls().await, 0);
 
