@@ -2,13 +2,15 @@
 //! authorization code flow and keeps the session in cookies on the preview domain; daytona-authz
 //! verifies the token it finds in them and decides as for any other token.
 //!
-//! What reaches the Check from a signed-in browser: the filter checked its HMAC cookie, decrypted
-//! its token cookies in the `Cookie` header (`IdToken=<the ID token>`, `BearerToken=<the access
-//! token>`, ...) and, with `forward_bearer_token`, copied the access token into
-//! `Authorization: Bearer`. None of it is ours to pass on: every one of the filter's cookies is
-//! removed before the sandbox app sees the request (whether or not single sign-on is on here, so
-//! a forgotten `--sso-token-cookie` cannot leak them), and so is a Bearer that merely repeats one
-//! of them.
+//! What reaches the Check from a signed-in browser: the filter checked its HMAC cookie and
+//! decrypted its token cookies in the `Cookie` header (`IdToken=<the ID token>`,
+//! `BearerToken=<the access token>`, ...). envoy-sso.yaml sets `forward_bearer_token: false`;
+//! with `true` the filter would also copy the access token into `Authorization: Bearer`, an
+//! ambient header only recognisable by its equality with a cookie. None of it is ours to pass
+//! on: every one of the filter's cookies is removed before the sandbox app sees the request
+//! (whether or not single sign-on is on here, so a forgotten `--sso-token-cookie` cannot leak
+//! them), and so is a Bearer that merely repeats one of them (defence in depth, for a config
+//! that forwards it).
 //!
 //! The session is an ambient credential like our share-link cookie, and one scoped to the whole
 //! preview domain: a page of sandbox B makes the browser send it to sandbox A. The same rules as

@@ -128,6 +128,21 @@ pub fn revoke(args: &RevokeArgs) -> Result<String, CliError> {
     })
 }
 
+/// A note for `revoke --subject` given what looks like an email address. `sub` is compared
+/// exactly, and at Keycloak, Okta, Google and Entra ID it is an opaque id (Entra's differs per
+/// application), so an email most likely matches no token. The revocation is still made as
+/// given (printed after it succeeded): minted tokens, or another provider, may well carry an
+/// email as `sub`.
+pub fn subject_hint(args: &RevokeArgs) -> Option<String> {
+    let subject = args.subject.as_deref().filter(|s| s.contains('@'))?;
+    Some(format!(
+        "note: {subject:?} looks like an email address, but --subject is compared exactly with \
+         a token's `sub` claim, which at most identity providers (Keycloak, Okta, Google, Entra \
+         ID) is an opaque id, so it may match no token. A person's `sub` is in the audit log \
+         (its `sub` field) and on the provider's page for the user."
+    ))
+}
+
 /// `--expires-at` in the past would revoke nothing (the server refuses it too): most likely
 /// it is not the token's `exp`.
 fn refuse_past_expiry(expires_at: u64, now: u64) -> Result<(), ConfigError> {
@@ -169,6 +184,27 @@ mod tests {
         assert_eq!(parse("2023-11-14T22:13:20Z"), Ok(Some(1_700_000_000)));
         assert!(parse("tomorrow").unwrap_err().contains("RFC 3339"));
         assert!(parse("-5").is_err());
+    }
+
+    #[test]
+    fn an_email_as_subject_gets_a_note_and_an_opaque_sub_none() {
+        let hint = |argv: &[&str]| {
+            let argv = [&["daytona-authz", "revoke"], argv].concat();
+            match crate::config::Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(crate::config::Command::Revoke(args)) => super::subject_hint(&args),
+                other => panic!("{other:?}"),
+            }
+        };
+        let note = hint(&["--subject", "alice@example.com"]).expect("a note");
+        assert!(note.contains("\"alice@example.com\""), "{note}");
+        assert!(note.contains("audit log"), "{note}");
+        assert!(hint(&["--subject", "alice@example.com", "--lift"]).is_some());
+        assert_eq!(
+            hint(&["--subject", "f3b1c2d4-5e6f-4a7b-8c9d-0e1f2a3b4c5d"]),
+            None
+        );
+        assert_eq!(hint(&["--subject", "00u1abcdEFGH2345"]), None);
+        assert_eq!(hint(&["--sandbox", "x@y"]), None);
     }
 
     #[test]

@@ -181,7 +181,13 @@ pub fn run() -> ExitCode {
             (Err(errors), _) => usage(&errors),
         },
         Command::Mint(args) => printed(mint::mint(*args)),
-        Command::Revoke(args) => printed(admin_client::revoke(&args)),
+        Command::Revoke(args) => {
+            let result = admin_client::revoke(&args);
+            if let (Ok(_), Some(note)) = (&result, admin_client::subject_hint(&args)) {
+                eprintln!("daytona-authz: {note}");
+            }
+            printed(result)
+        }
         Command::Healthcheck(args) => healthcheck(
             &args.http_addr,
             if args.live { "healthz" } else { "readyz" },
@@ -196,14 +202,66 @@ fn explained(
     Result<config::ServeConfig, ConfigErrors>,
     Option<crate::serve::explain::Question>,
 ) {
+    // --token, or the one --token-file holds (clap lets only one of them through).
+    let token = match &check.token_file {
+        None => Ok(check.token.unwrap_or_default()),
+        Some(path) if path.as_os_str() == "-" => {
+            read_token(std::io::stdin().lock(), "standard input")
+        }
+        Some(path) => std::fs::File::open(path)
+            .map_err(|e| ConfigError(format!("--token-file: cannot read {}: {e}", path.display())))
+            .and_then(|file| read_token(file, &path.display().to_string())),
+    };
+    let (token, unreadable) = match token {
+        Ok(token) => (token, None),
+        Err(e) => (String::new(), Some(e)),
+    };
     let question = check.explain.then(|| crate::serve::explain::Question {
-        token: check.token.unwrap_or_default(),
+        token,
         sandbox: check.sandbox.unwrap_or_default(),
         port: check.port.unwrap_or_default(),
         method: check.method,
         path: check.path,
     });
-    (check.serve.validate(), question)
+    let config = match (check.serve.validate(), unreadable) {
+        (config, None) => config,
+        (Ok(_), Some(e)) => Err(ConfigErrors(vec![e])),
+        (Err(mut errors), Some(e)) => {
+            errors.0.push(e);
+            Err(errors)
+        }
+    };
+    (config, question)
+}
+
+/// At most this much of `--token-file` is read (a token past 8 KiB is refused unread anyway).
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
+/// `--token-file`'s token: all of `source` (at most [`MAX_TOKEN_FILE`] bytes, UTF-8), one
+/// trailing newline (`\n` or `\r\n`) removed. `what` names the source in errors; the token itself
+/// never appears in one.
+fn read_token(source: impl std::io::Read, what: &str) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    source
+        .take(MAX_TOKEN_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ConfigError(format!("--token-file: cannot read {what}: {e}")))?;
+    if bytes.len() as u64 > MAX_TOKEN_FILE {
+        return Err(ConfigError(format!(
+            "--token-file: {what} is longer than {} KiB; it should hold one token",
+            MAX_TOKEN_FILE / 1024
+        )));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ConfigError(format!("--token-file: {what} is not UTF-8 text")))?;
+    let token = text
+        .strip_suffix('\n')
+        .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+    if token.is_empty() {
+        return Err(ConfigError(format!("--token-file: {what} is empty")));
+    }
+    Ok(token.to_owned())
 }
 
 /// `check-config --explain`: the decision for one token, sandbox and port. Exits 0 whatever it
@@ -422,5 +480,51 @@ mod tests {
             assert_eq!(audit["preview_domain"], "preview.example.com");
             assert!(!text.contains("secret"), "{text}");
         }
+    }
+
+    #[test]
+    fn a_token_file_is_read_whole_one_trailing_newline_dropped_and_capped() {
+        let read = |bytes: &[u8]| read_token(bytes, "token.txt").map_err(|e| e.to_string());
+        assert_eq!(read(b"eyJ.a.b").unwrap(), "eyJ.a.b");
+        assert_eq!(read(b"eyJ.a.b\n").unwrap(), "eyJ.a.b");
+        assert_eq!(read(b"eyJ.a.b\r\n").unwrap(), "eyJ.a.b");
+        // Only one newline goes; the rest is the explanation's to judge (it trims).
+        assert_eq!(read(b"eyJ.a.b\n\n").unwrap(), "eyJ.a.b\n");
+        assert!(read(b"").unwrap_err().contains("token.txt is empty"));
+        assert!(read(b"\n").unwrap_err().contains("is empty"));
+        let cap = usize::try_from(MAX_TOKEN_FILE).unwrap();
+        assert_eq!(read(&vec![b'a'; cap]).unwrap().len(), cap);
+        let long = read(&vec![b'a'; cap + 1]).unwrap_err();
+        assert!(long.contains("longer than 64 KiB"), "{long}");
+        assert!(!long.contains("aaaa"), "{long}");
+        let binary = read(b"\xff\xfe").unwrap_err();
+        assert!(binary.contains("not UTF-8"), "{binary}");
+    }
+
+    #[test]
+    fn explain_takes_token_or_token_file_never_both() {
+        use clap::Parser as _;
+        let parse = |extra: &[&str]| {
+            let argv = [
+                &["daytona-authz", "check-config", "--explain"][..],
+                &["--sandbox", "s", "--port", "3000"],
+                extra,
+            ]
+            .concat();
+            match config::Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::CheckConfig(check)) => Ok((check.token, check.token_file)),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(parse(&["--token", "t"]), Ok((Some("t".into()), None)));
+        assert_eq!(parse(&["--token-file", "-"]), Ok((None, Some("-".into()))));
+        let both = parse(&["--token", "t", "--token-file", "f"]).unwrap_err();
+        assert!(both.contains("cannot be used with"), "{both}");
+        let neither = parse(&[]).unwrap_err();
+        assert!(neither.contains("required"), "{neither}");
+        // --token-file means nothing without --explain.
+        let argv = ["daytona-authz", "check-config", "--token-file", "f"];
+        assert!(config::Cli::try_parse_from(argv).is_err());
     }
 }

@@ -374,17 +374,24 @@ pub struct ServeArgs {
 
 /// `check-config`: the `serve` settings, and optionally one decision to explain.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("explained_token").args(["token", "token_file"])))]
 pub struct CheckConfigArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
-    /// Also print what this configuration decides for --token on port --port of sandbox
-    /// --sandbox, and which [[policy]] rule allowed it (or came closest). Fetches the sandbox's
-    /// description from the configured Daytona API. Exits 0 whenever the configuration is valid.
-    #[arg(long, requires_all = ["token", "sandbox", "port"])]
+    /// Also print what this configuration decides for the token (--token-file or --token) on
+    /// port --port of sandbox --sandbox, and which [[policy]] rule allowed it (or came
+    /// closest). Fetches the sandbox's description from the configured Daytona API. Exits 0
+    /// whenever the configuration is valid.
+    #[arg(long, requires_all = ["explained_token", "sandbox", "port"])]
     pub explain: bool,
-    /// The access token to explain (a JWT or an opaque token).
+    /// The access token to explain (a JWT or an opaque token). It shows in `ps` and the shell's
+    /// history: prefer --token-file.
     #[arg(long, requires = "explain", value_name = "TOKEN")]
     pub token: Option<String>,
+    /// File holding the access token to explain; `-` reads it from standard input. One
+    /// trailing newline is ignored; more than 64 KiB is refused.
+    #[arg(long, requires = "explain", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// The sandbox (its UUID).
     #[arg(long, requires = "explain", value_name = "ID")]
     pub sandbox: Option<String>,
@@ -662,7 +669,8 @@ pub struct RevokeArgs {
     #[arg(long, value_name = "ID")]
     pub sandbox: Option<String>,
     /// Revoke every access token whose `sub` claim is this (a person: SSO users, or minted
-    /// tokens with a sub), whichever sandboxes they name.
+    /// tokens with a sub), whichever sandboxes they name. Compared exactly: most identity
+    /// providers' `sub` is an opaque id, not an email (the audit log's `sub` field shows it).
     #[arg(long, value_name = "SUB")]
     pub subject: Option<String>,
     /// With --sandbox or --subject: lift an earlier revocation instead.

@@ -1689,10 +1689,10 @@ const SSO_FILTER: &str = r#"          http_filters:
           # WHOLE preview domain (cookie_domain), so a second sandbox opens without a new
           # sign-in. On a signed-in request it decrypts the tokens in the Cookie header before
           # ext_authz: daytona-authz verifies the ID token (--sso-token-cookie IdToken) and
-          # removes every one of the filter's cookies, and the Bearer the filter forwards, before
-          # the sandbox app sees the request. The domain-wide session is an ambient credential:
-          # daytona-authz lets it authenticate only top-level navigations and the sandbox's own
-          # pages (Fetch Metadata, Origin), as its share-link cookie. A sandbox's page can still
+          # removes every one of the filter's cookies before the sandbox app sees the request.
+          # The domain-wide session is an ambient credential: daytona-authz lets it
+          # authenticate only top-level navigations and the sandbox's own pages (Fetch
+          # Metadata, Origin), as its share-link cookie. A sandbox's page can still
           # set cookies on the preview domain (it can overwrite the session with another valid
           # one, or sign the person out); it cannot read the session (HttpOnly) nor use it
           # against another sandbox. SECURITY.md and README "Single sign-on" say more.
@@ -1726,9 +1726,11 @@ const SSO_FILTER: &str = r#"          http_filters:
                 signout_path:
                   path: { exact: /_daytona_authz/sso/sign-out }
                 auth_scopes: [openid, email, profile, offline_access]
-                # The access token goes to daytona-authz as `Authorization: Bearer`; it sees
-                # that the header repeats the filter's cookie and removes it before the app.
-                forward_bearer_token: true
+                # No `Authorization: Bearer <access token>` added to signed-in requests:
+                # daytona-authz reads the ID token from its cookie, and such a header would be
+                # an ambient credential a caller's own Bearer could be mistaken for. (Should
+                # one come anyway, daytona-authz removes it when it repeats a filter cookie.)
+                forward_bearer_token: false
                 # Refresh tokens renew the session when the access token (the session's
                 # lifetime: OauthExpires) or the ID token (its cookie lives until the token's
                 # `exp`) runs out, without sending the person to the provider.

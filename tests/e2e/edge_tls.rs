@@ -89,6 +89,9 @@ fn shipped_variants_are_envoy_yaml_with_their_documented_changes() {
     assert!(sso.contains("path: /etc/envoy/sds/oauth-hmac-secret.yaml"));
     // Its pass-through matcher names daytona-authz's default cookie.
     assert!(sso.contains(r#"safe_regex: { regex: "(.*[;,] *)?daytona_authz=.*" }"#));
+    // The filter adds no ambient `Authorization: Bearer <access token>` to signed-in requests.
+    assert!(sso.contains("forward_bearer_token: false\n"));
+    assert!(!sso.contains("forward_bearer_token: true"));
 }
 
 /// A stack whose Envoy ends TLS with a `*.preview.test` certificate from `ca`.

@@ -1431,6 +1431,13 @@ async fn revoke_subject_stops_a_persons_tokens_for_every_sandbox_until_lifted() 
         "{}",
         stdout(&output)
     );
+    // An email as the subject: revoked as given (these tokens' `sub` is one), with a note that
+    // identity providers' `sub` is usually an opaque id.
+    assert!(
+        stderr(&output).contains("looks like an email address"),
+        "{}",
+        stderr(&output)
+    );
     for host in &hosts {
         until_status("alice revoked", 401, Duration::from_secs(1), || {
             get(host.clone(), alice.clone())

@@ -189,8 +189,89 @@ async fn groups_open_their_teams_sandboxes_and_admins_all_but_port_22222() {
     assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
+/// A rule on `request.path` sees the path Envoy normalised, and so does the app: an encoded
+/// slash (`%2F`, `%5C`) gets Envoy's redirect to the decoded, normalised path (envoy.yaml's
+/// `path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT`) before any Check, so
+/// `/public/..%2Fadmin` can never pass for a `/public/` path and reach an app that decodes it
+/// to `/admin`.
+#[tokio::test]
+async fn an_encoded_slash_cannot_carry_a_path_past_a_prefix_rule() {
+    const PUBLIC: &str = r#"
+[[policy]]
+name = "staff read /public/"
+allow = 'token.groups.exists(g, g == "staff") && request.path.startsWith("/public/")'
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&dir, PUBLIC);
+    let stack = Stack::start_with(AuthzOptions::args(&["--config", &config])).await;
+    let sandbox = stack
+        .double
+        .create_sandbox_with_labels(&[("team", "team-a")])
+        .await;
+    let host = host_for(&sandbox.id, 3000);
+    let staff = bearer(&member_of(&["staff"]));
+    let get = |path: &'static str| {
+        let (stack, host, staff) = (&stack, &host, &staff);
+        async move { stack.get(host, path, &[("authorization", staff)]).await }
+    };
+    let checks = || async {
+        let metrics = support::parse_metrics(&stack.authz.metrics().await);
+        metrics["daytona_authz_check_duration_seconds_count"]
+    };
+
+    // The rule as meant: /public/ opens, /admin does not.
+    let reply = get("/public/page").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["path"], "/public/page");
+    let reply = get("/admin").await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "policy_denied");
+
+    // Encoded traversals: Envoy answers with a redirect to where they lead (the query kept as
+    // sent), without asking daytona-authz; followed, that path is the rule's to refuse.
+    let before = checks().await;
+    for (target, location) in [
+        ("/public/..%2Fadmin", "/admin"),
+        ("/public/..%2fadmin?x=%2F&y=1", "/admin?x=%2F&y=1"),
+        ("/public/..%5Cadmin", "/admin"),
+        ("/public/%2e%2e%2Fadmin", "/admin"),
+        ("/public%2F..%2F..%2Fadmin", "/admin"),
+    ] {
+        let reply = get(target).await;
+        assert_eq!(reply.status, 307, "{target}: {}", reply.body);
+        assert_eq!(reply.header("location"), Some(location), "{target}");
+    }
+    assert_eq!(checks().await, before, "no Check for a redirected path");
+    assert_eq!(
+        stack
+            .envoy
+            .stat("http.public.downstream_rq_redirected_with_normalized_path")
+            .await,
+        5
+    );
+    let reply = get("/admin?x=%2F&y=1").await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "policy_denied");
+
+    // The app saw only the one path the rule allowed.
+    let paths: Vec<String> = stack
+        .double
+        .proxy_requests()
+        .await
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(paths, ["/public/page"]);
+}
+
 fn check_config(args: &[&str], api_url: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_daytona-authz"))
+    check_config_with_stdin(args, api_url, "")
+}
+
+/// `check-config` with `stdin` on its standard input.
+fn check_config_with_stdin(args: &[&str], api_url: &str, stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_daytona-authz"))
         .arg("check-config")
         .args(args)
         .env_clear()
@@ -198,8 +279,16 @@ fn check_config(args: &[&str], api_url: &str) -> std::process::Output {
         .env("DAYTONA_API_KEY", API_KEY)
         .env("DAYTONA_AUTHZ_JWT_SECRET", JWT_SECRET)
         .env("DAYTONA_API_URL", api_url)
-        .output()
-        .expect("run daytona-authz")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run daytona-authz");
+    // Written whole, then closed: the child reads standard input only with --token-file -.
+    let mut input = child.stdin.take().unwrap();
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    child.wait_with_output().expect("daytona-authz's output")
 }
 
 #[tokio::test]
@@ -254,6 +343,71 @@ async fn check_config_explains_a_decision_and_names_a_broken_rule() {
     );
     let out = explain(&admin, &team_b.id, "3000");
     assert!(out.contains("allowed by: rule \"platform admins"), "{out}");
+
+    // The token from a file, or from standard input (`-`), keeps it out of `ps` and the
+    // shell's history; the same decision. A trailing newline (`echo`'s) is not part of it.
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{alice}\n")).unwrap();
+    let from = |source: &str, stdin: &str| {
+        let args = [
+            "--config",
+            &config,
+            "--explain",
+            "--token-file",
+            source,
+            "--sandbox",
+            &team_a.id,
+            "--port",
+            "3000",
+        ];
+        check_config_with_stdin(&args, &double.api_url, stdin)
+    };
+    for output in [
+        from(file.to_str().unwrap(), ""),
+        from("-", &format!("{alice}\n")),
+    ] {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+        assert!(stdout.contains("decision: allow"), "{stdout}");
+        support::assert_no_secret("check-config --explain --token-file", &stdout);
+    }
+    // Not both; and an empty or missing file is a usage error (64) that quotes no token.
+    let both = check_config(
+        &[
+            "--config",
+            &config,
+            "--explain",
+            "--token",
+            &alice,
+            "--token-file",
+            "-",
+            "--sandbox",
+            &team_a.id,
+            "--port",
+            "3000",
+        ],
+        &double.api_url,
+    );
+    assert_eq!(both.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&both.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    for (source, stdin, says) in [
+        ("-", "", "--token-file: standard input is empty"),
+        (
+            "/nonexistent/token",
+            "",
+            "--token-file: cannot read /nonexistent/token",
+        ),
+    ] {
+        let output = from(source, stdin);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
     // The explanation never asked for a preview token.
     assert_eq!(double.api_calls().await, 0);
 

@@ -498,13 +498,24 @@ async fn a_person_signs_in_once_for_the_teams_sandboxes_and_signs_out() {
     assert_eq!(seen["after_sign_out"]["login_form"], true, "{report}");
     assert_eq!(sso.idp.stats().await["end_session"], 1);
 
-    // The sandbox apps never saw the session: no cookie of the filter's, no Authorization, and
-    // neither the callback nor the sign-out path. (On a signed-in request Envoy 1.40 drops
-    // OauthHMAC, OauthExpires and RefreshToken itself and hands on the decrypted IdToken and
-    // BearerToken; on one it passes by, such as the share link above, it hands on all of them,
-    // encrypted. daytona-authz removes them all.)
+    // The sandbox apps never saw the session: no cookie of the filter's, no Authorization (the
+    // browser sends none of its own; the filter forwards no Bearer, forward_bearer_token:
+    // false), and neither the callback nor the sign-out path. (On a signed-in request Envoy
+    // 1.40 drops OauthHMAC, OauthExpires and RefreshToken itself and hands on the decrypted
+    // IdToken and BearerToken; on one it passes by, such as the share link above, it hands on
+    // all of them, encrypted. daytona-authz removes them all.)
     let received = sso.stack.double.proxy_requests().await;
     assert!(received.len() >= 4, "{received:#?}");
+    // Among them the signed-in pages of both team sandboxes, so the checks below cover requests
+    // that carried the session.
+    for id in TEAM_A {
+        assert!(
+            received
+                .iter()
+                .any(|r| r.host.contains(id) && r.path == "/html"),
+            "{id}: {received:#?}"
+        );
+    }
     for request in &received {
         assert!(request.values("authorization").is_empty(), "{request:?}");
         for cookie in request.values("cookie") {
