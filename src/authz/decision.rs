@@ -132,8 +132,10 @@ pub enum Lookup {
     /// A JWT names a key we do not hold: fetch the JWKS again (rate limited by the caller).
     RefreshJwks,
     /// A token without the sandbox claim is to be decided by the `[[policy]]` rules: what does
-    /// Daytona say of this sandbox (`GET /sandbox/{id}`, cached by the caller)?
-    Sandbox(SandboxId),
+    /// Daytona say of this sandbox (`GET /sandbox/{id}`, cached by the caller)? Asked for the
+    /// person named second (the token's `sub`, else its `jti`, else `""`), whom the caller
+    /// allows only so many distinct sandboxes at once (`--max-sandboxes-per-person`).
+    Sandbox(SandboxId, String),
 }
 
 /// Daytona's description of the request's sandbox, or why there is none.
@@ -350,7 +352,11 @@ pub fn authorize(
         let verdict = match verdict {
             Ok(grant) if grant.identity.is_some() => match &lookups.sandbox {
                 None => {
-                    return Ok(Verdict::Lookup(Lookup::Sandbox(target.sandbox_id.clone())));
+                    let person = grant.subject.as_ref().or(grant.jti.as_ref());
+                    return Ok(Verdict::Lookup(Lookup::Sandbox(
+                        target.sandbox_id.clone(),
+                        person.cloned().unwrap_or_default(),
+                    )));
                 }
                 // Not knowing is never masked: fail closed at once (404: no such sandbox).
                 Some(SandboxAnswer::Failed(error)) => return Err(Denial::Daytona(error.clone())),
@@ -2278,7 +2284,10 @@ mod tests {
             |lookups: &Lookups| super::authorize(&req, &policy, now(), lookups, &NoRevocations);
         assert_eq!(
             decide(&Lookups::default()),
-            Ok(Verdict::Lookup(Lookup::Sandbox(ID.parse().unwrap())))
+            Ok(Verdict::Lookup(Lookup::Sandbox(
+                ID.parse().unwrap(),
+                "alice".into()
+            )))
         );
         let authorized = forwarded(decide(&described("team-a")));
         assert_eq!(authorized.target, target(3000));

@@ -47,6 +47,11 @@ pub enum Denial {
     /// up in `retry_after` seconds.
     #[error("sandbox has {limit} other ports in use")]
     TooManyPorts { limit: usize, retry_after: u64 },
+    /// The person already opened `limit` other sandboxes within the window
+    /// (`--max-sandboxes-per-person`, tokens the `[[policy]]` rules decide); one frees up in
+    /// `retry_after` seconds.
+    #[error("this person has {limit} other sandboxes open")]
+    TooManySandboxes { limit: usize, retry_after: u64 },
     /// The route's `daytona_authz.ports` does not list this port.
     #[error("the route does not serve this port")]
     PortNotOnRoute,
@@ -74,7 +79,7 @@ impl Denial {
             | Denial::PolicyDenied { .. } => 403,
             Denial::BadRoute(_) => 500,
             Denial::StatusUnknown(_) => 503,
-            Denial::TooManyPorts { .. } => 429,
+            Denial::TooManyPorts { .. } | Denial::TooManySandboxes { .. } => 429,
             Denial::Daytona(e) => match e {
                 DaytonaError::NotFound => 404,
                 DaytonaError::BadRequest(_) => 400,
@@ -102,6 +107,7 @@ impl Denial {
             Denial::BadRoute(_) => "route_misconfigured",
             Denial::StatusUnknown(_) => "identity_unavailable",
             Denial::TooManyPorts { .. } => "too_many_ports",
+            Denial::TooManySandboxes { .. } => "too_many_sandboxes",
             Denial::Daytona(e) => match e {
                 DaytonaError::NotFound => "sandbox_not_found",
                 DaytonaError::BadRequest(_) => "bad_request",
@@ -150,6 +156,10 @@ impl Denial {
                  Ports already open keep working; this one can be opened in {retry_after} s, \
                  once one of them has been left unused long enough."
             ),
+            Denial::TooManySandboxes { limit, retry_after } => format!(
+                "You have opened {limit} other sandboxes in a short time, the most allowed. \
+                 Those keep working; this one can be opened in {retry_after} s."
+            ),
 
             Denial::Daytona(DaytonaError::NotFound) => "No such sandbox (it may have been deleted).".into(),
             // Daytona's own words go to the log (the denial's Display), not to the visitor.
@@ -163,7 +173,8 @@ impl Denial {
     /// For 503 and 429: how long a client should wait, in seconds.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Denial::TooManyPorts { retry_after, .. } => Some((*retry_after).max(1)),
+            Denial::TooManyPorts { retry_after, .. }
+            | Denial::TooManySandboxes { retry_after, .. } => Some((*retry_after).max(1)),
             Denial::Daytona(DaytonaError::RateLimited { retry_after }) => {
                 Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER).clamp(1, 300))
             }

@@ -1,87 +1,120 @@
-//! A bound on the distinct ports of one sandbox in use at once, so no single token or sandbox
-//! can fill Envoy's DNS cache for everyone.
+//! Bounds on distinct things in use at once per owner, so no single token, sandbox or person
+//! can fill a shared resource for everyone.
 //!
-//! Envoy's dynamic forward proxy keeps one DNS-cache host per `{port}-{sandboxId}` preview host
-//! it forwarded to within its `host_ttl` (5 min in envoy/envoy.yaml), up to `max_hosts` shared by
-//! every sandbox; past that it answers 503 "DNS cache overflow". A token without `ports` opens
-//! 7,000 ports, so walking them would fill the cache alone (and make one Daytona API call per
-//! port). Here a port counts for its sandbox from its last authorized request until `window`
-//! (`--port-window`) later, as a host counts in Envoy's cache until `host_ttl` of disuse; a
-//! request for a port not counted while `max_ports` (`--max-ports-per-sandbox`) others are is
-//! refused with 429 and a `Retry-After` saying when the least recently used one frees up, before
-//! any call to Daytona. Ports already counted keep working.
+//! **Ports per sandbox** ([`PortLimit`]). Envoy's dynamic forward proxy keeps one DNS-cache host
+//! per `{port}-{sandboxId}` preview host it forwarded to within its `host_ttl` (5 min in
+//! envoy/envoy.yaml), up to `max_hosts` shared by every sandbox; past that it answers 503 "DNS
+//! cache overflow". A token without `ports` opens 7,000 ports, so walking them would fill the
+//! cache alone (and make one Daytona API call per port). Here a port counts for its sandbox from
+//! its last authorized request until `window` (`--port-window`) later, as a host counts in
+//! Envoy's cache until `host_ttl` of disuse; a request for a port not counted while `max_ports`
+//! (`--max-ports-per-sandbox`) others are is refused with 429 and a `Retry-After` saying when the
+//! least recently used one frees up, before any call to Daytona. Ports already counted keep
+//! working.
 //!
-//! Memory is bounded: at most `max_sandboxes` sandboxes are tracked (a `quick_cache`, S3-FIFO
-//! eviction), each with at most `max_ports` ports.
+//! **Sandboxes per person** ([`SandboxLimit`]). A token the `[[policy]]` rules decide names no
+//! sandbox: whoever holds one can ask for any sandbox id, and each new one is a call to Daytona's
+//! `GET /sandbox/{id}`, which shares the API key's slots and rate limit with the preview tokens
+//! everyone needs. Per person (the token's `sub`, else its `jti`), at most `max` distinct
+//! sandboxes (`--max-sandboxes-per-person`) count within the window, the same way.
+//!
+//! Memory is bounded: at most `max_owners` owners are tracked (a `quick_cache`, S3-FIFO
+//! eviction), each with at most `max` items.
 
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::authz::decision::Denial;
-use crate::authz::host::PreviewTarget;
+use crate::authz::host::{PreviewTarget, SandboxId};
 
-/// The ports each sandbox has in use: `(port, last authorized request)`, at most `max_ports`.
-type Ports = Arc<Mutex<Vec<(u16, Instant)>>>;
+/// The items an owner has in use: `(item, last authorized request)`, at most `max`.
+type InUse<T> = Arc<Mutex<Vec<(T, Instant)>>>;
 
-pub struct PortLimit {
-    max_ports: usize,
+/// At most `max` distinct items per owner within `window` of their last use.
+pub struct DistinctLimit<O, T> {
+    max: usize,
     window: Duration,
-    sandboxes: quick_cache::sync::Cache<u128, Ports>,
+    owners: quick_cache::sync::Cache<O, InUse<T>>,
 }
 
-impl std::fmt::Debug for PortLimit {
+/// Ports per sandbox (the sandbox's UUID as a number).
+pub type PortLimit = DistinctLimit<u128, u16>;
+
+/// Sandboxes per person (the token's `sub` or `jti`).
+pub type SandboxLimit = DistinctLimit<String, u128>;
+
+impl<O, T> std::fmt::Debug for DistinctLimit<O, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PortLimit")
-            .field("max_ports", &self.max_ports)
+        f.debug_struct("DistinctLimit")
+            .field("max", &self.max)
             .field("window", &self.window)
             .finish_non_exhaustive()
     }
 }
 
-impl PortLimit {
-    pub fn new(max_ports: usize, window: Duration, max_sandboxes: u64) -> Self {
-        PortLimit {
-            max_ports,
+impl<O: Eq + Hash + Clone, T: Copy + PartialEq> DistinctLimit<O, T> {
+    pub fn new(max: usize, window: Duration, max_owners: u64) -> Self {
+        DistinctLimit {
+            max,
             window,
-            sandboxes: quick_cache::sync::Cache::new(
-                usize::try_from(max_sandboxes).unwrap_or(usize::MAX),
+            owners: quick_cache::sync::Cache::new(
+                usize::try_from(max_owners).unwrap_or(usize::MAX),
             ),
         }
     }
 
+    /// `Err(seconds)` until an item of this owner frees up, when `item` is one too many.
+    fn admit_at<Q>(&self, owner: &Q, item: T, now: Instant) -> Result<(), u64>
+    where
+        Q: Hash + quick_cache::Equivalent<O> + ToOwned<Owned = O> + ?Sized,
+    {
+        let in_use = match self.owners.get_or_insert_with(owner, || {
+            Ok::<_, std::convert::Infallible>(InUse::default())
+        }) {
+            Ok(in_use) => in_use,
+            Err(never) => match never {},
+        };
+        let mut in_use = in_use.lock().unwrap_or_else(PoisonError::into_inner);
+        let window = self.window;
+        in_use.retain(|(_, seen)| now.saturating_duration_since(*seen) < window);
+        if let Some(entry) = in_use.iter_mut().find(|(i, _)| *i == item) {
+            entry.1 = entry.1.max(now);
+            return Ok(());
+        }
+        if in_use.len() < self.max {
+            in_use.push((item, now));
+            return Ok(());
+        }
+        let oldest = in_use.iter().map(|(_, seen)| *seen).min().unwrap_or(now);
+        let wait = (oldest + window).saturating_duration_since(now);
+        Err((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
+    }
+}
+
+impl PortLimit {
     /// Counts an authorized request for `target`: fine for a port its sandbox already has in
     /// use, or while it has fewer than `max_ports`; else [`Denial::TooManyPorts`].
     pub fn admit(&self, target: &PreviewTarget) -> Result<(), Denial> {
         let sandbox = target.sandbox_id.uuid().as_u128();
-        self.admit_at(sandbox, target.port, Instant::now())
+        self.admit_at(&sandbox, target.port, Instant::now())
             .map_err(|retry_after| Denial::TooManyPorts {
-                limit: self.max_ports,
+                limit: self.max,
                 retry_after,
             })
     }
+}
 
-    /// `Err(seconds)` until a port of this sandbox frees up, when `port` is one too many.
-    fn admit_at(&self, sandbox: u128, port: u16, now: Instant) -> Result<(), u64> {
-        let ports = match self.sandboxes.get_or_insert_with(&sandbox, || {
-            Ok::<_, std::convert::Infallible>(Ports::default())
-        }) {
-            Ok(ports) => ports,
-            Err(never) => match never {},
-        };
-        let mut ports = ports.lock().unwrap_or_else(PoisonError::into_inner);
-        let window = self.window;
-        ports.retain(|(_, seen)| now.saturating_duration_since(*seen) < window);
-        if let Some(entry) = ports.iter_mut().find(|(p, _)| *p == port) {
-            entry.1 = entry.1.max(now);
-            return Ok(());
-        }
-        if ports.len() < self.max_ports {
-            ports.push((port, now));
-            return Ok(());
-        }
-        let oldest = ports.iter().map(|(_, seen)| *seen).min().unwrap_or(now);
-        let wait = (oldest + window).saturating_duration_since(now);
-        Err((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
+impl SandboxLimit {
+    /// Counts a look-up of `sandbox` for `person`: fine for a sandbox this person already opened
+    /// within the window, or while they have fewer than `max`; else
+    /// [`Denial::TooManySandboxes`], before Daytona is asked.
+    pub fn admit(&self, person: &str, sandbox: &SandboxId) -> Result<(), Denial> {
+        self.admit_at(person, sandbox.uuid().as_u128(), Instant::now())
+            .map_err(|retry_after| Denial::TooManySandboxes {
+                limit: self.max,
+                retry_after,
+            })
     }
 }
 
@@ -96,38 +129,38 @@ mod tests {
     fn new_ports_past_the_bound_are_refused_until_one_frees_up() {
         let limit = PortLimit::new(2, Duration::from_secs(300), 100);
         let t0 = Instant::now();
-        assert_eq!(limit.admit_at(A, 3000, t0), Ok(()));
+        assert_eq!(limit.admit_at(&A, 3000, t0), Ok(()));
         assert_eq!(
-            limit.admit_at(A, 3001, t0 + Duration::from_secs(10)),
+            limit.admit_at(&A, 3001, t0 + Duration::from_secs(10)),
             Ok(())
         );
         // A third port: refused until 3000 (least recently used) is 300 s old.
         assert_eq!(
-            limit.admit_at(A, 3002, t0 + Duration::from_secs(20)),
+            limit.admit_at(&A, 3002, t0 + Duration::from_secs(20)),
             Err(280)
         );
         // Ports in use keep working, and using one keeps it counted.
         assert_eq!(
-            limit.admit_at(A, 3000, t0 + Duration::from_secs(30)),
+            limit.admit_at(&A, 3000, t0 + Duration::from_secs(30)),
             Ok(())
         );
         assert_eq!(
-            limit.admit_at(A, 3002, t0 + Duration::from_secs(40)),
+            limit.admit_at(&A, 3002, t0 + Duration::from_secs(40)),
             Err(270),
             "3001 (seen at 10 s) is now the oldest"
         );
         // Another sandbox has its own bound.
         assert_eq!(
-            limit.admit_at(B, 3002, t0 + Duration::from_secs(40)),
+            limit.admit_at(&B, 3002, t0 + Duration::from_secs(40)),
             Ok(())
         );
         // Once 3001 has been unused for the window, a new port takes its place.
         assert_eq!(
-            limit.admit_at(A, 3002, t0 + Duration::from_secs(310)),
+            limit.admit_at(&A, 3002, t0 + Duration::from_secs(310)),
             Ok(())
         );
         assert_eq!(
-            limit.admit_at(A, 3001, t0 + Duration::from_secs(311)),
+            limit.admit_at(&A, 3001, t0 + Duration::from_secs(311)),
             Err(19)
         );
     }
@@ -136,10 +169,10 @@ mod tests {
     fn retry_after_rounds_up_and_is_at_least_a_second() {
         let limit = PortLimit::new(1, Duration::from_millis(1500), 100);
         let t0 = Instant::now();
-        assert_eq!(limit.admit_at(A, 3000, t0), Ok(()));
-        assert_eq!(limit.admit_at(A, 3001, t0), Err(2));
+        assert_eq!(limit.admit_at(&A, 3000, t0), Ok(()));
+        assert_eq!(limit.admit_at(&A, 3001, t0), Err(2));
         assert_eq!(
-            limit.admit_at(A, 3001, t0 + Duration::from_millis(1499)),
+            limit.admit_at(&A, 3001, t0 + Duration::from_millis(1499)),
             Err(1)
         );
     }
@@ -159,12 +192,37 @@ mod tests {
     }
 
     #[test]
+    fn a_person_opens_at_most_so_many_sandboxes_at_once() {
+        let limit = SandboxLimit::new(2, Duration::from_secs(60), 100);
+        let id = |n: u128| -> SandboxId { uuid::Uuid::from_u128(n).to_string().parse().unwrap() };
+        assert_eq!(limit.admit("alice", &id(1)), Ok(()));
+        assert_eq!(limit.admit("alice", &id(2)), Ok(()));
+        assert_eq!(limit.admit("alice", &id(1)), Ok(()), "one already open");
+        assert!(matches!(
+            limit.admit("alice", &id(3)),
+            Err(Denial::TooManySandboxes { limit: 2, retry_after }) if (1..=60).contains(&retry_after)
+        ));
+        assert_eq!(
+            limit.admit("bob", &id(3)),
+            Ok(()),
+            "another person's own bound"
+        );
+        let t0 = Instant::now();
+        assert_eq!(limit.admit_at("carol", 1, t0), Ok(()));
+        assert_eq!(limit.admit_at("carol", 2, t0), Ok(()));
+        assert_eq!(
+            limit.admit_at("carol", 3, t0 + Duration::from_secs(61)),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn tracked_sandboxes_are_bounded() {
         let limit = PortLimit::new(4, Duration::from_secs(60), 100);
         let now = Instant::now();
         for sandbox in 0..10_000u128 {
-            limit.admit_at(sandbox, 3000, now).unwrap();
+            limit.admit_at(&sandbox, 3000, now).unwrap();
         }
-        assert!(limit.sandboxes.len() <= 200, "{}", limit.sandboxes.len());
+        assert!(limit.owners.len() <= 200, "{}", limit.owners.len());
     }
 }

@@ -291,6 +291,17 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub max_ports_per_sandbox: usize,
+    /// Most distinct sandboxes one person (a token the `[[policy]]` rules decide, by its `sub`,
+    /// else its `jti`) may open within --port-window: another is refused with 429 and
+    /// Retry-After, before Daytona is asked about it. Bounds the `GET /sandbox/{id}` calls
+    /// anyone who can sign in can cause (they share the API key's rate limit).
+    #[arg(
+        long,
+        env = "DAYTONA_AUTHZ_MAX_SANDBOXES_PER_PERSON",
+        default_value_t = 64,
+        value_name = "N"
+    )]
+    pub max_sandboxes_per_person: usize,
     /// How long a port counts for --max-ports-per-sandbox after its last request; keep it at
     /// least Envoy's DNS cache `host_ttl` (5m in envoy/envoy.yaml).
     #[arg(

@@ -393,6 +393,7 @@ pub struct ServeConfig {
     /// Zero: Daytona's 404/400 answers are not cached.
     pub negative_cache_ttl: Duration,
     pub max_ports_per_sandbox: usize,
+    pub max_sandboxes_per_person: usize,
     pub port_window: Duration,
     /// `None`: wait for the Daytona API however long it takes.
     pub ready_grace: Option<Duration>,
@@ -525,6 +526,10 @@ impl ServeArgs {
                 "--max-ports-per-sandbox must be within 1-{MAX_PORTS}"
             )),
         });
+        let max_sandboxes_per_person = p.check(match self.max_sandboxes_per_person {
+            1..=100_000 => Ok(self.max_sandboxes_per_person),
+            _ => err("--max-sandboxes-per-person must be within 1-100000"),
+        });
         let port_window = p.check(duration(
             "--port-window",
             &self.port_window,
@@ -649,6 +654,7 @@ impl ServeArgs {
                 cache_max_entries: self.cache_max_entries,
                 negative_cache_ttl: negative_cache_ttl?,
                 max_ports_per_sandbox: max_ports_per_sandbox?,
+                max_sandboxes_per_person: max_sandboxes_per_person?,
                 port_window: port_window?,
                 ready_grace: ready_grace.map(|g| (!g.is_zero()).then_some(g))?,
                 drain_timeout: drain_timeout?,

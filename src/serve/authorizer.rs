@@ -16,7 +16,7 @@ use crate::authz::decision::{
     self, Allow, Denial, Introspected, LocalReply, Lookup, Lookups, NoRevocations, Policy,
     RequestView, RevocationStatus, RevocationView, SandboxAnswer, Verdict,
 };
-use crate::authz::port_limit::PortLimit;
+use crate::authz::port_limit::{PortLimit, SandboxLimit};
 use crate::authz::token::{self, JwkKey};
 use crate::daytona::{PreviewCache, PreviewSource};
 use crate::identity::introspection::{Introspection, IntrospectionError, Introspector};
@@ -116,6 +116,9 @@ pub struct Authorizer<S> {
     previews: Arc<PreviewCache<S>>,
     /// Distinct ports per sandbox, checked before the preview-token look-up.
     ports: Arc<PortLimit>,
+    /// Distinct sandboxes per person (tokens the rules decide), checked before Daytona is asked
+    /// about a sandbox.
+    people: Arc<SandboxLimit>,
     sources: Sources,
 }
 
@@ -124,12 +127,14 @@ impl<S: PreviewSource> Authorizer<S> {
         policy: Arc<ArcSwap<Policy>>,
         previews: Arc<PreviewCache<S>>,
         ports: Arc<PortLimit>,
+        people: Arc<SandboxLimit>,
         sources: Sources,
     ) -> Self {
         Authorizer {
             policy,
             previews,
             ports,
+            people,
             sources,
         }
     }
@@ -170,7 +175,8 @@ impl<S: PreviewSource> Authorizer<S> {
                     lookups.jwks_refreshed = true;
                     continue;
                 }
-                Verdict::Lookup(Lookup::Sandbox(sandbox_id)) => {
+                Verdict::Lookup(Lookup::Sandbox(sandbox_id, person)) => {
+                    self.people.admit(&person, &sandbox_id)?;
                     let answer = match self.previews.sandbox(&sandbox_id).await {
                         Ok(info) => SandboxAnswer::Found(info),
                         Err(error) => {
@@ -351,7 +357,11 @@ mod tests {
         ));
         let ports = Arc::new(PortLimit::new(10, Duration::from_secs(60), 100));
         let policy = Arc::new(ArcSwap::from_pointee(policy));
-        AuthzService::new(Authorizer::new(policy, previews, ports, sources), metrics)
+        let people = Arc::new(SandboxLimit::new(64, Duration::from_secs(60), 100));
+        AuthzService::new(
+            Authorizer::new(policy, previews, ports, people, sources),
+            metrics,
+        )
     }
 
     fn hs256() -> String {

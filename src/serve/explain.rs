@@ -82,7 +82,7 @@ pub async fn explain(config: &ServeConfig, question: &Question) -> Result<String
                 lookups.introspected.push((opaque.clone(), answer));
             }
             Ok(Verdict::Lookup(Lookup::RefreshJwks)) => lookups.jwks_refreshed = true,
-            Ok(Verdict::Lookup(Lookup::Sandbox(id))) => {
+            Ok(Verdict::Lookup(Lookup::Sandbox(id, _))) => {
                 lookups.sandbox = Some(match api.sandbox(id).await {
                     Ok(info) => SandboxAnswer::Found(Arc::new(info)),
                     Err(error) => SandboxAnswer::Failed(error),

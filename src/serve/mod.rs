@@ -26,7 +26,7 @@ use arc_swap::ArcSwapOption;
 use crate::authz::app_identity::Assertions;
 use crate::authz::decision::Policy;
 use crate::authz::host::Hosts;
-use crate::authz::port_limit::PortLimit;
+use crate::authz::port_limit::{PortLimit, SandboxLimit};
 use crate::authz::token::Verifier;
 use crate::authz::token::{ClaimMapping, Signer};
 use crate::config::{Secrets, ServeConfig};
@@ -120,6 +120,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         config.port_window,
         config.cache_max_entries,
     ));
+    let people = Arc::new(SandboxLimit::new(
+        config.max_sandboxes_per_person,
+        config.port_window,
+        config.cache_max_entries,
+    ));
     let identity = Arc::new(identity(&config, &metrics).await?);
     let policy = Arc::new(ArcSwap::from_pointee(policy(&config, &config.secrets)));
     let authz = AuthzService::new(
@@ -127,6 +132,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             Arc::clone(&policy),
             Arc::clone(&previews),
             ports,
+            people,
             identity.sources(),
         ),
         Arc::clone(&metrics),
@@ -167,6 +173,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         cache_max_entries = config.cache_max_entries,
         negative_cache_ttl = ?config.negative_cache_ttl,
         max_ports_per_sandbox = config.max_ports_per_sandbox,
+        max_sandboxes_per_person = config.max_sandboxes_per_person,
         port_window = ?config.port_window,
         jwt_issuer = config.jwt_issuer.as_deref(),
         jwt_audience = config.jwt_audience.as_deref(),
@@ -695,6 +702,7 @@ fn needs_restart(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
         "--upstream-domain" => upstream_domains,
         "--cache-max-entries" => cache_max_entries,
         "--max-ports-per-sandbox" => max_ports_per_sandbox,
+        "--max-sandboxes-per-person" => max_sandboxes_per_person,
         "--port-window" => port_window,
         "--ready-grace" => ready_grace,
         "--drain-timeout" => drain_timeout,

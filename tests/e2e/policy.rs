@@ -474,3 +474,86 @@ async fn a_reload_applies_new_rules_live_and_a_broken_one_keeps_the_old() {
         .await;
     assert_eq!(status().await, 200);
 }
+
+/// Whoever can sign in can name any sandbox id, and each new one is a `GET /sandbox/{id}` on the
+/// API key everyone's preview tokens share: a script walking made-up ids is stopped per person
+/// (`--max-sandboxes-per-person`), before Daytona is asked, while what it opened keeps working
+/// and other people are not affected.
+#[tokio::test]
+async fn a_person_walking_sandbox_ids_is_stopped_before_daytona_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&dir, RULES);
+    let stack = Stack::start_with(AuthzOptions::args(&[
+        "--config",
+        &config,
+        "--max-sandboxes-per-person",
+        "2",
+    ]))
+    .await;
+    let team_a = stack
+        .double
+        .create_sandbox_with_labels(&[("team", "team-a")])
+        .await;
+    let admin = bearer(&member_of(&["platform-admins"]));
+    let reply = stack
+        .get(
+            &host_for(&team_a.id, 3000),
+            "/",
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Made-up ids: the first is asked about (404), the next one is one too many.
+    let walked = [
+        "11111111-2222-4333-8444-555555555555",
+        "66666666-7777-4888-9999-aaaaaaaaaaaa",
+    ];
+    let reply = stack
+        .get(
+            &host_for(walked[0], 3000),
+            "/",
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    let calls = stack.double.sandbox_calls().await;
+    let reply = stack
+        .get(
+            &host_for(walked[1], 3000),
+            "/",
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(reply.status, 429, "{}", reply.body);
+    assert_eq!(
+        reply.json()["error"],
+        "too_many_sandboxes",
+        "{}",
+        reply.body
+    );
+    let retry_after: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=300).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        stack.double.sandbox_calls().await,
+        calls,
+        "Daytona was not asked"
+    );
+    // What this person opened keeps working; another person has their own bound.
+    let reply = stack
+        .get(
+            &host_for(&team_a.id, 3000),
+            "/",
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let alice = bearer(&member_of(&["team-a"]));
+    let reply = stack
+        .get(
+            &host_for(&team_a.id, 3000),
+            "/",
+            &[("authorization", &alice)],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
