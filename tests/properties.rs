@@ -454,7 +454,7 @@ proptest! {
             policy.sso = Sso { token_cookie: Some("IdToken".into()), audience: Some("c".into()), ..Sso::default() };
         }
         let target = policy.hosts.parse(&host).unwrap().0;
-        let authorized = decision::Authorized { target, source: Some(source), grant: None };
+        let authorized = decision::Authorized { target, source: Some(source), grant: None, rule: None };
         let allow = decision::allow(&req, &authorized, &preview(&authorized.target), &policy, token::now());
         let removed = allow.remove_headers.iter().any(|h| h == "cookie");
         let set: Option<&String> = allow.set_headers.iter().find(|(n, _)| *n == "cookie").map(|(_, v)| v);

@@ -101,6 +101,8 @@ pub struct Authorized {
     /// What the caller's verified token grants, and who it names; `None` when the request was
     /// let through without a token.
     pub grant: Option<Arc<Grant>>,
+    /// The `[[policy]]` rule that allowed a token naming no sandbox.
+    pub rule: Option<Arc<str>>,
 }
 
 /// What to do with a request before any call to Daytona.
@@ -238,6 +240,7 @@ pub fn authorize(
                 target,
                 source: None,
                 grant: None,
+                rule: None,
             })),
             RevocationStatus::SandboxRevoked | RevocationStatus::TokenRevoked => {
                 Err(Denial::SandboxRevoked)
@@ -289,6 +292,7 @@ pub fn authorize(
     // candidate's reason is the answer.
     let mut first_denial = None;
     let mut granted = None;
+    let mut allowed_by = None;
     for candidate in &found.candidates {
         let grant = match policy.verifier.verify(candidate, now) {
             // An opaque single-sign-on cookie is the filter's encrypted form (a request the
@@ -361,7 +365,10 @@ pub fn authorize(
                 // Not knowing is never masked: fail closed at once (404: no such sandbox).
                 Some(SandboxAnswer::Failed(error)) => return Err(Denial::Daytona(error.clone())),
                 Some(SandboxAnswer::Found(sandbox)) => {
-                    by_policy(request, policy, &target, &grant, sandbox).map(|()| grant)
+                    by_policy(request, policy, &target, &grant, sandbox).map(|rule| {
+                        allowed_by = Some(rule);
+                        grant
+                    })
                 }
             },
             other => other,
@@ -390,6 +397,7 @@ pub fn authorize(
         target,
         source: Some(found.source),
         grant: Some(grant),
+        rule: allowed_by,
     }))
 }
 
@@ -531,14 +539,14 @@ fn preflight(request: &RequestView) -> LocalReply {
     }
 }
 
-/// Whether a rule lets this token's holder open this sandbox port.
+/// Which rule lets this token's holder open this sandbox port, if one does.
 fn by_policy(
     request: &RequestView,
     policy: &Policy,
     target: &PreviewTarget,
     grant: &Grant,
     sandbox: &SandboxInfo,
-) -> Result<(), Denial> {
+) -> Result<Arc<str>, Denial> {
     let (Some(rules), Some(claims)) = (&policy.rules, &grant.identity) else {
         return Err(Denial::PolicyDenied { closest: None });
     };
@@ -550,7 +558,7 @@ fn by_policy(
         route: request.route.name.as_deref().unwrap_or_default(),
     };
     match rules.evaluate(claims, sandbox, &facts) {
-        Outcome::Allowed(_) => Ok(()),
+        Outcome::Allowed(rule) => Ok(rule),
         Outcome::Denied(closest) => Err(Denial::PolicyDenied {
             closest: closest.map(|c| c.to_string()),
         }),
@@ -586,6 +594,8 @@ pub struct Allow {
     pub identity_headers: Vec<(Arc<str>, String)>,
     /// The grant the request is let through on (for the audit log's `sub` and `jti`).
     pub grant: Option<Arc<Grant>>,
+    /// The `[[policy]]` rule that allowed it, if one did (for the audit log).
+    pub rule: Option<Arc<str>>,
 }
 
 /// Client headers with this prefix are Envoy's to set; a client's copy never reaches the app
@@ -670,6 +680,7 @@ pub fn allow(
         path: without_token(&request.path),
         identity_headers,
         grant: authorized.grant.clone(),
+        rule: authorized.rule.clone(),
     }
 }
 
@@ -1489,6 +1500,7 @@ mod tests {
             target: target(3000),
             source: Some(TokenSource::AuthorizationHeader),
             grant: None,
+            rule: None,
         };
         let allow = allow(&req, &authorized, &preview(), &policy(), now());
         assert_eq!(
@@ -1526,6 +1538,7 @@ mod tests {
             target: target(3000),
             source: Some(TokenSource::QueryParameter),
             grant: None,
+            rule: None,
         };
         let allow = allow(&req, &authorized, &preview(), &policy(), now());
         assert!(
@@ -1676,6 +1689,7 @@ mod tests {
             target: target(3000),
             source: Some(TokenSource::AuthorizationHeader),
             grant: None,
+            rule: None,
         };
         let allow = super::allow(&req, &authorized, &preview(), &policy, now());
         assert!(allow.identity_headers.is_empty());
@@ -1723,6 +1737,7 @@ mod tests {
             target: target(3000),
             source: Some(TokenSource::AuthorizationHeader),
             grant: None,
+            rule: None,
         };
         let allow = super::allow(&req, &authorized, &preview(), &policy, now());
         assert!(allow.identity_headers.is_empty());
@@ -1736,6 +1751,7 @@ mod tests {
             target: target(3000),
             source: Some(TokenSource::Cookie),
             grant: None,
+            rule: None,
         };
         let mut policy = policy();
         policy.disable_cors = true;
@@ -1955,6 +1971,7 @@ mod tests {
                 target: target(3000),
                 source: None,
                 grant: None,
+                rule: None,
             }
         );
         let allow = allow(&req, &authorized, &preview(), &policy(), now());
@@ -2568,6 +2585,7 @@ mod tests {
             target: target(3000),
             source: Some(TokenSource::SsoCookie),
             grant: None,
+            rule: None,
         };
         for policy in [sso_policy(), policy()] {
             // Whether or not single sign-on is on here.

@@ -454,6 +454,7 @@ mod tests {
                     reason: "invalid_token",
                     detail: Some("token has expired\nsecond line".into()),
                     grant: None,
+                    rule: None,
                     target: None,
                     preview_domain: Some("preview.example.com"),
                     route: Some("webhooks"),

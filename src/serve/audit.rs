@@ -10,7 +10,7 @@
 //! What a line says: `decision`, `status` (the HTTP status the edge answered; absent on `allow`,
 //! where the app answers), `reason` (`ok`, a denial code, `preflight`, `link_to_cookie`),
 //! `detail` (a denial's reason in words), `sub` and `jti` of the verified token (on `allow`),
-//! `sandbox`, `port`, `preview_domain`, `route`, `method`, `path` (without its query), `request_id` and `client`.
+//! `rule` (on `allow`, the `[[policy]]` rule that allowed it), `sandbox`, `port`, `preview_domain`, `route`, `method`, `path` (without its query), `request_id` and `client`.
 //! Never the token, a cookie, the query string or the preview token.
 
 use crate::authz::host::PreviewTarget;
@@ -26,6 +26,8 @@ pub struct Record<'a> {
     pub reason: &'a str,
     pub detail: Option<String>,
     pub grant: Option<&'a Grant>,
+    /// The `[[policy]]` rule that allowed the request, if one did.
+    pub rule: Option<&'a str>,
     pub target: Option<&'a PreviewTarget>,
     /// The preview domain the host matched.
     pub preview_domain: Option<&'a str>,
@@ -51,6 +53,7 @@ impl Record<'_> {
             detail = self.detail.as_deref(),
             sub = self.grant.and_then(|g| g.subject.as_deref()),
             jti = self.grant.and_then(|g| g.jti.as_deref()),
+            rule = self.rule,
             sandbox = self.target.map(|t| t.sandbox_id.as_str()),
             port = self.target.map(|t| t.port),
             preview_domain = self.preview_domain,

@@ -189,7 +189,7 @@ impl<S: PreviewSource> AuthzService<S> {
         let request = view.as_ref().unwrap_or(&empty);
         let route = &request.route;
         // --audit-log: one line per decision, built only when it is on.
-        let audit = |decision, status, reason: &str, detail, grant| {
+        let audit = |decision, status, reason: &str, detail, grant, rule| {
             let target = match &view {
                 Ok(view) => policy.hosts.parse(&view.host).ok(),
                 Err(_) => check_target(check, &policy.hosts),
@@ -200,6 +200,7 @@ impl<S: PreviewSource> AuthzService<S> {
                 reason,
                 detail,
                 grant,
+                rule,
                 target: target.as_ref().map(|(t, _)| t),
                 preview_domain: target.as_ref().map(|(_, domain)| *domain),
                 route: route.name.as_deref(),
@@ -225,10 +226,17 @@ impl<S: PreviewSource> AuthzService<S> {
                         "allowed without an end-user token (daytona_authz.access: preview-token-only)"
                     );
                 } else {
-                    tracing::debug!(request_id, client, route = route.label(), "allowed");
+                    tracing::debug!(
+                        request_id,
+                        client,
+                        route = route.label(),
+                        rule = allow.rule.as_deref(),
+                        "allowed"
+                    );
                 }
                 if policy.audit_log {
-                    audit("allow", None, "ok", None, allow.grant.as_deref());
+                    let rule = allow.rule.as_deref();
+                    audit("allow", None, "ok", None, allow.grant.as_deref(), rule);
                 }
                 ("allow", 200, "ok", ok_response(allow))
             }
@@ -242,7 +250,7 @@ impl<S: PreviewSource> AuthzService<S> {
                     "answered at the edge"
                 );
                 if policy.audit_log {
-                    audit("reply", Some(reply.status), reply.reason, None, None);
+                    audit("reply", Some(reply.status), reply.reason, None, None, None);
                 }
                 let status = reply.status;
                 ("reply", status, reply.reason, local_response(reply))
@@ -250,7 +258,14 @@ impl<S: PreviewSource> AuthzService<S> {
             Err(denial) => {
                 if policy.audit_log {
                     let detail = Some(denial.to_string());
-                    audit("deny", Some(denial.status()), denial.code(), detail, None);
+                    audit(
+                        "deny",
+                        Some(denial.status()),
+                        denial.code(),
+                        detail,
+                        None,
+                        None,
+                    );
                 }
                 let target = match &view {
                     Ok(view) => policy.hosts.parse(&view.host).ok(),

@@ -51,7 +51,7 @@ fn member_of(groups: &[&str]) -> String {
 async fn groups_open_their_teams_sandboxes_and_admins_all_but_port_22222() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(&dir, RULES);
-    let stack = Stack::start_with(AuthzOptions::args(&["--config", &config])).await;
+    let stack = Stack::start_with(AuthzOptions::args(&["--config", &config, "--audit-log"])).await;
     let team_a = stack
         .double
         .create_sandbox_with_labels(&[("team", "team-a")])
@@ -79,6 +79,19 @@ async fn groups_open_their_teams_sandboxes_and_admins_all_but_port_22222() {
         received.last().unwrap().values("x-daytona-preview-token"),
         [team_a.token.as_str()]
     );
+    // The audit line says who and by which rule.
+    stack
+        .authz
+        .proc
+        .logged(
+            "the audit line of the allow",
+            &[
+                r#""decision":"allow""#,
+                r#""sub":"user-of-team-a+staff""#,
+                r#""rule":"team members open their team's sandboxes""#,
+            ],
+        )
+        .await;
     // ... but not team-b's: 403 policy_denied, and nothing asked of the preview-url API.
     let reply = stack
         .get(

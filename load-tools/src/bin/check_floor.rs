@@ -80,6 +80,7 @@ fn answer(args: &Args) -> CheckResponse {
         path: None,
         identity_headers: Vec::new(),
         grant: None,
+        rule: None,
     })
 }
 
