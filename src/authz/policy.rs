@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use cel::common::ast::{EntryExpr, Expr};
 use cel::objects::{Key, Map};
 use cel::parser::Expression;
+use cel::common::value::{CowVal, Val};
 use cel::{Context, Value};
 
 /// Rules at most, and the longest expression: each is evaluated for every such request.
@@ -178,7 +179,8 @@ struct Rule {
 /// The compiled policy: every rule, and the interpreter's functions (built once).
 pub struct Rules {
     rules: Vec<Rule>,
-    functions: Context<'static, 'static>,
+    /// The standard library's functions (built once; each evaluation shares it).
+    env: Arc<cel::Env>,
     reads: RequestUse,
     memo: quick_cache::sync::Cache<MemoKey, Outcome>,
 }
@@ -196,6 +198,8 @@ impl std::fmt::Debug for Rules {
 #[derive(Debug, Clone)]
 pub struct TokenClaims {
     value: Arc<Value>,
+    /// The same, in the interpreter's own representation (converted once).
+    native: Arc<dyn Val>,
     serial: u64,
 }
 
@@ -216,6 +220,8 @@ pub struct SandboxInfo {
     pub state: String,
     pub labels: BTreeMap<String, String>,
     value: Value,
+    /// The same, in the interpreter's own representation (converted once).
+    native: Arc<dyn Val>,
     serial: u64,
 }
 
@@ -278,7 +284,7 @@ impl Rules {
                 specs.len()
             ));
         }
-        let functions = Context::default();
+        let env = Arc::new(cel::Env::stdlib());
         for (index, spec) in specs.iter().enumerate() {
             let label = if spec.name.trim().is_empty() {
                 format!("[[policy]] #{}", index + 1)
@@ -293,7 +299,7 @@ impl Rules {
                 problems.push(format!("{label}: two rules have this name"));
                 continue;
             }
-            match compile_one(spec, &functions) {
+            match compile_one(spec, &env) {
                 Ok(rule) => rules.push(rule),
                 Err(why) => problems.push(format!("{label}: {why}")),
             }
@@ -305,7 +311,7 @@ impl Rules {
             }
             Ok(Rules {
                 rules,
-                functions,
+                env,
                 reads,
                 memo: quick_cache::sync::Cache::new(MEMO_ENTRIES),
             })
@@ -371,10 +377,9 @@ impl Rules {
         sandbox: &SandboxInfo,
         request: &RequestFacts<'_>,
     ) -> Outcome {
-        let mut scope = self.functions.new_inner_scope();
-        scope.add_variable_from_value("token", (*token.value).clone());
-        scope.add_variable_from_value("sandbox", sandbox.value.clone());
-        scope.add_variable_from_value("request", request.value());
+        let inputs = Inputs::new(token, sandbox, request);
+        let mut scope = Context::with_env(Arc::clone(&self.env));
+        scope.set_variable_resolver(&inputs);
         for rule in &self.rules {
             if holds(&rule.expression, &scope) {
                 return Outcome::Allowed(Arc::clone(&rule.name));
@@ -403,6 +408,36 @@ impl Rules {
     }
 }
 
+/// The three inputs as the interpreter reads them: the token's claims and the sandbox's
+/// description lent from their values built once (no copy per evaluation), the request's facts
+/// built for this request.
+struct Inputs<'a> {
+    token: &'a dyn Val,
+    sandbox: &'a dyn Val,
+    request: Option<Box<dyn Val>>,
+}
+
+impl<'a> Inputs<'a> {
+    fn new(token: &'a TokenClaims, sandbox: &'a SandboxInfo, request: &RequestFacts<'_>) -> Self {
+        Inputs {
+            token: &*token.native,
+            sandbox: &*sandbox.native,
+            request: Box::<dyn Val>::try_from(request.value()).ok(),
+        }
+    }
+}
+
+impl cel::context::VariableResolver for Inputs<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        match variable {
+            "token" => Some(CowVal::Borrowed(self.token)),
+            "sandbox" => Some(CowVal::Borrowed(self.sandbox)),
+            "request" => self.request.as_deref().map(CowVal::Borrowed),
+            _ => None,
+        }
+    }
+}
+
 /// Whether `expression` is `true` in `scope`. An error is false, and so is a panic of the
 /// interpreter (it still has a few `todo!()`s): a rule can never take a request down.
 fn holds(expression: &Expression, scope: &Context<'_, '_>) -> bool {
@@ -412,7 +447,7 @@ fn holds(expression: &Expression, scope: &Context<'_, '_>) -> bool {
     .unwrap_or(false)
 }
 
-fn compile_one(spec: &RuleSpec, functions: &Context<'static, 'static>) -> Result<Rule, String> {
+fn compile_one(spec: &RuleSpec, env: &Arc<cel::Env>) -> Result<Rule, String> {
     if spec.allow.trim().is_empty() || spec.allow.len() > MAX_EXPRESSION_LEN {
         return Err(format!(
             "allow must be a CEL expression of 1-{MAX_EXPRESSION_LEN} characters"
@@ -440,21 +475,16 @@ fn compile_one(spec: &RuleSpec, functions: &Context<'static, 'static>) -> Result
     }
     // Evaluated once against a representative input: the result must be a boolean, and the only
     // errors allowed are missing data (a claim or label that input does not have).
-    let mut scope = functions.new_inner_scope();
-    let sample = SandboxInfo::sample();
-    let token = TokenClaims::sample();
-    scope.add_variable_from_value("token", (*token.value).clone());
-    scope.add_variable_from_value("sandbox", sample.value.clone());
-    scope.add_variable_from_value(
-        "request",
-        RequestFacts {
-            port: 3000,
-            method: "GET",
-            path: "/",
-            route: "",
-        }
-        .value(),
-    );
+    let (sample, token) = (SandboxInfo::sample(), TokenClaims::sample());
+    let request = RequestFacts {
+        port: 3000,
+        method: "GET",
+        path: "/",
+        route: "",
+    };
+    let inputs = Inputs::new(&token, &sample, &request);
+    let mut scope = Context::with_env(Arc::clone(env));
+    scope.set_variable_resolver(&inputs);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Value::resolve(&expression, &scope)
     }))
@@ -932,8 +962,10 @@ impl TokenClaims {
     pub fn new(claims: &serde_json::Map<String, serde_json::Value>) -> Option<TokenClaims> {
         let mut budget = MAX_CLAIM_VALUES;
         let value = object(claims, &mut budget, 0)?;
+        let native = Arc::from(Box::<dyn Val>::try_from(value.clone()).ok()?);
         Some(TokenClaims {
             value: Arc::new(value),
+            native,
             serial: serial(),
         })
     }
@@ -1042,6 +1074,12 @@ impl SandboxInfo {
             organization_id,
             state,
             labels,
+            native: Arc::from(
+                Box::<dyn Val>::try_from(Value::Map(Map {
+                    map: Arc::new(map.clone()),
+                }))
+                .map_err(|e| format!("not a value the rules can read: {e}"))?,
+            ),
             value: Value::Map(Map { map: Arc::new(map) }),
             serial: serial(),
         })
