@@ -87,6 +87,9 @@ pub struct Metrics {
     cache_hits: Counter,
     cache_misses: Counter,
     cache_entries: Gauge,
+    description_hits: Counter,
+    description_misses: Counter,
+    description_entries: Gauge,
     negative_cache_hits: Counter,
     api_backoff_refusals: Counter,
     secret_reloads: Family<ResultLabels, Counter>,
@@ -168,6 +171,25 @@ impl Metrics {
             "preview_cache_entries",
             "Preview tokens in the cache",
             cache_entries.clone(),
+        );
+        let description_hits = Counter::default();
+        registry.register(
+            "sandbox_description_cache_hits",
+            "Sandbox descriptions (for the [[policy]] rules) answered from the cache, a kept 404 \
+             included",
+            description_hits.clone(),
+        );
+        let description_misses = Counter::default();
+        registry.register(
+            "sandbox_description_cache_misses",
+            "Sandbox descriptions that needed (or waited on) a Daytona GET /sandbox/{id}",
+            description_misses.clone(),
+        );
+        let description_entries = Gauge::default();
+        registry.register(
+            "sandbox_description_cache_entries",
+            "Sandbox descriptions in the cache",
+            description_entries.clone(),
         );
         let negative_cache_hits = Counter::default();
         registry.register(
@@ -283,6 +305,9 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_entries,
+            description_hits,
+            description_misses,
+            description_entries,
             negative_cache_hits,
             api_backoff_refusals,
             secret_reloads,
@@ -385,6 +410,19 @@ impl Metrics {
 
     pub fn api_backoff_refusal(&self) {
         self.api_backoff_refusals.inc();
+    }
+
+    pub fn description_hit(&self) {
+        self.description_hits.inc();
+    }
+
+    pub fn description_miss(&self) {
+        self.description_misses.inc();
+    }
+
+    pub fn set_description_entries(&self, entries: u64) {
+        self.description_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     pub fn set_cache_entries(&self, entries: u64) {

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cel::common::ast::{EntryExpr, Expr};
+use cel::common::value::{CowVal, Val};
 use cel::objects::{Key, Map};
 use cel::parser::Expression;
-use cel::common::value::{CowVal, Val};
 use cel::{Context, Value};
 
 /// Rules at most, and the longest expression: each is evaluated for every such request.

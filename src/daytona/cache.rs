@@ -103,16 +103,22 @@ impl<S: PreviewSource> PreviewCache<S> {
         let asked = Instant::now();
         let key = sandbox_id.uuid().as_u128();
         if let Some(answer) = self.sandboxes.cached(&key, asked) {
+            self.metrics.description_hit();
             return answer;
         }
-        self.sandboxes
+        self.metrics.description_miss();
+        let answer = self
+            .sandboxes
             .get_or_fetch(
                 &key,
                 asked,
                 || self.source.sandbox(sandbox_id),
                 |answer| self.keep(answer),
             )
-            .await
+            .await;
+        self.metrics
+            .set_description_entries(self.sandboxes.len() as u64);
+        answer
     }
 
     /// How long an answer is kept: `ttl` for a success, `negative_ttl` for Daytona's 404/400.
@@ -138,6 +144,8 @@ impl<S: PreviewSource> PreviewCache<S> {
             None => self.cache.retain(|cached| cached.sandbox != key.sandbox),
         }
         self.metrics.set_cache_entries(self.entry_count());
+        self.metrics
+            .set_description_entries(self.sandboxes.len() as u64);
     }
 
     /// Drops the entries that have expired (see [`CoalescingCache::remove_expired`]).
@@ -145,6 +153,8 @@ impl<S: PreviewSource> PreviewCache<S> {
         self.cache.remove_expired(Instant::now());
         self.sandboxes.remove_expired(Instant::now());
         self.metrics.set_cache_entries(self.entry_count());
+        self.metrics
+            .set_description_entries(self.sandboxes.len() as u64);
     }
 
     /// Entries held, expired ones included until they are refetched or evicted.

@@ -79,6 +79,15 @@ async fn groups_open_their_teams_sandboxes_and_admins_all_but_port_22222() {
         received.last().unwrap().values("x-daytona-preview-token"),
         [team_a.token.as_str()]
     );
+    // The description was fetched once and then answered from the cache.
+    let metrics = stack.authz.metrics().await;
+    for line in [
+        "daytona_authz_sandbox_description_cache_misses_total 1",
+        "daytona_authz_sandbox_description_cache_hits_total 1",
+        "daytona_authz_sandbox_description_cache_entries 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
     // The audit line says who and by which rule.
     stack
         .authz
