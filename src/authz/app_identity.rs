@@ -506,6 +506,7 @@ mod tests {
             subject: subject.map(str::to_owned),
             forwarded: Vec::new(),
             audiences: Vec::new(),
+            issued_to: None,
             identity: None,
         }
     }

@@ -331,10 +331,11 @@ pub fn authorize(
                 // A single-sign-on token is for our OAuth2 client: an ID token the same
                 // identity provider issued to another application is not a session here. The
                 // same holds for any token the rules decide (no sandbox claim), whether it came
-                // in the session cookie, as a Bearer, a link or our cookie.
+                // in the session cookie, as a Bearer, a link or our cookie. Issued to our
+                // client: its `azp` (or `client_id`) when it has one, else its `aud`.
                 Some(audience)
                     if (found.source == TokenSource::SsoCookie || grant.identity.is_some())
-                        && !grant.has_audience(audience) =>
+                        && !grant.issued_to_client(audience) =>
                 {
                     Err(Denial::InvalidToken(TokenError::WrongIssuerOrAudience))
                 }
@@ -2267,6 +2268,34 @@ mod tests {
                     );
                 }
             }
+        }
+        // Keycloak's "audience resolve": a wiki's access token with our client in `aud` too,
+        // but issued to the wiki (`azp`); and an introspection-style `client_id`.
+        for (claims, allowed) in [
+            (
+                serde_json::json!({"aud": ["previews", "account"], "azp": "wiki"}),
+                false,
+            ),
+            (
+                serde_json::json!({"aud": "account", "azp": "previews"}),
+                true,
+            ),
+            (
+                serde_json::json!({"aud": "api://default", "client_id": "wiki"}),
+                false,
+            ),
+            (
+                serde_json::json!({"aud": "api://default", "client_id": "previews"}),
+                true,
+            ),
+        ] {
+            let mut claims = claims;
+            claims["groups"] = serde_json::json!(["team-a"]);
+            claims["exp"] = serde_json::json!(now() + 60);
+            let t = identity_token(claims.clone());
+            let auth = bearer(&t);
+            let verdict = decide(&request(&host(3000), "/", &[("authorization", &auth)]));
+            assert_eq!(verdict.is_ok(), allowed, "{claims}: {verdict:?}");
         }
         // No `aud` at all: refused too.
         let bare = identity_token(serde_json::json!({"groups": ["team-a"], "exp": now() + 60}));

@@ -88,6 +88,9 @@ pub struct Grant {
     /// The token's `aud` (a string or an array of strings), for a route's
     /// `daytona_authz.audience`; empty when absent.
     pub audiences: Vec<String>,
+    /// The party the token was issued to: `azp` (OpenID Connect), else `client_id` (an
+    /// introspection answer, RFC 7662; RFC 9068 access tokens), when a string.
+    pub issued_to: Option<String>,
     /// `sub`, when it is a string (at most 1 KiB): who the caller is, for the assertion and the
     /// audit log.
     pub subject: Option<String>,
@@ -106,6 +109,18 @@ impl Grant {
 
     pub fn has_audience(&self, audience: &str) -> bool {
         self.audiences.iter().any(|a| a == audience)
+    }
+
+    /// Whether the token was issued to the OAuth2 client `client_id`: its `azp` (or
+    /// `client_id`) when it names one, else its `aud`. An access token another application of
+    /// the same provider requested names that application there, even when the provider also
+    /// put our client in `aud` (Keycloak's "audience resolve" does, for users with a role of
+    /// ours).
+    pub fn issued_to_client(&self, client_id: &str) -> bool {
+        match &self.issued_to {
+            Some(party) => party == client_id,
+            None => self.has_audience(client_id),
+        }
     }
 
     pub fn allows_port(&self, port: u16) -> bool {
@@ -462,6 +477,12 @@ impl Verifier {
                 .collect(),
             _ => Vec::new(),
         };
+        let issued_to = ["azp", "client_id"]
+            .iter()
+            .find_map(|name| match claims.get(*name) {
+                Some(Value::String(party)) if party.len() <= 1024 => Some(party.clone()),
+                _ => None,
+            });
         let subject = match claims.get("sub") {
             Some(Value::String(sub)) if sub.len() <= 1024 => Some(sub.clone()),
             _ => None,
@@ -481,6 +502,7 @@ impl Verifier {
             expires_at,
             jti,
             audiences,
+            issued_to,
             subject,
             forwarded,
             identity,
