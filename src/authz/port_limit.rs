@@ -92,6 +92,36 @@ impl<O: Eq + Hash + Clone, T: Copy + PartialEq> DistinctLimit<O, T> {
     }
 }
 
+impl<O: Eq + Hash + Clone, T: Copy + PartialEq> DistinctLimit<O, T> {
+    /// Whether `owner` has `item` in use (seen within the window).
+    fn holds<Q>(&self, owner: &Q, item: T, now: Instant) -> bool
+    where
+        Q: Hash + quick_cache::Equivalent<O> + ?Sized,
+    {
+        self.owners.get(owner).is_some_and(|in_use| {
+            let window = self.window;
+            in_use
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|(i, seen)| *i == item && now.saturating_duration_since(*seen) < window)
+        })
+    }
+
+    /// Stops counting `item` for `owner`.
+    fn forget<Q>(&self, owner: &Q, item: T)
+    where
+        Q: Hash + quick_cache::Equivalent<O> + ?Sized,
+    {
+        if let Some(in_use) = self.owners.get(owner) {
+            in_use
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|(i, _)| *i != item);
+        }
+    }
+}
+
 impl PortLimit {
     /// Counts an authorized request for `target`: fine for a port its sandbox already has in
     /// use, or while it has fewer than `max_ports`; else [`Denial::TooManyPorts`].
@@ -106,15 +136,27 @@ impl PortLimit {
 }
 
 impl SandboxLimit {
-    /// Counts a look-up of `sandbox` for `person`: fine for a sandbox this person already opened
-    /// within the window, or while they have fewer than `max`; else
-    /// [`Denial::TooManySandboxes`], before Daytona is asked.
+    /// Counts a look-up Daytona is to answer, of `sandbox` for `person`: fine while they have
+    /// fewer than `max` ids counted; else [`Denial::TooManySandboxes`], before Daytona is asked.
+    /// The caller [`forget`](Self::found)s the id when Daytona knows the sandbox: only ids
+    /// Daytona does not know (made up, deleted) stay counted for the window.
     pub fn admit(&self, person: &str, sandbox: &SandboxId) -> Result<(), Denial> {
         self.admit_at(person, sandbox.uuid().as_u128(), Instant::now())
             .map_err(|retry_after| Denial::TooManySandboxes {
                 limit: self.max,
                 retry_after,
             })
+    }
+
+    /// Whether Daytona told `person`, within the window, that it does not know `sandbox`: they
+    /// are answered 404 again without asking.
+    pub fn known_unknown(&self, person: &str, sandbox: &SandboxId) -> bool {
+        self.holds(person, sandbox.uuid().as_u128(), Instant::now())
+    }
+
+    /// Daytona knows `sandbox`: it no longer counts for `person`.
+    pub fn found(&self, person: &str, sandbox: &SandboxId) {
+        self.forget(person, sandbox.uuid().as_u128());
     }
 }
 
@@ -206,6 +248,15 @@ mod tests {
             limit.admit("bob", &id(3)),
             Ok(()),
             "another person's own bound"
+        );
+        assert!(limit.known_unknown("alice", &id(2)));
+        assert!(!limit.known_unknown("alice", &id(3)));
+        limit.found("alice", &id(2));
+        assert!(!limit.known_unknown("alice", &id(2)));
+        assert_eq!(
+            limit.admit("alice", &id(3)),
+            Ok(()),
+            "a found one no longer counts"
         );
         let t0 = Instant::now();
         assert_eq!(limit.admit_at("carol", 1, t0), Ok(()));

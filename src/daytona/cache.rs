@@ -94,6 +94,21 @@ impl<S: PreviewSource> PreviewCache<S> {
         answer
     }
 
+    /// Daytona's description of a sandbox if the cache has it (a kept 404 included), without
+    /// asking Daytona.
+    pub fn cached_sandbox(
+        &self,
+        sandbox_id: &SandboxId,
+    ) -> Option<Result<Arc<SandboxInfo>, Arc<DaytonaError>>> {
+        let answer = self
+            .sandboxes
+            .cached(&sandbox_id.uuid().as_u128(), Instant::now());
+        if answer.is_some() {
+            self.metrics.description_hit();
+        }
+        answer
+    }
+
     /// Daytona's description of a sandbox, from the cache or (once for all concurrent callers)
     /// from Daytona; kept as long as preview tokens are (a 404 as long as a negative answer).
     pub async fn sandbox(

@@ -17,6 +17,7 @@ use crate::authz::decision::{
     RequestView, RevocationStatus, RevocationView, SandboxAnswer, Verdict,
 };
 use crate::authz::port_limit::{PortLimit, SandboxLimit};
+use crate::authz::preview::DaytonaError;
 use crate::authz::token::{self, JwkKey};
 use crate::daytona::{PreviewCache, PreviewSource};
 use crate::identity::introspection::{Introspection, IntrospectionError, Introspector};
@@ -176,11 +177,30 @@ impl<S: PreviewSource> Authorizer<S> {
                     continue;
                 }
                 Verdict::Lookup(Lookup::Sandbox(sandbox_id, person)) => {
-                    self.people.admit(&person, &sandbox_id)?;
-                    let answer = match self.previews.sandbox(&sandbox_id).await {
+                    // Only Daytona's "no such sandbox" counts for the person's budget: a walk of
+                    // made-up ids is stopped (and each answered once per window), while opening
+                    // many real sandboxes, or ones already described, costs nothing.
+                    let answer = match self.previews.cached_sandbox(&sandbox_id) {
+                        Some(answer) => answer,
+                        None if self.people.known_unknown(&person, &sandbox_id) => {
+                            Err(Arc::new(DaytonaError::NotFound))
+                        }
+                        None => {
+                            self.people.admit(&person, &sandbox_id)?;
+                            let answer = self.previews.sandbox(&sandbox_id).await;
+                            let unknown = answer.as_ref().is_err_and(|e| {
+                                matches!(**e, DaytonaError::NotFound | DaytonaError::BadRequest(_))
+                            });
+                            if !unknown {
+                                self.people.found(&person, &sandbox_id);
+                            }
+                            answer
+                        }
+                    };
+                    let answer = match answer {
                         Ok(info) => SandboxAnswer::Found(info),
                         Err(error) => {
-                            if !matches!(*error, crate::authz::preview::DaytonaError::NotFound) {
+                            if !matches!(*error, DaytonaError::NotFound) {
                                 tracing::warn!(%error, sandbox.id = %sandbox_id, "cannot describe the sandbox for the policy; refusing the request");
                             }
                             SandboxAnswer::Failed((*error).clone())

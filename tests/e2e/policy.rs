@@ -525,23 +525,35 @@ async fn a_person_walking_sandbox_ids_is_stopped_before_daytona_is_asked() {
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    // Made-up ids: the first is asked about (404), the next one is one too many.
+    // Real sandboxes do not count (the admin opened one, and opens a second below); made-up
+    // ids do: the first two are asked about (404), the third is one too many.
     let walked = [
         "11111111-2222-4333-8444-555555555555",
         "66666666-7777-4888-9999-aaaaaaaaaaaa",
+        "bbbbbbbb-cccc-4ddd-8eee-ffffffffffff",
     ];
+    let team_b = stack
+        .double
+        .create_sandbox_with_labels(&[("team", "team-b")])
+        .await;
     let reply = stack
         .get(
-            &host_for(walked[0], 3000),
+            &host_for(&team_b.id, 3000),
             "/",
             &[("authorization", &admin)],
         )
         .await;
-    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for id in &walked[..2] {
+        let reply = stack
+            .get(&host_for(id, 3000), "/", &[("authorization", &admin)])
+            .await;
+        assert_eq!(reply.status, 404, "{}", reply.body);
+    }
     let calls = stack.double.sandbox_calls().await;
     let reply = stack
         .get(
-            &host_for(walked[1], 3000),
+            &host_for(walked[2], 3000),
             "/",
             &[("authorization", &admin)],
         )
@@ -555,6 +567,15 @@ async fn a_person_walking_sandbox_ids_is_stopped_before_daytona_is_asked() {
     );
     let retry_after: u64 = reply.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=300).contains(&retry_after), "{retry_after}");
+    // A made-up id asked again within the window is answered 404 without asking Daytona.
+    let reply = stack
+        .get(
+            &host_for(walked[0], 3000),
+            "/",
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
     assert_eq!(
         stack.double.sandbox_calls().await,
         calls,
