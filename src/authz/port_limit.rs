@@ -108,17 +108,27 @@ impl<O: Eq + Hash + Clone, T: Copy + PartialEq> DistinctLimit<O, T> {
         })
     }
 
-    /// Stops counting `item` for `owner`.
-    fn forget<Q>(&self, owner: &Q, item: T)
+    /// `Err(seconds)` while `owner` has `max` items in use (one more would be refused).
+    fn room<Q>(&self, owner: &Q, now: Instant) -> Result<(), u64>
     where
         Q: Hash + quick_cache::Equivalent<O> + ?Sized,
     {
-        if let Some(in_use) = self.owners.get(owner) {
-            in_use
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retain(|(i, _)| *i != item);
+        let Some(in_use) = self.owners.get(owner) else {
+            return Ok(());
+        };
+        let in_use = in_use.lock().unwrap_or_else(PoisonError::into_inner);
+        let window = self.window;
+        let live: Vec<Instant> = in_use
+            .iter()
+            .map(|(_, seen)| *seen)
+            .filter(|seen| now.saturating_duration_since(*seen) < window)
+            .collect();
+        if live.len() < self.max {
+            return Ok(());
         }
+        let oldest = live.iter().min().copied().unwrap_or(now);
+        let wait = (oldest + window).saturating_duration_since(now);
+        Err((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
     }
 }
 
@@ -136,27 +146,35 @@ impl PortLimit {
 }
 
 impl SandboxLimit {
-    /// Counts a look-up Daytona is to answer, of `sandbox` for `person`: fine while they have
-    /// fewer than `max` ids counted; else [`Denial::TooManySandboxes`], before Daytona is asked.
-    /// The caller [`forget`](Self::found)s the id when Daytona knows the sandbox: only ids
-    /// Daytona does not know (made up, deleted) stay counted for the window.
-    pub fn admit(&self, person: &str, sandbox: &SandboxId) -> Result<(), Denial> {
-        self.admit_at(person, sandbox.uuid().as_u128(), Instant::now())
+    /// Before Daytona is asked about a sandbox for `person`: refused with
+    /// [`Denial::TooManySandboxes`] while `max` ids Daytona did not know are counted for them.
+    pub fn admit(&self, person: &str) -> Result<(), Denial> {
+        self.room(person, Instant::now())
             .map_err(|retry_after| Denial::TooManySandboxes {
                 limit: self.max,
                 retry_after,
             })
     }
 
+    /// Daytona does not know `sandbox`: it counts for `person` for the window (one more than
+    /// `max` only when concurrent look-ups raced past [`admit`](Self::admit); the oldest then
+    /// makes room).
+    pub fn unknown(&self, person: &str, sandbox: &SandboxId) {
+        let (id, now) = (sandbox.uuid().as_u128(), Instant::now());
+        if self.admit_at(person, id, now).is_err()
+            && let Some(in_use) = self.owners.get(person)
+        {
+            let mut in_use = in_use.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(oldest) = (0..in_use.len()).min_by_key(|&i| in_use[i].1) {
+                in_use[oldest] = (id, now);
+            }
+        }
+    }
+
     /// Whether Daytona told `person`, within the window, that it does not know `sandbox`: they
     /// are answered 404 again without asking.
     pub fn known_unknown(&self, person: &str, sandbox: &SandboxId) -> bool {
         self.holds(person, sandbox.uuid().as_u128(), Instant::now())
-    }
-
-    /// Daytona knows `sandbox`: it no longer counts for `person`.
-    pub fn found(&self, person: &str, sandbox: &SandboxId) {
-        self.forget(person, sandbox.uuid().as_u128());
     }
 }
 
@@ -234,37 +252,26 @@ mod tests {
     }
 
     #[test]
-    fn a_person_opens_at_most_so_many_sandboxes_at_once() {
+    fn a_person_is_refused_once_so_many_unknown_sandboxes_are_counted() {
         let limit = SandboxLimit::new(2, Duration::from_secs(60), 100);
         let id = |n: u128| -> SandboxId { uuid::Uuid::from_u128(n).to_string().parse().unwrap() };
-        assert_eq!(limit.admit("alice", &id(1)), Ok(()));
-        assert_eq!(limit.admit("alice", &id(2)), Ok(()));
-        assert_eq!(limit.admit("alice", &id(1)), Ok(()), "one already open");
+        assert_eq!(limit.admit("alice"), Ok(()));
+        limit.unknown("alice", &id(1));
+        assert_eq!(limit.admit("alice"), Ok(()));
+        limit.unknown("alice", &id(2));
+        assert!(limit.known_unknown("alice", &id(1)));
+        assert!(!limit.known_unknown("alice", &id(3)));
         assert!(matches!(
-            limit.admit("alice", &id(3)),
+            limit.admit("alice"),
             Err(Denial::TooManySandboxes { limit: 2, retry_after }) if (1..=60).contains(&retry_after)
         ));
-        assert_eq!(
-            limit.admit("bob", &id(3)),
-            Ok(()),
-            "another person's own bound"
-        );
-        assert!(limit.known_unknown("alice", &id(2)));
-        assert!(!limit.known_unknown("alice", &id(3)));
-        limit.found("alice", &id(2));
-        assert!(!limit.known_unknown("alice", &id(2)));
-        assert_eq!(
-            limit.admit("alice", &id(3)),
-            Ok(()),
-            "a found one no longer counts"
-        );
+        assert_eq!(limit.admit("bob"), Ok(()), "another person's own bound");
+        // A race past `admit`: the newest replaces the oldest, the bound holds.
+        limit.unknown("alice", &id(3));
+        assert!(limit.known_unknown("alice", &id(3)));
+        assert!(!limit.known_unknown("alice", &id(1)));
         let t0 = Instant::now();
-        assert_eq!(limit.admit_at("carol", 1, t0), Ok(()));
-        assert_eq!(limit.admit_at("carol", 2, t0), Ok(()));
-        assert_eq!(
-            limit.admit_at("carol", 3, t0 + Duration::from_secs(61)),
-            Ok(())
-        );
+        assert_eq!(limit.room("alice", t0 + Duration::from_secs(61)), Ok(()));
     }
 
     #[test]

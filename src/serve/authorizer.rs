@@ -186,13 +186,13 @@ impl<S: PreviewSource> Authorizer<S> {
                             Err(Arc::new(DaytonaError::NotFound))
                         }
                         None => {
-                            self.people.admit(&person, &sandbox_id)?;
+                            self.people.admit(&person)?;
                             let answer = self.previews.sandbox(&sandbox_id).await;
                             let unknown = answer.as_ref().is_err_and(|e| {
                                 matches!(**e, DaytonaError::NotFound | DaytonaError::BadRequest(_))
                             });
-                            if !unknown {
-                                self.people.found(&person, &sandbox_id);
+                            if unknown {
+                                self.people.unknown(&person, &sandbox_id);
                             }
                             answer
                         }
