@@ -54,6 +54,9 @@ const REQUEST_FIELDS: &[&str] = &["port", "method", "path", "route"];
 const FUNCTIONS: &[&str] = &[
     "contains",
     "size",
+    "type",
+    "dyn",
+    "bool",
     "startsWith",
     "endsWith",
     "string",
@@ -291,8 +294,13 @@ impl Rules {
             } else {
                 format!("[[policy]] {:?}", spec.name)
             };
-            if spec.name.trim().is_empty() || spec.name.len() > 200 {
-                problems.push(format!("{label}: needs a name of 1-200 characters"));
+            if spec.name.trim().is_empty()
+                || spec.name.len() > 200
+                || spec.name.chars().any(char::is_control)
+            {
+                problems.push(format!(
+                    "{label}: needs a name of 1-200 characters, none a control character"
+                ));
                 continue;
             }
             if specs[..index].iter().any(|other| other.name == spec.name) {
@@ -497,8 +505,34 @@ fn compile_one(spec: &RuleSpec, env: &Arc<cel::Env>) -> Result<Rule, String> {
                 other.type_of()
             ));
         }
-        Err(cel::ExecutionError::NoSuchKey(_)) => {}
-        Err(error) => return Err(format!("allow fails on a representative request: {error}")),
+        // What the rule itself gets wrong: a function that does not exist in that form, a wrong
+        // number of arguments, a literal a function refuses (a regular expression, a
+        // timestamp). Anything else depends on what the claims hold (a claim missing, or of
+        // another type than this input's): checked when a real token arrives.
+        Err(
+            error @ (cel::ExecutionError::UndeclaredReference(_)
+            | cel::ExecutionError::InvalidArgumentCount { .. }
+            | cel::ExecutionError::NotSupportedAsMethod { .. }
+            | cel::ExecutionError::MissingArgumentOrTarget
+            | cel::ExecutionError::UnsupportedFunctionCallIdentifierType(_)
+            | cel::ExecutionError::UnsupportedFieldsConstruction(_)
+            | cel::ExecutionError::FunctionError { .. }
+            | cel::ExecutionError::DuplicateKey(_)
+            | cel::ExecutionError::InternalError(_)),
+        ) => {
+            // One line: some errors (a regular expression's) span several.
+            let said = error.to_string();
+            let said: Vec<&str> = said
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            return Err(format!(
+                "allow fails on a representative request: {}",
+                said.join(" ")
+            ));
+        }
+        Err(_) => {}
     }
     let mut conditions = Vec::new();
     conjuncts(&expression, &mut conditions);
@@ -519,16 +553,19 @@ fn request_use(expression: &Expression, reads: &mut RequestUse) {
         route: true,
     };
     match &expression.expr {
-        Expr::Ident(name) if name == "request" => *reads = all,
+        // `.request` is `request` too (a leading dot names the root scope).
+        Expr::Ident(name) if name.trim_start_matches('.') == "request" => *reads = all,
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
         Expr::Select(select) => match (&select.operand.expr, select.field.as_str()) {
-            (Expr::Ident(root), field) if root == "request" => match field {
-                "port" => reads.port = true,
-                "method" => reads.method = true,
-                "path" => reads.path = true,
-                "route" => reads.route = true,
-                _ => *reads = all,
-            },
+            (Expr::Ident(root), field) if root.trim_start_matches('.') == "request" => {
+                match field {
+                    "port" => reads.port = true,
+                    "method" => reads.method = true,
+                    "path" => reads.path = true,
+                    "route" => reads.route = true,
+                    _ => *reads = all,
+                }
+            }
             _ => request_use(&select.operand, reads),
         },
         Expr::Call(call) => {
@@ -586,6 +623,8 @@ fn conjuncts(expression: &Expression, out: &mut Vec<Expression>) {
 enum Ty {
     Dyn,
     Null,
+    /// A type, as `type(x)` yields and `int`, `list`, ... name.
+    Type,
     Bool,
     Int,
     Uint,
@@ -605,6 +644,7 @@ impl std::fmt::Display for Ty {
         match self {
             Ty::Dyn => f.write_str("dyn"),
             Ty::Null => f.write_str("null"),
+            Ty::Type => f.write_str("type"),
             Ty::Bool => f.write_str("bool"),
             Ty::Int => f.write_str("int"),
             Ty::Uint => f.write_str("uint"),
@@ -662,6 +702,36 @@ struct Scope {
     macros: usize,
 }
 
+/// The names of CEL's types, for `type(x) == list`.
+const TYPE_NAMES: &[&str] = &[
+    "int",
+    "uint",
+    "double",
+    "bool",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+];
+
+/// Functions the interpreter has only as methods (`s.startsWith(p)`), and only as functions
+/// (`int(x)`); `size` and `matches` are both.
+const METHODS_ONLY: &[&str] = &["contains", "startsWith", "endsWith"];
+const FUNCTIONS_ONLY: &[&str] = &[
+    "string",
+    "bytes",
+    "double",
+    "int",
+    "uint",
+    "bool",
+    "dyn",
+    "type",
+    "duration",
+    "timestamp",
+];
+
 /// Macros nested in one another at most: each multiplies the steps (three over lists of 256 are
 /// 16 million per request).
 const MAX_NESTED_MACROS: usize = 2;
@@ -702,8 +772,14 @@ fn typed(expression: &Expression, scope: &mut Scope, depth: usize) -> Result<Ty,
     }
     let next = depth + 1;
     Ok(match &expression.expr {
-        Expr::Ident(name) => match scope.bound.iter().rev().find(|(n, _)| n == name) {
+        Expr::Ident(name) => match scope
+            .bound
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name.trim_start_matches('.'))
+        {
             Some((_, ty)) => ty.clone(),
+            None if TYPE_NAMES.contains(&name.as_str()) => Ty::Type,
             None => {
                 return Err(format!(
                     "allow names {name:?}; the inputs are token, sandbox and request"
@@ -835,6 +911,19 @@ fn call_type(
     if !operator && !FUNCTIONS.contains(&name) {
         return Err(format!("allow calls an unknown function {name}()"));
     }
+    if !operator {
+        let method = call.target.is_some();
+        if method && FUNCTIONS_ONLY.contains(&name) {
+            return Err(format!(
+                "allow calls {name}() as a method; write {name}(x), not x.{name}()"
+            ));
+        }
+        if !method && (METHODS_ONLY.contains(&name) || name.starts_with("get")) {
+            return Err(format!(
+                "allow calls {name}() as a function; write x.{name}(...), not {name}(x, ...)"
+            ));
+        }
+    }
     let target = call
         .target
         .as_ref()
@@ -893,7 +982,11 @@ fn call_type(
                 (**element).clone()
             }
             Ty::Map(key, value) if index.comparable(key) => (**value).clone(),
-            Ty::Sandbox | Ty::Request | Ty::Dyn if index.comparable(&Ty::String) => Ty::Dyn,
+            Ty::Sandbox | Ty::Request if index.comparable(&Ty::String) => Ty::Dyn,
+            // A claim: a list by position or a map by key, known when a token arrives.
+            Ty::Dyn if matches!(index, Ty::Int | Ty::Uint | Ty::String | Ty::Bool | Ty::Dyn) => {
+                Ty::Dyn
+            }
             _ => return Err(mismatch()),
         },
         ("_+_", [a, b]) => match (a, b) {
@@ -932,6 +1025,9 @@ fn call_type(
             Ty::Bool
         }
         ("string", [_]) => Ty::String,
+        ("type", [_]) => Ty::Type,
+        ("dyn", [_]) => Ty::Dyn,
+        ("bool", [a]) if is(a, &Ty::String) || **a == Ty::Bool => Ty::Bool,
         ("bytes", [a]) if is(a, &Ty::String) || **a == Ty::Bytes => Ty::Bytes,
         ("double", [a]) if a.numeric() || is(a, &Ty::String) => Ty::Double,
         ("int" | "uint", [a]) if a.numeric() || is(a, &Ty::String) || **a == Ty::Timestamp => {
@@ -1330,6 +1426,9 @@ mod tests {
             ("request.port.exists(p, p == 1)", "applies a macro"),
             ("request.port.x == 1", "of a int, which has no fields"),
             ("sandbox.labels", "not a map(string, string)"),
+            (r#"startsWith(token.dept, "eng")"#, "as a function"),
+            ("token.iat.timestamp() > 0", "as a method"),
+            (r#"request.path.matches("[")"#, "representative"),
             (
                 "token.a.exists(x, token.b.exists(y, token.c.exists(z, x == y && y == z)))",
                 "more than 2 macros",
@@ -1348,6 +1447,7 @@ mod tests {
         let twice = rules(&[("a", "true"), ("a", "false")]).unwrap_err();
         assert!(twice[0].contains("two rules"), "{twice:?}");
         assert!(rules(&[("", "true")]).unwrap_err()[0].contains("#1"));
+        assert!(rules(&[("a\nb", "true")]).unwrap_err()[0].contains("control character"));
         // Missing data is fine at start-up: the claim may be there at run time.
         rules(&[("roles", r#""admin" in token.roles_claim_not_in_sample"#)]).unwrap();
         // What a claim holds is not known before a token: checked at run time.
@@ -1385,6 +1485,16 @@ mod tests {
             (
                 "time",
                 r#"timestamp(token.iat) < timestamp("2030-01-01T00:00:00Z") + duration("1h")"#,
+            ),
+            ("first group", r#"token.groups[0] == "staff""#),
+            ("aud list", r#""previews" in token.aud"#),
+            (
+                "type guard",
+                r#"type(token.groups) == list ? "staff" in token.groups : token.groups == "staff""#,
+            ),
+            (
+                "conversions",
+                r#"bool("true") && dyn(token.level) > 2 && type(request.port) == int"#,
             ),
         ])
         .unwrap();
@@ -1441,6 +1551,13 @@ mod tests {
     #[test]
     fn the_memory_key_holds_the_request_fields_some_rule_reads() {
         let reads = |allow: &str| rules(&[("r", allow)]).unwrap().reads;
+        assert_eq!(
+            reads(r#".request.path == "/""#),
+            RequestUse {
+                path: true,
+                ..RequestUse::default()
+            }
+        );
         assert_eq!(reads(TEAM), RequestUse::default());
         assert_eq!(
             reads(ADMINS),
