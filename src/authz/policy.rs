@@ -514,8 +514,6 @@ fn compile_one(spec: &RuleSpec, env: &Arc<cel::Env>) -> Result<Rule, String> {
             | cel::ExecutionError::InvalidArgumentCount { .. }
             | cel::ExecutionError::NotSupportedAsMethod { .. }
             | cel::ExecutionError::MissingArgumentOrTarget
-            | cel::ExecutionError::UnsupportedFunctionCallIdentifierType(_)
-            | cel::ExecutionError::UnsupportedFieldsConstruction(_)
             | cel::ExecutionError::FunctionError { .. }
             | cel::ExecutionError::DuplicateKey(_)
             | cel::ExecutionError::InternalError(_)),
