@@ -1368,6 +1368,28 @@ mod tests {
     }
 
     #[test]
+    fn under_single_sign_on_a_failed_cookie_is_cleared_for_the_domain_and_its_parents_too() {
+        let mut policy = policy();
+        policy.sso.token_cookie = Some("IdToken".into());
+        let req = request(&host(3000), "/", &[("cookie", "daytona_authz=planted")]);
+        let reply = render(&Denial::InvalidToken(TokenError::Malformed), &req, &policy);
+        let cleared: Vec<&str> = reply
+            .headers
+            .iter()
+            .filter(|(name, _)| *name == "set-cookie")
+            .map(|(_, value)| value.as_str())
+            .collect();
+        assert_eq!(
+            cleared,
+            [
+                "daytona_authz=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax",
+                "daytona_authz=; Max-Age=0; Path=/; Domain=preview.example.com; HttpOnly; SameSite=Lax",
+                "daytona_authz=; Max-Age=0; Path=/; Domain=example.com; HttpOnly; SameSite=Lax",
+            ]
+        );
+    }
+
+    #[test]
     fn a_failed_cookie_is_cleared() {
         let req = request(
             &host(3000),

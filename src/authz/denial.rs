@@ -232,18 +232,27 @@ pub fn render(denial: &Denial, request: &RequestView, policy: &Policy) -> LocalR
             // Under single sign-on, a page of any sandbox can plant a cookie of our name for
             // the whole preview domain (`Domain=`): Envoy's OAuth2 filter lets every request
             // carrying one by, so the person would get this 401 on every sandbox and never a
-            // sign-in. A host-only clearing cannot remove it; this one does.
+            // sign-in. A host-only clearing cannot remove it; these do, for the preview domain
+            // and each parent of it a page could set a cookie for (`example.com` above
+            // `preview.example.com`; a public suffix refuses such cookies anyway).
             if policy.sso.token_cookie.is_some()
                 && !policy.cookie_name.starts_with("__Host-")
                 && let Ok((_, domain)) = policy.hosts.parse(&request.host)
             {
-                headers.push((
-                    "set-cookie",
-                    format!(
-                        "{}=; Max-Age=0; Path=/; Domain={domain}; HttpOnly; SameSite=Lax{secure}",
-                        policy.cookie_name
-                    ),
-                ));
+                let mut scope = domain;
+                loop {
+                    headers.push((
+                        "set-cookie",
+                        format!(
+                            "{}=; Max-Age=0; Path=/; Domain={scope}; HttpOnly; SameSite=Lax{secure}",
+                            policy.cookie_name
+                        ),
+                    ));
+                    match scope.split_once('.') {
+                        Some((_, parent)) if parent.contains('.') => scope = parent,
+                        _ => break,
+                    }
+                }
             }
         }
         // The route's sign-in page, else --login-url.
