@@ -507,6 +507,8 @@ mod tests {
             forwarded: Vec::new(),
             audiences: Vec::new(),
             issued_to: None,
+            introspected_for: None,
+            introspected: false,
             identity: None,
         }
     }

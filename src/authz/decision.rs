@@ -303,7 +303,14 @@ pub fn authorize(
                 match lookups.introspected.iter().find(|(t, _)| t == candidate) {
                     None => return Ok(Verdict::Lookup(Lookup::Introspect(candidate.to_string()))),
                     Some((_, Introspected::Active(claims))) => {
-                        policy.verifier.grant(claims, now).map(Arc::new)
+                        policy.verifier.grant(claims, now).map(|mut grant| {
+                            // Who the authorization server issued it to (RFC 7662).
+                            grant.introspected = true;
+                            grant.introspected_for = ["client_id", "azp"].iter().find_map(|n| {
+                                claims.get(*n).and_then(|v| v.as_str()).map(str::to_owned)
+                            });
+                            Arc::new(grant)
+                        })
                     }
                     Some((_, Introspected::Inactive)) => Err(TokenError::Inactive),
                     Some((_, Introspected::Unavailable)) => {
@@ -1787,6 +1794,44 @@ mod tests {
         );
     }
 
+    /// An introspected token the rules decide: issued to our client by its `client_id` (the
+    /// `aud` of an opaque access token is the API, at Okta the same for every application).
+    #[test]
+    fn an_introspected_token_the_rules_decide_must_be_for_our_client() {
+        let mut policy = with_rules();
+        policy.introspection = true;
+        policy.sso.audience = Some("previews".into());
+        let req = request(&host(3000), "/", &[("authorization", "Bearer opaque-abc")]);
+        for (claims, allowed) in [
+            (
+                serde_json::json!({"aud": "api://default", "client_id": "wiki"}),
+                false,
+            ),
+            (
+                serde_json::json!({"aud": "api://default", "client_id": "previews"}),
+                true,
+            ),
+            (serde_json::json!({"aud": "previews"}), true),
+            (serde_json::json!({"aud": "api://default"}), false),
+        ] {
+            let mut claims = claims;
+            claims["active"] = serde_json::json!(true);
+            claims["groups"] = serde_json::json!(["team-a"]);
+            claims["exp"] = serde_json::json!(now() + 60);
+            let mut lookups = described("team-a");
+            lookups.introspected.push((
+                "opaque-abc".into(),
+                Introspected::Active(claims.as_object().unwrap().clone()),
+            ));
+            let verdict = super::authorize(&req, &policy, now(), &lookups, &NoRevocations);
+            assert_eq!(
+                matches!(verdict, Ok(Verdict::Forward(_))),
+                allowed,
+                "{claims}: {verdict:?}"
+            );
+        }
+    }
+
     #[test]
     fn opaque_tokens_are_introspected_when_configured() {
         let mut policy = policy();
@@ -2292,23 +2337,29 @@ mod tests {
             }
         }
         // Keycloak's "audience resolve": a wiki's access token with our client in `aud` too,
-        // but issued to the wiki (`azp`); and an introspection-style `client_id`.
+        // but issued to the wiki (`azp`); our client's token for another API; Okta's `cid`.
         for (claims, allowed) in [
             (
                 serde_json::json!({"aud": ["previews", "account"], "azp": "wiki"}),
                 false,
             ),
             (
-                serde_json::json!({"aud": "account", "azp": "previews"}),
+                serde_json::json!({"aud": ["previews", "account"], "azp": "previews"}),
                 true,
             ),
             (
-                serde_json::json!({"aud": "api://default", "client_id": "wiki"}),
+                serde_json::json!({"aud": "account", "azp": "previews"}),
                 false,
             ),
             (
-                serde_json::json!({"aud": "api://default", "client_id": "previews"}),
-                true,
+                serde_json::json!({"aud": "api://default", "cid": "previews"}),
+                false,
+            ),
+            (serde_json::json!({"aud": "previews", "cid": "wiki"}), false),
+            // A JWT's own `client_id` claim proves nothing.
+            (
+                serde_json::json!({"aud": "wiki", "client_id": "previews"}),
+                false,
             ),
         ] {
             let mut claims = claims;

@@ -88,9 +88,14 @@ pub struct Grant {
     /// The token's `aud` (a string or an array of strings), for a route's
     /// `daytona_authz.audience`; empty when absent.
     pub audiences: Vec<String>,
-    /// The party the token was issued to: `azp` (OpenID Connect), else `client_id` (an
-    /// introspection answer, RFC 7662; RFC 9068 access tokens), when a string.
+    /// The party a JWT was issued to, when it names one: `azp` (OpenID Connect), else `cid`
+    /// (Okta), else `appid` (Entra ID v1).
     pub issued_to: Option<String>,
+    /// An introspection answer's `client_id` (RFC 7662), else its `azp`: set by the caller that
+    /// introspected (a JWT's own `client_id` claim proves nothing of the kind).
+    pub introspected_for: Option<String>,
+    /// Made from an introspection answer (not a JWT).
+    pub introspected: bool,
     /// `sub`, when it is a string (at most 1 KiB): who the caller is, for the assertion and the
     /// audit log.
     pub subject: Option<String>,
@@ -111,15 +116,23 @@ impl Grant {
         self.audiences.iter().any(|a| a == audience)
     }
 
-    /// Whether the token was issued to the OAuth2 client `client_id`: its `azp` (or
-    /// `client_id`) when it names one, else its `aud`. An access token another application of
-    /// the same provider requested names that application there, even when the provider also
-    /// put our client in `aud` (Keycloak's "audience resolve" does, for users with a role of
-    /// ours).
+    /// Whether the token was issued to the OAuth2 client `client_id`. A JWT: its `aud` names the
+    /// client, and its `azp` (`cid`, `appid`), when it has one, is the client too (OpenID
+    /// Connect's rule for ID tokens): an access token another application requested names that
+    /// application there even when the provider also put our client in `aud` (Keycloak's
+    /// "audience resolve"), and a token our client requested for another API does not name us
+    /// in `aud`. An introspection answer: its `client_id` (else `azp`), else its `aud`.
     pub fn issued_to_client(&self, client_id: &str) -> bool {
-        match &self.issued_to {
-            Some(party) => party == client_id,
-            None => self.has_audience(client_id),
+        match &self.introspected_for {
+            Some(client) => client == client_id,
+            None if self.introspected => self.has_audience(client_id),
+            None => {
+                self.has_audience(client_id)
+                    && self
+                        .issued_to
+                        .as_deref()
+                        .is_none_or(|party| party == client_id)
+            }
         }
     }
 
@@ -477,7 +490,7 @@ impl Verifier {
                 .collect(),
             _ => Vec::new(),
         };
-        let issued_to = ["azp", "client_id"]
+        let issued_to = ["azp", "cid", "appid"]
             .iter()
             .find_map(|name| match claims.get(*name) {
                 Some(Value::String(party)) if party.len() <= 1024 => Some(party.clone()),
@@ -503,6 +516,8 @@ impl Verifier {
             jti,
             audiences,
             issued_to,
+            introspected_for: None,
+            introspected: false,
             subject,
             forwarded,
             identity,
