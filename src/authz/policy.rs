@@ -296,7 +296,13 @@ impl Rules {
             };
             if spec.name.trim().is_empty()
                 || spec.name.len() > 200
-                || spec.name.chars().any(char::is_control)
+                || spec.name.chars().any(|c| {
+                    // Control characters, and the invisible ones that reorder or split a line
+                    // (bidi overrides, line separators): the name goes into log lines.
+                    c.is_control()
+                        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+                            | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+                })
             {
                 problems.push(format!(
                     "{label}: needs a name of 1-200 characters, none a control character"
@@ -1446,6 +1452,7 @@ mod tests {
         assert!(twice[0].contains("two rules"), "{twice:?}");
         assert!(rules(&[("", "true")]).unwrap_err()[0].contains("#1"));
         assert!(rules(&[("a\nb", "true")]).unwrap_err()[0].contains("control character"));
+        assert!(rules(&[("a\u{202E}b", "true")]).unwrap_err()[0].contains("control character"));
         // Missing data is fine at start-up: the claim may be there at run time.
         rules(&[("roles", r#""admin" in token.roles_claim_not_in_sample"#)]).unwrap();
         // What a claim holds is not known before a token: checked at run time.

@@ -12,11 +12,13 @@
 //! least recently used one frees up, before any call to Daytona. Ports already counted keep
 //! working.
 //!
-//! **Sandboxes per person** ([`SandboxLimit`]). A token the `[[policy]]` rules decide names no
-//! sandbox: whoever holds one can ask for any sandbox id, and each new one is a call to Daytona's
-//! `GET /sandbox/{id}`, which shares the API key's slots and rate limit with the preview tokens
-//! everyone needs. Per person (the token's `sub`, else its `jti`), at most `max` distinct
-//! sandboxes (`--max-sandboxes-per-person`) count within the window, the same way.
+//! **Unknown sandboxes per person** ([`SandboxLimit`]). A token the `[[policy]]` rules decide
+//! names no sandbox: whoever holds one can ask for any sandbox id, and each new one is a call to
+//! Daytona's `GET /sandbox/{id}`, which shares the API key's slots and rate limit with the
+//! preview tokens everyone needs. Per person (the token's `sub`, else its `jti`), each ask counts
+//! while it is in flight and, when Daytona does not know the id, for the window; at
+//! `max` (`--max-sandboxes-per-person`) counted, another ask is refused. Sandboxes this replica
+//! saw described never count and are never refused.
 //!
 //! Memory is bounded: at most `max_owners` owners are tracked (a `quick_cache`, S3-FIFO
 //! eviction), each with at most `max` items.
@@ -41,8 +43,14 @@ pub struct DistinctLimit<O, T> {
 /// Ports per sandbox (the sandbox's UUID as a number).
 pub type PortLimit = DistinctLimit<u128, u16>;
 
-/// Sandboxes per person (the token's `sub` or `jti`).
-pub type SandboxLimit = DistinctLimit<String, u128>;
+/// Sandbox ids Daytona did not know, per person (the token's `sub` or `jti`): each entry is
+/// `(sandbox, confirmed)`, unconfirmed while Daytona is being asked.
+pub struct SandboxLimit {
+    unknown: DistinctLimit<String, (u128, bool)>,
+    /// Sandboxes Daytona described on this replica: never refused (their description may have
+    /// expired from the cache, and a page must not lock a person out of them).
+    described: quick_cache::sync::Cache<u128, ()>,
+}
 
 impl<O, T> std::fmt::Debug for DistinctLimit<O, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,46 +100,6 @@ impl<O: Eq + Hash + Clone, T: Copy + PartialEq> DistinctLimit<O, T> {
     }
 }
 
-impl<O: Eq + Hash + Clone, T: Copy + PartialEq> DistinctLimit<O, T> {
-    /// Whether `owner` has `item` in use (seen within the window).
-    fn holds<Q>(&self, owner: &Q, item: T, now: Instant) -> bool
-    where
-        Q: Hash + quick_cache::Equivalent<O> + ?Sized,
-    {
-        self.owners.get(owner).is_some_and(|in_use| {
-            let window = self.window;
-            in_use
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .any(|(i, seen)| *i == item && now.saturating_duration_since(*seen) < window)
-        })
-    }
-
-    /// `Err(seconds)` while `owner` has `max` items in use (one more would be refused).
-    fn room<Q>(&self, owner: &Q, now: Instant) -> Result<(), u64>
-    where
-        Q: Hash + quick_cache::Equivalent<O> + ?Sized,
-    {
-        let Some(in_use) = self.owners.get(owner) else {
-            return Ok(());
-        };
-        let in_use = in_use.lock().unwrap_or_else(PoisonError::into_inner);
-        let window = self.window;
-        let live: Vec<Instant> = in_use
-            .iter()
-            .map(|(_, seen)| *seen)
-            .filter(|seen| now.saturating_duration_since(*seen) < window)
-            .collect();
-        if live.len() < self.max {
-            return Ok(());
-        }
-        let oldest = live.iter().min().copied().unwrap_or(now);
-        let wait = (oldest + window).saturating_duration_since(now);
-        Err((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
-    }
-}
-
 impl PortLimit {
     /// Counts an authorized request for `target`: fine for a port its sandbox already has in
     /// use, or while it has fewer than `max_ports`; else [`Denial::TooManyPorts`].
@@ -146,35 +114,85 @@ impl PortLimit {
 }
 
 impl SandboxLimit {
-    /// Before Daytona is asked about a sandbox for `person`: refused with
-    /// [`Denial::TooManySandboxes`] while `max` ids Daytona did not know are counted for them.
-    pub fn admit(&self, person: &str) -> Result<(), Denial> {
-        self.room(person, Instant::now())
-            .map_err(|retry_after| Denial::TooManySandboxes {
-                limit: self.max,
-                retry_after,
-            })
+    pub fn new(max: usize, window: Duration, max_tracked: u64) -> Self {
+        SandboxLimit {
+            unknown: DistinctLimit::new(max, window, max_tracked),
+            described: quick_cache::sync::Cache::new(
+                usize::try_from(max_tracked).unwrap_or(usize::MAX),
+            ),
+        }
     }
 
-    /// Daytona does not know `sandbox`: it counts for `person` for the window (one more than
-    /// `max` only when concurrent look-ups raced past [`admit`](Self::admit); the oldest then
-    /// makes room).
-    pub fn unknown(&self, person: &str, sandbox: &SandboxId) {
-        let (id, now) = (sandbox.uuid().as_u128(), Instant::now());
-        if self.admit_at(person, id, now).is_err()
-            && let Some(in_use) = self.owners.get(person)
-        {
+    /// Before Daytona is asked about `sandbox` for `person`: a sandbox this replica saw
+    /// described is always asked about; otherwise the ask counts for `person` until
+    /// [`settled`](Self::settled), and is refused with [`Denial::TooManySandboxes`] while `max`
+    /// ids are counted for them (asks in flight included, so a burst of made-up ids is cut at
+    /// `max` too).
+    pub fn admit(&self, person: &str, sandbox: &SandboxId) -> Result<(), Denial> {
+        let id = sandbox.uuid().as_u128();
+        if self.described.get(&id).is_some() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let in_use = match self.unknown.owners.get_or_insert_with(person, || {
+            Ok::<_, std::convert::Infallible>(InUse::default())
+        }) {
+            Ok(in_use) => in_use,
+            Err(never) => match never {},
+        };
+        let mut in_use = in_use.lock().unwrap_or_else(PoisonError::into_inner);
+        let window = self.unknown.window;
+        in_use.retain(|(_, seen)| now.saturating_duration_since(*seen) < window);
+        if in_use.iter().any(|((i, _), _)| *i == id) {
+            return Ok(());
+        }
+        if in_use.len() < self.unknown.max {
+            in_use.push(((id, false), now));
+            return Ok(());
+        }
+        let oldest = in_use.iter().map(|(_, seen)| *seen).min().unwrap_or(now);
+        let wait = (oldest + window).saturating_duration_since(now);
+        Err(Denial::TooManySandboxes {
+            limit: self.unknown.max,
+            retry_after: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
+        })
+    }
+
+    /// Daytona answered about `sandbox`: `unknown` (404/400) keeps it counted for `person` for
+    /// the window, and answered 404 again without asking; anything else stops counting it (a
+    /// sandbox it described is remembered as real).
+    pub fn settled(&self, person: &str, sandbox: &SandboxId, unknown: bool, described: bool) {
+        let id = sandbox.uuid().as_u128();
+        if described {
+            self.described.insert(id, ());
+        }
+        if let Some(in_use) = self.unknown.owners.get(person) {
             let mut in_use = in_use.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(oldest) = (0..in_use.len()).min_by_key(|&i| in_use[i].1) {
-                in_use[oldest] = (id, now);
+            if unknown {
+                for entry in in_use.iter_mut().filter(|((i, _), _)| *i == id) {
+                    entry.0.1 = true;
+                }
+            } else {
+                in_use.retain(|((i, _), _)| *i != id);
             }
         }
     }
 
-    /// Whether Daytona told `person`, within the window, that it does not know `sandbox`: they
-    /// are answered 404 again without asking.
+    /// Whether Daytona told `person`, within the window, that it does not know `sandbox`.
     pub fn known_unknown(&self, person: &str, sandbox: &SandboxId) -> bool {
-        self.holds(person, sandbox.uuid().as_u128(), Instant::now())
+        let id = sandbox.uuid().as_u128();
+        self.unknown.owners.get(person).is_some_and(|in_use| {
+            let now = Instant::now();
+            in_use
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|((i, confirmed), seen)| {
+                    *i == id
+                        && *confirmed
+                        && now.saturating_duration_since(*seen) < self.unknown.window
+                })
+        })
     }
 }
 
@@ -255,23 +273,33 @@ mod tests {
     fn a_person_is_refused_once_so_many_unknown_sandboxes_are_counted() {
         let limit = SandboxLimit::new(2, Duration::from_secs(60), 100);
         let id = |n: u128| -> SandboxId { uuid::Uuid::from_u128(n).to_string().parse().unwrap() };
-        assert_eq!(limit.admit("alice"), Ok(()));
-        limit.unknown("alice", &id(1));
-        assert_eq!(limit.admit("alice"), Ok(()));
-        limit.unknown("alice", &id(2));
-        assert!(limit.known_unknown("alice", &id(1)));
-        assert!(!limit.known_unknown("alice", &id(3)));
+        // A burst of made-up ids: asks in flight count, the third is refused at once.
+        assert_eq!(limit.admit("alice", &id(1)), Ok(()));
+        assert_eq!(limit.admit("alice", &id(2)), Ok(()));
+        assert_eq!(limit.admit("alice", &id(1)), Ok(()), "the same ask again");
         assert!(matches!(
-            limit.admit("alice"),
+            limit.admit("alice", &id(3)),
             Err(Denial::TooManySandboxes { limit: 2, retry_after }) if (1..=60).contains(&retry_after)
         ));
-        assert_eq!(limit.admit("bob"), Ok(()), "another person's own bound");
-        // A race past `admit`: the newest replaces the oldest, the bound holds.
-        limit.unknown("alice", &id(3));
-        assert!(limit.known_unknown("alice", &id(3)));
+        // In flight is not yet "unknown" (a real sandbox being described is not a 404).
         assert!(!limit.known_unknown("alice", &id(1)));
-        let t0 = Instant::now();
-        assert_eq!(limit.room("alice", t0 + Duration::from_secs(61)), Ok(()));
+        limit.settled("alice", &id(1), true, false);
+        assert!(limit.known_unknown("alice", &id(1)));
+        // A real one stops counting, and is never refused again, even with the budget full.
+        limit.settled("alice", &id(2), false, true);
+        assert_eq!(limit.admit("alice", &id(4)), Ok(()));
+        limit.settled("alice", &id(4), true, false);
+        assert!(limit.admit("alice", &id(5)).is_err());
+        assert_eq!(
+            limit.admit("alice", &id(2)),
+            Ok(()),
+            "described here before"
+        );
+        assert_eq!(
+            limit.admit("bob", &id(5)),
+            Ok(()),
+            "another person's own bound"
+        );
     }
 
     #[test]

@@ -291,9 +291,10 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub max_ports_per_sandbox: usize,
-    /// Most sandbox ids Daytona does not know that one person (a token the `[[policy]]` rules
-    /// decide, by its `sub`, else its `jti`) may ask about within --port-window: past that, a
-    /// sandbox not yet described is refused with 429 and Retry-After before Daytona is asked.
+    /// Most sandbox ids Daytona does not know (asks in flight included) that one person (a token
+    /// the `[[policy]]` rules decide, by its `sub`, else its `jti`) may ask about within
+    /// --port-window: past that, a sandbox this replica never saw described is refused with 429
+    /// and Retry-After before Daytona is asked.
     /// Bounds the `GET /sandbox/{id}` calls anyone who can sign in can cause (they share the API
     /// key's rate limit); real sandboxes never count.
     #[arg(

@@ -186,14 +186,13 @@ impl<S: PreviewSource> Authorizer<S> {
                             Err(Arc::new(DaytonaError::NotFound))
                         }
                         None => {
-                            self.people.admit(&person)?;
+                            self.people.admit(&person, &sandbox_id)?;
                             let answer = self.previews.sandbox(&sandbox_id).await;
                             let unknown = answer.as_ref().is_err_and(|e| {
                                 matches!(**e, DaytonaError::NotFound | DaytonaError::BadRequest(_))
                             });
-                            if unknown {
-                                self.people.unknown(&person, &sandbox_id);
-                            }
+                            self.people
+                                .settled(&person, &sandbox_id, unknown, answer.is_ok());
                             answer
                         }
                     };

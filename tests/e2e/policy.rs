@@ -501,6 +501,17 @@ async fn a_reload_applies_new_rules_live_and_a_broken_one_keeps_the_old() {
 /// API key everyone's preview tokens share: a script walking made-up ids is stopped per person
 /// (`--max-sandboxes-per-person`), before Daytona is asked, while what it opened keeps working
 /// and other people are not affected.
+/// A GET of `/` on port 3000 of sandbox `id` with `authorization`.
+async fn open(stack: &Stack, id: &str, authorization: &str) -> support::Reply {
+    stack
+        .get(
+            &host_for(id, 3000),
+            "/",
+            &[("authorization", authorization)],
+        )
+        .await
+}
+
 #[tokio::test]
 async fn a_person_walking_sandbox_ids_is_stopped_before_daytona_is_asked() {
     let dir = tempfile::tempdir().unwrap();
@@ -517,13 +528,7 @@ async fn a_person_walking_sandbox_ids_is_stopped_before_daytona_is_asked() {
         .create_sandbox_with_labels(&[("team", "team-a")])
         .await;
     let admin = bearer(&member_of(&["platform-admins"]));
-    let reply = stack
-        .get(
-            &host_for(&team_a.id, 3000),
-            "/",
-            &[("authorization", &admin)],
-        )
-        .await;
+    let reply = open(&stack, &team_a.id, &admin).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     // Real sandboxes do not count (the admin opened one, and opens a second below); made-up
     // ids do: the first two are asked about (404), the third is one too many.
@@ -536,28 +541,14 @@ async fn a_person_walking_sandbox_ids_is_stopped_before_daytona_is_asked() {
         .double
         .create_sandbox_with_labels(&[("team", "team-b")])
         .await;
-    let reply = stack
-        .get(
-            &host_for(&team_b.id, 3000),
-            "/",
-            &[("authorization", &admin)],
-        )
-        .await;
+    let reply = open(&stack, &team_b.id, &admin).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     for id in &walked[..2] {
-        let reply = stack
-            .get(&host_for(id, 3000), "/", &[("authorization", &admin)])
-            .await;
+        let reply = open(&stack, id, &admin).await;
         assert_eq!(reply.status, 404, "{}", reply.body);
     }
     let calls = stack.double.sandbox_calls().await;
-    let reply = stack
-        .get(
-            &host_for(walked[2], 3000),
-            "/",
-            &[("authorization", &admin)],
-        )
-        .await;
+    let reply = open(&stack, walked[2], &admin).await;
     assert_eq!(reply.status, 429, "{}", reply.body);
     assert_eq!(
         reply.json()["error"],
@@ -568,13 +559,7 @@ async fn a_person_walking_sandbox_ids_is_stopped_before_daytona_is_asked() {
     let retry_after: u64 = reply.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=300).contains(&retry_after), "{retry_after}");
     // A made-up id asked again within the window is answered 404 without asking Daytona.
-    let reply = stack
-        .get(
-            &host_for(walked[0], 3000),
-            "/",
-            &[("authorization", &admin)],
-        )
-        .await;
+    let reply = open(&stack, walked[0], &admin).await;
     assert_eq!(reply.status, 404, "{}", reply.body);
     assert_eq!(
         stack.double.sandbox_calls().await,
@@ -582,21 +567,9 @@ async fn a_person_walking_sandbox_ids_is_stopped_before_daytona_is_asked() {
         "Daytona was not asked"
     );
     // What this person opened keeps working; another person has their own bound.
-    let reply = stack
-        .get(
-            &host_for(&team_a.id, 3000),
-            "/",
-            &[("authorization", &admin)],
-        )
-        .await;
+    let reply = open(&stack, &team_a.id, &admin).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let alice = bearer(&member_of(&["team-a"]));
-    let reply = stack
-        .get(
-            &host_for(&team_a.id, 3000),
-            "/",
-            &[("authorization", &alice)],
-        )
-        .await;
+    let reply = open(&stack, &team_a.id, &alice).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 }
