@@ -47,10 +47,10 @@ pub enum Denial {
     /// up in `retry_after` seconds.
     #[error("sandbox has {limit} other ports in use")]
     TooManyPorts { limit: usize, retry_after: u64 },
-    /// The person already opened `limit` other sandboxes within the window
-    /// (`--max-sandboxes-per-person`, tokens the `[[policy]]` rules decide); one frees up in
-    /// `retry_after` seconds.
-    #[error("this person has {limit} other sandboxes open")]
+    /// `limit` asks of this person for sandboxes Daytona does not know are in flight or were
+    /// made within the window (`--max-sandboxes-per-person`, tokens the `[[policy]]` rules
+    /// decide); one frees up in `retry_after` seconds.
+    #[error("this person asked for {limit} sandboxes Daytona does not know")]
     TooManySandboxes { limit: usize, retry_after: u64 },
     /// The route's `daytona_authz.ports` does not list this port.
     #[error("the route does not serve this port")]
@@ -157,8 +157,9 @@ impl Denial {
                  once one of them has been left unused long enough."
             ),
             Denial::TooManySandboxes { limit, retry_after } => format!(
-                "You have opened {limit} other sandboxes in a short time, the most allowed. \
-                 Those keep working; this one can be opened in {retry_after} s."
+                "Your sign-in asked for {limit} sandboxes that do not exist in a short time \
+                 (a page may have done it for you), the most allowed. Sandboxes you have used \
+                 keep working; this one can be opened in {retry_after} s."
             ),
 
             Denial::Daytona(DaytonaError::NotFound) => "No such sandbox (it may have been deleted).".into(),

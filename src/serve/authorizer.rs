@@ -117,8 +117,8 @@ pub struct Authorizer<S> {
     previews: Arc<PreviewCache<S>>,
     /// Distinct ports per sandbox, checked before the preview-token look-up.
     ports: Arc<PortLimit>,
-    /// Distinct sandboxes per person (tokens the rules decide), checked before Daytona is asked
-    /// about a sandbox.
+    /// Asks per person (tokens the rules decide) for sandboxes Daytona does not know, checked
+    /// before Daytona is asked about a sandbox.
     people: Arc<SandboxLimit>,
     sources: Sources,
 }
