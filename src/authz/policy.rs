@@ -200,15 +200,14 @@ impl std::fmt::Debug for Rules {
 /// the grant).
 #[derive(Debug, Clone)]
 pub struct TokenClaims {
-    value: Arc<Value>,
-    /// The same, in the interpreter's own representation (converted once).
+    /// In the interpreter's own representation (converted once).
     native: Arc<dyn Val>,
     serial: u64,
 }
 
 impl PartialEq for TokenClaims {
     fn eq(&self, other: &Self) -> bool {
-        self.value == other.value
+        *self.native == *other.native
     }
 }
 
@@ -222,15 +221,14 @@ pub struct SandboxInfo {
     pub organization_id: String,
     pub state: String,
     pub labels: BTreeMap<String, String>,
-    value: Value,
-    /// The same, in the interpreter's own representation (converted once).
+    /// The same, as a CEL map in the interpreter's own representation (converted once).
     native: Arc<dyn Val>,
     serial: u64,
 }
 
 impl PartialEq for SandboxInfo {
     fn eq(&self, other: &Self) -> bool {
-        self.value == other.value
+        *self.native == *other.native
     }
 }
 
@@ -1062,10 +1060,8 @@ impl TokenClaims {
     pub fn new(claims: &serde_json::Map<String, serde_json::Value>) -> Option<TokenClaims> {
         let mut budget = MAX_CLAIM_VALUES;
         let value = object(claims, &mut budget, 0)?;
-        let native = Arc::from(Box::<dyn Val>::try_from(value.clone()).ok()?);
         Some(TokenClaims {
-            value: Arc::new(value),
-            native,
+            native: Arc::from(Box::<dyn Val>::try_from(value).ok()?),
             serial: serial(),
         })
     }
@@ -1175,12 +1171,9 @@ impl SandboxInfo {
             state,
             labels,
             native: Arc::from(
-                Box::<dyn Val>::try_from(Value::Map(Map {
-                    map: Arc::new(map.clone()),
-                }))
-                .map_err(|e| format!("not a value the rules can read: {e}"))?,
+                Box::<dyn Val>::try_from(Value::Map(Map { map: Arc::new(map) }))
+                    .map_err(|e| format!("not a value the rules can read: {e}"))?,
             ),
-            value: Value::Map(Map { map: Arc::new(map) }),
             serial: serial(),
         })
     }

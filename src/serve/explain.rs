@@ -12,7 +12,6 @@ use crate::authz::decision::{
     self, Denial, Introspected, Lookup, Lookups, NoRevocations, RequestView, SandboxAnswer, Verdict,
 };
 use crate::authz::host::SandboxId;
-use crate::authz::policy::{Outcome, RequestFacts};
 use crate::authz::token;
 use crate::config::ServeConfig;
 use crate::daytona::{DaytonaApi, PreviewSource};
@@ -121,22 +120,9 @@ pub async fn explain(config: &ServeConfig, question: &Question) -> Result<String
     match verdict {
         Ok(Verdict::Forward(authorized)) => {
             let _ = writeln!(out, "decision: allow");
-            let by = match (&authorized.grant, &lookups.sandbox, &policy.rules) {
-                (Some(grant), Some(SandboxAnswer::Found(info)), Some(rules))
-                    if grant.identity.is_some() =>
-                {
-                    let facts = RequestFacts {
-                        port: question.port,
-                        method: &question.method,
-                        path: question.path.split(['?', '#']).next().unwrap_or_default(),
-                        route: "",
-                    };
-                    match rules.evaluate(grant.identity.as_ref().expect("checked"), info, &facts) {
-                        Outcome::Allowed(rule) => format!("rule {rule:?}"),
-                        Outcome::Denied(_) => "no rule (unexpected)".into(),
-                    }
-                }
-                _ => format!(
+            let by = match &authorized.rule {
+                Some(rule) => format!("rule {rule:?}"),
+                None => format!(
                     "the token names this sandbox ({} claim); no policy rule consulted",
                     config.identity.sandbox_claim
                 ),
