@@ -72,8 +72,31 @@ impl<O: Eq + Hash + Clone, T: Copy + PartialEq> DistinctLimit<O, T> {
         }
     }
 
-    /// `Err(seconds)` until an item of this owner frees up, when `item` is one too many.
+    /// `Err(seconds)` until an item of this owner frees up, when `item` is one too many; an item
+    /// in use is seen again (its window starts anew).
     fn admit_at<Q>(&self, owner: &Q, item: T, now: Instant) -> Result<(), u64>
+    where
+        Q: Hash + quick_cache::Equivalent<O> + ToOwned<Owned = O> + ?Sized,
+    {
+        self.admit_with(
+            owner,
+            item,
+            now,
+            |i| *i == item,
+            |seen| *seen = (*seen).max(now),
+        )
+    }
+
+    /// The same, with what makes an entry `item` (`is_it`) and what to do to an entry that is
+    /// already there (`present`, given its last-seen time) up to the caller.
+    fn admit_with<Q>(
+        &self,
+        owner: &Q,
+        item: T,
+        now: Instant,
+        is_it: impl Fn(&T) -> bool,
+        present: impl FnOnce(&mut Instant),
+    ) -> Result<(), u64>
     where
         Q: Hash + quick_cache::Equivalent<O> + ToOwned<Owned = O> + ?Sized,
     {
@@ -86,8 +109,8 @@ impl<O: Eq + Hash + Clone, T: Copy + PartialEq> DistinctLimit<O, T> {
         let mut in_use = in_use.lock().unwrap_or_else(PoisonError::into_inner);
         let window = self.window;
         in_use.retain(|(_, seen)| now.saturating_duration_since(*seen) < window);
-        if let Some(entry) = in_use.iter_mut().find(|(i, _)| *i == item) {
-            entry.1 = entry.1.max(now);
+        if let Some(entry) = in_use.iter_mut().find(|(i, _)| is_it(i)) {
+            present(&mut entry.1);
             return Ok(());
         }
         if in_use.len() < self.max {
@@ -133,29 +156,18 @@ impl SandboxLimit {
         if self.described.get(&id).is_some() {
             return Ok(());
         }
-        let now = Instant::now();
-        let in_use = match self.unknown.owners.get_or_insert_with(person, || {
-            Ok::<_, std::convert::Infallible>(InUse::default())
-        }) {
-            Ok(in_use) => in_use,
-            Err(never) => match never {},
-        };
-        let mut in_use = in_use.lock().unwrap_or_else(PoisonError::into_inner);
-        let window = self.unknown.window;
-        in_use.retain(|(_, seen)| now.saturating_duration_since(*seen) < window);
-        if in_use.iter().any(|((i, _), _)| *i == id) {
-            return Ok(());
-        }
-        if in_use.len() < self.unknown.max {
-            in_use.push(((id, false), now));
-            return Ok(());
-        }
-        let oldest = in_use.iter().map(|(_, seen)| *seen).min().unwrap_or(now);
-        let wait = (oldest + window).saturating_duration_since(now);
-        Err(Denial::TooManySandboxes {
-            limit: self.unknown.max,
-            retry_after: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
-        })
+        self.unknown
+            .admit_with(
+                person,
+                (id, false),
+                Instant::now(),
+                |(i, _)| *i == id,
+                |_| {},
+            )
+            .map_err(|retry_after| Denial::TooManySandboxes {
+                limit: self.unknown.max,
+                retry_after,
+            })
     }
 
     /// Daytona answered about `sandbox`: `unknown` (404/400) keeps it counted for `person` for
