@@ -1922,12 +1922,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn revocations_deny_and_an_unknown_status_fails_closed() {
-        let t = token(ID, None, now() + 60);
-        let auth = bearer(&t);
-        let req = request(&host(3000), "/", &[("authorization", &auth)]);
-        for (status, expected) in [
+    /// Each revocation status but `Active`, and the denial it is.
+    fn revocation_denials() -> [(RevocationStatus, Denial); 3] {
+        [
             (
                 RevocationStatus::TokenRevoked,
                 Denial::InvalidToken(TokenError::Revoked),
@@ -1937,7 +1934,15 @@ mod tests {
                 RevocationStatus::Unknown,
                 Denial::StatusUnknown("revocations"),
             ),
-        ] {
+        ]
+    }
+
+    #[test]
+    fn revocations_deny_and_an_unknown_status_fails_closed() {
+        let t = token(ID, None, now() + 60);
+        let auth = bearer(&t);
+        let req = request(&host(3000), "/", &[("authorization", &auth)]);
+        for (status, expected) in revocation_denials() {
             let verdict = super::authorize(
                 &req,
                 &policy(),
@@ -2473,17 +2478,7 @@ mod tests {
         );
         let auth = bearer(&t);
         let req = request(&host(3000), "/", &[("authorization", &auth)]);
-        for (status, expected) in [
-            (
-                RevocationStatus::TokenRevoked,
-                Denial::InvalidToken(TokenError::Revoked),
-            ),
-            (RevocationStatus::SandboxRevoked, Denial::SandboxRevoked),
-            (
-                RevocationStatus::Unknown,
-                Denial::StatusUnknown("revocations"),
-            ),
-        ] {
+        for (status, expected) in revocation_denials() {
             assert_eq!(
                 super::authorize(&req, &policy, now(), &Lookups::default(), &Revoked(status)),
                 Err(expected)

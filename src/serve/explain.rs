@@ -14,7 +14,7 @@ use crate::authz::decision::{
 use crate::authz::host::SandboxId;
 use crate::authz::token;
 use crate::config::ServeConfig;
-use crate::daytona::{DaytonaApi, PreviewSource};
+use crate::daytona::PreviewSource;
 use crate::metrics::Metrics;
 
 use super::authorizer::{Introspect, MAX_LOOKUPS};
@@ -48,16 +48,7 @@ pub async fn explain(config: &ServeConfig, question: &Question) -> Result<String
         }
         policy.verifier = policy.verifier.clone().with_jwks(jwks.keys().to_vec());
     }
-    let api = DaytonaApi::new(
-        config.daytona_api_url.clone(),
-        config.secrets.daytona_api_key.expose(),
-        config.daytona_api_timeout,
-        config.max_concurrent_api_calls,
-        config.upstream_domains.clone(),
-        &config.trust,
-        Arc::clone(&metrics),
-    )
-    .map_err(|e| e.to_string())?;
+    let api = super::daytona_api(config, &metrics).map_err(|e| e.to_string())?;
     let domain = config.preview_domains.first().cloned().unwrap_or_default();
     let request = RequestView::new(
         &question.method,

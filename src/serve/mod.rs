@@ -96,18 +96,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             "outbound TLS trusts --ca-file besides the compiled-in roots"
         );
     }
-    let api = Arc::new(
-        DaytonaApi::new(
-            config.daytona_api_url.clone(),
-            config.secrets.daytona_api_key.expose(),
-            config.daytona_api_timeout,
-            config.max_concurrent_api_calls,
-            config.upstream_domains.clone(),
-            &config.trust,
-            Arc::clone(&metrics),
-        )
-        .map_err(ServeError::Daytona)?,
-    );
+    let api = Arc::new(daytona_api(&config, &metrics).map_err(ServeError::Daytona)?);
     let previews = Arc::new(PreviewCache::new(
         Arc::clone(&api),
         config.cache_ttl,
@@ -420,6 +409,19 @@ async fn identity(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<Identi
         jwks,
         revocations: Some(Arc::new(revocations)),
     })
+}
+
+/// The client of Daytona's API, as configured.
+fn daytona_api(config: &ServeConfig, metrics: &Arc<Metrics>) -> Result<DaytonaApi, ClientError> {
+    DaytonaApi::new(
+        config.daytona_api_url.clone(),
+        config.secrets.daytona_api_key.expose(),
+        config.daytona_api_timeout,
+        config.max_concurrent_api_calls,
+        config.upstream_domains.clone(),
+        &config.trust,
+        Arc::clone(metrics),
+    )
 }
 
 /// What tells a token's claims besides our HS256 secrets: introspection and the JWKS.
