@@ -145,20 +145,12 @@ async fn a_share_link_opens_the_sandbox_app_in_chromium() {
 
     let chromium_run = run_bounded(
         Command::new(&chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                // Everything to loopback: the preview hosts to Envoy, any other name fails to
-                // resolve, and no proxy from the environment (http_proxy) is used.
-                "--host-resolver-rules=MAP *.preview.test 127.0.0.1, MAP * ~NOTFOUND",
-                "--no-proxy-server",
-            ])
+            .arg("--headless")
+            // No proxy from the environment (http_proxy) is used, among the rest.
+            .args(ISOLATED)
+            // Everything to loopback: the preview hosts to Envoy, any other name fails to
+            // resolve.
+            .arg("--host-resolver-rules=MAP *.preview.test 127.0.0.1, MAP * ~NOTFOUND")
             .arg(format!(
                 "--user-data-dir={}",
                 dir.path().join("profile").display()
@@ -268,24 +260,28 @@ async fn dom_after_scripts(chromium: &Path, url: &str) -> String {
     .await
 }
 
+/// Chromium's flags for a run that is the test's alone: no sandboxing of its own (it runs as
+/// root here), no GPU, no QUIC, no first-run page, no calls home, no proxy.
+pub(crate) const ISOLATED: &[&str] = &[
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-proxy-server",
+];
+
 /// Headless Chromium on `url` with a fresh profile, no proxy, `*.{domain}` resolved to loopback
 /// and every other name to nothing, plus `extra` flags; the DOM it ended on.
 async fn dump_dom(chromium: &Path, url: &str, domain: &str, extra: &[String]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let run = run_bounded(
         Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-proxy-server",
-                "--dump-dom",
-            ])
+            .arg("--headless")
+            .args(ISOLATED)
+            .arg("--dump-dom")
             .arg(format!(
                 "--host-resolver-rules=MAP *.{domain} 127.0.0.1, MAP * ~NOTFOUND"
             ))

@@ -21,7 +21,7 @@ use support::{
     https_client, https_get, now, optional_program, remember_secret, repo_root, skip, token_for,
 };
 
-use crate::chromium::{hostile_page, run_bounded, spki_hash, stolen, urlencode};
+use crate::chromium::{ISOLATED, hostile_page, run_bounded, spki_hash, stolen, urlencode};
 
 /// The OAuth2 client envoy-sso.yaml is for (its `client_id`, as shipped).
 const CLIENT_ID: &str = "daytona-previews";
@@ -313,15 +313,8 @@ impl SsoStack {
         let mut scenario = scenario;
         scenario["chromium"] = chromium.display().to_string().into();
         scenario["idp"] = self.idp.origin().into();
-        scenario["args"] = serde_json::json!([
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-proxy-server",
+        let mut args: Vec<String> = ISOLATED.iter().map(|flag| (*flag).to_owned()).collect();
+        args.extend([
             // The preview hosts and the provider to loopback; every other name to nothing.
             format!(
                 "--host-resolver-rules=MAP *.{DOMAIN} 127.0.0.1, MAP {IDP_HOST} 127.0.0.1, MAP * ~NOTFOUND"
@@ -329,6 +322,7 @@ impl SsoStack {
             // The edge certificate, as if the test CA were installed.
             format!("--ignore-certificate-errors-spki-list={}", self.spki),
         ]);
+        scenario["args"] = args.into();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("scenario.json");
         std::fs::write(&file, scenario.to_string()).unwrap();
